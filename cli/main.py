@@ -1,14 +1,19 @@
 """The `nsql-med` command: argument parsing only; every step lives in the library."""
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.console import Console
 from typer.exceptions import Abort, Exit, TyperException
 
 from neurosql_med import __version__
 from neurosql_med.errors import UserError
 
+console = Console()
 app = typer.Typer(
     name="nsql-med",
     help="Learn from a few dozen brain MRI scans with NeuroSQL and write synthetic cohorts.",
@@ -52,3 +57,130 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+ConfigOpt = typer.Option("default", "--config", "-c", help="YAML config file, or a built-in name: default, volume3d, tiny, tiny3d.")
+PatternOpt = typer.Option(None, "--pattern", help="Glob (relative to the folder) choosing the images; overrides the layout's choice.")
+StrictOpt = typer.Option(False, "--strict", help="Treat any skipped (unreadable or invalid) scan as an error.")
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="Folder of scans (NIfTI, Analyze .hdr/.img, DICOM series)."),
+    pattern: Optional[str] = PatternOpt,
+    strict: bool = StrictOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    config: str = ConfigOpt,
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Also preprocess as training would and save a PNG of the samples."),
+) -> None:
+    """List the scans found, what was skipped and why, and (with --preview) what training will see."""
+    from neurosql_med.console import discovery_tables
+    from neurosql_med.data.discovery import discover
+
+    found = discover(path, pattern=pattern, strict=strict)
+    if as_json:
+        print(json.dumps(found.to_json(), indent=2))
+    else:
+        for table in discovery_tables(found):
+            console.print(table)
+    if preview is not None:
+        from neurosql_med.config import load_config
+        from neurosql_med.data.cohort import load_cohort
+        from neurosql_med.plots import preprocessed_preview
+
+        cohort = load_cohort(found, load_config(config).data)
+        preprocessed_preview(cohort, preview)
+        console.print(f"{len(cohort)} {cohort.geometry.mode} sample(s) of shape {cohort.geometry.sample_shape}; preview: {preview}")
+
+
+@app.command()
+def fit(
+    scans: Path = typer.Argument(..., help="Folder of training scans."),
+    config: str = ConfigOpt,
+    out: Path = typer.Option(Path("nsql-model"), "--out", "-o", help="Model folder to write."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="2d (slices) or 3d (volumes)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; training stops after the epoch that exceeds it."),
+    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Latent dimension d."),
+    lattice: Optional[str] = typer.Option(None, "--lattice", help="gaussian, uniform or center-outward."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted or finished fit in --out."),
+    force: bool = typer.Option(False, "--force", help="Replace --out."),
+    pattern: Optional[str] = PatternOpt,
+    strict: bool = StrictOpt,
+) -> None:
+    """Train NeuroSQL on a folder of scans and write a model folder."""
+    from neurosql_med.config import load_config, override
+    from neurosql_med.data.cohort import load_cohort
+    from neurosql_med.train import fit as run_fit
+
+    cfg = override(
+        load_config(config),
+        data__mode=mode, data__pattern=pattern, train__epochs=epochs, train__max_minutes=max_minutes,
+        model__latent_dim=latent_dim, model__lattice=lattice, train__device=device, train__seed=seed,
+    )
+    cohort = load_cohort(scans, cfg.data, strict=strict)
+    console.print(f"{len(cohort.discovery.scans)} scan(s) → {len(cohort)} {cfg.data.mode} sample(s) of shape {cohort.geometry.sample_shape}")
+    result = run_fit(cohort, cfg, out, resume=resume, force=force)
+    last = result.history[-1] if result.history else {}
+    if result.interrupted:
+        console.print(f"interrupted after epoch {result.epochs}; checkpoint saved in {out} (continue with --resume)")
+        raise typer.Exit(130)
+    why = " (time budget reached)" if result.stopped_by_budget else ""
+    console.print(
+        f"model written to {out}: {result.epochs} epochs{why}, loss {last.get('loss', float('nan')):.4f}, "
+        f"SSIM {last.get('ssim', float('nan')):.3f}; see {out / 'recon.png'} and {out / 'loss.png'}"
+    )
+
+
+@app.command()
+def synthesize(
+    n: int = typer.Option(..., "--n", help="Number of synthetic images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (a BIDS derivative dataset)."),
+    model: Path = typer.Option(Path("nsql-model"), "--model", "-m", help="Model folder written by `nsql-med fit`."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the latent draws; sample k of a seed never changes."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images generated per write step (rounded to the 8-image compute block)."),
+    typicality: float = typer.Option(1.0, "--typicality", help="Keep latents within this quantile of the reference radius (0 < Q <= 1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    resume: bool = typer.Option(False, "--resume", help="Keep complete, hash-verified files in --out and write the rest."),
+) -> None:
+    """Write a synthetic cohort as NIfTI files with provenance."""
+    from neurosql_med.preview import cohort_preview
+    from neurosql_med.synthesize import synthesize as run
+
+    summary = run(model, out, n, seed, typicality, batch_size, device, force, resume)
+    preview = cohort_preview(out, model)
+    console.print(
+        f"{summary['written']} image(s) written, {summary['kept']} kept, in {summary['seconds']:.1f} s → {out}; preview: {preview}"
+    )
+
+
+@app.command()
+def reproduce(
+    file: Path = typer.Argument(..., help="A synthetic image or its JSON sidecar."),
+    model: Path = typer.Option(Path("nsql-model"), "--model", "-m", help="The model folder that made it."),
+) -> None:
+    """Regenerate one synthetic image and check it is byte-identical (exit 1 if not)."""
+    from neurosql_med.synthesize import reproduce as run
+
+    identical, recorded, fresh = run(file, model)
+    if identical:
+        console.print(f"identical: {file} (sha256 {recorded})")
+        return
+    console.print(f"DIFFERENT: {file}\n  on disk     {recorded}\n  regenerated {fresh}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def preview(
+    folder: Path = typer.Argument(..., help="A folder of NIfTI images (any cohort)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Add this model's training reconstructions for scale."),
+) -> None:
+    """Write FOLDER/preview.png: a montage of the cohort's images."""
+    from neurosql_med.preview import cohort_preview
+
+    if not folder.is_dir():
+        raise UserError(f"folder not found: {folder}")
+    console.print(f"preview: {cohort_preview(folder, model)}")

@@ -33,6 +33,7 @@ class DataConfig:
     slice_axis: int = 2
     slice_range: list[float] = field(default_factory=lambda: [0.2, 0.8])
     slice_stride: int = 2
+    skull_stripped: bool = True  # recorded in synthetic sidecars (BIDS SkullStripped)
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""Scans on disk → preprocessed tensors held in memory, with their geometry and fingerprint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import CacheDataset
+
+from neurosql_med.config import DataConfig
+from neurosql_med.data.discovery import Discovery, Scan, discover
+from neurosql_med.data.transforms import preprocess
+from neurosql_med.errors import UserError
+from neurosql_med.files import sha256_file
+from neurosql_med.geometry import Geometry
+
+
+@dataclass
+class Cohort:
+    images: torch.Tensor          # (N, 1, *sample_shape) float32 in [0, 1]
+    scan_ids: list[str]           # per sample: the scan it came from
+    subjects: list[str]           # per sample: that scan's subject
+    slice_index: list[int | None]  # per sample: slice within the volume grid (2d)
+    geometry: Geometry
+    discovery: Discovery
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def fingerprint(self) -> dict:
+        """Content hashes keyed by anonymous index: says what was trained on, never where or whom."""
+        scans = [sorted(sha256_file(f) for f in scan.files) for scan in self.discovery.scans]
+        return {
+            "n_scans": len(scans),
+            "n_samples": len(self),
+            "mode": self.geometry.mode,
+            "scans": {str(i): hashes for i, hashes in enumerate(scans)},
+        }
+
+    def subset(self, keep: np.ndarray) -> "Cohort":
+        """The samples at ``keep`` (indices), e.g. one side of a by-subject split."""
+        idx = [int(i) for i in keep]
+        return Cohort(
+            images=self.images[idx],
+            scan_ids=[self.scan_ids[i] for i in idx],
+            subjects=[self.subjects[i] for i in idx],
+            slice_index=[self.slice_index[i] for i in idx],
+            geometry=self.geometry,
+            discovery=self.discovery,
+        )
+
+
+def scan_record(scan: Scan) -> dict:
+    """The dictionary a MONAI pipeline starts from."""
+    return {"image": scan.source, "format": scan.format, "id": scan.id, "subject": scan.subject}
+
+
+def _geometry(cfg: DataConfig, affines: list[torch.Tensor], slices: list[int | None]) -> Geometry:
+    """One geometry for the cohort: the shared grid, centred where the brains sit on average."""
+    stack = torch.stack([a.double() for a in affines])
+    affine = stack[0].clone()
+    affine[:3, 3] = stack[:, :3, 3].mean(dim=0)
+    if cfg.mode == "3d":
+        return Geometry("3d", list(cfg.shape), list(cfg.spacing), affine.tolist())
+    centre = int(np.median([s for s in slices if s is not None]))
+    return Geometry("2d", list(cfg.shape), list(cfg.spacing), affine.tolist(), cfg.slice_axis, centre)
+
+
+def load_cohort(
+    root: str | Path | Discovery,
+    cfg: DataConfig,
+    strict: bool = False,
+    min_samples: int = 2,
+    workers: int = 2,
+) -> Cohort:
+    """Discover, read and preprocess every scan once (MONAI CacheDataset), then stack them."""
+    found = root if isinstance(root, Discovery) else discover(root, pattern=cfg.pattern, strict=strict)
+    records = [scan_record(s) for s in found.scans]
+    cached = CacheDataset(records, transform=preprocess(cfg), num_workers=workers, progress=False)
+    images, scan_ids, subjects, slices, affines = [], [], [], [], []
+    for item in cached:
+        samples = item if isinstance(item, list) else [item]
+        for sample in samples:
+            image = sample["image"]
+            images.append(torch.as_tensor(image).float())
+            scan_ids.append(sample["id"])
+            subjects.append(sample["subject"])
+            slices.append(sample.get("slice_index"))
+            affines.append(torch.as_tensor(sample["affine"] if "affine" in sample else image.affine))
+    if len(images) < min_samples:
+        raise UserError(
+            f"{found.root}: {len(images)} training sample(s) after preprocessing; at least {min_samples} are needed"
+        )
+    return Cohort(
+        images=torch.stack(images),
+        scan_ids=scan_ids,
+        subjects=subjects,
+        slice_index=slices,
+        geometry=_geometry(cfg, affines, slices),
+        discovery=found,
+    )

@@ -1,0 +1,355 @@
+"""Find the brain MRI scans in a folder, choose the ones a user means, and say why others were left out.
+
+Public datasets ship several images per session (raw repeats, averages, masks,
+segmentations), so a plain "every image" rule would train on duplicates; the folder's
+layout (OASIS-1, BIDS/OASIS-3, or anything else) decides which image stands for a
+session, and `--pattern` overrides that choice. Every chosen image is read once through
+the training reader, so a scan that inspect lists is a scan that training can load.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from neurosql_med.data.readers import ScanError, ScanSource, dicom_header, is_dicom_file, read_scan
+from neurosql_med.errors import UserError
+
+# Sidecars and documents that sit beside scans; never worth a "skipped" line.
+_NOT_IMAGES = (
+    ".json", ".tsv", ".csv", ".txt", ".md", ".rst", ".html", ".pdf", ".xml", ".yaml", ".yml", ".log",
+    ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".svg", ".bval", ".bvec", ".py", ".sh", ".tsv.gz", ".zip",
+)
+_OASIS1_SESSION = re.compile(r"(OAS1_\d{4})_(MR\d+)")
+_BIDS_SUBJECT = re.compile(r"sub-[A-Za-z0-9]+")
+_BIDS_SESSION = re.compile(r"ses-[A-Za-z0-9]+")
+_BIDS_T1W = re.compile(r"_T1w\.nii(\.gz)?")
+_OASIS1_CHOSEN = ("PROCESSED", "MPRAGE", "T88_111")
+_OASIS1_FOLDERS = {
+    "RAW": "a single raw acquisition",
+    "SUBJ_111": "the native-space average",
+    "T88_111": "the atlas-registered image without brain mask",
+    "FSL_SEG": "a tissue segmentation",
+}
+_OASIS1_WANTED = "not the atlas-registered brain-masked image (*_t88_masked_gfc)"
+_BIDS_WANTED = "sub-*/[ses-*/]anat/*_T1w.nii[.gz]"
+
+
+@dataclass
+class Scan:
+    """A usable scan, already read once, with what training will see of it."""
+
+    id: str  # unique: "sub-OAS30001_ses-d0129", "OAS1_0001_MR1", or a file stem
+    subject: str  # splits keep a subject's sessions together
+    session: str | None
+    path: Path  # NIfTI file, Analyze .hdr, or DICOM series folder
+    format: str  # "nifti" | "analyze" | "dicom"
+    files: list[Path]  # every file the scan is made of
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    orientation: str  # axis codes of the affine, e.g. "RAS"
+    intensity: tuple[float, float]  # min, max
+
+    @property
+    def source(self) -> ScanSource:
+        """What LoadScand reads: the file, or the series' own files (its folder may hold other series)."""
+        return _source(self.format, self.path, self.files)
+
+
+@dataclass
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class Discovery:
+    root: Path
+    layout: str
+    scans: list[Scan]
+    skipped: list[Skipped]
+
+    def to_json(self) -> dict:
+        return {
+            "layout": self.layout,
+            "scans": [
+                {
+                    "id": s.id, "subject": s.subject, "session": s.session, "path": self._rel(s.path),
+                    "format": s.format, "shape": list(s.shape), "spacing": list(s.spacing),
+                }
+                for s in self.scans
+            ],
+            "skipped": [{"path": self._rel(s.path), "reason": s.reason} for s in self.skipped],
+        }
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+@dataclass
+class _Volume:
+    """One image found on disk, before the layout decides whether it is used."""
+
+    path: Path
+    format: str
+    files: list[Path]
+    folders: tuple[str, ...]  # the folder holding the files, as parts relative to the root
+    dicom_name: str = ""  # generic id of a DICOM series: its folder, plus its description if the folder holds several
+    problem: str | None = None  # known to be unusable before reading (unreadable DICOM header)
+
+
+@dataclass
+class _Name:
+    id: str
+    subject: str | None  # None: the scan is its own subject (generic layout)
+    session: str | None
+    fallback: str  # a more specific id, used when `id` is not unique
+
+
+def discover(root: str | Path, pattern: str | None = None, strict: bool = False) -> Discovery:
+    """Scans under ``root`` sorted by id; with ``strict``, the first unusable chosen image is an error."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"scan folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder; pass the folder that holds the scans")
+    volumes, skipped = _find_volumes(root)
+    detected = _layout(volumes)
+    layout = "pattern" if pattern is not None else detected
+    chosen = _choose(root, volumes, layout, pattern, skipped)
+    if pattern is not None and not chosen:
+        raise UserError(f"--pattern {pattern!r} matches no image in {root}")
+    scans, names = [], []
+    for vol in chosen:
+        try:
+            scans.append(_describe(vol))
+        except ScanError as exc:
+            if strict:
+                raise UserError(f"{exc.path}: {exc.reason}") from None
+            skipped.append(Skipped(exc.path, exc.reason))
+            continue
+        names.append(_name(vol, detected))
+    if not scans:
+        raise UserError(f"no brain MRI scans found in {root} ({_why_none(skipped, layout)})")
+    _apply_names(scans, names)
+    return Discovery(root, layout, sorted(scans, key=lambda s: s.id), sorted(skipped, key=lambda s: s.path))
+
+
+def _why_none(skipped: list[Skipped], layout: str) -> str:
+    if not skipped:
+        return "no NIfTI, Analyze or DICOM files"
+    first = "; ".join(f"{s.path.name}: {s.reason}" for s in sorted(skipped, key=lambda s: s.path)[:3])
+    more = "; ..." if len(skipped) > 3 else ""
+    hint = "" if layout == "pattern" else "; --pattern chooses images explicitly"
+    return f"{len(skipped)} skipped: {first}{more}{hint}"
+
+
+def _find_volumes(root: Path) -> tuple[list[_Volume], list[Skipped]]:
+    """Every image on disk: NIfTI files, Analyze pairs, and DICOM series grouped by folder and UID."""
+    volumes: list[_Volume] = []
+    skipped: list[Skipped] = []
+    analyze: dict[Path, list[Path]] = defaultdict(list)
+    dicom: dict[tuple[Path, str], list[Path]] = defaultdict(list)
+    descriptions: dict[tuple[Path, str], str] = {}
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(n for n in names if not n.startswith(".")):
+            path = Path(folder, name)
+            lower = name.lower()
+            if lower.endswith((".nii", ".nii.gz")):
+                volumes.append(_Volume(path, "nifti", [path], _parts(root, path.parent)))
+            elif lower.endswith((".hdr", ".img")):
+                analyze[path.with_suffix("")].append(path)
+            elif lower.endswith(_NOT_IMAGES):
+                continue
+            elif is_dicom_file(path):
+                try:
+                    header = dicom_header(path)
+                except ScanError as exc:
+                    volumes.append(_Volume(path, "dicom", [path], _parts(root, path.parent), problem=exc.reason))
+                    continue
+                if header.get("Rows") is None:
+                    skipped.append(Skipped(path, "DICOM file without image data (a DICOMDIR, a report, or a damaged file)"))
+                    continue
+                key = (path.parent, str(header.get("SeriesInstanceUID", "")))
+                dicom[key].append(path)
+                descriptions[key] = str(header.get("SeriesDescription") or f"series{header.get('SeriesNumber', '')}")
+            elif "." in name:
+                skipped.append(Skipped(path, f"unsupported file type ({path.suffix}); convert it to NIfTI"))
+    for pair in analyze.values():
+        header_first = sorted(pair, key=lambda p: p.suffix.lower() != ".hdr")
+        volumes.append(_Volume(header_first[0], "analyze", sorted(pair), _parts(root, pair[0].parent)))
+    series_per_folder: dict[Path, int] = defaultdict(int)
+    for folder, _ in dicom:
+        series_per_folder[folder] += 1
+    for (folder, uid), files in dicom.items():
+        several = series_per_folder[folder] > 1
+        name = f"{folder.name}_{descriptions[(folder, uid)]}" if several else folder.name
+        volumes.append(_Volume(folder, "dicom", sorted(files), _parts(root, folder), dicom_name=name))
+    return sorted(volumes, key=lambda v: (v.path, v.dicom_name)), skipped
+
+
+def _parts(root: Path, folder: Path) -> tuple[str, ...]:
+    return folder.relative_to(root).parts
+
+
+def _source(fmt: str, path: Path, files: list[Path]) -> ScanSource:
+    return files if fmt == "dicom" else path
+
+
+def _stem(name: str) -> str:
+    for suffix in (".nii.gz", ".nii", ".hdr", ".img"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _layout(volumes: list[_Volume]) -> str:
+    folders = {f for v in volumes for f in v.folders}
+    if any(_OASIS1_SESSION.fullmatch(f) for f in folders):
+        return "oasis1"
+    if any(_BIDS_SUBJECT.fullmatch(f) for f in folders):
+        return "bids"
+    return "generic"
+
+
+def _choose(root: Path, volumes: list[_Volume], layout: str, pattern: str | None, skipped: list[Skipped]) -> list[_Volume]:
+    """The volumes the layout (or pattern) wants; the others are listed as skipped with its reason."""
+    wanted = _glob_regex(pattern) if pattern is not None else None
+    chosen = []
+    for vol in volumes:
+        if wanted is not None:
+            why = None if _matches(root, vol, wanted) else f"does not match --pattern {pattern!r}"
+        elif layout == "oasis1":
+            why = _oasis1_reason(vol)
+        elif layout == "bids":
+            why = _bids_reason(vol)
+        else:
+            why = None
+        if why is None:
+            chosen.append(vol)
+        else:
+            skipped.append(Skipped(vol.path, why))
+    return chosen
+
+
+def _matches(root: Path, vol: _Volume, wanted: re.Pattern[str]) -> bool:
+    """A pattern may name the `.hdr` or `.img` of a pair, a DICOM series' folder or its files."""
+    return any(wanted.fullmatch(p.relative_to(root).as_posix()) for p in [vol.path, *vol.files])
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Shell globstar semantics: `**/` spans any folders, `*` and `?` stay within one name.
+
+    Python 3.11's Path.match neither anchors at the root nor understands `**`.
+    """
+    out, i = [], 0
+    pattern = pattern.removeprefix("./")
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def _oasis1_reason(vol: _Volume) -> str | None:
+    """OASIS-1 sessions hold ~10 images; the atlas-registered, brain-masked one represents the session."""
+    session = next((i for i, f in enumerate(vol.folders) if _OASIS1_SESSION.fullmatch(f)), None)
+    if session is None:
+        return "OASIS-1: outside the OAS1_xxxx_MRy session folders"
+    inside = vol.folders[session + 1:]
+    if vol.format == "analyze" and inside == _OASIS1_CHOSEN and _stem(vol.path.name).endswith("_t88_masked_gfc"):
+        return None
+    what = next((f"{_OASIS1_FOLDERS[f]} ({f}/)" for f in reversed(inside) if f in _OASIS1_FOLDERS), "another image")
+    return f"OASIS-1: {what}, {_OASIS1_WANTED}"
+
+
+def _bids_reason(vol: _Volume) -> str | None:
+    subject = next((i for i, f in enumerate(vol.folders) if _BIDS_SUBJECT.fullmatch(f)), None)
+    if subject is None:
+        return f"BIDS: outside the subject folders (only {_BIDS_WANTED} are used)"
+    if {"derivatives", "sourcedata"} & set(vol.folders[:subject]):
+        return "BIDS: derived or source data (derivatives/, sourcedata/), not a raw scan"
+    inside = vol.folders[subject + 1:]
+    if inside and _BIDS_SESSION.fullmatch(inside[0]):
+        inside = inside[1:]
+    if inside != ("anat",) or vol.format != "nifti":
+        return f"BIDS: not an anatomical NIfTI image (only {_BIDS_WANTED} are used)"
+    if not _BIDS_T1W.search(vol.path.name):
+        return f"BIDS: not a T1-weighted image (only {_BIDS_WANTED} are used)"
+    return None
+
+
+def _describe(vol: _Volume) -> Scan:
+    """Read the image to validate it and record what training will see; ids are set later."""
+    if vol.problem is not None:
+        raise ScanError(vol.path, vol.problem)
+    data, affine = read_scan(_source(vol.format, vol.path, vol.files), vol.format)
+    return Scan(
+        id="", subject="", session=None, path=vol.path, format=vol.format, files=vol.files,
+        shape=(int(data.shape[0]), int(data.shape[1]), int(data.shape[2])),
+        spacing=tuple(round(float(s), 6) for s in nib.affines.voxel_sizes(affine)),  # type: ignore[arg-type]
+        orientation="".join(nib.aff2axcodes(affine)),
+        intensity=(float(np.min(data)), float(np.max(data))),
+    )
+
+
+def _name(vol: _Volume, layout: str) -> _Name:
+    """Dataset naming where the image sits in a known layout (also under --pattern), else its file name."""
+    stem = _stem(vol.path.name)
+    if layout == "oasis1":
+        session = next((m for f in vol.folders if (m := _OASIS1_SESSION.fullmatch(f))), None)
+        if session is not None:
+            return _Name(session.group(0), session.group(1), session.group(2), stem)
+    if layout == "bids":
+        at = next((i for i, f in enumerate(vol.folders) if _BIDS_SUBJECT.fullmatch(f)), None)
+        if at is not None:
+            subject = vol.folders[at]
+            nxt = vol.folders[at + 1:at + 2]
+            session = nxt[0] if nxt and _BIDS_SESSION.fullmatch(nxt[0]) else None
+            base = f"{subject}_{session}" if session else subject
+            return _Name(base, subject, session, stem.removesuffix("_T1w"))
+    if vol.format == "dicom":  # the series' name already holds its folder
+        return _Name(vol.dicom_name, None, None, "_".join((*vol.folders[:-1], vol.dicom_name)))
+    return _Name(stem, None, None, "_".join((*vol.folders, stem)))
+
+
+def _apply_names(scans: list[Scan], names: list[_Name]) -> None:
+    """Ids must be unique: colliding ones take their longer form, then a numeric suffix."""
+    counts: dict[str, int] = defaultdict(int)
+    for n in names:
+        counts[n.id] += 1
+    ids = [_safe(n.fallback if counts[n.id] > 1 else n.id) for n in names]
+    taken: dict[str, int] = defaultdict(int)
+    for scan, name, wanted in zip(scans, names, ids):
+        taken[wanted] += 1
+        scan.id = wanted if taken[wanted] == 1 else f"{wanted}_{taken[wanted]}"
+        scan.subject = name.subject or scan.id
+        scan.session = name.session
+
+
+def _safe(name: str) -> str:
+    """Ids become file names of outputs; keep them to portable characters."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scan"

@@ -1,0 +1,283 @@
+"""`nsql-med evaluate`: one report on how real, varied and original a synthetic cohort is.
+
+Real (and held-out) scans are preprocessed exactly as training saw them. The synthetic
+images of an nsql-med model are read back at the model's own scale; images from any
+other generator go through the real data's pipeline so both sides are compared alike.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from nibabel.filebasedimages import ImageFileError
+from rich.table import Table
+from torch import Tensor
+
+from neurosql_med.config import Config, load_config
+from neurosql_med.data.cohort import Cohort, load_cohort
+from neurosql_med.errors import UserError
+from neurosql_med.files import write_text
+from neurosql_med.geometry import Geometry
+from neurosql_med.metrics import (
+    PSNR_CAP, TAU, audit, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
+)
+from neurosql_med.model import load_model
+from neurosql_med.plots import image_grid, save_figure
+from neurosql_med.writer import read_sample
+
+__all__ = ["TAU", "audit", "evaluate", "report_table"]
+
+NEAREST_SHOWN = 8
+DISTANCE = "mean absolute pixel difference, images scaled to [0, 1]"
+
+
+def evaluate(
+    real: str | Path,
+    synth: str | Path,
+    model_dir: str | Path | None = None,
+    holdout: str | Path | None = None,
+    config: str | Path | None = None,
+    tau: float = TAU,
+    out: str | Path | None = None,
+) -> dict:
+    """Score the images in ``synth`` against the training scans in ``real``; returns the report.
+
+    With ``model_dir`` the model's own config preprocesses the scans (``config`` is then
+    not used) and the synthetic files must have the model's sample shape; without it the
+    synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
+    ``out`` receives report.json, report.md, nearest.png and distances.png.
+    """
+    if tau <= 0:
+        raise UserError(f"--tau must be positive, got {tau}")
+    model = load_model(model_dir) if model_dir is not None else None
+    cfg = model.config if model is not None else load_config(config)
+    train = load_cohort(real, cfg.data)
+    if model is not None:
+        images, ids = read_synthetic(Path(synth), model.geometry)
+    else:
+        images, ids = _synthetic_cohort(Path(synth), cfg)
+    held = load_cohort(holdout, cfg.data).images if holdout is not None else None
+    inputs = {
+        "real": str(real), "synthetic": str(synth), "holdout": None if holdout is None else str(holdout),
+        "model": None if model_dir is None else str(model_dir), "config": None if model is not None else str(config or "default"),
+    }
+    report = {"inputs": inputs, **score(train.images, sample_ids(train), images, ids, held, tau)}
+    if out is not None:
+        write_outputs(Path(out), report, train.images, images)
+    return report
+
+
+def read_synthetic(folder: Path, geometry: Geometry) -> tuple[Tensor, list[str]]:
+    """Every NIfTI under ``folder`` (hidden files and folders left out) at the model's scale, with its relative path."""
+    if not folder.is_dir():
+        raise UserError(f"synthetic folder not found: {folder}")
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.name.endswith((".nii", ".nii.gz")) and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not files:
+        raise UserError(f"no synthetic images (*.nii, *.nii.gz) found in {folder}")
+    _require_two(len(files), folder)
+    images = torch.stack([torch.from_numpy(_read_one(p, geometry)) for p in files])[:, None]
+    return images, [p.relative_to(folder).as_posix() for p in files]
+
+
+def _read_one(path: Path, geometry: Geometry) -> np.ndarray:
+    """One synthetic image as a sample of the model's shape; a 2D sample is stored as a one-slice volume."""
+    try:
+        data = read_sample(path)
+    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
+        raise UserError(f"{path}: unreadable NIfTI ({exc})") from None
+    if geometry.mode == "2d" and data.ndim == 3 and data.shape[geometry.slice_axis] == 1:
+        data = np.squeeze(data, axis=geometry.slice_axis)
+    if list(data.shape) != geometry.sample_shape:
+        raise UserError(
+            f"{path}: image shape {tuple(data.shape)} does not match the model's sample shape "
+            f"{tuple(geometry.sample_shape)}; was it made by another model?"
+        )
+    return data
+
+
+def _synthetic_cohort(folder: Path, cfg: Config) -> tuple[Tensor, list[str]]:
+    cohort = load_cohort(folder, cfg.data, min_samples=1)
+    _require_two(len(cohort), folder)
+    return cohort.images, sample_ids(cohort)
+
+
+def _require_two(count: int, folder: Path) -> None:
+    """Diversity and the distribution metrics compare pairs within the synthetic set."""
+    if count < 2:
+        raise UserError(f"{folder}: {count} synthetic image; evaluation needs at least 2")
+
+
+def sample_ids(cohort: Cohort) -> list[str]:
+    """Each sample as the file it came from (relative to the folder), plus its slice in 2d."""
+    paths = {s.id: s.path.relative_to(cohort.discovery.root).as_posix() for s in cohort.discovery.scans}
+    return [paths[scan] if k is None else f"{paths[scan]} [slice {k}]" for scan, k in zip(cohort.scan_ids, cohort.slice_index)]
+
+
+def score(real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], held: Tensor | None, tau: float) -> dict:
+    """The report's numbers; ``real_ids`` and ``ids`` name the samples in the flagged list.
+
+    The two all-pairs distance matrices (synthetic x training, training x training) are
+    the bulk of the time, so each is computed once and shared by fidelity, coverage and
+    the memorization audit.
+    """
+    d_sr, d_rr = pairwise_mae(synth, real), pairwise_mae(real)
+    memo = audit(real, synth, tau, d_st=d_sr, d_tt=d_rr)
+    div = diversity(synth, real)
+    dist = distribution(real, synth)
+    report = {
+        "counts": {"real": len(real), "synthetic": len(synth), "holdout": None if held is None else len(held)},
+        "settings": {
+            "tau": tau,
+            "distance": DISTANCE,
+            "feature_extractor": dist.pop("feature_extractor"),
+            "k": dist.pop("k"),
+            "diversity_pairs": {"synthetic": div.pop("pairs_synthetic"), "real": div.pop("pairs_real")},
+            "ms_ssim": {"scales": div.pop("ms_ssim_scales"), "window": div.pop("ms_ssim_window")},
+            "ssim_window": ssim_window(tuple(real.shape[2:])),
+            "psnr_cap_db": PSNR_CAP,
+            "mode": f"{real.ndim - 2}d",
+            "sample_shape": list(real.shape[2:]),
+        },
+        "fidelity": fidelity(synth, real, d_sr),
+        "coverage": coverage(real, synth, d_sr, d_rr),
+        "diversity": div,
+        "distribution": dist,
+        "memorization": memo,
+        "holdout": None if held is None else _versus(held, synth),
+        "flagged": [
+            {"id": ids[i], "ratio": memo["ratios"][i], "nearest_real": real_ids[memo["nearest"][i]]}
+            for i in memo["flagged"]
+        ],
+    }
+    return report
+
+
+def _versus(reference: Tensor, synth: Tensor) -> dict:
+    """Fidelity and coverage against images the model never saw: a generalisation check."""
+    d = pairwise_mae(synth, reference)
+    return {"fidelity": fidelity(synth, reference, d), "coverage": coverage(reference, synth, d)}
+
+
+def _fmt(value: float | int | None) -> str:
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
+
+
+def _rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(section, metric, value, how to read it): the rows both the terminal and report.md show."""
+    f, c, v, d, m = (report[k] for k in ("fidelity", "coverage", "diversity", "distribution", "memorization"))
+    rows = [
+        ("fidelity", "MAE to nearest real", _fmt(f["mae"]), "lower: closer to real"),
+        ("fidelity", "SSIM to nearest real", _fmt(f["ssim"]), "higher: closer (1 = same)"),
+        ("fidelity", "PSNR to nearest real (dB)", _fmt(f["psnr"]), "higher: closer"),
+        ("coverage", "MAE real → nearest synthetic", _fmt(c["mae"]), "lower: real anatomy reached"),
+        ("coverage", "real samples covered", _fmt(c["covered"]), "fraction; higher is better"),
+        ("diversity", "MS-SSIM within synthetic", _fmt(v["ms_ssim_synthetic"]), "1: all alike"),
+        ("diversity", "MS-SSIM within real", _fmt(v["ms_ssim_real"]), "the real variety"),
+        ("diversity", "ratio synthetic / real", _fmt(v["ratio"]), "≈1 kept; >1 less varied"),
+        ("distribution", "MMD²", _fmt(d["mmd2"]), "≈0: same distribution"),
+        ("distribution", "precision", _fmt(d["precision"]), "realism, 0..1"),
+        ("distribution", "recall", _fmt(d["recall"]), "variety, 0..1"),
+        ("distribution", "density", _fmt(d["density"]), "≈1 matching"),
+        ("distribution", "coverage", _fmt(d["coverage"]), "0..1"),
+        ("memorization", "flagged as copies", f"{m['n_flagged']} ({m['fraction_flagged']:.1%})", f"ratio < τ = {m['tau']}"),
+        ("memorization", "smallest ratio", _fmt(m["ratio_min"]), "d_syn / median d_train"),
+        ("memorization", "median ratio", _fmt(m["ratio_median"]), "≈1 or more: new images"),
+    ]
+    if report["holdout"] is not None:
+        hf, hc = report["holdout"]["fidelity"], report["holdout"]["coverage"]
+        rows += [
+            ("holdout", "MAE to nearest held-out", _fmt(hf["mae"]), "compare with fidelity"),
+            ("holdout", "SSIM to nearest held-out", _fmt(hf["ssim"]), ""),
+            ("holdout", "PSNR to nearest held-out (dB)", _fmt(hf["psnr"]), ""),
+            ("holdout", "MAE held-out → nearest synthetic", _fmt(hc["mae"]), ""),
+            ("holdout", "held-out samples covered", _fmt(hc["covered"]), ""),
+        ]
+    return rows
+
+
+def report_table(report: dict) -> Table:
+    counts = report["counts"]
+    held = f", {counts['holdout']} held-out" if counts["holdout"] is not None else ""
+    table = Table(title=f"{counts['synthetic']} synthetic vs {counts['real']} real samples{held}")
+    for column in ("section", "metric", "value", "reading"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for row in _rows(report):
+        table.add_row(*row)
+    return table
+
+
+def report_markdown(report: dict) -> str:
+    s, counts = report["settings"], report["counts"]
+    lines = [
+        "# nsql-med evaluation",
+        "",
+        f"{counts['synthetic']} synthetic vs {counts['real']} real samples"
+        + (f" and {counts['holdout']} held-out" if counts["holdout"] is not None else "")
+        + f" ({s['mode']}, shape {' x '.join(map(str, s['sample_shape']))}). Distance: {s['distance']}.",
+        "",
+        "| section | metric | value | reading |",
+        "|---|---|---:|---|",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(report)),
+        "",
+        "## Suspected copies",
+        "",
+    ]
+    if report["flagged"]:
+        lines += ["| synthetic sample | ratio | nearest real sample |", "|---|---:|---|"]
+        lines += [f"| {f['id']} | {f['ratio']:.3f} | {f['nearest_real']} |" for f in report["flagged"]]
+    else:
+        lines.append(f"None: no synthetic sample is closer than τ = {s['tau']} x the median training nearest-neighbour distance.")
+    lines += [
+        "",
+        "## Settings",
+        "",
+        f"- τ = {s['tau']}; median training nearest-neighbour MAE {report['memorization']['median_d_train']:.4g}",
+        f"- features: {s['feature_extractor']}, k = {s['k']}",
+        f"- MS-SSIM: {s['ms_ssim']['scales']} scales, window {s['ms_ssim']['window']}; pairs: "
+        f"{s['diversity_pairs']['synthetic']} synthetic, {s['diversity_pairs']['real']} real",
+        f"- SSIM window {s['ssim_window']}; PSNR capped at {s['psnr_cap_db']:g} dB",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, report: dict, real: Tensor, synth: Tensor) -> None:
+    write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
+    write_text(out / "report.md", report_markdown(report))
+    nearest_picture(out / "nearest.png", report["memorization"], real, synth)
+    distance_histogram(out / "distances.png", report["memorization"])
+
+
+def nearest_picture(path: Path, memo: dict, real: Tensor, synth: Tensor) -> None:
+    """The synthetic samples closest to a training sample (flagged ones come first) above that sample."""
+    shown = torch.argsort(torch.tensor(memo["ratios"]))[:NEAREST_SHOWN].tolist()
+    flags = [memo["ratios"][i] < memo["tau"] for i in shown]
+    rows = [("synthetic", synth[shown]), ("nearest real", real[[memo["nearest"][i] for i in shown]])]
+    title = f"synthetic samples closest to a training sample (red: ratio < τ = {memo['tau']}, a suspected copy)"
+    image_grid(rows, path, title=title, marked=[flags, flags])
+
+
+def distance_histogram(path: Path, memo: dict) -> None:
+    """Where synthetic samples sit relative to the training set's own nearest-neighbour spacing."""
+    ratios, train = np.asarray(memo["ratios"]), np.asarray(memo["train_ratios"])
+    bins = np.linspace(0, max(ratios.max(), train.max(), memo["tau"]) * 1.05, 40)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.hist(train, bins=bins, alpha=0.6, density=True, label="training: nearest other training sample")
+    ax.hist(ratios, bins=bins, alpha=0.6, density=True, label="synthetic: nearest training sample")
+    ax.axvline(memo["tau"], color="red", linestyle="--", label=f"τ = {memo['tau']} (below: suspected copy)")
+    ax.set_xlabel("MAE / median training nearest-neighbour MAE")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title(f"memorization audit: {memo['n_flagged']} of {len(ratios)} flagged")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,92 @@
+"""Pictures people would rather look at than numbers: grids of slices and training curves."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from neurosql_med.files import atomic_path  # noqa: E402
+
+
+def views(image: torch.Tensor | np.ndarray) -> list[np.ndarray]:
+    """A 2D sample as itself; a 3D volume as its axial, coronal and sagittal mid-slices.
+
+    Arrays are RAS, so each plane is rotated to put anterior/superior at the top the
+    way radiologists look at them.
+    """
+    a = np.asarray(image, dtype=np.float32)
+    a = a[0] if a.ndim in (3, 4) and a.shape[0] == 1 else a
+    if a.ndim == 2:
+        return [np.rot90(a)]
+    x, y, z = (s // 2 for s in a.shape)
+    return [np.rot90(a[:, :, z]), np.rot90(a[:, y, :]), np.rot90(a[x, :, :])]
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", facecolor=fig.get_facecolor())
+    plt.close(fig)
+
+
+def image_grid(
+    rows: Sequence[tuple[str, torch.Tensor | np.ndarray]],
+    path: Path,
+    title: str | None = None,
+    marked: Sequence[Sequence[bool]] | None = None,
+) -> None:
+    """One labelled row per group; a red frame marks flagged images (e.g. suspected copies)."""
+    per_image = len(views(rows[0][1][0]))
+    columns = max(len(images) for _, images in rows) * per_image
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.5 * columns, 1.7 * len(rows)), squeeze=False)
+    fig.patch.set_facecolor("black")
+    for r, (label, images) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            i, v = divmod(c, per_image)
+            if i >= len(images):
+                ax.set_facecolor("black")
+                continue
+            ax.imshow(views(images[i])[v], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if marked is not None and marked[r][i]:
+                for spine in ax.spines.values():
+                    spine.set_visible(True), spine.set_color("red"), spine.set_linewidth(2.5)
+        axes[r][0].set_ylabel(label, color="white", fontsize=9)
+    if title:
+        fig.suptitle(title, color="white", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def real_vs_reconstruction(real: torch.Tensor, recon: torch.Tensor, path: Path) -> None:
+    image_grid([("real", real), ("reconstruction", recon)], path, title="training images and their NeuroSQL reconstructions")
+
+
+def training_curves(history: list[dict], path: Path) -> None:
+    epochs = [r["epoch"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(epochs, [r["loss"] for r in history], label="loss (L1 + w·(1−SSIM))")
+    left.plot(epochs, [r["l1"] for r in history], label="L1")
+    left.set_xlabel("epoch"), left.set_yscale("log"), left.legend(), left.set_title("reconstruction loss")
+    right.plot(epochs, [r["ssim"] for r in history], color="tab:green", label="SSIM")
+    assigned = [(r["epoch"], r["changed_fraction"]) for r in history if "changed_fraction" in r]
+    if assigned:
+        right.plot(*zip(*assigned), "o-", color="tab:red", markersize=3, label="changed assignments")
+    right.set_xlabel("epoch"), right.set_ylim(0, 1.02), right.legend(), right.set_title("SSIM and assignment changes")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def preprocessed_preview(cohort, path: Path, count: int = 12) -> None:
+    """What training will see: evenly chosen preprocessed samples of a cohort."""
+    shown = torch.linspace(0, len(cohort) - 1, min(len(cohort), count)).long()
+    rows = [(f"{cohort.geometry.mode} samples", cohort.images[shown])]
+    image_grid(rows, path, title=f"{len(cohort)} preprocessed samples, shape {cohort.geometry.sample_shape}")

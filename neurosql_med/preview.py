@@ -1,0 +1,39 @@
+"""`preview.png` for any folder of NIfTI images, with reconstructions for scale when a model is given."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from neurosql_med.errors import UserError
+from neurosql_med.model import load_model
+from neurosql_med.plots import image_grid
+
+
+def _display(path: Path) -> np.ndarray:
+    """An image scaled to [0, 1] by its robust range; one-slice volumes become 2D."""
+    try:
+        data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise UserError(f"{path}: unreadable NIfTI ({exc})") from None
+    data = np.squeeze(data)
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    return np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)[None]
+
+
+def cohort_preview(folder: str | Path, model_dir: str | Path | None = None, count: int = 16) -> Path:
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*.nii*") if not p.name.startswith("."))
+    if not files:
+        raise UserError(f"no NIfTI images found in {folder}")
+    shown = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))]
+    rows = [(f"synthetic ({len(files)})", [_display(p) for p in shown])]
+    if model_dir is not None:
+        model = load_model(model_dir)
+        picks = torch.linspace(0, len(model.assignment) - 1, min(8, len(model.assignment))).long().numpy()
+        rows.append(("training reconstructions", model.decode(model.lattice[model.assignment[picks]])))
+    path = folder / "preview.png"
+    image_grid(rows, path, title=f"{folder.name}: synthetic samples" + (" beside training reconstructions" if model_dir else ""))
+    return path

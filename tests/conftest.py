@@ -1,0 +1,145 @@
+"""Tiny scans written on the fly, in every format and layout nsql-med reads.
+
+Volumes are 12x14x10 voxels so a whole cohort loads in milliseconds. The writers are
+plain functions so other test files can build their own trees; the fixtures build the
+dataset layouts discovery must recognise.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+SHAPE = (12, 14, 10)
+
+
+def brain_volume(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    """A bright ellipsoid with noise on a dark background: int16, like a scanner writes."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = sum(g**2 for g in grid) < 0.7
+    return (inside * 800 + rng.integers(0, 100, size=shape)).astype(np.int16)
+
+
+def ras_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    return np.diag([*spacing, 1.0])
+
+
+def write_nifti(path: str | Path, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Path:
+    """A NIfTI in RAS with the given voxel size (`.nii` or `.nii.gz` from the name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, ras_affine(spacing)), path)
+    return path
+
+
+def write_analyze(
+    hdr_path: str | Path, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), trailing_singleton: bool = True,
+) -> Path:
+    """An Analyze 7.5 `.hdr`/`.img` pair as OASIS-1 ships it: big-endian, shape (X, Y, Z, 1)."""
+    hdr_path = Path(hdr_path)
+    hdr_path.parent.mkdir(parents=True, exist_ok=True)
+    data = array[..., None] if trailing_singleton else array
+    header = nib.AnalyzeHeader(endianness=">")
+    header.set_data_dtype(array.dtype)
+    header.set_data_shape(data.shape)
+    header.set_zooms((*spacing, 1.0)[: data.ndim])
+    nib.save(nib.AnalyzeImage(data, None, header), hdr_path)
+    return hdr_path
+
+
+def write_dicom_series(
+    folder: str | Path,
+    array: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    suffix: str = ".dcm",
+    description: str = "T1",
+    series_uid: str | None = None,
+    positions: Sequence[float] | None = None,
+    instance_numbers: Sequence[int] | None = None,
+    prefix: str = "slice",
+) -> list[Path]:
+    """One file per axial slice, oriented so MONAI reads back ``array`` with the NIfTI's RAS affine.
+
+    Row direction -x and column direction -y in DICOM's LPS patient space are +x and +y
+    in RAS; PydicomReader transposes each slice back to (X, Y).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    n = array.shape[2]
+    positions = [k * spacing[2] for k in range(n)] if positions is None else positions
+    instance_numbers = list(range(1, n + 1)) if instance_numbers is None else instance_numbers
+    files = []
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesDescription = description
+        ds.SeriesNumber = 1
+        ds.Modality = "MR"
+        ds.InstanceNumber = instance_numbers[k]
+        ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, float(positions[k])]
+        ds.PixelSpacing = [spacing[1], spacing[0]]  # between rows (y), between columns (x)
+        ds.SliceThickness = spacing[2]
+        ds.Rows, ds.Columns = array.shape[1], array.shape[0]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.PixelData = np.ascontiguousarray(array[:, :, k].T.astype(np.int16)).tobytes()
+        path = folder / f"{prefix}{k:03d}{suffix}"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+@pytest.fixture
+def tiny_bids(tmp_path: Path) -> Path:
+    """OASIS-3-like BIDS: 4 subjects (3 with sessions), a FLAIR, sidecars and a stray `formats/` copy."""
+    root = tmp_path / "bids"
+    for i, (sub, ses) in enumerate([("sub-OAS30001", "ses-d0129"), ("sub-OAS30001", "ses-d0757"),
+                                    ("sub-OAS30002", "ses-d0100"), ("sub-OAS30003", None)]):
+        anat = root / sub / (ses or "") / "anat"
+        name = f"{sub}_{ses}" if ses else sub
+        write_nifti(anat / f"{name}_T1w.nii.gz", brain_volume(i))
+        (anat / f"{name}_T1w.json").write_text("{}")
+    write_nifti(root / "sub-OAS30002/ses-d0100/anat/sub-OAS30002_ses-d0100_FLAIR.nii.gz", brain_volume(9))
+    write_analyze(root / "formats/sub-OAS30001_T1w.hdr", brain_volume(0))
+    (root / "dataset_description.json").write_text('{"Name": "tiny", "BIDSVersion": "1.8.0"}')
+    (root / "participants.tsv").write_text("participant_id\nsub-OAS30001\n")
+    return root
+
+
+@pytest.fixture
+def tiny_oasis1(tmp_path: Path) -> Path:
+    """Two OASIS-1 sessions with every sibling image the real disc holds."""
+    root = tmp_path / "disc1"
+    for i, session in enumerate(["OAS1_0001_MR1", "OAS1_0002_MR1"]):
+        base = root / session
+        volume = brain_volume(i)
+        for run in (1, 2):
+            write_analyze(base / f"RAW/{session}_mpr-{run}_anon.hdr", volume)
+        write_analyze(base / f"PROCESSED/MPRAGE/SUBJ_111/{session}_mpr_n4_anon_sbj_111.hdr", volume)
+        t88 = base / "PROCESSED/MPRAGE/T88_111"
+        write_analyze(t88 / f"{session}_mpr_n4_anon_111_t88_gfc.hdr", volume)
+        write_analyze(t88 / f"{session}_mpr_n4_anon_111_t88_masked_gfc.hdr", volume)
+        write_analyze(base / f"FSL_SEG/{session}_mpr_n4_anon_111_t88_masked_gfc_fseg.hdr", volume)
+        (base / f"{session}.txt").write_text("AGE: 74\n")
+        (t88 / f"{session}_mpr_n4_anon_111_t88_gfc_tra_90.gif").write_bytes(b"GIF89a")
+    return root
