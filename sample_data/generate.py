@@ -26,17 +26,18 @@ N_SUBJECTS = 30
 SHAPE = (88, 104, 88)  # OASIS T88 atlas grid (176x208x176 @ 1 mm) at half resolution
 AFFINE = np.array([[2.0, 0, 0, -87], [0, 2.0, 0, -103], [0, 0, 2.0, -87], [0, 0, 0, 1]])
 TAL_SHIFT = np.array([0.0, -17.0, 10.0])  # Talairach mm = world mm + shift: brain centre at world 0
-ICV_REF_ML = 1500.0  # fixed intracranial reference volume: nWBV = tissue volume / ICV_REF_ML
+ICV_REF_ML = 1400.0  # fixed intracranial reference volume: nWBV = tissue volume / ICV_REF_ML
 WM, GM, CSF = 1.0, 0.66, 0.20  # T1 intensities relative to white matter
-STORE_WM = 100  # stored value of white matter: noise then spans few codes, which gzips well
+STORE_WM = 100  # stored value of white matter; uint8 with noise over a few codes gzips to ~160 KB
 EDGE = 1.0  # mm; width of the sigmoid that turns SDFs into partial-volume fractions
 # Deep grey nuclei: (centre, radii, relative T1 intensity), mirrored to both hemispheres.
-NUCLEI = [((11, -18, 7), (8, 15, 9), 0.80),  # thalamus
-          ((12, 12, 8), (5.5, 9, 7.5), 0.70),  # caudate head
-          ((25, 2, 1), (5.5, 14, 9), 0.74),  # putamen
-          ((18, -2, -1), (4, 8, 5), 0.86),  # globus pallidus
+NUCLEI = [((10, -18, 7), (9, 15, 9), 0.78),  # thalamus
+          ((12, 12, 8), (5.5, 9, 7.5), 0.68),  # caudate head
+          ((25, 2, 1), (5.5, 14, 9), 0.70),  # putamen
+          ((18, -2, -1), (4, 8, 5), 0.84),  # globus pallidus
           ((25, -24, -13), (5, 16, 5), 0.63),  # hippocampus
-          ((22, -5, -18), (6, 6, 6), 0.65)]  # amygdala
+          ((22, -5, -18), (6, 6, 6), 0.65),  # amygdala
+          ((0, -14, 0), (5, 22, 12), 0.74)]  # diencephalon walls of the third ventricle
 
 
 @dataclass
@@ -53,12 +54,11 @@ class Subject:
 
 def make_cohort() -> list[Subject]:
     """Ages 45-95 with dementia (CDR > 0) becoming likelier with age, as in OASIS."""
-    rng = np.random.default_rng(SEED)
-    people = []
+    rng, people = np.random.default_rng(SEED), []
     for n in range(1, N_SUBJECTS + 1):
         age = int(rng.integers(45, 96))
-        p = float(np.clip((age - 55) / 45, 0, 0.7))
-        cdr = float(rng.choice([0.0, 0.5, 1.0], p=[1 - p, 0.6 * p, 0.4 * p]))
+        p = float(np.clip((age - 55) / 40, 0, 0.75))
+        cdr = float(rng.choice([0.0, 0.5, 1.0], p=[1 - p, 0.65 * p, 0.35 * p]))
         days = 0 if rng.random() < 0.5 else int(rng.integers(30, 3000))
         people.append(make_subject(f"sub-OAS3{n:04d}", f"ses-d{days:04d}", age, cdr, rng, n))
     return people
@@ -72,6 +72,7 @@ def make_subject(pid: str, session: str, age: int, cdr: float, rng: np.random.Ge
 
 # ---------------------------------------------------------------- geometry primitives
 def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic via tanh (no overflow warnings far from surfaces)."""
     return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
@@ -97,9 +98,9 @@ def ellipsoid(x, y, z, c, r) -> np.ndarray:
 def tube(x, y, z, pts: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """Approximate SDF of a tube along a polyline whose per-axis radii vary along it."""
     d = np.full(np.shape(x), np.inf, np.float32)
-    for a, b, ra, rb in zip(pts[:-1], pts[1:], radii[:-1], radii[1:]):
-        ab = b - a
-        t = np.clip(((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / (ab @ ab), 0, 1)
+    for a, b, ra, rb in zip(pts[:-1].tolist(), pts[1:].tolist(), radii[:-1].tolist(), radii[1:].tolist()):
+        ab = [b[i] - a[i] for i in range(3)]  # python floats keep the arithmetic in float32
+        t = np.clip(((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / sum(v * v for v in ab), 0, 1)
         r = [ra[i] + t * (rb[i] - ra[i]) for i in range(3)]
         q = [(p - a[i] - t * ab[i]) / r[i] for i, p in enumerate((x, y, z))]
         k = np.sqrt(q[0] ** 2 + q[1] ** 2 + q[2] ** 2)
@@ -110,17 +111,13 @@ def tube(x, y, z, pts: np.ndarray, radii: np.ndarray) -> np.ndarray:
 def smooth_field(rng: np.random.Generator, coarse: tuple[int, int, int], amplitude: float) -> np.ndarray:
     """Band-limited random field: coarse white noise upsampled with separable Gaussian kernels
     (three small matrix products - far cheaper than blurring or spline-zooming the full grid)."""
-    f = rng.standard_normal(coarse)
+    f = rng.standard_normal(coarse, np.float32) * np.float32(amplitude)
     for ax, (n, c) in enumerate(zip(SHAPE, coarse)):
         pos = (np.arange(n) + 0.5) / n * c - 0.5
         m = np.exp(-0.5 * ((pos[:, None] - np.arange(c)[None, :]) / 0.7) ** 2)
         m /= np.sqrt((m ** 2).sum(1, keepdims=True))  # unit variance everywhere
-        f = np.moveaxis(np.tensordot(m, f, axes=(1, ax)), 0, ax)
-    return (f * amplitude).astype(np.float32)
-
-
-def wrap(phi: np.ndarray) -> np.ndarray:
-    return (phi + np.pi) % (2 * np.pi) - np.pi
+        f = np.moveaxis(np.tensordot(m.astype(np.float32), f, axes=(1, ax)), 0, ax)
+    return np.ascontiguousarray(f)
 
 
 def tal_grid() -> list[np.ndarray]:
@@ -139,7 +136,7 @@ def tentorium(x, y) -> np.ndarray:
 def cerebrum(x, y, z) -> np.ndarray:
     """Hemisphere envelope: a dome narrowing to the occipital pole, cut flat below, plus temporal lobes."""
     occ, fro = np.clip((-17 - y) / 85, 0, 1), np.clip((y + 17) / 85, 0, 1)
-    width = 67 * (1 - 0.16 * occ ** 2 - 0.07 * fro ** 2)
+    width = 69 * (1 - 0.16 * occ ** 2 - 0.07 * fro ** 2)
     dome = ellipsoid(x, y, z, (0, -17, 14), (width, 85, 61))
     upper = smax(dome, tentorium(x, y) - z, 4)
     cx, cz = 42 - 0.12 * np.maximum(y + 12, 0), -20 - 0.12 * (y + 12)
@@ -148,8 +145,8 @@ def cerebrum(x, y, z) -> np.ndarray:
 
 def cerebellum(x, y, z) -> np.ndarray:
     """Two hemispheres and a vermis tucked under the tentorium with a CSF gap."""
-    hemi = ellipsoid(np.abs(x), y, z, (22, -58, -37), (27, 27, 19))
-    cb = smin(hemi, ellipsoid(x, y, z, (0, -56, -33), (11, 25, 19)), 5)
+    hemi = ellipsoid(np.abs(x), y, z, (22, -58, -35), (27, 27, 21))
+    cb = smin(hemi, ellipsoid(x, y, z, (0, -55, -33), (12, 26, 22)), 5)
     return smax(cb, z - (tentorium(x, y) - 3), 2)
 
 
@@ -160,7 +157,7 @@ BS_R = np.array([(13, 10, 6), (11, 10, 6), (13, 13, 8), (9, 9, 8), (8, 8, 8)], f
 def corpus_callosum_top(y) -> tuple[np.ndarray, np.ndarray]:
     """Dorsal surface of the callosal arch (genu y=31 .. splenium y=-41) and where it exists."""
     t = np.clip(1 - ((y + 5) / 36) ** 2, 0, None)
-    return 4 + 22 * np.sqrt(t), t > 0
+    return 4 + 22 * t ** 0.25, t > 0  # flat body, thick rounded genu and splenium
 
 
 def fold_distance(rng: np.random.Generator, depth: np.ndarray) -> np.ndarray:
@@ -170,7 +167,7 @@ def fold_distance(rng: np.random.Generator, depth: np.ndarray) -> np.ndarray:
     the noise's zero set a maze of sheets perpendicular to the local surface, including the medial
     and insular surfaces: that is what sulci look like. |n| / |grad n| turns the field into mm.
     """
-    noise = ndimage.gaussian_filter(rng.standard_normal(SHAPE).astype(np.float32), 1.3)
+    noise = ndimage.gaussian_filter(rng.standard_normal(SHAPE, np.float32), 1.3)
     noise /= noise.std()
     normal = np.gradient(depth, 2.0)
     step = 0.6 * np.clip(depth, 0, 25) / 2  # in voxels; < 1 so sulci bend and lean
@@ -184,11 +181,11 @@ def fold_distance(rng: np.random.Generator, depth: np.ndarray) -> np.ndarray:
 def medial_sulci(x, y, z) -> np.ndarray:
     """Distance (mm) to the landmark sulci every midsagittal T1 shows: the cingulate sulcus arching
     ~14 mm above the corpus callosum, and the calcarine and parieto-occipital sulci meeting behind it."""
-    rho = np.sqrt(((y + 5) / 50) ** 2 + ((z - 4) / 36) ** 2) + 0.04 * np.sin(y / 7 + x / 5)
+    rho = np.sqrt(((y + 5) / 50) ** 2 + ((z - 4 - 0.5 * np.abs(x)) / 36) ** 2)  # rises laterally
     cing = np.where((z > -5) & (y > -35), np.abs(rho - 1) * 36, 99)
     calc = np.where(y < -42, np.abs(z - 4 - 0.08 * (y + 42)), 99)
     po = np.where(-0.583 * (y + 42) + 0.813 * (z - 4) > 0, np.abs(0.813 * (y + 42) + 0.583 * (z - 4)), 99)
-    return np.maximum(np.minimum.reduce([cing, calc, po]), np.abs(x) - 16)
+    return np.maximum(np.minimum.reduce([cing, calc, po]), np.abs(x) - 12)
 
 
 def cerebral_csf_distance(rng, x, y, z, t_cer, a: float) -> np.ndarray:
@@ -199,11 +196,13 @@ def cerebral_csf_distance(rng, x, y, z, t_cer, a: float) -> np.ndarray:
     cc, over_cc = corpus_callosum_top(y)
     floor = np.where(over_cc, cc + 2 + 2 * a, -99)
     s_ih = smax(np.abs(x) - (0.9 + 1.5 * a), floor - z, 1)
-    zs = -6 - 0.22 * y + smooth_field(rng, (8, 9, 8), 2.5)
-    s_syl = np.maximum.reduce([np.abs(z - zs) - (1.2 + 1.6 * a), 36 - np.abs(x), y - 22, -45 - y])
+    zs = -6 - 0.3 * y + smooth_field(rng, (8, 9, 8), 2.5)
+    s_syl = np.maximum.reduce([np.abs(z - zs) - (0.8 + 1.6 * a), 36 - np.abs(x), y - 22, -45 - y])
     depth = np.minimum(np.minimum(-t_cer, s_ih), s_syl)
     sulc_depth = 15 + smooth_field(rng, (14, 16, 14), 5.0)
-    width = (0.4 + 1.3 * a) * (1.6 - 0.6 * np.clip(depth / 12, 0, 1))  # V-shaped: widest at the surface
+    medial = s_ih < np.minimum(-t_cer, s_syl)  # medial-surface sulci are shallower (and named ones dominate)
+    sulc_depth = np.where(medial, np.float32(0.5), np.float32(1)) * sulc_depth
+    width = (0.55 + 1.0 * a) * (1.6 - 0.6 * np.clip(depth / 12, 0, 1))  # V-shaped: widest at the surface
     dist = np.minimum(fold_distance(rng, depth), medial_sulci(x, y, z))
     s_sulc = smax(dist - width, depth - sulc_depth, 2.5)
     s_sulc = smax(s_sulc, -ellipsoid(x, y, z, (0, -8, 2), (29, 38, 22)), 2)  # no sulci into the deep nuclei
@@ -213,11 +212,12 @@ def cerebral_csf_distance(rng, x, y, z, t_cer, a: float) -> np.ndarray:
 def cerebellar_csf_distance(rng, x, y, z, t_cb, a: float) -> np.ndarray:
     """Fissures radiating from the fastigium give lobules with a branching white-matter core
     (arbor vitae); shallower secondary fissures between them give the folia."""
+    wrap = lambda p: (p + np.pi) % (2 * np.pi) - np.pi  # angular distance to the nearest fissure
     dy, dz = y + 44 + 0.006 * x * x, z + 30
     r = np.sqrt(dy * dy + dz * dz) + 1e-3
-    phi = 10 * np.arctan2(dz, -dy) + smooth_field(rng, (6, 7, 6), 1.0)
+    phi = 10 * np.arctan2(dz, -dy) + smooth_field(rng, (6, 7, 6), 1.0)[CEREBELLUM_BOX]
     depth, hw = -t_cb, 0.5 + 0.7 * a
-    s1 = smax(np.abs(wrap(phi)) / 10 * r - hw, depth - 10, 1)
+    s1 = smax(np.abs(wrap(phi)) / 10 * r - hw, depth - 10 - 3 * np.cos(phi / 2.3), 1)
     s2 = smax(np.abs(wrap(phi + np.pi)) / 10 * r - 0.8 * hw, depth - 5.5, 1)
     s3 = smax(np.abs(wrap(2 * phi + np.pi / 2)) / 20 * r - 0.5 * hw, depth - 3, 1)
     return np.minimum.reduce([depth, s1, s2, s3])
@@ -225,8 +225,8 @@ def cerebellar_csf_distance(rng, x, y, z, t_cb, a: float) -> np.ndarray:
 
 # Lateral ventricle centre line: (y, z, medial wall |x|, rx, ry, rz) from frontal-horn tip via body
 # and atrium to the occipital-horn tip; the temporal horn branches off the atrium: (|x|, y, z, r).
-LATERAL = [(32, 10, 2.0, 3.0, 4, 4), (20, 13, 1.5, 4.0, 5, 6), (4, 16, 1.5, 3.5, 5, 4.5),
-           (-14, 17, 3.0, 3.5, 5, 4.5), (-30, 14, 9.0, 5.5, 6, 6.5), (-60, 6, 14.0, 2.0, 4, 2.0)]
+LATERAL = [(32, 10, 1.5, 3.0, 4, 4), (20, 13, 1.0, 4.0, 5, 6), (4, 16, 1.0, 3.5, 5, 4.5),
+           (-14, 17, 1.5, 3.5, 5, 4.5), (-30, 14, 9.0, 5.5, 6, 6.5), (-60, 6, 14.0, 2.0, 4, 2.0)]
 TEMPORAL_HORN = [(18, -30, 12, 5.0), (29, -28, -2, 3.0), (32, -17, -12, 2.5), (29, -4, -19, 1.5)]
 
 
@@ -246,7 +246,8 @@ def ventricles(x, y, z, a: float) -> np.ndarray:
         c, r, _ = NUCLEI[1]
         d = smax(d, -ellipsoid(sx * x, y, z, c, r), 1.5)
     cc, over_cc = corpus_callosum_top(y)
-    d = smax(d, z - np.where(over_cc, cc - 5 + 3 * a, 99), 1.5)  # under the (thinning) corpus callosum
+    roof = cc - 5 + 3 * a + 2 * np.maximum(np.abs(x) - 12, 0)  # the callosal roof (thinning) spans the bodies
+    d = smax(d, z - np.where(over_cc, roof, 99), 1.5)
     third = ellipsoid(x, y, z, (0, -10, -1), (1.2 + 2.5 * a, 12, 8))
     fourth = ellipsoid(x, y, z, (0, -40, -35), (4 + 2 * a, 3 + a, 6))
     return np.minimum(d, np.minimum(third, fourth))
@@ -259,66 +260,73 @@ def box(lo, hi) -> tuple[slice, ...]:
     return tuple(slice(max(int(u), 0), min(int(v), n)) for u, v, n in zip(i0, i1, SHAPE))
 
 
+CEREBELLUM_BOX = box((-65, -100, -72), (65, -20, 0))
+BRAINSTEM_BOX = box((-20, -50, -80), (20, -5, 12))
+DEEP_BOX = box((-45, -75, -50), (45, 40, 35))
+
+
+def local(sl: tuple[slice, ...], values: np.ndarray, fill: float = 99.0) -> np.ndarray:
+    """Embed an SDF evaluated on a sub-box into the full grid (far outside = ``fill`` mm)."""
+    out = np.full(SHAPE, fill, np.float32)
+    out[sl] = values
+    return out
+
+
 def render(s: Subject) -> tuple[np.ndarray, float]:
     """Build one T1w volume (stored units) and return it with its brain-tissue volume in mL."""
     rng = np.random.default_rng([SEED, s.seed])
     a = s.atrophy
-    base = tal_grid()
-    size = 1 + 0.025 * np.clip(rng.standard_normal(), -2, 2) + (0.012 if s.sex == "M" else -0.012)
-    centre = (0.0, -17.0, 10.0)
-    x, y, z = [(g - c) / (size * (1 + 0.015 * rng.standard_normal())) + c + smooth_field(rng, (6, 7, 6), 2.5)
-               for g, c in zip(base, centre)]
-    t_cer, t_cb = cerebrum(x, y, z), cerebellum(x, y, z)
-    sl = box((-20, -50, -80), (20, -5, 12))
-    t_bs = np.full(SHAPE, 99.0, np.float32)
-    t_bs[sl] = smin(tube(x[sl], y[sl], z[sl], BS_PTS, BS_R), ellipsoid(x[sl], y[sl], z[sl], (0, -21, -31), (15, 11, 12)), 3)
-    mask = smin(smin(t_cer, t_cb, 4), t_bs, 4) < 1.0  # skull-strip mask follows the pre-atrophy envelope
-    shrink = 1.5 * a  # the atrophied brain pulls away from the mask, leaving a CSF rim
-    s_cer = cerebral_csf_distance(rng, x, y, z, t_cer + shrink, a)
-    s_cb = cerebellar_csf_distance(rng, x, y, z, t_cb + shrink, a)
+    size = 1 + 0.008 * np.clip(rng.standard_normal(), -2, 2) + (0.005 if s.sex == "M" else -0.005)  # atlas space
+    centre = (0.0, -17.0, 10.0)  # smooth random deformation + size change about the brain centre
+    x, y, z = [(g - c) / float(size * (1 + 0.005 * rng.standard_normal())) + c + smooth_field(rng, (5, 6, 5), 1.5)
+               for g, c in zip(tal_grid(), centre)]
+    cb, bs, deep = CEREBELLUM_BOX, BRAINSTEM_BOX, DEEP_BOX
+    t_cer = cerebrum(x, y, z)
+    t_cb = cerebellum(x[cb], y[cb], z[cb])
+    t_bs = smin(tube(x[bs], y[bs], z[bs], BS_PTS, BS_R), ellipsoid(x[bs], y[bs], z[bs], (0, -21, -31), (15, 11, 12)), 3)
+    # skull-strip mask: the pre-atrophy envelope; the smooth union closes the thin gaps between parts
+    mask = smin(smin(t_cer, local(cb, t_cb), 4), local(bs, t_bs), 4) < 1.0
+    shrink = 1.0 * a  # the atrophied brain pulls away from the mask, leaving a CSF rim
     gm, thick = GM + 0.05 * a, 3.0 - 0.8 * a  # GM/WM contrast and cortical thickness fall with age
 
     def ribbon(sd: np.ndarray, th: float, wm: float, g: float) -> tuple[np.ndarray, np.ndarray]:
         tissue, grey = sigmoid(sd / EDGE), sigmoid((th - sd) / EDGE)
         return CSF + tissue * (wm + (g - wm) * grey - CSF), tissue
 
-    i_cer, f_cer = ribbon(s_cer, thick, WM, gm)
+    img, frac = ribbon(cerebral_csf_distance(rng, x, y, z, t_cer + shrink, a), thick, WM, gm)
+    f_cer = frac.copy()
+    s_cb = cerebellar_csf_distance(rng, x[cb], y[cb], z[cb], t_cb + shrink, a)
     i_cb, f_cb = ribbon(s_cb, 2.6 - 0.4 * a, 0.94, gm - 0.02)
+    img[cb], frac[cb] = np.maximum(img[cb], i_cb), np.maximum(frac[cb], f_cb)
     f_bs = sigmoid(-(t_bs + 0.5 * shrink) / EDGE)
-    img = np.maximum.reduce([i_cer, i_cb, CSF + f_bs * (0.82 - CSF)])
-    frac = np.maximum.reduce([f_cer, f_cb, f_bs])
-    sl = box((-45, -75, -50), (45, 40, 35))
-    xs, ys, zs = x[sl], y[sl], z[sl]
+    img[bs], frac[bs] = np.maximum(img[bs], CSF + f_bs * (0.82 - CSF)), np.maximum(frac[bs], f_bs)
+    xs, ys, zs = x[deep], y[deep], z[deep]
     for c, r, val in NUCLEI:
         shrink_n = 1 - (0.25 * s.cdr if val < 0.66 else 0.05 * a)  # hippocampus/amygdala atrophy with CDR
-        w = sigmoid(-ellipsoid(np.abs(xs), ys, zs, c, np.array(r) * shrink_n) / EDGE) * f_cer[sl]
-        img[sl] += w * (val + 0.03 * a - img[sl])
+        w = sigmoid(-ellipsoid(np.abs(xs), ys, zs, c, [float(v * shrink_n) for v in r]) / EDGE) * f_cer[deep]
+        img[deep] += w * (val + 0.03 * a - img[deep])
     v = ventricles(xs, ys, zs, a)
-    img[sl] *= 1 - 0.12 * a * np.exp(-np.maximum(v, 0) / 4)  # periventricular white-matter change
+    img[deep] *= 1 - 0.12 * a * np.exp(-np.maximum(v, 0) / 4)  # periventricular white-matter change
     wv = sigmoid(-v / EDGE)
-    img[sl] += wv * (CSF - img[sl])
-    frac[sl] *= 1 - wv
-    bias = np.exp(smooth_field(rng, (3, 3, 3), 0.05))
-    sig = 0.03
-    noisy = np.hypot(img * bias + sig * rng.standard_normal(SHAPE), sig * rng.standard_normal(SHAPE))
-    out = np.round(noisy * STORE_WM) * mask
-    return out.astype(np.int16), float((frac * mask).sum() * 8e-3)
+    img[deep] += wv * (CSF - img[deep])
+    frac[deep] *= 1 - wv
+    img *= np.exp(smooth_field(rng, (3, 3, 3), 0.05))  # smooth multiplicative bias field
+    sig = 0.03  # Rician noise: magnitude of a complex signal with Gaussian noise on both channels
+    noisy = np.hypot(img + sig * rng.standard_normal(SHAPE, np.float32), sig * rng.standard_normal(SHAPE, np.float32))
+    out = np.clip(np.round(noisy * STORE_WM), 0, 255) * mask
+    return out.astype(np.uint8), float((frac * mask).sum() * 8e-3)
 
 
 # ---------------------------------------------------------------- writers
-def nifti(vol: np.ndarray) -> nib.Nifti1Image:
+def save_nifti_gz(vol: np.ndarray, path: Path) -> None:
+    """gzip ourselves with mtime=0 and no file name, so the bytes never depend on when we ran."""
     img = nib.Nifti1Image(vol, AFFINE)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(AFFINE, code=1)
     img.set_sform(AFFINE, code=2)  # aligned to the (half-resolution) T88 atlas grid
     img.header["descrip"] = b"nsql-med synthetic T1w: procedural, no patient data"
-    return img
-
-
-def save_nifti_gz(vol: np.ndarray, path: Path) -> None:
-    """gzip ourselves with mtime=0 and no file name, so the bytes never depend on when we ran."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(nifti(vol).to_bytes(), compresslevel=9, mtime=0))
+    path.write_bytes(gzip.compress(img.to_bytes(), compresslevel=9, mtime=0))
 
 
 def save_analyze(vol: np.ndarray, path: Path) -> None:
@@ -328,7 +336,7 @@ def save_analyze(vol: np.ndarray, path: Path) -> None:
     hdr = nib.AnalyzeHeader()
     hdr.set_data_shape(SHAPE + (1,))
     hdr.set_zooms((2.0, 2.0, 2.0, 1.0))
-    hdr.set_data_dtype(np.int16)
+    hdr.set_data_dtype(np.uint8)
     nib.AnalyzeImage(np.ascontiguousarray(vol[::-1, :, :, None]), None, hdr).to_filename(path)
 
 
@@ -345,8 +353,7 @@ def save_dicom(vol: np.ndarray, folder: Path) -> None:
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.PatientName, ds.PatientID, ds.PatientSex, ds.PatientBirthDate = "SYNTHETIC^SUBJECT", "SYNTH0001", "O", ""
-        for tag in ("StudyDate", "SeriesDate", "ContentDate"):
-            setattr(ds, tag, "20000101")
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"  # fixed: output must not depend on the day
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName, ds.SeriesNumber = "1", "", "", 1
         ds.Modality, ds.Manufacturer, ds.InstitutionName = "MR", "nsql-med (synthetic)", "none"
@@ -365,7 +372,7 @@ def save_dicom(vol: np.ndarray, folder: Path) -> None:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         pixels = np.ascontiguousarray(vol[::-1, ::-1, k].T).astype(np.uint16)  # [row=P..A reversed, col=R->L]
         ds.Rows, ds.Columns = pixels.shape
-        ds.compress(RLELossless, pixels, encoding_plugin="pydicom")
+        ds.compress(RLELossless, pixels, encoding_plugin="pydicom", generate_instance_uid=False)
         ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
 
 
@@ -380,22 +387,20 @@ def write_metadata(rows: list[tuple[Subject, float]]) -> None:
     cols = {"participant_id": {"Description": "Synthetic participant id in OASIS-3 style"},
             "age": {"Description": "Age at the imaging session", "Units": "year"},
             "sex": {"Description": "Sex", "Levels": {"M": "male", "F": "female"}},
-            "CDR": {"Description": "Clinical Dementia Rating (synthetic); drives atrophy in the image",
-                    "Levels": {"0": "normal", "0.5": "very mild dementia", "1": "mild dementia",
-                               "2": "moderate dementia"}},
+            "CDR": {"Description": "Clinical Dementia Rating (synthetic); drives atrophy in the image", "Levels": {
+                "0": "normal", "0.5": "very mild dementia", "1": "mild dementia", "2": "moderate dementia"}},
             "nWBV": {"Description": f"Normalized whole-brain volume: brain tissue volume measured on the "
                                     f"generated image divided by a fixed intracranial reference of {ICV_REF_ML:g} mL"}}
-    (HERE / "dataset_description.json").write_text(json.dumps(desc, indent=2) + "\n")
-    (HERE / "participants.json").write_text(json.dumps(cols, indent=2) + "\n")
-    (HERE / ".bidsignore").write_text("generate.py\nformats/\n")
     lines = ["participant_id\tage\tsex\tCDR\tnWBV"]
     lines += [f"{s.pid}\t{s.age}\t{s.sex}\t{s.cdr:g}\t{ml / ICV_REF_ML:.3f}" for s, ml in rows]
-    (HERE / "participants.tsv").write_text("\n".join(lines) + "\n")
+    for name, text in [("dataset_description.json", json.dumps(desc, indent=2)), (".bidsignore", "generate.py\nformats/"),
+                       ("participants.json", json.dumps(cols, indent=2)), ("participants.tsv", "\n".join(lines))]:
+        (HERE / name).write_text(text + "\n")
 
 
 def main() -> None:
     for old in [*HERE.glob("sub-OAS3*"), HERE / "formats"]:  # only what this script writes
-        shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)
     rows = []
     for s in make_cohort():
         vol, tissue_ml = render(s)
