@@ -1,13 +1,14 @@
 """How long `evaluate` takes, and where the memorization threshold τ comes from.
 
-    python benchmarks/bench_evaluate.py            # 500 synthetic vs 1000 real 64x80 slices (target <= 30 s)
-    python benchmarks/bench_evaluate.py --tau      # d_syn / median(d_train) of copies vs new subjects
+    python benchmarks/bench_evaluate.py                # 500 synthetic vs 1000 real 64x80 slices (target <= 30 s)
+    python benchmarks/bench_evaluate.py --tau [SCANS]  # d_syn / median(d_train): copies vs new subjects
 
 The timing uses random smooth images: the cost depends on sizes, not content. The τ
-measurement needs anatomy-like structure, so it uses brain phantoms (ellipsoid brain,
-folded grey-matter rim, white matter, ventricles, tissue texture; every subject drawn
-at random): training slices, slices of new subjects (what a good generator should
-produce), and planted copies of training slices degraded the ways a generator would.
+measurement needs anatomy, so it reads a folder of scans (the sample cohort by default;
+run sample_data/generate.py first) preprocessed by the default configs, trains on two
+thirds of the subjects and compares, against that training set, the remaining subjects
+(what a good generator should produce) with planted copies of training samples
+degraded the ways a generator's output would be.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from neurosql_med.config import load_config, override
+from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.evaluate import score, write_outputs
 from neurosql_med.metrics import TAU, audit, pairwise_mae
 from neurosql_med.writer import INTENSITY_MAX
@@ -57,33 +60,7 @@ def bench_timing(n_real: int, n_synth: int, shape: tuple[int, ...]) -> None:
     print(f"  total                         {scored + written:6.2f} s")
 
 
-def phantom(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
-    """One random brain-like volume in [0, 1]."""
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    centre = rng.normal(0, 0.03, 3)[:, None, None, None]
-    radii = rng.uniform(0.72, 0.9, 3)[:, None, None, None]
-    warp = ndimage.gaussian_filter(rng.normal(size=(3, *shape)), (0, 8, 8, 8)) * 0.3
-    q = (((g - centre + warp) / radii) ** 2).sum(0)
-    brain = q < 1
-    folds = ndimage.gaussian_filter(rng.normal(size=shape), 2.0)
-    folds /= folds.std()
-    wm = q < (0.75 - 0.06 * folds) ** 2
-    img = np.where(brain, 0.45, 0.0) + np.where(wm, 0.3, 0.0)
-    img = np.where(brain & ~wm & (folds > 1.2), 0.15, img)  # sulcal CSF
-    v_centre = rng.normal(0, 0.05, 3)[:, None, None, None]
-    v_radii = np.array([rng.uniform(0.08, 0.2), rng.uniform(0.2, 0.35), rng.uniform(0.1, 0.2)])[:, None, None, None]
-    for side in (-1, 1):
-        offset = np.array([side * rng.uniform(0.08, 0.14), 0, 0])[:, None, None, None]
-        img = np.where((((g - v_centre - offset) / v_radii) ** 2).sum(0) < 1, 0.12, img)
-    img = img + brain * ndimage.gaussian_filter(rng.normal(size=shape), 1.0) * 0.08
-    return np.clip(ndimage.gaussian_filter(img, 0.7) * rng.uniform(0.85, 1.1), 0, 1).astype(np.float32)
-
-
-def axial_slices(volume: np.ndarray, offset: int = 0) -> list[np.ndarray]:
-    """Every 2nd axial slice of the brain's central 60 %, as the default config samples them."""
-    present = np.nonzero((volume > 0.01).any(axis=(0, 1)))[0]
-    first, extent = present[0], present[-1] + 1 - present[0]
-    return [volume[:, :, z] for z in range(first + round(0.2 * extent) + offset, first + round(0.8 * extent), 2)]
+TAUS = (0.3, 0.4, 0.5, 0.6)  # thresholds compared by --tau
 
 
 def stored(x: torch.Tensor) -> torch.Tensor:
@@ -114,51 +91,57 @@ def planted(train: torch.Tensor, count: int) -> dict[str, torch.Tensor]:
 
 
 def print_ratios(train: torch.Tensor, groups: dict[str, torch.Tensor]) -> None:
+    """Ratio quantiles per group, and the share flagged at τ = the default and its neighbours."""
     d_tt = pairwise_mae(train)
-    base = audit(train, train[:2], TAU, d_tt=d_tt)
-    own = np.asarray(base["train_ratios"])
-    print(f"  median d_train {base['median_d_train']:.4f}; training samples' own ratios: "
-          f"p1 {np.percentile(own, 1):.3f}, p5 {np.percentile(own, 5):.3f}, below τ={TAU}: {np.mean(own < TAU):.1%}")
-    print(f"  {'group':34s} {'n':>4s} {'min':>6s} {'median':>6s} {'max':>6s} {'flagged':>8s}")
-    for name, images in groups.items():
-        r = np.asarray(audit(train, images, TAU, d_tt=d_tt)["ratios"])
-        print(f"  {name:34s} {len(r):4d} {r.min():6.3f} {np.median(r):6.3f} {r.max():6.3f} {np.mean(r < TAU):8.1%}")
+    rows = {"training (own nearest other)": np.asarray(audit(train, train[:2], TAU, d_tt=d_tt)["train_ratios"])}
+    rows.update({name: np.asarray(audit(train, images, TAU, d_tt=d_tt)["ratios"]) for name, images in groups.items()})
+    print(f"  {'group':36s} {'n':>4s} {'min':>6s} {'p1':>6s} {'median':>6s} {'max':>6s}"
+          + "".join(f" {f'<{t:g}':>7s}" for t in TAUS))
+    for name, r in rows.items():
+        print(f"  {name:36s} {len(r):4d} {r.min():6.3f} {np.percentile(r, 1):6.3f} {np.median(r):6.3f} {r.max():6.3f}"
+              + "".join(f" {np.mean(r < t):7.1%}" for t in TAUS))
 
 
-def bench_tau() -> None:
-    rng = np.random.default_rng(1)
-    shape = (64, 80, 64)
-    train_volumes = [phantom(rng, shape) for _ in range(30)]
-    new_volumes = [phantom(rng, shape) for _ in range(20)]
+def split_subjects(cohort: Cohort) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of the first two thirds of the subjects (training) and of the rest (new subjects)."""
+    subjects = sorted(set(cohort.subjects))
+    seen = set(subjects[: len(subjects) * 2 // 3])
+    inside = np.array([s in seen for s in cohort.subjects])
+    return np.flatnonzero(inside), np.flatnonzero(~inside)
 
-    def stack(slices: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(slices))[:, None]
 
-    train = stack([s for v in train_volumes for s in axial_slices(v)])
-    print(f"2D: {len(train)} training slices of 30 phantom subjects")
+def bench_tau(folder: Path) -> None:
+    """2D: every slice is loaded (stride 1); training takes every 2nd as `fit` would, the others are
+    slices of training subjects it never saw. 3D: whole volumes."""
+    cohort = load_cohort(folder, override(load_config("default"), data__slice_stride=1).data)
+    train_at, new_at = split_subjects(cohort)
+    first = {}
+    for i in train_at:
+        first.setdefault(cohort.scan_ids[i], cohort.slice_index[i])
+    even = np.array([(cohort.slice_index[i] - first[cohort.scan_ids[i]]) % 2 == 0 for i in train_at])
+    train = cohort.images[train_at[even]]
+    print(f"2D {folder}: {len(train)} training slices of {len(first)} subjects, shape {list(train.shape[2:])}")
     print_ratios(train, {
-        "new subjects": stack([s for v in new_volumes for s in axial_slices(v)]),
-        "unseen slices of training subjects": stack([s for v in train_volumes for s in axial_slices(v, offset=1)]),
+        "new subjects": cohort.images[new_at[::2]],
+        "unseen slices of training subjects": cohort.images[train_at[~even]],
         **planted(train, 200),
     })
-    shape3 = (48, 56, 48)
-    train3 = torch.from_numpy(np.stack([phantom(rng, shape3) for _ in range(30)]))[:, None]
-    print(f"3D: 30 training volumes {shape3}")
-    print_ratios(train3, {
-        "new subjects": torch.from_numpy(np.stack([phantom(rng, shape3) for _ in range(20)]))[:, None],
-        **planted(train3, 30),
-    })
+    volumes = load_cohort(folder, load_config("volume3d").data)
+    train_at, new_at = split_subjects(volumes)
+    print(f"3D: {len(train_at)} training volumes, shape {volumes.geometry.sample_shape}")
+    print_ratios(volumes.images[train_at], {"new subjects": volumes.images[new_at], **planted(volumes.images[train_at], 20)})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tau", action="store_true", help="measure copy vs new-subject ratios instead of timing")
+    parser.add_argument("--tau", type=Path, nargs="?", const=Path(__file__).parents[1] / "sample_data", metavar="SCANS",
+                        help="instead of timing, measure copy vs new-subject ratios on a folder of scans (default: sample_data)")
     parser.add_argument("--real", type=int, default=1000)
     parser.add_argument("--synthetic", type=int, default=500)
     parser.add_argument("--shape", type=int, nargs="+", default=[64, 80])
     args = parser.parse_args()
-    if args.tau:
-        bench_tau()
+    if args.tau is not None:
+        bench_tau(args.tau)
     else:
         bench_timing(args.real, args.synthetic, tuple(args.shape))
 

@@ -184,3 +184,27 @@ def preview(
     if not folder.is_dir():
         raise UserError(f"folder not found: {folder}")
     console.print(f"preview: {cohort_preview(folder, model)}")
+
+
+@app.command()
+def evaluate(
+    real: Path = typer.Option(..., "--real", help="Folder of real scans (the training data)."),
+    synth: Path = typer.Option(..., "--synth", help="Folder of synthetic NIfTI images (any generator)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="The model that made --synth: use its preprocessing and geometry."),
+    holdout: Optional[Path] = typer.Option(None, "--holdout", help="Real scans never used for training."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report.json, report.md, nearest.png, distances.png here."),
+    config: str = ConfigOpt,
+    tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold: flagged when d_syn < tau * median(d_train)."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
+) -> None:
+    """Fidelity, coverage, diversity, distribution and a memorization audit of a synthetic cohort."""
+    from neurosql_med.evaluate import TAU, report_table
+    from neurosql_med.evaluate import evaluate as run
+
+    report = run(real, synth, model_dir=model, holdout=holdout, config=config, tau=TAU if tau is None else tau, out=out)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        console.print(report_table(report))
+        if out is not None:
+            console.print(f"report written to {out}")

@@ -132,7 +132,7 @@ def score(real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], held
     memo = audit(real, synth, tau, d_st=d_sr, d_tt=d_rr)
     div = diversity(synth, real)
     dist = distribution(real, synth)
-    report = {
+    return {
         "counts": {"real": len(real), "synthetic": len(synth), "holdout": None if held is None else len(held)},
         "settings": {
             "tau": tau,
@@ -157,7 +157,6 @@ def score(real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], held
             for i in memo["flagged"]
         ],
     }
-    return report
 
 
 def _versus(reference: Tensor, synth: Tensor) -> dict:
@@ -190,6 +189,7 @@ def _rows(report: dict) -> list[tuple[str, str, str, str]]:
         ("distribution", "density", _fmt(d["density"]), "≈1 matching"),
         ("distribution", "coverage", _fmt(d["coverage"]), "0..1"),
         ("memorization", "flagged as copies", f"{m['n_flagged']} ({m['fraction_flagged']:.1%})", f"ratio < τ = {m['tau']}"),
+        ("memorization", "training samples below τ", f"{m['train_fraction_below_tau']:.1%}", "the share new samples may show"),
         ("memorization", "smallest ratio", _fmt(m["ratio_min"]), "d_syn / median d_train"),
         ("memorization", "median ratio", _fmt(m["ratio_median"]), "≈1 or more: new images"),
     ]

@@ -56,11 +56,11 @@ class Synthesis:
         return out / sub / "anat" / f"{sub}_desc-nsql_T1w.nii.gz"
 
     def run_record(self) -> dict:
+        """The settings a file's bytes depend on (N is not one of them)."""
         return {
             "model_sha256": self.model.sha256,
             "config_sha256": self.model.config.digest(),
             "seed": self.seed,
-            "n": self.n,
             "max_typicality": self.typicality,
             "reference": self.model.lattice_kind,
             "mode": self.model.geometry.mode,
@@ -144,7 +144,7 @@ def dataset_description(job: Synthesis) -> dict:
             "Description": "NeuroSQL generative model via quantile assignment; every image is synthetic.",
             "CodeURL": CODE_URL,
         }],
-        "NeuroSQL": {**job.run_record(), "training_data": job.model.fingerprint, "versions": versions()},
+        "NeuroSQL": {**job.run_record(), "n": job.n, "training_data": job.model.fingerprint, "versions": versions()},
     }
 
 
@@ -172,7 +172,7 @@ def prepare_output(out: Path, job: Synthesis, force: bool, resume: bool) -> None
                 recorded = json.loads(description.read_text())["NeuroSQL"]
             except (OSError, ValueError, KeyError):
                 raise UserError(f"--resume: {out} is not an nsql-med cohort (no readable dataset_description.json)") from None
-            mine = job.run_record()
+            mine = {**job.run_record(), "n": job.n}
             differs = [k for k in mine if recorded.get(k) != mine[k]]
             if differs:
                 raise UserError(f"--resume: {out} was made with different settings ({', '.join(differs)})")
@@ -220,6 +220,7 @@ def synthesize(
 
     write_text(out / "dataset_description.json", json.dumps(dataset_description(job), indent=2))
     write_text(out / "README", README)
+    write_text(out / ".bidsignore", "manifest.tsv\npreview.png\naudit.json\n")  # nsql-med's own files
     hashes = {k: complete_sha(job, out, k) for k in range(1, n + 1)} if resume else {}
     todo = [k for k in range(1, n + 1) if not hashes.get(k)]
     kept = n - len(todo)
@@ -280,13 +281,13 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
         raise UserError(f"{image}: image file not found beside its sidecar")
     try:
         info = record["NeuroSQL"]
-        k, seed, n, q = int(info["index"]), int(info["seed"]), int(info["n"]), float(info["max_typicality"])
+        k, seed, q = int(info["index"]), int(info["seed"]), float(info["max_typicality"])
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{file}: provenance lacks the NeuroSQL seed/index/typicality fields") from None
     model = load_model(model_dir, resolve_device(info.get("device", "cpu")))
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
-    job = Synthesis(model, n, seed, q)
+    job = Synthesis(model, k, seed, q)
     images, z, lv = decode_block(model, (k - 1) // COMPUTE_BLOCK, seed, q)
     j = (k - 1) % COMPUTE_BLOCK
     with tempfile.TemporaryDirectory() as tmp:

@@ -138,28 +138,37 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         trainer = state["trainer"]
+        history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()][: trainer["epoch"]]
         (out / HASHES).unlink(missing_ok=True)  # the folder is in progress again
     else:
         save_config(cfg, out / "config.yaml")
         cohort.geometry.save(out / "geometry.json")
         write_text(out / "data_fingerprint.json", json.dumps(cohort.fingerprint(), indent=2))
         save_array(out / "lattice.npy", lattice)
-        perm = initial_assignment(images, lattice)
+        perm = initial_assignment(images, lattice, cfg.model.lattice, cfg.assignment.block_size, t.seed)
         # one regression epoch on the PCA codes first: an untrained generator decodes every
         # code to the same blur, which makes the first cost matrix degenerate and the LAP slow
-        trainer = {"epoch": 0, "perm": torch.as_tensor(perm), "interval": 1, "next_assign": 1, "history": [], "seconds": 0.0}
+        trainer = {"epoch": 0, "perm": torch.as_tensor(perm), "interval": 1, "next_assign": 1}
+        history = []
 
     def snapshot() -> dict:
+        """Everything a resumed run needs, as of the end of the last completed epoch.
+
+        Wall-clock timings stay out of the checkpoint (they go to history.jsonl) so the
+        same seed on the same device gives a byte-identical model.pt.
+        """
         return {
             "generator": {k: v.detach().clone() for k, v in generator.state_dict().items()},
             "optimizer": copy.deepcopy(optimizer.state_dict()),
             "scheduler": copy.deepcopy(scheduler.state_dict()),
-            "trainer": {**trainer, "perm": trainer["perm"].clone(), "history": list(trainer["history"])},
+            "trainer": {**trainer, "perm": trainer["perm"].clone()},
+            "history": list(history),
         }
 
     def checkpoint(state: dict) -> None:
-        save_checkpoint(out / CHECKPOINT, state)
+        save_checkpoint(out / CHECKPOINT, {k: v for k, v in state.items() if k != "history"})
         save_array(out / "assignment.npy", state["trainer"]["perm"].numpy())
+        write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
 
     # -- epochs: assignment step (when due), then one pass over the assigned pairs ---------
     started = time.monotonic()
@@ -208,8 +217,7 @@ def fit(
                 row["ssim"] = 1 - (row["loss"] - row["l1"]) / cfg.loss.ssim_weight if cfg.loss.ssim_weight else float("nan")
                 row["lr"] = scheduler.get_last_lr()[0]
                 row["seconds"] = time.monotonic() - tick
-                trainer["seconds"] += row["seconds"]
-                trainer["history"].append(row)
+                history.append(row)
                 trainer["epoch"] = epoch + 1
                 last_good = snapshot()
                 if "changed_fraction" in row:
@@ -225,8 +233,7 @@ def fit(
             interrupted = True
 
     checkpoint(last_good)
-    history = last_good["trainer"]["history"]
-    write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    history = last_good["history"]
     if interrupted:
         return FitResult(out, last_good["trainer"]["epoch"], history, True, False, None)
 

@@ -93,7 +93,7 @@ def load_cohort(
             f"{found.root}: {len(images)} training sample(s) after preprocessing; at least {min_samples} are needed"
         )
     return Cohort(
-        images=torch.stack(images),
+        images=torch.stack(images).as_subclass(torch.Tensor),  # plain tensors: geometry lives in Geometry
         scan_ids=scan_ids,
         subjects=subjects,
         slice_index=slices,

@@ -1,0 +1,426 @@
+"""`nsql-med benchmark`: NeuroSQL against a VAE, a GAN and a DDPM at the same wall-clock budget.
+
+Every method gets the same preprocessed training tensor, the same device and the same
+training budget, and is scored by the same `evaluate.score` against the training set and
+against subjects it never saw. Sampling is timed separately, per sample. With several
+seeds the whole experiment (hold-out split, initialisation, sampling) is repeated and
+every number is reported as mean ± standard deviation across seeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from rich.table import Table
+from torch import Tensor
+
+from neurosql_med.baselines import Generative
+from neurosql_med.baselines.ddpm import DDIM_STEPS, DDPM
+from neurosql_med.baselines.gan import GAN
+from neurosql_med.baselines.vae import VAE
+from neurosql_med.config import Config, load_config, override
+from neurosql_med.data.cohort import Cohort, load_cohort
+from neurosql_med.errors import UserError
+from neurosql_med.evaluate import sample_ids, score
+from neurosql_med.files import write_text
+from neurosql_med.lattice import reference_draws
+from neurosql_med.metrics import TAU
+from neurosql_med.model import load_model
+from neurosql_med.plots import save_figure, views
+from neurosql_med.runtime import resolve_device
+from neurosql_med.train import fit
+
+METHODS = ("neurosql", "vae", "gan", "ddpm")
+N_SAMPLES = 256
+SHOWN = 8
+PROBE_EPOCHS = 2
+SAMPLE_BATCH = 64
+MEMORY_CPU = "peak resident memory (Linux VmHWM, reset before training) minus resident memory at the start of training"
+MEMORY_CPU_FALLBACK = "growth of the process's peak resident memory (ru_maxrss) during training; 0 when an earlier step peaked higher"
+MEMORY_CUDA = "torch.cuda.max_memory_allocated during training"
+
+# (key in a run record, column label, how to read it): the table, report and figure columns
+COLUMNS = (
+    ("parameters", "params", ""),
+    ("epochs", "epochs", ""),
+    ("train_seconds", "train s", ""),
+    ("sample_ms", "ms/sample", "lower"),
+    ("peak_memory_mb", "peak MB", "lower"),
+    ("train.fidelity.mae", "MAE→train", "lower"),
+    ("train.fidelity.ssim", "SSIM→train", "higher"),
+    ("train.fidelity.psnr", "PSNR→train", "higher"),
+    ("train.coverage.covered", "covered train", "higher"),
+    ("train.diversity.ratio", "diversity ratio", "≈1"),
+    ("train.distribution.precision", "precision", "higher"),
+    ("train.distribution.recall", "recall", "higher"),
+    ("train.memorization.fraction_flagged", "copies", "lower"),
+    ("holdout.fidelity.mae", "MAE→held-out", "lower"),
+    ("holdout.fidelity.ssim", "SSIM→held-out", "higher"),
+    ("holdout.coverage.covered", "covered held-out", "higher"),
+    ("holdout.distribution.precision", "precision held-out", "higher"),
+    ("holdout.distribution.recall", "recall held-out", "higher"),
+)
+PLOTTED = ("train.fidelity.mae", "train.fidelity.ssim", "train.coverage.covered", "train.diversity.ratio",
+           "train.distribution.recall", "train.memorization.fraction_flagged", "holdout.fidelity.mae",
+           "holdout.coverage.covered")
+PER_SAMPLE = ("ratios", "nearest", "train_ratios")  # memorization vectors left out of benchmark.json
+
+
+class NeuroSQL:
+    """NeuroSQL through `train.fit`, so the benchmark measures exactly what `nsql-med fit` ships.
+
+    The trainer's cosine schedule runs over a number of epochs, so it would end far before
+    or far after a wall-clock budget. The first ``PROBE_EPOCHS`` epochs (warm-up, whose
+    learning rates do not depend on the epoch total) are run and timed, and the fit is
+    resumed, bit for bit as if uninterrupted, with the epoch total that fills what is left
+    of the budget; ``train.max_minutes`` stops it if the estimate was optimistic. The
+    probe counts against the budget.
+    """
+
+    def __init__(self, cfg: Config, cohort: Cohort, folder: Path):
+        self.cfg, self.cohort, self.folder = cfg, cohort, folder
+
+    def fit(self, images: Tensor, budget_seconds: float, seed: int, device: torch.device) -> dict:
+        cohort = dataclasses.replace(self.cohort, images=images)
+        started = time.monotonic()
+        cfg = override(self.cfg, train__seed=seed, train__device=device.type, train__epochs=PROBE_EPOCHS,
+                       train__max_minutes=budget_seconds / 60)
+        result = fit(cohort, cfg, self.folder, force=True, show_progress=False)
+        if result.interrupted:  # fit turns Ctrl-C into a partial model folder; the benchmark stops instead
+            raise KeyboardInterrupt
+        per_epoch = sum(r["seconds"] for r in result.history) / len(result.history)
+        left = budget_seconds - (time.monotonic() - started)
+        if not result.stopped_by_budget and left > per_epoch:
+            cfg = override(cfg, train__epochs=PROBE_EPOCHS + math.ceil(left / per_epoch), train__max_minutes=left / 60)
+            result = fit(cohort, cfg, self.folder, resume=True, show_progress=False)
+            if result.interrupted:
+                raise KeyboardInterrupt
+        self.model = load_model(self.folder, device)
+        steps = result.epochs * math.ceil(len(images) / self.cfg.train.batch_size)
+        return {"epochs": result.epochs, "steps": steps, "seconds": time.monotonic() - started}
+
+    def sample(self, n: int, seed: int) -> Tensor:
+        z, _ = reference_draws(np.arange(n), self.model.latent_dim, self.model.lattice_kind, seed)
+        return torch.cat([self.model.decode(z[i:i + SAMPLE_BATCH]) for i in range(0, n, SAMPLE_BATCH)])
+
+    def parameter_count(self) -> int:
+        return self.model.generator.parameter_count()
+
+
+def build_method(name: str, cfg: Config, train: Cohort, folder: Path) -> Generative:
+    if name == "neurosql":
+        return NeuroSQL(cfg, train, folder)
+    return {"vae": VAE, "gan": GAN, "ddpm": DDPM}[name](cfg)
+
+
+class PeakMemory:
+    """Peak memory of a block in MB, measured the only ways that see torch's allocations.
+
+    tracemalloc does not see them. On a GPU the CUDA allocator's peak; on a CPU the
+    kernel's resident-set high-water mark, reset at the start (Linux /proc/self/clear_refs),
+    less the resident set then. Where the reset is unavailable, the growth of the
+    process's lifetime peak (ru_maxrss), which misses whatever an earlier step already
+    reached. ``how`` says which was used.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.how = MEMORY_CUDA if device.type == "cuda" else MEMORY_CPU if _reset_rss_peak() else MEMORY_CPU_FALLBACK
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        elif self.how == MEMORY_CPU:
+            _reset_rss_peak()
+            self.start = _proc_status_kb("VmRSS") * 1024
+        else:
+            self.start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.how == MEMORY_CPU:
+            peak = _proc_status_kb("VmHWM") * 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.mb = max(0, peak - self.start) / 2**20
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _proc_status_kb(field: str) -> int:
+    line = next(li for li in Path("/proc/self/status").read_text().splitlines() if li.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def split_by_subject(cohort: Cohort, fraction: float, seed: int) -> tuple[Cohort, Cohort]:
+    """(training, hold-out) with ``fraction`` of the subjects held out, never a subject on both sides.
+
+    Slices of one subject resemble each other far more than slices of two subjects, so a
+    slice-level split would reward a model for copying its training subjects.
+    """
+    subjects = sorted(set(cohort.subjects))
+    held_count = max(1, round(fraction * len(subjects)))
+    if len(subjects) - held_count < 2:
+        raise UserError(
+            f"{cohort.discovery.root}: {len(subjects)} subject(s); a hold-out split needs at least 1 held-out "
+            f"and 2 training subjects (or pass a separate hold-out folder)"
+        )
+    held = set(np.random.default_rng(seed).choice(subjects, size=held_count, replace=False).tolist())
+    is_held = np.array([s in held for s in cohort.subjects])
+    return cohort.subset(np.flatnonzero(~is_held)), cohort.subset(np.flatnonzero(is_held))
+
+
+def _check_arguments(methods: Sequence[str], budget_minutes: float, n_samples: int, holdout_fraction: float,
+                     seeds: Sequence[int]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        what = f"unknown method {', '.join(unknown)}" if unknown else "no method given"
+        raise UserError(f"{what}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise UserError("each method may be named only once")
+    if not budget_minutes > 0:
+        raise UserError(f"the budget must be positive, got {budget_minutes} minutes")
+    if n_samples < 2:
+        raise UserError(f"the number of samples must be at least 2 (diversity compares pairs), got {n_samples}")
+    if not 0 < holdout_fraction < 1:
+        raise UserError(f"the hold-out fraction must be between 0 and 1, got {holdout_fraction}")
+    if not seeds or any(s < 0 for s in seeds):
+        raise UserError("seeds must be a non-empty list of non-negative integers")
+
+
+def run_benchmark(
+    scans: str | Path,
+    methods: Sequence[str] = METHODS,
+    budget_minutes: float = 5.0,
+    n_samples: int = N_SAMPLES,
+    holdout: str | Path | None = None,
+    holdout_fraction: float = 0.2,
+    mode: str | None = None,
+    config: str | Path = "default",
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    device: str = "auto",
+    out: str | Path = "benchmark-out",
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train and score every method once per seed; writes benchmark.json/.md/.png to ``out`` and returns the result.
+
+    ``seeds`` (a list) repeats the experiment and overrides ``seed``. Without ``holdout``
+    (a folder of other subjects' scans) ``holdout_fraction`` of the subjects is held out,
+    drawn anew for each seed.
+    """
+    seeds = list(seeds) if seeds is not None else [seed]
+    methods = list(methods)
+    _check_arguments(methods, budget_minutes, n_samples, holdout_fraction, seeds)
+    say = log or (lambda message: None)
+    cfg = override(load_config(config), data__mode=mode)
+    dev = resolve_device(device)
+    out = Path(out)
+    cohort = load_cohort(scans, cfg.data)
+    fixed_holdout = load_cohort(holdout, cfg.data) if holdout is not None else None
+    if fixed_holdout is not None and (shared := set(cohort.subjects) & set(fixed_holdout.subjects)):
+        raise UserError(f"subject(s) {', '.join(sorted(shared))} are in both the training and the hold-out folder")
+    memory = PeakMemory(dev)
+    result: dict = {
+        "settings": {
+            "scans": str(scans), "holdout": None if holdout is None else str(holdout),
+            "holdout_fraction": None if holdout is not None else holdout_fraction,
+            "config": str(config), "mode": cohort.geometry.mode, "sample_shape": cohort.geometry.sample_shape,
+            "methods": methods, "budget_minutes": budget_minutes, "n_samples": n_samples, "seeds": seeds,
+            "device": str(dev), "threads": torch.get_num_threads(), "memory": memory.how, "tau": TAU,
+            "ddim_steps": DDIM_STEPS,
+        },
+        "splits": {},
+        "runs": {m: [] for m in methods},
+    }
+    shown: dict[str, Tensor] = {}
+    for s in seeds:
+        train, held = (cohort, fixed_holdout) if fixed_holdout is not None else split_by_subject(cohort, holdout_fraction, s)
+        result["splits"][str(s)] = {
+            "train_subjects": sorted(set(train.subjects)), "holdout_subjects": sorted(set(held.subjects)),
+            "train_samples": len(train), "holdout_samples": len(held),
+        }
+        shown.setdefault("training", train.images[torch.linspace(0, len(train) - 1, SHOWN).long()])
+        for name in methods:
+            say(f"seed {s}: training {name} for {budget_minutes:g} min on {len(train)} samples")
+            record, synth, metric_settings = _run_one(name, cfg, train, held, n_samples, budget_minutes * 60, s, dev, out, memory)
+            result["runs"][name].append(record)
+            result.setdefault("metric_settings", metric_settings)
+            shown.setdefault(name, synth[:SHOWN])
+            say(f"seed {s}: {name} done: {record['epochs']:.1f} epochs, MAE to train {record['train']['fidelity']['mae']:.4f}")
+    result["summary"] = summarize(result["runs"])
+    write_outputs(out, result, shown)
+    return result
+
+
+def _run_one(name: str, cfg: Config, train: Cohort, held: Cohort, n: int, budget: float, seed: int,
+             device: torch.device, out: Path, memory: PeakMemory) -> tuple[dict, Tensor, dict]:
+    """One method, one seed: the run record, its samples and the metric settings `score` used."""
+    method = build_method(name, cfg, train, out / "models" / f"{name}-seed{seed}")
+    with memory:
+        trained = method.fit(train.images, budget, seed, device)
+    started = time.perf_counter()
+    synth = method.sample(n, seed)
+    sample_seconds = time.perf_counter() - started
+    ids = [f"{name}-{i:04d}" for i in range(n)]
+    scores = {
+        "train": score(train.images, sample_ids(train), synth, ids, None, TAU),
+        "holdout": score(held.images, sample_ids(held), synth, ids, None, TAU),
+    }
+    metric_settings = scores["train"]["settings"]
+    for side in scores.values():
+        del side["holdout"], side["settings"]
+        for key in PER_SAMPLE:
+            side["memorization"].pop(key)
+    record = {
+        "seed": seed,
+        "epochs": trained["epochs"],
+        "steps": trained["steps"],
+        "train_seconds": trained["seconds"],
+        "sample_ms": 1000 * sample_seconds / n,
+        "parameters": method.parameter_count(),
+        "peak_memory_mb": memory.mb,
+        **scores,
+    }
+    return record, synth, metric_settings
+
+
+def _lookup(record: dict, key: str) -> float | None:
+    value: object = record
+    for part in key.split("."):
+        value = value[part]  # type: ignore[index]
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    """Per method and column: mean, standard deviation across seeds (0 for one seed) and the values."""
+    summary: dict = {}
+    for name, records in runs.items():
+        summary[name] = {}
+        for key, _, _ in COLUMNS:
+            values = [v for v in (_lookup(r, key) for r in records) if v is not None]
+            summary[name][key] = {
+                "mean": float(np.mean(values)) if values else None,
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "values": values,
+            }
+    return summary
+
+
+def _cell(stat: dict, key: str) -> str:
+    mean, std = stat["mean"], stat["std"]
+    if mean is None:
+        return "n/a"
+    if key == "parameters":
+        return f"{mean / 1e6:.2f} M"
+    text = f"{mean:.3g}" if key != "train.memorization.fraction_flagged" else f"{mean:.1%}"
+    if std:
+        text += f" ± {std:.2g}" if key != "train.memorization.fraction_flagged" else f" ± {std:.1%}"
+    return text
+
+
+def _rows(result: dict) -> list[list[str]]:
+    return [[name] + [_cell(stats[key], key) for key, _, _ in COLUMNS] for name, stats in result["summary"].items()]
+
+
+def _title(result: dict) -> str:
+    s = result["settings"]
+    seeds = f"{len(s['seeds'])} seeds, mean ± sd" if len(s["seeds"]) > 1 else f"seed {s['seeds'][0]}"
+    return f"{s['budget_minutes']:g}-minute training budget per method on {s['device']}, {s['n_samples']} samples each ({seeds})"
+
+
+def benchmark_table(result: dict) -> Table:
+    table = Table(title=_title(result))
+    table.add_column("method")
+    for _, label, reading in COLUMNS:
+        table.add_column(f"{label}\n({reading})" if reading else label, justify="right")
+    for row in _rows(result):
+        table.add_row(*row)
+    return table
+
+
+def benchmark_markdown(result: dict) -> str:
+    s, m = result["settings"], result["metric_settings"]
+    header = ["method"] + [f"{label} ({reading})" if reading else label for _, label, reading in COLUMNS]
+    splits = result["splits"]
+    first = next(iter(splits.values()))
+    lines = [
+        "# nsql-med benchmark",
+        "",
+        _title(result) + ".",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+        *("| " + " | ".join(row) + " |" for row in _rows(result)),
+        "",
+        "## How to read it",
+        "",
+        f"- Data: {s['scans']} ({s['mode']}, samples {' x '.join(map(str, s['sample_shape']))}); "
+        f"{first['train_samples']} training and {first['holdout_samples']} held-out samples"
+        + (f" (first seed; {s['holdout_fraction']:.0%} of subjects held out per seed, never split across sides)."
+           if s["holdout"] is None else f" from {s['holdout']}."),
+        "- train s: wall-clock training time, the budget plus at most one step (NeuroSQL: one epoch, and "
+        "its model-folder writes); sampling is timed separately.",
+        f"- Distances: {m['distance']}. MAE/SSIM/PSNR: each synthetic sample against its nearest real one; "
+        "covered: share of real samples with a synthetic one nearer than their nearest real neighbour.",
+        f"- precision/recall: {m['feature_extractor']} features, k = {m['k']}. copies: synthetic samples closer "
+        f"to a training sample than τ = {s['tau']} x the median training nearest-neighbour distance.",
+        f"- DDPM samples with {s['ddim_steps']} deterministic DDIM steps. Peak memory: {s['memory']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def benchmark_figure(path: Path, result: dict, shown: dict[str, Tensor]) -> None:
+    """Samples of every method side by side (first seed), above bar charts of the main metrics."""
+    per_image = len(views(shown["training"][0]))
+    columns = SHOWN * per_image
+    fig = plt.figure(figsize=(max(12.0, 1.3 * columns), 1.4 * len(shown) + 5.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.4 * len(shown), 5.0])
+    axes = top.subplots(len(shown), columns, squeeze=False)
+    for r, (label, images) in enumerate(shown.items()):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([]), ax.set_yticks([])
+            i, v = divmod(c, per_image)
+            if i < len(images):
+                ax.imshow(views(images[i])[v], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axes[r][0].set_ylabel(label, fontsize=10)
+    top.suptitle(_title(result), fontsize=11)
+    names = list(result["summary"])
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    bars = bottom.subplots(2, math.ceil(len(PLOTTED) / 2), squeeze=False).flatten()
+    labels = {key: (label, reading) for key, label, reading in COLUMNS}
+    for ax, key in zip(bars, PLOTTED):
+        stats = [result["summary"][n][key] for n in names]
+        means = [st["mean"] if st["mean"] is not None else np.nan for st in stats]
+        ax.bar(names, means, yerr=[st["std"] for st in stats], color=colors[:len(names)], capsize=3)
+        label, reading = labels[key]
+        ax.set_title(f"{label} ({reading})", fontsize=9)
+        if key == "train.diversity.ratio":
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+        ax.tick_params(axis="x", labelsize=8, rotation=30)
+    save_figure(fig, path)
+
+
+def write_outputs(out: Path, result: dict, shown: dict[str, Tensor]) -> None:
+    write_text(out / "benchmark.json", json.dumps(result, indent=2, allow_nan=False))
+    write_text(out / "benchmark.md", benchmark_markdown(result))
+    benchmark_figure(out / "benchmark.png", result, shown)

@@ -1,0 +1,169 @@
+"""`nsql-med benchmark`: NeuroSQL, VAE, GAN and DDPM trained at one tiny budget and scored alike."""
+import json
+import time
+
+import pytest
+import torch
+
+from conftest import write_nifti
+from neurosql_med.baselines import budget_lr, run_budgeted
+from neurosql_med.baselines.gan import diff_augment
+from neurosql_med.benchmark import (
+    COLUMNS, METHODS, benchmark_table, build_method, run_benchmark, split_by_subject, summarize,
+)
+from neurosql_med.config import load_config
+from neurosql_med.data.cohort import load_cohort
+from neurosql_med.errors import UserError
+from test_train import varied_volume
+
+BUDGET_MINUTES = 0.01
+N_SAMPLES = 4
+
+
+def write_subjects(root, count, first=0):
+    for i in range(first, first + count):
+        write_nifti(root / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a CPU shared with other jobs
+    OpenMP's waiting workers made the DDPM's steps 10-20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    return write_subjects(tmp_path_factory.mktemp("scans"), 6)
+
+
+@pytest.fixture(scope="module")
+def cohort(scans):
+    return load_cohort(scans, load_config("tiny").data)
+
+
+@pytest.fixture(scope="module")
+def outcome(scans, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = run_benchmark(scans, budget_minutes=BUDGET_MINUTES, n_samples=N_SAMPLES, config="tiny", seed=3, out=out)
+    return result, out
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_trains_then_samples_in_unit_range(name, cohort, tmp_path):
+    # baselines get odd sides, which the DDPM must pad and crop and the VAE encoder pad
+    images = cohort.images if name == "neurosql" else torch.rand(12, 1, 23, 30)
+    method = build_method(name, load_config("tiny"), cohort, tmp_path / name)
+    trained = method.fit(images, 0.5, seed=0, device=torch.device("cpu"))
+    assert trained["epochs"] > 0 and trained["steps"] >= 1
+    samples = method.sample(3, seed=1)
+    assert samples.shape == (3, *images.shape[1:]) and samples.dtype == torch.float32
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert torch.equal(samples, method.sample(3, seed=1))
+    assert method.parameter_count() > 0
+
+
+def test_every_method_is_trained_and_scored_against_train_and_holdout(outcome):
+    result, _ = outcome
+    assert list(result["runs"]) == list(METHODS)
+    for name, (run,) in result["runs"].items():
+        assert run["seed"] == 3 and run["epochs"] > 0 and run["parameters"] > 0, name
+        assert run["sample_ms"] > 0 and run["peak_memory_mb"] >= 0 and run["train_seconds"] > 0
+        for side in ("train", "holdout"):
+            scores = run[side]
+            assert 0 <= scores["fidelity"]["mae"] <= 1 and -1 <= scores["fidelity"]["ssim"] <= 1
+            assert 0 <= scores["coverage"]["covered"] <= 1
+            assert 0 <= scores["distribution"]["precision"] <= 1 and 0 <= scores["distribution"]["recall"] <= 1
+            assert scores["counts"]["synthetic"] == N_SAMPLES
+            assert "ratios" not in scores["memorization"] and scores["memorization"]["n_flagged"] >= 0
+    assert result["settings"]["memory"] and result["settings"]["budget_minutes"] == BUDGET_MINUTES
+
+
+def test_holdout_is_split_by_subject(outcome, cohort):
+    result, _ = outcome
+    split = result["splits"]["3"]
+    assert split["holdout_subjects"] and len(split["train_subjects"]) >= 2
+    assert not set(split["train_subjects"]) & set(split["holdout_subjects"])
+    assert split["train_samples"] + split["holdout_samples"] == len(cohort)
+    train, held = split_by_subject(cohort, 0.2, seed=3)
+    assert sorted(set(held.subjects)) == split["holdout_subjects"]
+    assert set(train.subjects).isdisjoint(held.subjects) and len(train) + len(held) == len(cohort)
+
+
+def test_outputs_exist_and_parse(outcome):
+    result, out = outcome
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["summary"].keys() == set(METHODS) and saved["splits"] == result["splits"]
+    rows = [line for line in (out / "benchmark.md").read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0][2:] for row in rows[1:]] == list(METHODS)  # header, then one row per method
+    assert (out / "benchmark.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "models/neurosql-seed3/hashes.json").is_file()
+    table = benchmark_table(result)
+    assert table.row_count == len(METHODS) and len(table.columns) == len(COLUMNS) + 1
+
+
+def test_summary_is_mean_and_spread_across_seeds():
+    def record(value):
+        run: dict = {}
+        for key, _, _ in COLUMNS:
+            *parents, leaf = key.split(".")
+            node = run
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return run
+
+    summary = summarize({"vae": [record(1.0), record(3.0)], "gan": [record(2.0)]})
+    mae = summary["vae"]["train.fidelity.mae"]
+    assert mae["mean"] == 2.0 and mae["std"] == pytest.approx(2**0.5) and mae["values"] == [1.0, 3.0]
+    assert summary["gan"]["epochs"] == {"mean": 2.0, "std": 0.0, "values": [2.0]}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"methods": ("neurosql", "flow")}, "unknown method flow"),
+        ({"budget_minutes": 0}, "budget must be positive"),
+        ({"budget_minutes": -1.5}, "budget must be positive"),
+        ({"n_samples": 1}, "at least 2"),
+        ({"holdout_fraction": 1.0}, "hold-out fraction"),
+    ],
+)
+def test_bad_arguments_are_user_errors(kwargs, message, scans, tmp_path):
+    with pytest.raises(UserError, match=message):
+        run_benchmark(scans, config="tiny", out=tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir())
+
+
+def test_too_few_subjects_to_hold_any_out(tmp_path):
+    two = write_subjects(tmp_path / "two", 2)
+    with pytest.raises(UserError, match="2 subject\\(s\\); a hold-out split needs at least 1 held-out and 2 training"):
+        run_benchmark(two, config="tiny", budget_minutes=BUDGET_MINUTES, out=tmp_path / "out")
+
+
+def test_holdout_folder_sharing_a_subject_is_refused(scans, tmp_path):
+    other = write_subjects(tmp_path / "other", 1, first=5)  # sub-05 is also in the training folder
+    with pytest.raises(UserError, match="sub-05 are in both"):
+        run_benchmark(scans, holdout=other, config="tiny", budget_minutes=BUDGET_MINUTES, out=tmp_path / "out")
+
+
+def test_budget_loop_stops_on_the_clock_and_anneals():
+    fractions = []
+    trained = run_budgeted(lambda idx, f: (fractions.append(f), time.sleep(0.005)), 10, 4, 0.1, seed=0)
+    assert 0.1 <= trained["seconds"] < 0.1 + 0.05 and trained["steps"] == len(fractions)
+    assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] < 1
+    assert trained["epochs"] == pytest.approx(sum(min(4, 10 - 4 * (i % 3)) for i in range(len(fractions))) / 10)
+    assert budget_lr(0.0) < 0.05 and budget_lr(0.05) == pytest.approx(1) and budget_lr(1.0) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 16, 24), (3, 1, 8, 10, 12)])
+def test_diff_augment_keeps_shape_and_gradient(shape):
+    x = torch.rand(shape, requires_grad=True)
+    y = diff_augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -1,0 +1,128 @@
+"""`evaluate` end to end on tiny NIfTI folders: the report, its files, and the user errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import brain_volume, write_nifti
+
+from neurosql_med.config import load_config, override
+from neurosql_med.data.cohort import load_cohort
+from neurosql_med.errors import UserError
+from neurosql_med.evaluate import evaluate, read_synthetic, report_table
+from neurosql_med.geometry import Geometry
+from neurosql_med.writer import to_nifti
+from neurosql_med.writer import write_nifti as write_synthetic
+
+SPACING = (6.0, 6.0, 6.0)  # the tiny configs' voxel size: the volumes are used as they are
+VOLUME = (20, 24, 20)
+
+
+def write_scans(folder: Path, seeds: list[int], shape: tuple[int, int, int] = VOLUME) -> Path:
+    for seed in seeds:
+        write_nifti(folder / f"scan{seed:02d}.nii.gz", brain_volume(seed, shape), SPACING)
+    return folder
+
+
+@pytest.fixture
+def real(tmp_path: Path) -> Path:
+    return write_scans(tmp_path / "real", [0, 1, 2, 3])
+
+
+def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Path):
+    synth = write_scans(tmp_path / "synth", [10, 11])
+    shutil.copy(real / "scan00.nii.gz", synth / "copy.nii.gz")
+    write_nifti(synth / "other_size.nii.gz", brain_volume(12, (18, 22, 16)), SPACING)  # resampled, not a crash
+    holdout = write_scans(tmp_path / "holdout", [20, 21])
+    out = tmp_path / "report"
+
+    report = evaluate(real, synth, holdout=holdout, config="tiny", out=out)
+
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "nearest.png", "distances.png"}
+    assert json.loads((out / "report.json").read_text()) == report
+    assert "| fidelity | MAE to nearest real |" in (out / "report.md").read_text()
+    counts = report["counts"]
+    assert counts["real"] > 8 and counts["synthetic"] > 8 and counts["holdout"] > 4
+    copied = {f["id"] for f in report["flagged"]}
+    assert copied and all(i.startswith("copy.nii.gz [slice ") for i in copied)
+    assert all(f["nearest_real"].startswith("scan00.nii.gz [slice ") for f in report["flagged"])
+    assert report["fidelity"]["mae"] > 0 and report["holdout"]["coverage"]["covered"] >= 0
+    assert report["settings"]["feature_extractor"] == "random-conv-v1"
+    assert report_table(report).row_count == len(report_table(report).rows) > 15
+
+
+def test_evaluate_with_a_model_reads_its_files_and_rejects_another_shape(tmp_path: Path, real: Path):
+    from neurosql_med.synthesize import synthesize
+    from neurosql_med.train import fit
+
+    cfg = override(load_config("tiny"), train__epochs=1)
+    fit(load_cohort(real, cfg.data), cfg, tmp_path / "model", show_progress=False)
+    synth = tmp_path / "synth"
+    synthesize(tmp_path / "model", synth, n=5, show_progress=False)
+
+    report = evaluate(real, synth, model_dir=tmp_path / "model")
+    assert report["counts"]["synthetic"] == 5
+    assert report["inputs"]["config"] is None
+
+    write_nifti(synth / "sub-other" / "wrong.nii.gz", np.zeros((20, 32, 1), np.int16), SPACING)
+    with pytest.raises(UserError, match=r"wrong\.nii\.gz: image shape \(20, 32\) does not match .*\(24, 32\)"):
+        evaluate(real, synth, model_dir=tmp_path / "model")
+
+
+def geometry_2d() -> Geometry:
+    return Geometry("2d", [24, 32, 24], list(SPACING), np.diag([*SPACING, 1.0]).tolist(), slice_axis=2, slice_index=12)
+
+
+def test_synthetic_files_are_read_at_the_model_scale_and_hidden_files_are_left_out(tmp_path: Path):
+    geometry = geometry_2d()
+    samples = np.random.default_rng(0).random((3, 24, 32)).astype(np.float32)
+    for i, sample in enumerate(samples):
+        write_synthetic(tmp_path / f"sub-{i}" / "anat" / f"s{i}.nii.gz", to_nifti(sample, geometry, "test", {}))
+    write_nifti(tmp_path / ".trash" / "old.nii.gz", np.zeros((20, 32, 1), np.int16))
+    write_nifti(tmp_path / ".s9.nii.gz.tmp.nii.gz", np.zeros((20, 32, 1), np.int16))
+
+    images, ids = read_synthetic(tmp_path, geometry)
+
+    assert ids == ["sub-0/anat/s0.nii.gz", "sub-1/anat/s1.nii.gz", "sub-2/anat/s2.nii.gz"]
+    assert images.shape == (3, 1, 24, 32)
+    assert np.allclose(images[:, 0].numpy(), samples, atol=1 / 4095)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({}, "no synthetic images"),
+        ({"a.nii.gz": (24, 32, 1)}, "1 synthetic image; evaluation needs at least 2"),
+        ({"a.nii.gz": (24, 32, 1), "b.nii.gz": (24, 30, 1)},
+         r"b\.nii\.gz: image shape \(24, 30\) does not match the model's sample shape \(24, 32\)"),
+        ({"a.nii.gz": (24, 32, 1), "b.nii.gz": (24, 32, 2)}, r"b\.nii\.gz: image shape \(24, 32, 2\)"),
+        ({"a.nii.gz": (24, 32, 1), "b.nii.gz": None}, r"b\.nii\.gz: unreadable NIfTI"),
+    ],
+)
+def test_synthetic_folder_problems_are_user_errors(tmp_path: Path, files: dict, message: str):
+    for name, shape in files.items():
+        if shape is None:
+            (tmp_path / name).write_bytes(b"\x1f\x8b not really gzip")
+        else:
+            write_nifti(tmp_path / name, np.zeros(shape, np.int16), SPACING)
+    with pytest.raises(UserError, match=message):
+        read_synthetic(tmp_path, geometry_2d())
+
+
+def test_missing_or_too_small_folders_are_user_errors(tmp_path: Path, real: Path):
+    one = write_scans(tmp_path / "one", [5])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no brain MRI scans found"):
+        evaluate(real, empty, config="tiny")
+    with pytest.raises(UserError, match="synthetic folder not found"):
+        read_synthetic(tmp_path / "absent", geometry_2d())
+    with pytest.raises(UserError, match=r"1 synthetic image; evaluation needs at least 2"):
+        evaluate(real, one, config="tiny3d")
+    with pytest.raises(UserError, match="at least 2 are needed"):
+        evaluate(one, real, config="tiny3d")
+    with pytest.raises(UserError, match="--tau must be positive"):
+        evaluate(real, real, config="tiny", tau=0)

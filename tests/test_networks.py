@@ -1,0 +1,48 @@
+"""The decoder: shapes, range, batch independence, and that it can be fitted."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neurosql_med.losses import ReconstructionLoss
+from neurosql_med.networks import Decoder
+
+
+@pytest.mark.parametrize(
+    "dims, shape, channels",
+    [(2, (24, 32), [16, 8]), (2, (9, 13), [8, 8, 4]), (3, (16, 24, 16), [8, 4]), (3, (11, 8, 13), [8, 4, 4])],
+)
+def test_decoder_output_shape_and_range(dims, shape, channels):
+    decoder = Decoder(dims, latent_dim=3, out_shape=shape, channels=channels)
+    out = decoder(torch.randn(2, 3) * 5)
+    assert out.shape == (2, 1, *shape)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_decoder_output_does_not_depend_on_the_batch():
+    decoder = Decoder(2, latent_dim=4, out_shape=(16, 20), channels=[16, 8]).eval()
+    z = torch.randn(5, 4)
+    torch.testing.assert_close(decoder(z)[2:3], decoder(z[2:3]), atol=1e-6, rtol=0)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in decoder.modules())
+
+
+def test_default_2d_decoder_size():
+    decoder = Decoder(2, latent_dim=32, out_shape=(64, 80), channels=[256, 128, 64, 32])
+    assert 1_000_000 <= decoder.parameter_count() <= 3_000_000
+
+
+def test_a_few_steps_lower_the_loss_on_fixed_codes():
+    torch.manual_seed(0)
+    decoder = Decoder(2, latent_dim=4, out_shape=(12, 14), channels=[8, 4])
+    loss = ReconstructionLoss(2, window=5)
+    codes = torch.randn(8, 4)
+    images = torch.rand(8, 1, 1, 1) * torch.linspace(0, 1, 14).expand(8, 1, 12, 14)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        value = loss(decoder(codes), images).mean()
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        losses.append(value.item())
+    assert losses[-1] < 0.7 * losses[0]

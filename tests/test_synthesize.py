@@ -1,0 +1,168 @@
+"""Synthetic cohorts: layout, provenance, geometry, determinism, reproduction, resume."""
+import json
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_nifti
+from neurosql_med.config import load_config, override
+from neurosql_med.data.cohort import load_cohort
+from neurosql_med.dataset import SyntheticDataset
+from neurosql_med.errors import UserError
+from neurosql_med.preview import cohort_preview
+from neurosql_med.synthesize import reproduce, synthesize
+from neurosql_med.train import fit
+from neurosql_med.writer import read_provenance
+from test_train import varied_volume
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scans")
+    for i in range(5):
+        write_nifti(root / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    cfg = override(load_config("tiny"), train__epochs=4)
+    out = tmp_path_factory.mktemp("model") / "m"
+    fit(load_cohort(root, cfg.data), cfg, out, show_progress=False)
+    return out
+
+
+def run(model_dir, out, n=10, **kw):
+    return synthesize(model_dir, out, n, show_progress=False, device="cpu", **kw)
+
+
+def files(out):
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def test_layout_sidecars_and_geometry(model_dir, tmp_path):
+    out = tmp_path / "synth"
+    run(model_dir, out, n=10, seed=3)
+    names = files(out)
+    for top in ("dataset_description.json", "participants.tsv", "README", "manifest.tsv"):
+        assert top in names
+    image = out / "sub-synth0007/anat/sub-synth0007_desc-nsql_T1w.nii.gz"
+    side = json.loads(image.with_name("sub-synth0007_desc-nsql_T1w.json").read_text())
+    assert side["Synthetic"] is True and side["SkullStripped"] is True and "Description" in side
+    info = side["NeuroSQL"]
+    assert info["seed"] == 3 and info["index"] == 7 and len(info["latent"]) == 4
+    assert 0 <= info["typicality"] <= 1 and len(info["model_sha256"]) == 64 and len(info["config_sha256"]) == 64
+    assert {"nsql-med", "torch", "monai"} <= set(info["versions"]) and info["device"] == "cpu"
+    assert side["ImageSha256"] == __import__("hashlib").sha256(image.read_bytes()).hexdigest()
+
+    geometry = json.loads((model_dir / "geometry.json").read_text())
+    img = nib.load(image)
+    assert img.shape == (24, 32, 1)  # a 2d sample is a one-slice volume
+    assert np.allclose(img.header.get_zooms(), geometry["spacing"])
+    assert int(img.header["qform_code"]) > 0 and int(img.header["sform_code"]) > 0
+    assert "".join(nib.aff2axcodes(img.affine)) == "RAS"
+    assert np.allclose(img.affine[:3, :3], np.asarray(geometry["affine"])[:3, :3])
+    assert img.header["descrip"].tobytes().startswith(b"SYNTHETIC nsql-med")
+    assert read_provenance(image)["NeuroSQL"]["index"] == 7
+
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "nsql-med"
+    assert description["NeuroSQL"]["model_sha256"] == info["model_sha256"]
+    assert "path" not in json.dumps(description).lower()
+    manifest = (out / "manifest.tsv").read_text().splitlines()
+    assert manifest[0] == "file\tsha256\tseed\tindex" and len(manifest) == 11
+
+
+def test_same_bytes_across_runs_and_batch_sizes(model_dir, tmp_path):
+    run(model_dir, tmp_path / "a", n=11, batch_size=1)
+    run(model_dir, tmp_path / "b", n=11, batch_size=64)
+    run(model_dir, tmp_path / "c", n=3, batch_size=8)
+    a, b, c = ((tmp_path / x / "manifest.tsv").read_text().splitlines() for x in "abc")
+    assert a == b
+    assert c[1:] == a[1:4]
+
+
+def test_reproduce_passes_untouched_and_fails_changed(model_dir, tmp_path):
+    out = tmp_path / "s"
+    run(model_dir, out, n=9)
+    image = out / "sub-synth0009/anat/sub-synth0009_desc-nsql_T1w.nii.gz"
+    ok, _, _ = reproduce(image.with_suffix("").with_suffix(".json"), model_dir)
+    assert ok
+    img = nib.load(image)
+    data = np.asarray(img.dataobj).copy()
+    data[5, 5, 0] += 1
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), image)
+    ok, recorded, fresh = reproduce(image, model_dir)
+    assert not ok and recorded != fresh
+
+
+def test_typicality_shrinks_latent_radius(model_dir, tmp_path):
+    radii = {}
+    for q in (0.1, 0.5, 1.0):
+        out = tmp_path / f"q{q}"
+        run(model_dir, out, n=24, typicality=q)
+        sides = [json.loads(p.read_text()) for p in out.rglob("sub-*_T1w.json")]
+        radii[q] = np.mean([np.linalg.norm(s["NeuroSQL"]["latent"]) for s in sides])
+        assert max(s["NeuroSQL"]["typicality"] for s in sides) <= q
+    assert radii[0.1] < radii[0.5] < radii[1.0]
+
+
+def test_resume_after_a_crash_finishes_the_job(model_dir, tmp_path):
+    whole = tmp_path / "whole"
+    run(model_dir, whole, n=12)
+    out = tmp_path / "crashed"
+    run(model_dir, out, n=12)
+    # a run killed part-way: some files missing, one truncated, a temporary left behind
+    shutil.rmtree(out / "sub-synth0011")
+    (out / "sub-synth0012/anat/sub-synth0012_desc-nsql_T1w.json").unlink()
+    broken = out / "sub-synth0005/anat/sub-synth0005_desc-nsql_T1w.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:100])
+    (out / "manifest.tsv").unlink()
+    (out / "sub-synth0003/anat/.sub-synth0003_desc-nsql_T1w.nii.gz.x.tmp.nii.gz").write_bytes(b"half")
+    summary = run(model_dir, out, n=12, resume=True)
+    assert summary["written"] == 3 and summary["kept"] == 9
+    assert (out / "manifest.tsv").read_text() == (whole / "manifest.tsv").read_text()
+    assert not list(out.rglob(".*tmp*"))
+
+
+def test_refusals_write_nothing(model_dir, tmp_path):
+    out = tmp_path / "o"
+    for kwargs, match in [({"n": 0}, "--n"), ({"typicality": 0.0}, "--typicality"), ({"typicality": 1.5}, "--typicality")]:
+        n = kwargs.pop("n", 4)
+        with pytest.raises(UserError, match=match):
+            run(model_dir, out, n=n, **kwargs)
+        assert not out.exists()
+    with pytest.raises(UserError, match="model folder not found"):
+        run(tmp_path / "nope", out)
+    run(model_dir, out, n=2)
+    with pytest.raises(UserError, match="not empty"):
+        run(model_dir, out, n=2)
+    with pytest.raises(UserError, match="different settings"):
+        run(model_dir, out, n=2, seed=5, resume=True)
+    assert len(files(out)) > 0 and run(model_dir, out, n=2, seed=5, force=True)["written"] == 2
+
+
+def test_synthetic_dataset_matches_written_files(model_dir, tmp_path):
+    from neurosql_med.writer import read_sample
+
+    out = tmp_path / "s"
+    run(model_dir, out, n=3, seed=1)
+    ds = SyntheticDataset(model_dir, n=3, seed=1)
+    item = ds[2]
+    assert item["image"].shape == (1, 24, 32) and item["id"] == "synth0003"
+    on_disk = read_sample(out / "sub-synth0003/anat/sub-synth0003_desc-nsql_T1w.nii.gz")[:, :, 0]
+    assert np.abs(item["image"][0].numpy() - on_disk).max() <= 1 / 4095
+    combined = torch.utils.data.ConcatDataset([ds, [{"image": torch.zeros(1, 24, 32), "id": "real"}]])
+    assert len(combined) == 4
+
+
+def test_bids_validator_finds_no_errors(model_dir, tmp_path):
+    validator = shutil.which("bids-validator-deno")
+    if validator is None:
+        pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    out = tmp_path / "bids"
+    run(model_dir, out, n=3)
+    cohort_preview(out, model_dir)
+    proc = subprocess.run([validator, str(out), "--format", "json"], capture_output=True, text=True, timeout=300)
+    report = json.loads(proc.stdout)
+    errors = [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
+    assert errors == [], errors

@@ -1,0 +1,134 @@
+"""The NeuroSQL trainer and the model folder it writes."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import brain_volume, write_nifti
+from neurosql_med.config import load_config, override
+from neurosql_med.data.cohort import load_cohort
+from neurosql_med.errors import UserError
+from neurosql_med.model import load_checkpoint, load_model
+from neurosql_med.train import fit
+
+
+def varied_volume(i: int, shape=(40, 48, 40)) -> np.ndarray:
+    """Brain-like blobs that differ in size and inner structure, so there is something to learn."""
+    rng = np.random.default_rng(i)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r2 = sum(g**2 for g in grid)
+    scale = 0.55 + 0.1 * (i % 4)
+    inside = r2 < scale
+    hole = (grid[0] ** 2 + 2 * grid[1] ** 2 + grid[2] ** 2) < 0.02 * (1 + i % 5)
+    return (inside * (900 - 500 * hole) + rng.integers(0, 40, size=shape) * inside).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scans")
+    for i in range(6):
+        write_nifti(root / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cohort2d(scans):
+    return load_cohort(scans, load_config("tiny").data)
+
+
+def tiny(name="tiny", **changes):
+    return override(load_config(name), **changes)
+
+
+def test_2d_fit_lowers_loss_and_writes_model_folder(cohort2d, tmp_path):
+    out = tmp_path / "model"
+    result = fit(cohort2d, tiny(train__epochs=12), out, show_progress=False)
+    losses = [r["loss"] for r in result.history]
+    assert losses[-1] < losses[0] / 2, losses  # stated factor: at least halved in 12 tiny epochs
+    for name in ("model.pt", "config.yaml", "lattice.npy", "assignment.npy", "geometry.json",
+                 "data_fingerprint.json", "history.jsonl", "loss.png", "recon.png", "hashes.json"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 13))
+    assert {"loss", "ssim", "seconds"} <= set(rows[0]) and "changed_fraction" in rows[1]
+    perm = np.load(out / "assignment.npy")
+    assert sorted(perm.tolist()) == list(range(len(cohort2d)))
+    fingerprint = json.loads((out / "data_fingerprint.json").read_text())
+    assert fingerprint["n_scans"] == 6 and "sub-" not in json.dumps(fingerprint)
+    model = load_model(out)
+    assert model.reconstructions().shape == cohort2d.images.shape
+
+
+def test_3d_fit_lowers_loss(scans, tmp_path):
+    cohort = load_cohort(scans, load_config("tiny3d").data)
+    result = fit(cohort, tiny("tiny3d", train__epochs=15), tmp_path / "m3", show_progress=False)
+    assert result.history[-1]["loss"] < result.history[0]["loss"] / 1.5
+
+
+def test_same_seed_same_model(cohort2d, tmp_path):
+    a = fit(cohort2d, tiny(train__epochs=3), tmp_path / "a", show_progress=False)
+    b = fit(cohort2d, tiny(train__epochs=3), tmp_path / "b", show_progress=False)
+    assert a.model_sha256 == b.model_sha256
+
+
+def test_interrupt_then_resume_equals_uninterrupted(cohort2d, tmp_path):
+    cfg = tiny(train__epochs=8)
+    whole = fit(cohort2d, cfg, tmp_path / "whole", show_progress=False)
+
+    def ctrl_c_after_epoch_5(row):
+        if row["epoch"] == 5:
+            raise KeyboardInterrupt
+
+    part = fit(cohort2d, cfg, tmp_path / "part", show_progress=False, on_epoch_end=ctrl_c_after_epoch_5)
+    assert part.interrupted and part.epochs == 5
+    assert not (tmp_path / "part/hashes.json").exists()
+    with pytest.raises(UserError, match="incomplete model folder"):
+        load_model(tmp_path / "part")
+    done = fit(cohort2d, cfg, tmp_path / "part", resume=True, show_progress=False)
+    assert done.epochs == 8
+    a, b = (load_checkpoint(tmp_path / p / "model.pt") for p in ("whole", "part"))
+    for key in a["generator"]:
+        assert torch.equal(a["generator"][key], b["generator"][key]), key
+    assert np.array_equal(np.load(tmp_path / "whole/assignment.npy"), np.load(tmp_path / "part/assignment.npy"))
+    assert [r["loss"] for r in whole.history] == [r["loss"] for r in done.history]
+
+
+def test_output_folder_refusals(cohort2d, tmp_path):
+    cfg = tiny(train__epochs=1)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        fit(cohort2d, cfg, busy, show_progress=False)
+    model = tmp_path / "model"
+    fit(cohort2d, cfg, model, show_progress=False)
+    with pytest.raises(UserError, match="already holds a model"):
+        fit(cohort2d, cfg, model, show_progress=False)
+    with pytest.raises(UserError, match="--resume: .* no nsql-med checkpoint"):
+        fit(cohort2d, cfg, busy, resume=True, show_progress=False)
+    assert fit(cohort2d, cfg, model, force=True, show_progress=False).epochs == 1
+
+
+def test_pickled_checkpoint_is_refused_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed!",))
+
+    bad = tmp_path / "model.pt"
+    torch.save({"format": "nsql-med/1", "generator": Evil()}, bad)
+    with pytest.raises(UserError, match="pickled objects"):
+        load_checkpoint(bad)
+    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]) + b"garbage")
+    with pytest.raises(UserError):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_tampered_model_is_refused(cohort2d, tmp_path):
+    out = tmp_path / "model"
+    fit(cohort2d, tiny(train__epochs=1), out, show_progress=False)
+    lattice = np.load(out / "lattice.npy")
+    np.save(out / "lattice.npy", lattice + 1)
+    with pytest.raises(UserError, match="lattice.npy: does not match"):
+        load_model(out)
