@@ -145,16 +145,23 @@ def synthesize(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
     resume: bool = typer.Option(False, "--resume", help="Keep complete, hash-verified files in --out and write the rest."),
+    audit: Optional[Path] = typer.Option(None, "--audit", help="Training scans: flag synthetic images that are near-copies of them."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold for --audit (default 0.5)."),
+    drop_copies: bool = typer.Option(False, "--drop-copies", help="With --audit: replace flagged images by new draws."),
 ) -> None:
     """Write a synthetic cohort as NIfTI files with provenance."""
     from neurosql_med.preview import cohort_preview
     from neurosql_med.synthesize import synthesize as run
 
-    summary = run(model, out, n, seed, typicality, batch_size, device, force, resume)
+    summary = run(model, out, n, seed, typicality, batch_size, device, force, resume,
+                  audit=audit, tau=tau, drop_copies=drop_copies)
     preview = cohort_preview(out, model)
-    console.print(
-        f"{summary['written']} image(s) written, {summary['kept']} kept, in {summary['seconds']:.1f} s → {out}; preview: {preview}"
-    )
+    console.print(f"{summary['written']} image(s) written, {summary['kept']} kept, in {summary['seconds']:.1f} s → {out}")
+    if "audit" in summary:
+        a = summary["audit"]
+        console.print(f"memorization audit (tau {a['tau']}): {a['n_flagged']} flagged, {a['n_replaced']} replaced, "
+                      f"{a['n_remaining_copies']} left; details in {out / 'audit.json'}")
+    console.print(f"preview: {preview}")
 
 
 @app.command()

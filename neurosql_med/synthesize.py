@@ -23,6 +23,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from neurosql_med import __version__
+from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.files import sha256_file, write_text
 from neurosql_med.lattice import reference_draws
@@ -80,7 +81,16 @@ def decode_block(model: NeuroSQLModel, block: int, seed: int, typicality: float)
     return model.decode(z), z, levels
 
 
-def provenance(job: Synthesis, k: int, latent: np.ndarray, level: float, software: dict) -> dict:
+def decode_one(model: NeuroSQLModel, latent_index: int, seed: int, typicality: float) -> tuple[torch.Tensor, np.ndarray, float]:
+    """One image, computed inside its own block so its bytes match a full run's."""
+    images, z, levels = decode_block(model, (latent_index - 1) // COMPUTE_BLOCK, seed, typicality)
+    j = (latent_index - 1) % COMPUTE_BLOCK
+    return images[j], z[j], float(levels[j])
+
+
+def provenance(
+    job: Synthesis, k: int, latent: np.ndarray, level: float, software: dict, latent_index: int | None = None
+) -> dict:
     model = job.model
     return {
         "Description": DESCRIPTION,
@@ -90,6 +100,7 @@ def provenance(job: Synthesis, k: int, latent: np.ndarray, level: float, softwar
         "NeuroSQL": {
             **job.run_record(),
             "index": k,
+            "latent_index": k if latent_index is None else latent_index,  # differs after an audit redraw
             "latent": [float(v) for v in latent],
             "typicality": float(level),
             "versions": software,
@@ -98,18 +109,21 @@ def provenance(job: Synthesis, k: int, latent: np.ndarray, level: float, softwar
 
 
 def write_sample(
-    path: Path, job: Synthesis, k: int, image: torch.Tensor, latent: np.ndarray, level: float, software: dict
+    path: Path, job: Synthesis, k: int, image: torch.Tensor, latent: np.ndarray, level: float, software: dict,
+    latent_index: int | None = None,
 ) -> tuple[str, dict]:
     """Write one image with its provenance; returns its sha256 and the provenance record."""
-    record = provenance(job, k, latent, level, software)
+    record = provenance(job, k, latent, level, software, latent_index)
     descrip = f"SYNTHETIC nsql-med {software['nsql-med']} seed={job.seed} idx={k}"
     return write_nifti(path, to_nifti(image[0].numpy(), job.model.geometry, descrip, record)), record
 
 
-def write_with_sidecar(out: Path, job: Synthesis, k: int, image: torch.Tensor, latent: np.ndarray, level: float) -> str:
+def write_with_sidecar(
+    out: Path, job: Synthesis, k: int, image: torch.Tensor, latent: np.ndarray, level: float, latent_index: int | None = None
+) -> str:
     """Image first, then its sidecar: a sample is complete once its sidecar names its hash."""
     path = job.image_path(out, k)
-    sha, record = write_sample(path, job, k, image, latent, level, versions())
+    sha, record = write_sample(path, job, k, image, latent, level, versions(), latent_index)
     write_text(sidecar_of(path), json.dumps({**record, "ImageSha256": sha}, indent=2))
     return sha
 
@@ -206,8 +220,15 @@ def synthesize(
     force: bool = False,
     resume: bool = False,
     show_progress: bool = True,
+    audit: str | Path | None = None,
+    tau: float | None = None,
+    drop_copies: bool = False,
 ) -> dict:
-    """Write a BIDS-derivative synthetic cohort; returns a summary of what was written."""
+    """Write a BIDS-derivative synthetic cohort; returns a summary of what was written.
+
+    ``audit``: the training scans; every written sample is then checked for being a
+    near-copy of one of them, and with ``drop_copies`` replaced by a fresh draw that is not.
+    """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     if not 0 < typicality <= 1:
@@ -215,43 +236,53 @@ def synthesize(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     out = Path(out)
+    if drop_copies and audit is None:
+        raise UserError("--drop-copies needs --audit SCANS (the training scans to compare against)")
     job = Synthesis(load_model(model_dir, resolve_device(device)), n, seed, typicality)
+    train = None if audit is None else load_cohort(audit, job.model.config.data).images
     prepare_output(out, job, force, resume)
 
     write_text(out / "dataset_description.json", json.dumps(dataset_description(job), indent=2))
     write_text(out / "README", README)
     write_text(out / ".bidsignore", "manifest.tsv\npreview.png\naudit.json\n")  # nsql-med's own files
-    hashes = {k: complete_sha(job, out, k) for k in range(1, n + 1)} if resume else {}
-    todo = [k for k in range(1, n + 1) if not hashes.get(k)]
+    todo = [k for k in range(1, n + 1) if not (resume and complete_sha(job, out, k))]
     kept = n - len(todo)
     step = max(COMPUTE_BLOCK, batch_size // COMPUTE_BLOCK * COMPUTE_BLOCK)
-    levels: dict[int, float] = {}
+    written: set[int] = set()
     started = time.monotonic()
     progress = _progress()
     task = progress.add_task("synthesize", total=n, completed=kept, rate=0.0)
     with progress if show_progress else contextlib.nullcontext():
         blocks = sorted({(k - 1) // COMPUTE_BLOCK for k in todo})
         wanted = set(todo)
+        summary = {"out": str(out), "n": n, "written": len(todo), "kept": kept}
         for first in range(0, len(blocks), step // COMPUTE_BLOCK):
             for block in blocks[first:first + step // COMPUTE_BLOCK]:
                 images, z, lv = decode_block(job.model, block, seed, typicality)
                 for j in range(COMPUTE_BLOCK):
                     k = block * COMPUTE_BLOCK + j + 1
                     if k in wanted:
-                        hashes[k] = write_with_sidecar(out, job, k, images[j], z[j], lv[j])
-                        levels[k] = float(lv[j])
-            done = sum(1 for k in todo if k in levels)
+                        write_with_sidecar(out, job, k, images[j], z[j], lv[j])
+                        written.add(k)
+            done = len(written)
             progress.update(task, completed=kept + done, rate=done / max(time.monotonic() - started, 1e-9))
 
-    for k in range(1, n + 1):
-        if k not in levels:
-            levels[k] = json.loads(sidecar_of(job.image_path(out, k)).read_text())["NeuroSQL"]["typicality"]
+    if train is not None:
+        from neurosql_med.copies import TAU, audit_cohort  # copies builds on this module
+
+        summary["audit"] = audit_cohort(out, job, train, TAU if tau is None else tau, drop_copies)
+    write_tables(out, job)
+    return summary | {"seconds": time.monotonic() - started}
+
+
+def write_tables(out: Path, job: Synthesis) -> None:
+    """participants.tsv and manifest.tsv, from the sidecars: written last, they mark a finished cohort."""
+    records = [json.loads(sidecar_of(job.image_path(out, k)).read_text()) for k in range(1, job.n + 1)]
     write_text(out / "participants.tsv", "participant_id\tsynthetic\tseed\tindex\ttypicality\n" + "".join(
-        f"{job.label(k)}\ttrue\t{seed}\t{k}\t{levels[k]:.6f}\n" for k in range(1, n + 1)))
+        f"{job.label(k)}\ttrue\t{job.seed}\t{k}\t{r['NeuroSQL']['typicality']:.6f}\n" for k, r in enumerate(records, 1)))
     write_text(out / "participants.json", json.dumps(PARTICIPANTS_JSON, indent=2))
     write_text(out / "manifest.tsv", "file\tsha256\tseed\tindex\n" + "".join(
-        f"{job.image_path(out, k).relative_to(out)}\t{hashes[k]}\t{seed}\t{k}\n" for k in range(1, n + 1)))
-    return {"out": str(out), "n": n, "written": len(todo), "kept": kept, "seconds": time.monotonic() - started}
+        f"{job.image_path(out, k).relative_to(out)}\t{r['ImageSha256']}\t{job.seed}\t{k}\n" for k, r in enumerate(records, 1)))
 
 
 PARTICIPANTS_JSON = {
@@ -288,9 +319,9 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
     job = Synthesis(model, k, seed, q)
-    images, z, lv = decode_block(model, (k - 1) // COMPUTE_BLOCK, seed, q)
-    j = (k - 1) % COMPUTE_BLOCK
+    latent_index = int(info.get("latent_index", k))
+    img, z, level = decode_one(model, latent_index, seed, q)
     with tempfile.TemporaryDirectory() as tmp:
-        fresh, _ = write_sample(Path(tmp) / image.name, job, k, images[j], z[j], lv[j], info.get("versions", versions()))
+        fresh, _ = write_sample(Path(tmp) / image.name, job, k, img, z, level, info.get("versions", versions()), latent_index)
     recorded = sha256_file(image)
     return fresh == recorded, recorded, fresh

@@ -166,3 +166,41 @@ def test_bids_validator_finds_no_errors(model_dir, tmp_path):
     report = json.loads(proc.stdout)
     errors = [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
     assert errors == [], errors
+
+
+def test_inline_audit_flags_and_replaces_copies(model_dir, tmp_path):
+    from neurosql_med.copies import audit_cohort
+    from neurosql_med.model import load_model
+    from neurosql_med.synthesize import Synthesis, write_tables
+
+    scans = tmp_path / "scans"
+    for i in range(5):
+        write_nifti(scans / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    out = tmp_path / "s"
+    run(model_dir, out, n=6)
+    model = load_model(model_dir)
+    job = Synthesis(model, 6, 0, 1.0)
+    train = load_cohort(scans, model.config.data).images
+    # plant a copy of a training image as sample 2 (a model that memorised would do this)
+    from neurosql_med.synthesize import write_with_sidecar
+    write_with_sidecar(out, job, 2, train[3], np.zeros(4), 0.0)
+    report = audit_cohort(out, job, train, tau=0.5, drop=False)
+    assert "sub-synth0002" in report["flagged"]
+    assert json.loads((out / "dataset_description.json").read_text())["NeuroSQL"]["audit"]["n_flagged"] >= 1
+    report = audit_cohort(out, job, train, tau=0.5, drop=True)
+    assert report["n_remaining_copies"] == 0 and report["replaced"][0]["sample"] == "sub-synth0002"
+    write_tables(out, job)
+    replaced = out / "sub-synth0002/anat/sub-synth0002_desc-nsql_T1w.nii.gz"
+    assert json.loads(replaced.with_name("sub-synth0002_desc-nsql_T1w.json").read_text())["NeuroSQL"]["latent_index"] > 6
+    assert reproduce(replaced, model_dir)[0]
+
+
+def test_synthesize_with_audit_writes_audit_json(model_dir, tmp_path):
+    scans = tmp_path / "scans"
+    for i in range(5):
+        write_nifti(scans / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    summary = run(model_dir, tmp_path / "s", n=4, audit=scans, drop_copies=True)
+    assert summary["audit"]["n_remaining_copies"] == 0
+    assert (tmp_path / "s/audit.json").is_file()
+    with pytest.raises(UserError, match="--audit"):
+        run(model_dir, tmp_path / "t", n=4, drop_copies=True)

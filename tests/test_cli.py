@@ -1,0 +1,90 @@
+"""The `nsql-med` command end to end, in-process: arguments in, exit codes and lines out."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_nifti
+from neurosql_med.cli.main import main
+from test_train import varied_volume
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+def cli(capsys, *args):
+    sys.argv = ["nsql-med", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys):
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and out.startswith("nsql-med ")
+
+
+def test_inspect_sample_cohort_json(capsys):
+    code, out, _ = cli(capsys, "inspect", SAMPLE, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["layout"] == "bids" and len(report["scans"]) >= 24
+    scan = report["scans"][0]
+    assert {"id", "subject", "session", "path", "format", "shape", "spacing"} <= set(scan)
+    assert scan["shape"] == [88, 104, 88] and scan["spacing"] == [2.0, 2.0, 2.0]
+    assert all(s["path"].startswith("formats/") for s in report["skipped"])
+
+
+def test_inspect_every_format(capsys):
+    code, out, _ = cli(capsys, "inspect", SAMPLE / "formats", "--json")
+    formats = sorted(s["format"] for s in json.loads(out)["scans"])
+    assert code == 0 and formats == ["analyze", "dicom"]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("inspect", "/no/such/folder"), "/no/such/folder"),
+        (("fit", "/no/such/folder"), "/no/such/folder"),
+        (("fit", SAMPLE, "--config", "/no/such.yaml"), "no/such.yaml"),
+        (("fit", SAMPLE, "--latent-dim", "0"), "latent_dim"),
+        (("synthesize", "--n", "5", "--out", "/tmp/x", "--model", "/no/model"), "/no/model"),
+        (("fit", SAMPLE, "--epochs", "many"), "--epochs"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(capsys, args, needle):
+    code, _, err = cli(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+def test_empty_folder_is_an_error(capsys, tmp_path):
+    code, _, err = cli(capsys, "inspect", tmp_path)
+    assert code == 2 and err.startswith("error: ")
+
+
+def test_fit_synthesize_reproduce_evaluate(capsys, tmp_path):
+    scans = tmp_path / "scans"
+    for i in range(5):
+        write_nifti(scans / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    model, synth, report = tmp_path / "model", tmp_path / "synth", tmp_path / "report"
+    code, out, err = cli(capsys, "fit", scans, "--config", "tiny", "--out", model, "--epochs", "3")
+    assert code == 0, err
+    assert (model / "hashes.json").is_file() and "model written" in out
+    code, _, err = cli(capsys, "fit", scans, "--config", "tiny", "--out", model)
+    assert code == 2 and "--resume" in err
+    code, out, err = cli(capsys, "synthesize", "--n", "4", "--out", synth, "--model", model, "--batch-size", "2")
+    assert code == 0, err
+    assert (synth / "preview.png").is_file() and "preview" in out
+    image = synth / "sub-synth0002/anat/sub-synth0002_desc-nsql_T1w.nii.gz"
+    code, out, _ = cli(capsys, "reproduce", image, "--model", model)
+    assert code == 0 and "identical" in out
+    code, out, err = cli(capsys, "evaluate", "--real", scans, "--synth", synth, "--model", model, "--out", report, "--json")
+    assert code == 0, err
+    assert json.loads(out) == json.loads((report / "report.json").read_text())
+    code, _, err = cli(capsys, "synthesize", "--n", "0", "--out", tmp_path / "s2", "--model", model)
+    assert code == 2 and "--n" in err and not (tmp_path / "s2").exists()
