@@ -6,4 +6,17 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_model", "SyntheticDataset"]
+
+
+def __getattr__(name: str):
+    """Import torch-heavy entry points on first use, so `nsql-med --version` stays instant."""
+    if name == "load_model":
+        from neurosql_med.model import load_model
+
+        return load_model
+    if name == "SyntheticDataset":
+        from neurosql_med.dataset import SyntheticDataset
+
+        return SyntheticDataset
+    raise AttributeError(f"module 'neurosql_med' has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """Synthetic cohorts: layout, provenance, geometry, determinism, reproduction, resume."""
 import json
+from pathlib import Path
 import shutil
 import subprocess
 
@@ -204,3 +205,12 @@ def test_synthesize_with_audit_writes_audit_json(model_dir, tmp_path):
     assert (tmp_path / "s/audit.json").is_file()
     with pytest.raises(UserError, match="--audit"):
         run(model_dir, tmp_path / "t", n=4, drop_copies=True)
+
+
+def test_readme_augmentation_example_runs(model_dir, tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = readme.split("## Using synthetic samples in a MONAI training loop")[1].split("```python")[1].split("```")[0]
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    exec(compile(code.replace('"nsql-model"', repr(str(model_dir))), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.split()
+    assert int(printed[0]) > 500 and "torch.Size([1," in " ".join(printed[1:])
