@@ -111,12 +111,12 @@ def fit(
     strict: bool = StrictOpt,
 ) -> None:
     """Train NeuroSQL on a folder of scans and write a model folder."""
-    from neurosql_med.config import load_config, override
     from neurosql_med.data.cohort import load_cohort
     from neurosql_med.train import fit as run_fit
+    from neurosql_med.train import fit_config
 
-    cfg = override(
-        load_config(config),
+    cfg = fit_config(
+        config, out, resume,
         data__mode=mode, data__pattern=pattern, train__epochs=epochs, train__max_minutes=max_minutes,
         model__latent_dim=latent_dim, model__lattice=lattice, train__device=device, train__seed=seed,
     )
@@ -215,3 +215,31 @@ def evaluate(
         console.print(report_table(report))
         if out is not None:
             console.print(f"report written to {out}")
+
+
+@app.command()
+def benchmark(
+    scans: Path = typer.Argument(..., help="Folder of training scans."),
+    methods: str = typer.Option("neurosql,vae,gan,ddpm", "--methods", help="Comma-separated: neurosql, vae, gan, ddpm."),
+    budget_minutes: float = typer.Option(5.0, "--budget-minutes", help="Training wall-clock budget per method (and seed)."),
+    n_samples: Optional[int] = typer.Option(None, "--n-samples", help="Synthetic samples scored per method."),
+    holdout: Optional[Path] = typer.Option(None, "--holdout", help="Folder of held-out scans (default: split by subject)."),
+    holdout_fraction: float = typer.Option(0.2, "--holdout-fraction", help="Share of subjects held out when --holdout is not given."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="2d or 3d."),
+    config: str = ConfigOpt,
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds; reports mean ± spread."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    out: Path = typer.Option(Path("benchmark-out"), "--out", "-o", help="Where benchmark.json/.md/.png go."),
+) -> None:
+    """Train NeuroSQL, a VAE, a GAN and a DDPM for the same budget on your scans and compare them."""
+    from neurosql_med.benchmark import N_SAMPLES, benchmark_table, run_benchmark
+
+    result = run_benchmark(
+        scans, methods=[m.strip() for m in methods.split(",") if m.strip()], budget_minutes=budget_minutes,
+        n_samples=N_SAMPLES if n_samples is None else n_samples, holdout=holdout, holdout_fraction=holdout_fraction,
+        mode=mode, config=config, seed=seed, seeds=None if seeds is None else [int(s) for s in seeds.split(",")],
+        device=device, out=out, log=console.print,
+    )
+    console.print(benchmark_table(result))
+    console.print(f"written: {out / 'benchmark.json'}, {out / 'benchmark.md'}, {out / 'benchmark.png'}")

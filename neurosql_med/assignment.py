@@ -39,7 +39,7 @@ class AssignResult:
 
 
 def solve_assignment(
-    cost: np.ndarray, block_size: int = 4096, seed: int = 0, previous: np.ndarray | None = None
+    cost: np.ndarray, block_size: int = 16384, seed: int = 0, previous: np.ndarray | None = None
 ) -> tuple[np.ndarray, bool]:
     """Exact minimum-cost permutation, perm[i] = column of row i; also whether it was blocked.
 
@@ -85,7 +85,7 @@ def pca_codes(images: Tensor, d: int) -> np.ndarray:
 
 
 def initial_assignment(
-    images: Tensor, lattice: np.ndarray, kind: str = "gaussian", block_size: int = 4096, seed: int = 0
+    images: Tensor, lattice: np.ndarray, kind: str = "gaussian", block_size: int = 16384, seed: int = 0
 ) -> np.ndarray:
     """Initial codes: OT between standardised PCA scores and the lattice (squared distance).
 

@@ -390,6 +390,8 @@ def benchmark_markdown(result: dict) -> str:
         "epoch of it, plus its set-up and model-folder writes); sampling is timed separately.",
         f"- Distances: {m['distance']}. MAE/SSIM/PSNR: each synthetic sample against its nearest real one; "
         "covered: share of real samples with a synthetic one nearer than their nearest real neighbour.",
+        "- Nearest-real MAE and SSIM alone reward blank images (the near-empty edge slices are real images too): "
+        "read them with precision, recall and the diversity ratio (far above 1: the samples are all alike).",
         f"- precision/recall: {m['feature_extractor']} features, k = {m['k']}. copies: synthetic samples closer "
         f"to a training sample than τ = {s['tau']} x the median training nearest-neighbour distance.",
         f"- DDPM samples with {s['ddim_steps']} deterministic DDIM steps. Peak memory: {s['memory']}.",

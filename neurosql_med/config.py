@@ -32,7 +32,7 @@ class DataConfig:
     foreground_margin: int = 2
     slice_axis: int = 2
     slice_range: list[float] = field(default_factory=lambda: [0.2, 0.8])
-    slice_stride: int = 2
+    slice_stride: int = 3
     skull_stripped: bool = True  # recorded in synthetic sidecars (BIDS SkullStripped)
 
 
@@ -40,7 +40,7 @@ class DataConfig:
 class ModelConfig:
     latent_dim: int = 32
     lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"
-    channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])
+    channels: list[int] = field(default_factory=lambda: [128, 64, 32, 16])
 
 
 @dataclass
@@ -53,7 +53,7 @@ class LossConfig:
 class TrainConfig:
     epochs: int = 120
     max_minutes: Optional[float] = None
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 0.002
     weight_decay: float = 0.0001
     seed: int = 0
@@ -66,7 +66,7 @@ class AssignmentConfig:
     cost: Literal["auto", "loss", "mse"] = "auto"
     threshold: float = 0.02
     max_interval: int = 8
-    block_size: int = 4096
+    block_size: int = 16384
 
 
 @dataclass

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from neurosql_med import plots
 from neurosql_med.assignment import assign, initial_assignment
-from neurosql_med.config import Config, load_config, save_config
+from neurosql_med.config import Config, load_config, override, save_config
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
 from neurosql_med.files import write_text
@@ -76,6 +76,16 @@ def prepare_output(out: Path, resume: bool, force: bool) -> None:
         raise UserError(f"{out} already holds a model; use --resume to continue it or --force to replace it")
     if any(out.iterdir()):
         raise UserError(f"{out} is not empty and not a model folder; choose another --out or use --force")
+
+
+def fit_config(source: str | Path | None, out: Path, resume: bool, **overrides: object) -> Config:
+    """The config a fit runs with: a resumed fit continues its own saved config.
+
+    Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
+    """
+    saved = Path(out) / "config.yaml"
+    base = load_config(saved if resume and saved.is_file() else source)
+    return override(base, **overrides)
 
 
 def lr_lambda(total: int, warmup: int = 5) -> Callable[[int], float]:

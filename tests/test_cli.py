@@ -88,3 +88,15 @@ def test_fit_synthesize_reproduce_evaluate(capsys, tmp_path):
     assert json.loads(out) == json.loads((report / "report.json").read_text())
     code, _, err = cli(capsys, "synthesize", "--n", "0", "--out", tmp_path / "s2", "--model", model)
     assert code == 2 and "--n" in err and not (tmp_path / "s2").exists()
+
+
+def test_resume_continues_the_saved_config(capsys, tmp_path):
+    scans = tmp_path / "scans"
+    for i in range(4):
+        write_nifti(scans / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    model = tmp_path / "m"
+    code, _, err = cli(capsys, "fit", scans, "--config", "tiny3d", "--out", model, "--epochs", "2")
+    assert code == 0, err
+    code, out, err = cli(capsys, "fit", scans, "--out", model, "--resume", "--epochs", "3")
+    assert code == 0, err
+    assert "3 epochs" in out and "3d sample" in out

@@ -1,0 +1,43 @@
+"""Synthesis throughput and peak memory, N = 50 and N = 500 (issue figures for the README).
+
+    python benchmarks/bench_synthesize.py --model nsql-model [--n 50 500]
+
+Each N runs in a fresh process so its peak resident memory (ru_maxrss) is its own;
+the time includes writing compressed NIfTI files and sidecars (not the preview).
+A model trained for a single epoch decodes exactly as fast as a finished one, so
+`nsql-med fit sample_data --config volume3d --epochs 1 --out m3d` is enough to time 3D.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+
+CHILD = """
+import json, resource, sys, time
+from neurosql_med.synthesize import synthesize
+model, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+start = time.perf_counter()
+synthesize(model, out, n, seed=0, show_progress=False, device="cpu")
+seconds = time.perf_counter() - start
+print(json.dumps({"n": n, "seconds": round(seconds, 2), "files_per_second": round(n / seconds, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--n", type=int, nargs="+", default=[50, 500])
+    args = parser.parse_args()
+    for n in args.n:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = subprocess.run([sys.executable, "-c", CHILD, args.model, f"{tmp}/synth", str(n)],
+                                    capture_output=True, text=True, check=True)
+            print(json.dumps({"model": args.model, **json.loads(result.stdout)}))
+
+
+if __name__ == "__main__":
+    main()
