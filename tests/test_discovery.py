@@ -230,3 +230,14 @@ def test_to_json_lists_scans_and_skips_relative_to_root(tiny_bids: Path) -> None
         "format": "nifti", "shape": list(SHAPE), "spacing": [1.0, 1.0, 1.0],
     }
     assert {"path": "formats/sub-OAS30001_T1w.hdr", "reason": doc["skipped"][0]["reason"]} in doc["skipped"]
+
+
+def test_symlinked_subject_folders_are_followed_once(tmp_path, tiny_bids):
+    from neurosql_med.data.discovery import discover
+
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "sub-OAS30001").symlink_to(tiny_bids / "sub-OAS30001", target_is_directory=True)
+    (linked / "sub-OAS30001" / "ses-d0129" / "loop").symlink_to(linked, target_is_directory=True)
+    found = discover(linked)
+    assert sorted(s.id for s in found.scans) == ["sub-OAS30001_ses-d0129", "sub-OAS30001_ses-d0757"]

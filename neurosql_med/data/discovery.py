@@ -156,7 +156,13 @@ def _find_volumes(root: Path) -> tuple[list[_Volume], list[Skipped]]:
     analyze: dict[Path, list[Path]] = defaultdict(list)
     dicom: dict[tuple[Path, str], list[Path]] = defaultdict(list)
     descriptions: dict[tuple[Path, str], str] = {}
-    for folder, dirs, names in os.walk(root):
+    visited: set[str] = set()  # symlinked folders are followed (cohorts are often assembled that way), once each
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(n for n in names if not n.startswith(".")):
             path = Path(folder, name)
