@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 import shutil
 import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -157,7 +158,8 @@ def test_synthetic_dataset_matches_written_files(model_dir, tmp_path):
 
 
 def test_bids_validator_finds_no_errors(model_dir, tmp_path):
-    validator = shutil.which("bids-validator-deno")
+    beside_python = Path(sys.executable).parent / "bids-validator-deno"  # the venv's, when not on PATH
+    validator = shutil.which("bids-validator-deno") or (str(beside_python) if beside_python.exists() else None)
     if validator is None:
         pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
     out = tmp_path / "bids"
