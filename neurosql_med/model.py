@@ -21,6 +21,7 @@ from neurosql_med.errors import UserError
 from neurosql_med.files import sha256_file, write_bytes, write_text
 from neurosql_med.geometry import Geometry
 from neurosql_med.networks import Decoder
+from neurosql_med.runtime import fast_cpu_math
 
 CHECKPOINT = "model.pt"
 HASHES = "hashes.json"
@@ -126,6 +127,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     """Load a complete, hash-verified model folder for sampling."""
     folder = Path(folder)
     hashes = verify(folder)
+    fast_cpu_math()
     device = torch.device(device)
     cfg = load_config(folder / "config.yaml")
     geometry = Geometry.load(folder / "geometry.json")

@@ -19,9 +19,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def fast_cpu_math() -> None:
+    """Flush denormal floats to zero: near-zero activations made some CPU epochs 2.5x slower.
+
+    Called by everything that trains or decodes, so training, synthesis and `reproduce`
+    always compute with the same setting (and so the same bytes).
+    """
+    torch.set_flush_denormal(True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    fast_cpu_math()
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
