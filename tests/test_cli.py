@@ -53,6 +53,8 @@ def test_inspect_every_format(capsys):
         (("fit", SAMPLE, "--latent-dim", "0"), "latent_dim"),
         (("synthesize", "--n", "5", "--out", "/tmp/x", "--model", "/no/model"), "/no/model"),
         (("fit", SAMPLE, "--epochs", "many"), "--epochs"),
+        (("benchmark", SAMPLE, "--methods", "neurosql,flow"), "flow"),
+        (("benchmark", SAMPLE, "--budget-minutes", "0"), "budget"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(capsys, args, needle):
