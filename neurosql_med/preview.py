@@ -29,7 +29,8 @@ def cohort_preview(folder: str | Path, model_dir: str | Path | None = None, coun
     if not files:
         raise UserError(f"no NIfTI images found in {folder}")
     shown = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))]
-    rows = [(f"synthetic ({len(files)})", [_display(p) for p in shown])]
+    images = [_display(p) for p in shown]
+    rows = [(f"synthetic ({len(files)})" if i == 0 else "", images[i:i + 8]) for i in range(0, len(images), 8)]
     if model_dir is not None:
         model = load_model(model_dir)
         picks = torch.linspace(0, len(model.assignment) - 1, min(8, len(model.assignment))).long().numpy()
