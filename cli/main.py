@@ -235,10 +235,14 @@ def benchmark(
     """Train NeuroSQL, a VAE, a GAN and a DDPM for the same budget on your scans and compare them."""
     from neurosql_med.benchmark import N_SAMPLES, benchmark_table, run_benchmark
 
+    try:
+        seed_list = None if seeds is None else [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     result = run_benchmark(
         scans, methods=[m.strip() for m in methods.split(",") if m.strip()], budget_minutes=budget_minutes,
         n_samples=N_SAMPLES if n_samples is None else n_samples, holdout=holdout, holdout_fraction=holdout_fraction,
-        mode=mode, config=config, seed=seed, seeds=None if seeds is None else [int(s) for s in seeds.split(",")],
+        mode=mode, config=config, seed=seed, seeds=seed_list,
         device=device, out=out, log=console.print,
     )
     console.print(benchmark_table(result))

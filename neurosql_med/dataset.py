@@ -9,6 +9,7 @@ import torch
 from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
+from neurosql_med.errors import UserError
 from neurosql_med.model import load_model
 from neurosql_med.synthesize import COMPUTE_BLOCK, decode_block
 
@@ -31,6 +32,8 @@ class SyntheticDataset(Dataset):
         transform: Callable | None = None,
         device: str = "cpu",
     ) -> None:
+        if not 0 < typicality <= 1:
+            raise UserError(f"typicality must be in (0, 1], got {typicality}")
         self.model = load_model(model_dir, device)
         self.n, self.seed, self.typicality, self.transform = n, seed, typicality, transform
         self.affine = torch.as_tensor(self.model.geometry.sample_affine())

@@ -113,7 +113,10 @@ def verify(folder: Path) -> dict[str, str]:
     if not (folder / HASHES).is_file():
         state = "an unfinished fit (continue it with `nsql-med fit --resume`)" if is_model_folder(folder) else "not a model folder"
         raise UserError(f"{folder}: incomplete model folder, {state}")
-    hashes = json.loads((folder / HASHES).read_text())
+    try:
+        hashes = json.loads((folder / HASHES).read_text())
+    except ValueError:
+        raise UserError(f"{folder / HASHES}: damaged (not JSON); the model folder cannot be verified") from None
     for name in ARTIFACTS:
         path = folder / name
         if not path.is_file():

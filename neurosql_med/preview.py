@@ -34,7 +34,7 @@ def cohort_preview(folder: str | Path, model_dir: str | Path | None = None, coun
     if model_dir is not None:
         model = load_model(model_dir)
         picks = torch.linspace(0, len(model.assignment) - 1, min(8, len(model.assignment))).long().numpy()
-        rows.append(("training reconstructions", model.decode(model.lattice[model.assignment[picks]])))
+        rows.append(("training reconstructions", model.reconstructions()[picks]))
     path = folder / "preview.png"
     image_grid(rows, path, title=f"{folder.name}: synthetic samples" + (" beside training reconstructions" if model_dir else ""))
     return path

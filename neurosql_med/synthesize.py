@@ -236,8 +236,10 @@ def synthesize(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     out = Path(out)
-    if drop_copies and audit is None:
-        raise UserError("--drop-copies needs --audit SCANS (the training scans to compare against)")
+    if audit is None and (drop_copies or tau is not None):
+        raise UserError("--drop-copies and --tau need --audit SCANS (the training scans to compare against)")
+    if tau is not None and tau <= 0:
+        raise UserError(f"--tau must be positive, got {tau}")
     job = Synthesis(load_model(model_dir, resolve_device(device)), n, seed, typicality)
     train = None if audit is None else load_cohort(audit, job.model.config.data).images
     prepare_output(out, job, force, resume)
@@ -303,7 +305,10 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
     image = path if path.name.endswith(".nii.gz") else path.with_name(path.name.removesuffix(".json") + ".nii.gz")
     side = sidecar_of(image)
     if side.is_file():
-        record = json.loads(side.read_text())
+        try:
+            record = json.loads(side.read_text())
+        except ValueError:
+            raise UserError(f"{side}: damaged sidecar (not JSON)") from None
     elif image.is_file() and (embedded := read_provenance(image)) is not None:
         record = embedded
     else:
@@ -315,7 +320,10 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
         k, seed, q = int(info["index"]), int(info["seed"]), float(info["max_typicality"])
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{file}: provenance lacks the NeuroSQL seed/index/typicality fields") from None
-    model = load_model(model_dir, resolve_device(info.get("device", "cpu")))
+    made_on = info.get("device", "cpu")
+    if made_on == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{file} was made on a CUDA GPU; identical bytes need one to reproduce it")
+    model = load_model(model_dir, resolve_device(made_on))
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
     job = Synthesis(model, k, seed, q)

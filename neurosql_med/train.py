@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -78,14 +77,21 @@ def prepare_output(out: Path, resume: bool, force: bool) -> None:
         raise UserError(f"{out} is not empty and not a model folder; choose another --out or use --force")
 
 
+RESUMABLE = ("train__epochs", "train__max_minutes", "train__device")
+
+
 def fit_config(source: str | Path | None, out: Path, resume: bool, **overrides: object) -> Config:
     """The config a fit runs with: a resumed fit continues its own saved config.
 
     Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
     """
     saved = Path(out) / "config.yaml"
-    base = load_config(saved if resume and saved.is_file() else source)
-    return override(base, **overrides)
+    if resume and saved.is_file():
+        fixed = sorted(k.split("__")[1] for k, v in overrides.items() if v is not None and k not in RESUMABLE)
+        if fixed:
+            raise UserError(f"--resume continues the saved config; it cannot change {', '.join(fixed)}")
+        return override(load_config(saved), **overrides)
+    return override(load_config(source), **overrides)
 
 
 def lr_lambda(total: int, warmup: int = 5) -> Callable[[int], float]:
@@ -121,9 +127,9 @@ def fit(
 ) -> FitResult:
     out = Path(out)
     prepare_output(out, resume, force)
-    if resume:  # the saved config decides what is being continued; only the budget may grow
+    if resume:  # the saved config decides what is being continued; only budget and device may change
         saved = load_config(out / "config.yaml")
-        saved.train.epochs, saved.train.max_minutes = cfg.train.epochs, cfg.train.max_minutes
+        saved.train.epochs, saved.train.max_minutes, saved.train.device = cfg.train.epochs, cfg.train.max_minutes, cfg.train.device
         cfg = saved
     n, t = len(cohort), cfg.train
     device = resolve_device(t.device)
@@ -141,6 +147,9 @@ def fit(
 
     out.mkdir(parents=True, exist_ok=True)
     if resume:
+        missing = [f for f in ("data_fingerprint.json", "history.jsonl") if not (out / f).is_file()]
+        if missing:
+            raise UserError(f"--resume: {out} is damaged ({', '.join(missing)} missing); start again with --force")
         if json.loads((out / "data_fingerprint.json").read_text()) != cohort.fingerprint():
             raise UserError(f"--resume: these scans differ from the ones {out} was trained on")
         state = load_checkpoint(out / CHECKPOINT, device)

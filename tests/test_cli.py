@@ -55,6 +55,7 @@ def test_inspect_every_format(capsys):
         (("fit", SAMPLE, "--epochs", "many"), "--epochs"),
         (("benchmark", SAMPLE, "--methods", "neurosql,flow"), "flow"),
         (("benchmark", SAMPLE, "--budget-minutes", "0"), "budget"),
+        (("benchmark", SAMPLE, "--seeds", "0,a"), "--seeds"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(capsys, args, needle):
@@ -102,3 +103,5 @@ def test_resume_continues_the_saved_config(capsys, tmp_path):
     code, out, err = cli(capsys, "fit", scans, "--out", model, "--resume", "--epochs", "3")
     assert code == 0, err
     assert "3 epochs" in out and "3d sample" in out
+    code, _, err = cli(capsys, "fit", scans, "--out", model, "--resume", "--latent-dim", "8")
+    assert code == 2 and "cannot change latent_dim" in err
