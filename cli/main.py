@@ -200,7 +200,7 @@ def evaluate(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="The model that made --synth: use its preprocessing and geometry."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="Real scans never used for training."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report.json, report.md, nearest.png, distances.png here."),
-    config: str = ConfigOpt,
+    config: str = typer.Option("default", "--config", "-c", help="Preprocessing config when no --model is given (path or built-in name)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold: flagged when d_syn < tau * median(d_train)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
 ) -> None:
