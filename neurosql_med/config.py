@@ -51,10 +51,10 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 120
+    epochs: int = 80
     max_minutes: Optional[float] = None
     batch_size: int = 16
-    lr: float = 0.002
+    lr: float = 0.005
     weight_decay: float = 0.0001
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
