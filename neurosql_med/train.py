@@ -256,8 +256,7 @@ def fit(
     if interrupted:
         return FitResult(out, last_good["trainer"]["epoch"], history, True, False, None)
 
-    generator.load_state_dict(last_good["generator"])
-    generator.eval()
+    generator.eval()  # the live weights are last_good's: it was taken after the final epoch
     plots.training_curves(history, out / "loss.png")
     shown = torch.linspace(0, n - 1, min(n, 8)).long()
     with torch.no_grad():
