@@ -38,7 +38,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = 32
+    latent_dim: int = 16
     lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"
     channels: list[int] = field(default_factory=lambda: [128, 64, 32, 16])
 

@@ -141,6 +141,7 @@ def fit(
     codes = torch.as_tensor(lattice, dtype=torch.float32, device=device)
     images = cohort.images.to(device)
     generator = build_generator(cfg, cohort.geometry).to(device)
+    generator.init_template(images)
     loss_fn = ReconstructionLoss(images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window).to(device)
     optimizer = torch.optim.AdamW(generator.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.epochs))

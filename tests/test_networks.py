@@ -46,3 +46,14 @@ def test_a_few_steps_lower_the_loss_on_fixed_codes():
         optimizer.step()
         losses.append(value.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("dims, shape", [(2, (12, 14)), (3, (8, 10, 6))])
+def test_template_starts_every_output_at_the_mean_image(dims, shape):
+    torch.manual_seed(0)
+    images = torch.rand(6, 1, *shape) * (torch.rand(1, 1, *shape) > 0.6)
+    decoder = Decoder(dims, latent_dim=3, out_shape=shape, channels=[8, 4])
+    mean = images.mean(0, keepdim=True)
+    assert (decoder(torch.randn(4, 3)) - mean).abs().mean() > 0.2
+    decoder.init_template(images)
+    assert (decoder(torch.randn(4, 3)) - mean).abs().max() < 0.05

@@ -79,6 +79,7 @@ class GAN:
         dims, shape = images.ndim - 2, tuple(images.shape[2:])
         self.device = device
         self.generator = Decoder(dims, m.latent_dim, shape, m.channels).to(device)
+        self.generator.init_template(images)
         self.discriminator = discriminator(dims, shape, m.channels).to(device)
         self.ema = EMA(self.generator)
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=BETAS)

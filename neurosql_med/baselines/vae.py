@@ -76,6 +76,7 @@ class VAE:
         dims, shape = images.ndim - 2, tuple(images.shape[2:])
         self.device = device
         self.decoder = Decoder(dims, m.latent_dim, shape, m.channels).to(device)
+        self.decoder.init_template(images)
         self.encoder = Encoder(dims, shape, m.channels, 2 * m.latent_dim).to(device)
         loss_fn = ReconstructionLoss(dims, self.cfg.loss.ssim_weight, self.cfg.loss.ssim_window).to(device)
         params = [*self.encoder.parameters(), *self.decoder.parameters()]

@@ -21,6 +21,13 @@ class Decoder(nn.Module):
     layers, so an image never depends on the rest of its batch. The grid is the output
     shape rounded up to a multiple of 2^stages and centre-cropped at the end, so any
     shape works.
+
+    The output is sigmoid(body(z) + template), with the template a learned per-voxel
+    logit that ``init_template`` sets to the training images' mean. Started from a
+    uniform grey instead, a 3D fit of the sample cohort's volumes (70 % background)
+    found it cheapest to turn every voxel black, where the sigmoid saturates and SSIM is
+    already 1 on the background, and stayed there (loss stuck at 0.639 from epoch 3).
+    From the mean brain it learns (SSIM 0.75 after one epoch), and 2D fits got better too.
     """
 
     def __init__(self, spatial_dims: int, latent_dim: int, out_shape: Sequence[int], channels: Sequence[int]):
@@ -48,10 +55,18 @@ class Decoder(nn.Module):
             )
         layers.append(Convolution(spatial_dims, channels[-1], 1, kernel_size=3, conv_only=True))
         self.body = nn.Sequential(*layers)
+        self.template = nn.Parameter(torch.zeros(1, 1, *self.out_shape))
+
+    @torch.no_grad()
+    def init_template(self, images: Tensor) -> None:
+        """Start every output at the mean of ``images`` (N, 1, *out_shape) in [0, 1]."""
+        mean = images.float().mean(0, keepdim=True).clamp(1e-3, 1 - 1e-3)
+        self.template.copy_(torch.logit(mean).to(self.template.device))
 
     def forward(self, z: Tensor) -> Tensor:
-        image = torch.sigmoid(self.body(self.project(z)))
-        return image[(..., *self._crop(image.shape[2:]))]
+        raw = self.body(self.project(z))
+        raw = raw[(..., *self._crop(raw.shape[2:]))] + self.template
+        return torch.sigmoid(raw)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
