@@ -116,7 +116,7 @@ def fit(
     from neurosql_med.train import fit_config
 
     cfg = fit_config(
-        config, out, resume,
+        config, out, resume, force,
         data__mode=mode, data__pattern=pattern, train__epochs=epochs, train__max_minutes=max_minutes,
         model__latent_dim=latent_dim, model__lattice=lattice, train__device=device, train__seed=seed,
     )

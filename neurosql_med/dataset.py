@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from neurosql_med.errors import UserError
 from neurosql_med.model import load_model
-from neurosql_med.synthesize import COMPUTE_BLOCK, decode_block
+from neurosql_med.synthesize import COMPUTE_BLOCK, decode_block, synthetic_id
 
 
 class SyntheticDataset(Dataset):
@@ -55,8 +55,8 @@ class SyntheticDataset(Dataset):
         j = i % COMPUTE_BLOCK
         item = {
             "image": MetaTensor(images[j].clone(), affine=self.affine.clone()),
-            "id": f"synth{k:04d}",
-            "subject": f"synth{k:04d}",
+            "id": synthetic_id(k, self.n),
+            "subject": synthetic_id(k, self.n),
             "synthetic": True,
             "latent": torch.as_tensor(z[j], dtype=torch.float32),
             "typicality": float(levels[j]),

@@ -55,7 +55,14 @@ class FitResult:
 
 
 def prepare_output(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to overwrite anything the user did not ask us to replace."""
+    """Refuse to overwrite anything the user did not ask us to replace; clear it for --force."""
+    check_output(out, resume, force)
+    if force and out.exists():
+        shutil.rmtree(out)
+
+
+def check_output(out: Path, resume: bool, force: bool) -> None:
+    """The refusals of ``prepare_output`` without touching anything, so a CLI can fail before loading scans."""
     if resume and force:
         raise UserError("--resume and --force contradict each other; choose one")
     if not out.exists():
@@ -65,7 +72,6 @@ def prepare_output(out: Path, resume: bool, force: bool) -> None:
     if not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
     if force:
-        shutil.rmtree(out)
         return
     if resume:
         if not is_model_folder(out):
@@ -80,11 +86,14 @@ def prepare_output(out: Path, resume: bool, force: bool) -> None:
 RESUMABLE = ("train__epochs", "train__max_minutes", "train__device")
 
 
-def fit_config(source: str | Path | None, out: Path, resume: bool, **overrides: object) -> Config:
+def fit_config(source: str | Path | None, out: Path, resume: bool, force: bool = False, **overrides: object) -> Config:
     """The config a fit runs with: a resumed fit continues its own saved config.
+
+    Checks ``out`` first, so a refused output folder is reported before scans are loaded.
 
     Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
     """
+    check_output(Path(out), resume, force)
     saved = Path(out) / "config.yaml"
     if resume and saved.is_file():
         fixed = sorted(k.split("__")[1] for k, v in overrides.items() if v is not None and k not in RESUMABLE)

@@ -65,6 +65,12 @@ def test_user_errors_are_one_line_exit_2(capsys, args, needle):
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
 
 
+def test_fit_refuses_a_used_output_folder_before_loading_scans(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = cli(capsys, "fit", "/no/such/folder", "--out", tmp_path)
+    assert code == 2 and "not empty and not a model folder" in err and "/no/such/folder" not in err
+
+
 def test_empty_folder_is_an_error(capsys, tmp_path):
     code, _, err = cli(capsys, "inspect", tmp_path)
     assert code == 2 and err.startswith("error: ")

@@ -216,3 +216,10 @@ def test_readme_augmentation_example_runs(model_dir, tmp_path, monkeypatch, caps
     exec(compile(code.replace('"nsql-model"', repr(str(model_dir))), "README.md", "exec"), {})
     printed = capsys.readouterr().out.split()
     assert int(printed[0]) > 500 and "torch.Size([1," in " ".join(printed[1:])
+
+
+def test_ids_widen_with_the_cohort():
+    from neurosql_med.synthesize import synthetic_id
+
+    assert synthetic_id(3, 500) == "synth0003"
+    assert synthetic_id(3, 12000) == "synth00003" and synthetic_id(12000, 12000) == "synth12000"
