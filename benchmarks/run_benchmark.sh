@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # NeuroSQL vs VAE, GAN and DDPM at an equal wall-clock budget on the sample cohort (run it
 # with the project's venv active): 3 seeds x 4 methods x 5 minutes of training, about
-# 1.5 h on 2 CPU cores. Beyond the budgets, most of the time is the DDPM's sampling
+# 80 minutes on 2 CPU cores (79 min measured). Beyond the budgets, most of the time is the DDPM's sampling
 # (50 DDIM steps; 3-8 minutes per seed for 128 samples on 2 cores) and scoring. Extra
 # arguments go to `nsql-med benchmark`, e.g. a first look:
 #  benchmarks/run_benchmark.sh --budget-minutes 1 --seeds 0  (~15 min)

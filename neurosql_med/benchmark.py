@@ -357,12 +357,15 @@ def _title(result: dict) -> str:
 
 
 def benchmark_table(result: dict) -> Table:
+    """One row per metric and one column per method, so it fits an 80-column terminal."""
     table = Table(title=_title(result))
-    table.add_column("method")
-    for _, label, reading in COLUMNS:
-        table.add_column(f"{label}\n({reading})" if reading else label, justify="right")
-    for row in _rows(result):
-        table.add_row(*row)
+    table.add_column("metric")
+    table.add_column("reading")
+    rows = _rows(result)
+    for row in rows:
+        table.add_column(row[0], justify="right")
+    for i, (_, label, reading) in enumerate(COLUMNS, start=1):
+        table.add_row(label, reading, *(row[i] for row in rows))
     return table
 
 
