@@ -26,7 +26,7 @@ from neurosql_med.runtime import fast_cpu_math
 CHECKPOINT = "model.pt"
 HASHES = "hashes.json"
 ARTIFACTS = ("model.pt", "config.yaml", "lattice.npy", "assignment.npy", "geometry.json", "data_fingerprint.json")
-FORMAT = "nsql-med/1"
+FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
 
 
 def build_generator(cfg: Config, geometry: Geometry) -> Decoder:
@@ -52,8 +52,11 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
         raise UserError(f"{path}: not a plain state-dict checkpoint (it holds pickled objects); refusing to load it") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise UserError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "generator" not in state:
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("nsql-med/") or "generator" not in state:
         raise UserError(f"{path}: not an nsql-med checkpoint")
+    if state["format"] != FORMAT:
+        raise UserError(f"{path}: written by another nsql-med version (checkpoint format {state['format']}, "
+                        f"this version reads {FORMAT}); fit the model again")
     return state
 
 

@@ -11,7 +11,7 @@ from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.losses import ReconstructionLoss
-from neurosql_med.model import load_checkpoint, load_model
+from neurosql_med.model import FORMAT, load_checkpoint, load_model
 from neurosql_med.train import fit
 
 
@@ -122,12 +122,22 @@ def test_pickled_checkpoint_is_refused_not_executed(tmp_path):
             return (print, ("executed!",))
 
     bad = tmp_path / "model.pt"
-    torch.save({"format": "nsql-med/1", "generator": Evil()}, bad)
+    torch.save({"format": FORMAT, "generator": Evil()}, bad)
     with pytest.raises(UserError, match="pickled objects"):
         load_checkpoint(bad)
     (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]) + b"garbage")
     with pytest.raises(UserError):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_checkpoint_of_another_version_is_refused_clearly(tmp_path):
+    old = tmp_path / "model.pt"
+    torch.save({"format": "nsql-med/1", "generator": {"w": torch.zeros(2)}}, old)
+    with pytest.raises(UserError, match="another nsql-med version .* fit the model again"):
+        load_checkpoint(old)
+    torch.save({"format": "other-tool/1", "generator": {}}, old)
+    with pytest.raises(UserError, match="not an nsql-med checkpoint"):
+        load_checkpoint(old)
 
 
 def test_tampered_model_is_refused(cohort2d, tmp_path):
