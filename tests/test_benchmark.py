@@ -9,7 +9,7 @@ from conftest import write_nifti
 from neurosql_med.baselines import budget_lr, run_budgeted
 from neurosql_med.baselines.gan import diff_augment
 from neurosql_med.benchmark import (
-    COLUMNS, METHODS, benchmark_table, build_method, run_benchmark, split_by_subject, summarize,
+    COLUMNS, METHODS, REFERENCE, benchmark_table, build_method, run_benchmark, split_by_subject, summarize,
 )
 from neurosql_med.config import load_config
 from neurosql_med.data.cohort import load_cohort
@@ -83,6 +83,16 @@ def test_every_method_is_trained_and_scored_against_train_and_holdout(outcome):
     assert result["settings"]["memory"] and result["settings"]["budget_minutes"] == BUDGET_MINUTES
 
 
+def test_reference_row_scores_the_real_held_out_samples(outcome):
+    result, _ = outcome
+    (reference,) = result["reference"]
+    held = result["splits"]["3"]["holdout_samples"]
+    assert reference["seed"] == 3 and reference["train"]["counts"]["synthetic"] == held
+    row = result["summary"][REFERENCE]
+    assert 0 < row["train.fidelity.mae"]["mean"] < 1 and row["parameters"]["mean"] is None
+    assert row["holdout.fidelity.mae"]["mean"] is None  # the held-out samples are not scored against themselves
+
+
 def test_holdout_is_split_by_subject(outcome, cohort):
     result, _ = outcome
     split = result["splits"]["3"]
@@ -97,13 +107,13 @@ def test_holdout_is_split_by_subject(outcome, cohort):
 def test_outputs_exist_and_parse(outcome):
     result, out = outcome
     saved = json.loads((out / "benchmark.json").read_text())
-    assert saved["summary"].keys() == set(METHODS) and saved["splits"] == result["splits"]
+    assert list(saved["summary"]) == [*METHODS, REFERENCE] and saved["splits"] == result["splits"]
     rows = [line for line in (out / "benchmark.md").read_text().splitlines() if line.startswith("| ")]
-    assert [row.split(" | ")[0][2:] for row in rows[1:]] == list(METHODS)  # header, then one row per method
+    assert [row.split(" | ")[0][2:] for row in rows[1:]] == [*METHODS, REFERENCE]  # header, a row per method, reference
     assert (out / "benchmark.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "models/neurosql-seed3/hashes.json").is_file()
     table = benchmark_table(result)
-    assert table.row_count == len(COLUMNS) and [c.header for c in table.columns] == ["metric", "reading", *METHODS]
+    assert table.row_count == len(COLUMNS) and [c.header for c in table.columns] == ["metric", "reading", *METHODS, REFERENCE]
 
 
 def test_summary_is_mean_and_spread_across_seeds():
