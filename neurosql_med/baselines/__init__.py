@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from neurosql_med.config import Config
 from neurosql_med.lattice import reference_draws
+from neurosql_med.networks.decoder import Decoder
 
 
 class Generative(Protocol):
@@ -93,6 +95,13 @@ class EMA:
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """bfloat16 autocast on CUDA when the config's ``train.amp`` asks for it, as the NeuroSQL trainer does."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def neurosql_decoder(cfg: Config, images: Tensor, device: torch.device) -> Decoder:
+    """NeuroSQL's generator for ``images``, started like NeuroSQL's from their mean: the VAE's and GAN's decoder."""
+    decoder = Decoder(images.ndim - 2, cfg.model.latent_dim, tuple(images.shape[2:]), cfg.model.channels).to(device)
+    decoder.init_template(images)
+    return decoder
 
 
 def count_parameters(*modules: nn.Module) -> int:

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from neurosql_med.baselines import EMA, autocast, budget_lr, count_parameters, latent_draws, run_budgeted, set_lr
+from neurosql_med.baselines import (
+    EMA, autocast, budget_lr, count_parameters, latent_draws, neurosql_decoder, run_budgeted, set_lr,
+)
 from neurosql_med.baselines.vae import Encoder
 from neurosql_med.config import Config
-from neurosql_med.networks.decoder import Decoder
 from neurosql_med.runtime import seed_everything
 
 # A minutes-long budget allows a few thousand steps at most: at 2e-4 (SN-GAN's rate, meant for
@@ -78,8 +79,7 @@ class GAN:
         m, t = self.cfg.model, self.cfg.train
         dims, shape = images.ndim - 2, tuple(images.shape[2:])
         self.device = device
-        self.generator = Decoder(dims, m.latent_dim, shape, m.channels).to(device)
-        self.generator.init_template(images)
+        self.generator = neurosql_decoder(self.cfg, images, device)
         self.discriminator = discriminator(dims, shape, m.channels).to(device)
         self.ema = EMA(self.generator)
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=BETAS)

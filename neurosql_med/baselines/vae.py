@@ -13,10 +13,12 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
-from neurosql_med.baselines import autocast, budget_lr, count_parameters, latent_draws, run_budgeted, set_lr
+from neurosql_med.baselines import (
+    autocast, budget_lr, count_parameters, latent_draws, neurosql_decoder, run_budgeted, set_lr,
+)
 from neurosql_med.config import Config
 from neurosql_med.losses import ReconstructionLoss
-from neurosql_med.networks.decoder import ACT, Decoder
+from neurosql_med.networks.decoder import ACT
 from neurosql_med.runtime import seed_everything
 
 BETA = 1e-3
@@ -75,8 +77,7 @@ class VAE:
         m, t = self.cfg.model, self.cfg.train
         dims, shape = images.ndim - 2, tuple(images.shape[2:])
         self.device = device
-        self.decoder = Decoder(dims, m.latent_dim, shape, m.channels).to(device)
-        self.decoder.init_template(images)
+        self.decoder = neurosql_decoder(self.cfg, images, device)
         self.encoder = Encoder(dims, shape, m.channels, 2 * m.latent_dim).to(device)
         loss_fn = ReconstructionLoss(dims, self.cfg.loss.ssim_weight, self.cfg.loss.ssim_window).to(device)
         params = [*self.encoder.parameters(), *self.decoder.parameters()]
