@@ -19,9 +19,9 @@ import torch
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.losses import ReconstructionLoss
-from neurosql_med.model import load_model
-from neurosql_med.train import fit
+from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.io.model import load_model
+from neurosql_med.training.train import fit
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 from scipy.optimize import linear_sum_assignment
 
-from neurosql_med.assignment import solve_assignment
-from neurosql_med.losses import pairwise_mse
+from neurosql_med.engine.assignment import solve_assignment
+from neurosql_med.engine.losses import pairwise_mse
 
 REGIMES = {"trained": 0.5, "noisy": 1.0, "untrained": None}
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import SSIMLoss
 
-from neurosql_med.losses import ReconstructionLoss, gaussian_window, pairwise_mse
+from neurosql_med.engine.losses import ReconstructionLoss, gaussian_window, pairwise_mse
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:

@@ -17,7 +17,7 @@ import tempfile
 
 CHILD = """
 import json, resource, sys, time
-from neurosql_med.synthesize import synthesize
+from neurosql_med.synthesis.synthesize import synthesize
 model, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 start = time.perf_counter()
 synthesize(model, out, n, seed=0, show_progress=False, device="cpu")

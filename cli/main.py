@@ -39,7 +39,7 @@ def _root(
 def main() -> None:
     """Entry point: user errors become one `error:` line and exit status 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's `typer.Exit(n)` comes back as n here
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -57,6 +57,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 ConfigOpt = typer.Option("default", "--config", "-c", help="YAML config file, or a built-in name: default, volume3d, tiny, tiny3d.")
@@ -74,7 +75,7 @@ def inspect(
     preview: Optional[Path] = typer.Option(None, "--preview", help="Also preprocess as training would and save a PNG of the samples."),
 ) -> None:
     """List the scans found, what was skipped and why, and (with --preview) what training will see."""
-    from neurosql_med.console import discovery_tables
+    from neurosql_med.viz.tables import discovery_tables
     from neurosql_med.data.discovery import discover
 
     found = discover(path, pattern=pattern, strict=strict)
@@ -86,7 +87,7 @@ def inspect(
     if preview is not None:
         from neurosql_med.config import load_config
         from neurosql_med.data.cohort import load_cohort
-        from neurosql_med.plots import preprocessed_preview
+        from neurosql_med.viz.plots import preprocessed_preview
 
         cohort = load_cohort(found, load_config(config).data)
         preprocessed_preview(cohort, preview)
@@ -112,8 +113,8 @@ def fit(
 ) -> None:
     """Train NeuroSQL on a folder of scans and write a model folder."""
     from neurosql_med.data.cohort import load_cohort
-    from neurosql_med.train import fit as run_fit
-    from neurosql_med.train import fit_config
+    from neurosql_med.training.train import fit as run_fit
+    from neurosql_med.training.train import fit_config
 
     cfg = fit_config(
         config, out, resume, force,
@@ -150,8 +151,8 @@ def synthesize(
     drop_copies: bool = typer.Option(False, "--drop-copies", help="With --audit: replace flagged images by new draws."),
 ) -> None:
     """Write a synthetic cohort as NIfTI files with provenance."""
-    from neurosql_med.preview import cohort_preview
-    from neurosql_med.synthesize import synthesize as run
+    from neurosql_med.viz.preview import cohort_preview
+    from neurosql_med.synthesis.synthesize import synthesize as run
 
     summary = run(model, out, n, seed, typicality, batch_size, device, force, resume,
                   audit=audit, tau=tau, drop_copies=drop_copies)
@@ -170,7 +171,7 @@ def reproduce(
     model: Path = typer.Option(Path("nsql-model"), "--model", "-m", help="The model folder that made it."),
 ) -> None:
     """Regenerate one synthetic image and check it is byte-identical (exit 1 if not)."""
-    from neurosql_med.synthesize import reproduce as run
+    from neurosql_med.synthesis.synthesize import reproduce as run
 
     identical, recorded, fresh = run(file, model)
     if identical:
@@ -186,7 +187,7 @@ def preview(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Add this model's training reconstructions for scale."),
 ) -> None:
     """Write FOLDER/preview.png: a montage of the cohort's images."""
-    from neurosql_med.preview import cohort_preview
+    from neurosql_med.viz.preview import cohort_preview
 
     if not folder.is_dir():
         raise UserError(f"folder not found: {folder}")
@@ -205,8 +206,8 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
 ) -> None:
     """Fidelity, coverage, diversity, distribution and a memorization audit of a synthetic cohort."""
-    from neurosql_med.evaluate import TAU, report_table
-    from neurosql_med.evaluate import evaluate as run
+    from neurosql_med.evaluation.evaluate import TAU, report_table
+    from neurosql_med.evaluation.evaluate import evaluate as run
 
     report = run(real, synth, model_dir=model, holdout=holdout, config=config, tau=TAU if tau is None else tau, out=out)
     if as_json:
@@ -233,7 +234,7 @@ def benchmark(
     out: Path = typer.Option(Path("benchmark-out"), "--out", "-o", help="Where benchmark.json/.md/.png go."),
 ) -> None:
     """Train NeuroSQL, a VAE, a GAN and a DDPM for the same budget on your scans and compare them."""
-    from neurosql_med.benchmark import N_SAMPLES, benchmark_table, run_benchmark
+    from neurosql_med.evaluation.benchmark import N_SAMPLES, benchmark_table, run_benchmark
 
     try:
         seed_list = None if seeds is None else [int(s) for s in seeds.split(",")]

@@ -12,11 +12,11 @@ __all__ = ["__version__", "load_model", "SyntheticDataset"]
 def __getattr__(name: str):
     """Import torch-heavy entry points on first use, so `nsql-med --version` stays instant."""
     if name == "load_model":
-        from neurosql_med.model import load_model
+        from neurosql_med.io.model import load_model
 
         return load_model
     if name == "SyntheticDataset":
-        from neurosql_med.dataset import SyntheticDataset
+        from neurosql_med.synthesis.dataset import SyntheticDataset
 
         return SyntheticDataset
     raise AttributeError(f"module 'neurosql_med' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, get_args, get_origin
 import yaml
 
 from neurosql_med.errors import UserError
-from neurosql_med.files import write_text
+from neurosql_med.io.files import write_text
 
 
 @dataclass

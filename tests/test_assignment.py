@@ -8,11 +8,11 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from neurosql_med.assignment import assign, cost_matrix, initial_assignment, pca_codes, solve_assignment
+from neurosql_med.engine.assignment import assign, cost_matrix, initial_assignment, pca_codes, solve_assignment
 from neurosql_med.config import AssignmentConfig
-from neurosql_med.lattice import quantile_lattice
-from neurosql_med.losses import ReconstructionLoss
-from neurosql_med.networks import Decoder
+from neurosql_med.engine.lattice import quantile_lattice
+from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.engine.decoder import Decoder
 
 
 def _total(cost: np.ndarray, perm: np.ndarray) -> float:

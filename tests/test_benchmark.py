@@ -5,25 +5,18 @@ import time
 import pytest
 import torch
 
-from conftest import write_nifti
-from neurosql_med.baselines import budget_lr, run_budgeted
-from neurosql_med.baselines.gan import diff_augment
-from neurosql_med.benchmark import (
+from conftest import write_subjects
+from neurosql_med.evaluation.baselines import budget_lr, run_budgeted
+from neurosql_med.evaluation.baselines.gan import diff_augment
+from neurosql_med.evaluation.benchmark import (
     COLUMNS, METHODS, REFERENCE, benchmark_table, build_method, run_benchmark, split_by_subject, summarize,
 )
 from neurosql_med.config import load_config
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
-from test_train import varied_volume
 
 BUDGET_MINUTES = 0.01
 N_SAMPLES = 4
-
-
-def write_subjects(root, count, first=0):
-    for i in range(first, first + count):
-        write_nifti(root / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
-    return root
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,6 +46,7 @@ def outcome(scans, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_method_trains_then_samples_in_unit_range(name, cohort, tmp_path):
     # baselines get odd sides, which the DDPM must pad and crop and the VAE encoder pad
@@ -67,6 +61,7 @@ def test_method_trains_then_samples_in_unit_range(name, cohort, tmp_path):
     assert method.parameter_count() > 0
 
 
+@pytest.mark.slow
 def test_every_method_is_trained_and_scored_against_train_and_holdout(outcome):
     result, _ = outcome
     assert list(result["runs"]) == list(METHODS)
@@ -83,6 +78,7 @@ def test_every_method_is_trained_and_scored_against_train_and_holdout(outcome):
     assert result["settings"]["memory"] and result["settings"]["budget_minutes"] == BUDGET_MINUTES
 
 
+@pytest.mark.slow
 def test_reference_row_scores_the_real_held_out_samples(outcome):
     result, _ = outcome
     (reference,) = result["reference"]
@@ -93,6 +89,7 @@ def test_reference_row_scores_the_real_held_out_samples(outcome):
     assert row["holdout.fidelity.mae"]["mean"] is None  # the held-out samples are not scored against themselves
 
 
+@pytest.mark.slow
 def test_holdout_is_split_by_subject(outcome, cohort):
     result, _ = outcome
     split = result["splits"]["3"]
@@ -104,6 +101,7 @@ def test_holdout_is_split_by_subject(outcome, cohort):
     assert set(train.subjects).isdisjoint(held.subjects) and len(train) + len(held) == len(cohort)
 
 
+@pytest.mark.slow
 def test_outputs_exist_and_parse(outcome):
     result, out = outcome
     saved = json.loads((out / "benchmark.json").read_text())

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_nifti
+from conftest import write_subjects
 from neurosql_med.cli.main import main
-from test_train import varied_volume
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
@@ -76,10 +75,9 @@ def test_empty_folder_is_an_error(capsys, tmp_path):
     assert code == 2 and err.startswith("error: ")
 
 
+@pytest.mark.slow
 def test_fit_synthesize_reproduce_evaluate(capsys, tmp_path):
-    scans = tmp_path / "scans"
-    for i in range(5):
-        write_nifti(scans / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    scans = write_subjects(tmp_path / "scans", 5)
     model, synth, report = tmp_path / "model", tmp_path / "synth", tmp_path / "report"
     code, out, err = cli(capsys, "fit", scans, "--config", "tiny", "--out", model, "--epochs", "3")
     assert code == 0, err
@@ -99,10 +97,9 @@ def test_fit_synthesize_reproduce_evaluate(capsys, tmp_path):
     assert code == 2 and "--n" in err and not (tmp_path / "s2").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_the_saved_config(capsys, tmp_path):
-    scans = tmp_path / "scans"
-    for i in range(4):
-        write_nifti(scans / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    scans = write_subjects(tmp_path / "scans", 4)
     model = tmp_path / "m"
     code, _, err = cli(capsys, "fit", scans, "--config", "tiny3d", "--out", model, "--epochs", "2")
     assert code == 0, err

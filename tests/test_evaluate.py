@@ -12,10 +12,10 @@ from conftest import brain_volume, write_nifti
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.evaluate import evaluate, read_synthetic, report_table
-from neurosql_med.geometry import Geometry
-from neurosql_med.writer import to_nifti
-from neurosql_med.writer import write_nifti as write_synthetic
+from neurosql_med.evaluation.evaluate import evaluate, read_synthetic, report_table
+from neurosql_med.io.geometry import Geometry
+from neurosql_med.io.nifti import to_nifti
+from neurosql_med.io.nifti import write_nifti as write_synthetic
 
 SPACING = (6.0, 6.0, 6.0)  # the tiny configs' voxel size: the volumes are used as they are
 VOLUME = (20, 24, 20)
@@ -55,8 +55,8 @@ def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Pa
 
 
 def test_evaluate_with_a_model_reads_its_files_and_rejects_another_shape(tmp_path: Path, real: Path):
-    from neurosql_med.synthesize import synthesize
-    from neurosql_med.train import fit
+    from neurosql_med.synthesis.synthesize import synthesize
+    from neurosql_med.training.train import fit
 
     cfg = override(load_config("tiny"), train__epochs=1)
     fit(load_cohort(real, cfg.data), cfg, tmp_path / "model", show_progress=False)

@@ -7,7 +7,7 @@ from scipy import stats
 from scipy.stats import qmc
 
 from neurosql_med.errors import UserError
-from neurosql_med.lattice import quantile_lattice, reference_draws, typicality
+from neurosql_med.engine.lattice import quantile_lattice, reference_draws, typicality
 
 
 def test_gaussian_marginals_are_standard_normal():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from monai.metrics import SSIMMetric
 
-from neurosql_med.losses import ReconstructionLoss, pairwise_mse
+from neurosql_med.engine.losses import ReconstructionLoss, pairwise_mse
 
 SHAPES = {2: (20, 24), 3: (12, 14, 10)}
 

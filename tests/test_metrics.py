@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from neurosql_med.metrics import (
+from neurosql_med.evaluation.metrics import (
     PSNR_CAP, audit, coverage, distribution, diversity, fidelity, ms_ssim, ms_ssim_settings, pairwise_mae,
 )
 

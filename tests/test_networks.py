@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neurosql_med.losses import ReconstructionLoss
-from neurosql_med.networks import Decoder
+from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.engine.decoder import Decoder
 
 
 @pytest.mark.parametrize(

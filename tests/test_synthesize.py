@@ -10,23 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_nifti
+from conftest import write_subjects
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.dataset import SyntheticDataset
+from neurosql_med.synthesis.dataset import SyntheticDataset
 from neurosql_med.errors import UserError
-from neurosql_med.preview import cohort_preview
-from neurosql_med.synthesize import reproduce, synthesize
-from neurosql_med.train import fit
-from neurosql_med.writer import read_provenance
-from test_train import varied_volume
+from neurosql_med.viz.preview import cohort_preview
+from neurosql_med.synthesis.synthesize import reproduce, synthesize
+from neurosql_med.training.train import fit
+from neurosql_med.io.nifti import read_provenance
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scans")
-    for i in range(5):
-        write_nifti(root / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    root = write_subjects(tmp_path_factory.mktemp("scans"), 5)
     cfg = override(load_config("tiny"), train__epochs=4)
     out = tmp_path_factory.mktemp("model") / "m"
     fit(load_cohort(root, cfg.data), cfg, out, show_progress=False)
@@ -41,6 +38,7 @@ def files(out):
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_layout_sidecars_and_geometry(model_dir, tmp_path):
     out = tmp_path / "synth"
     run(model_dir, out, n=10, seed=3)
@@ -74,6 +72,7 @@ def test_layout_sidecars_and_geometry(model_dir, tmp_path):
     assert manifest[0] == "file\tsha256\tseed\tindex" and len(manifest) == 11
 
 
+@pytest.mark.slow
 def test_same_bytes_across_runs_and_batch_sizes(model_dir, tmp_path):
     run(model_dir, tmp_path / "a", n=11, batch_size=1)
     run(model_dir, tmp_path / "b", n=11, batch_size=64)
@@ -83,6 +82,7 @@ def test_same_bytes_across_runs_and_batch_sizes(model_dir, tmp_path):
     assert c[1:] == a[1:4]
 
 
+@pytest.mark.slow
 def test_reproduce_passes_untouched_and_fails_changed(model_dir, tmp_path):
     out = tmp_path / "s"
     run(model_dir, out, n=9)
@@ -97,6 +97,7 @@ def test_reproduce_passes_untouched_and_fails_changed(model_dir, tmp_path):
     assert not ok and recorded != fresh
 
 
+@pytest.mark.slow
 def test_typicality_shrinks_latent_radius(model_dir, tmp_path):
     radii = {}
     for q in (0.1, 0.5, 1.0):
@@ -108,6 +109,7 @@ def test_typicality_shrinks_latent_radius(model_dir, tmp_path):
     assert radii[0.1] < radii[0.5] < radii[1.0]
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_finishes_the_job(model_dir, tmp_path):
     whole = tmp_path / "whole"
     run(model_dir, whole, n=12)
@@ -126,6 +128,7 @@ def test_resume_after_a_crash_finishes_the_job(model_dir, tmp_path):
     assert not list(out.rglob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_refusals_write_nothing(model_dir, tmp_path):
     out = tmp_path / "o"
     for kwargs, match in [({"n": 0}, "--n"), ({"typicality": 0.0}, "--typicality"), ({"typicality": 1.5}, "--typicality")]:
@@ -143,8 +146,9 @@ def test_refusals_write_nothing(model_dir, tmp_path):
     assert len(files(out)) > 0 and run(model_dir, out, n=2, seed=5, force=True)["written"] == 2
 
 
+@pytest.mark.slow
 def test_synthetic_dataset_matches_written_files(model_dir, tmp_path):
-    from neurosql_med.writer import read_sample
+    from neurosql_med.io.nifti import read_sample
 
     out = tmp_path / "s"
     run(model_dir, out, n=3, seed=1)
@@ -157,6 +161,7 @@ def test_synthetic_dataset_matches_written_files(model_dir, tmp_path):
     assert len(combined) == 4
 
 
+@pytest.mark.slow
 def test_bids_validator_finds_no_errors(model_dir, tmp_path):
     beside_python = Path(sys.executable).parent / "bids-validator-deno"  # the venv's, when not on PATH
     validator = shutil.which("bids-validator-deno") or (str(beside_python) if beside_python.exists() else None)
@@ -171,21 +176,20 @@ def test_bids_validator_finds_no_errors(model_dir, tmp_path):
     assert errors == [], errors
 
 
+@pytest.mark.slow
 def test_inline_audit_flags_and_replaces_copies(model_dir, tmp_path):
-    from neurosql_med.copies import audit_cohort
-    from neurosql_med.model import load_model
-    from neurosql_med.synthesize import Synthesis, write_tables
+    from neurosql_med.synthesis.audit import audit_cohort
+    from neurosql_med.io.model import load_model
+    from neurosql_med.synthesis.synthesize import Synthesis, write_tables
 
-    scans = tmp_path / "scans"
-    for i in range(5):
-        write_nifti(scans / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    scans = write_subjects(tmp_path / "scans", 5)
     out = tmp_path / "s"
     run(model_dir, out, n=6)
     model = load_model(model_dir)
     job = Synthesis(model, 6, 0, 1.0)
     train = load_cohort(scans, model.config.data).images
     # plant a copy of a training image as sample 2 (a model that memorised would do this)
-    from neurosql_med.synthesize import write_with_sidecar
+    from neurosql_med.synthesis.synthesize import write_with_sidecar
     write_with_sidecar(out, job, 2, train[3], np.zeros(4), 0.0)
     report = audit_cohort(out, job, train, tau=0.5, drop=False)
     assert "sub-synth0002" in report["flagged"]
@@ -198,10 +202,9 @@ def test_inline_audit_flags_and_replaces_copies(model_dir, tmp_path):
     assert reproduce(replaced, model_dir)[0]
 
 
+@pytest.mark.slow
 def test_synthesize_with_audit_writes_audit_json(model_dir, tmp_path):
-    scans = tmp_path / "scans"
-    for i in range(5):
-        write_nifti(scans / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    scans = write_subjects(tmp_path / "scans", 5)
     summary = run(model_dir, tmp_path / "s", n=4, audit=scans, drop_copies=True)
     assert summary["audit"]["n_remaining_copies"] == 0
     assert (tmp_path / "s/audit.json").is_file()
@@ -209,6 +212,7 @@ def test_synthesize_with_audit_writes_audit_json(model_dir, tmp_path):
         run(model_dir, tmp_path / "t", n=4, drop_copies=True)
 
 
+@pytest.mark.slow
 def test_readme_augmentation_example_runs(model_dir, tmp_path, monkeypatch, capsys):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     code = readme.split("## Using synthetic samples in a MONAI training loop")[1].split("```python")[1].split("```")[0]
@@ -219,7 +223,7 @@ def test_readme_augmentation_example_runs(model_dir, tmp_path, monkeypatch, caps
 
 
 def test_ids_widen_with_the_cohort():
-    from neurosql_med.synthesize import synthetic_id
+    from neurosql_med.synthesis.synthesize import synthetic_id
 
     assert synthetic_id(3, 500) == "synth0003"
     assert synthetic_id(3, 12000) == "synth00003" and synthetic_id(12000, 12000) == "synth12000"

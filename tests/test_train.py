@@ -6,31 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import brain_volume, write_nifti
+from conftest import write_subjects
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.losses import ReconstructionLoss
-from neurosql_med.model import FORMAT, load_checkpoint, load_model
-from neurosql_med.train import fit
-
-
-def varied_volume(i: int, shape=(40, 48, 40)) -> np.ndarray:
-    """Brain-like blobs that differ in size and inner structure, so there is something to learn."""
-    rng = np.random.default_rng(i)
-    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r2 = sum(g**2 for g in grid)
-    scale = 0.55 + 0.1 * (i % 4)
-    inside = r2 < scale
-    hole = (grid[0] ** 2 + 2 * grid[1] ** 2 + grid[2] ** 2) < 0.02 * (1 + i % 5)
-    return (inside * (900 - 500 * hole) + rng.integers(0, 40, size=shape) * inside).astype(np.int16)
+from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.io.model import FORMAT, load_checkpoint, load_model
+from neurosql_med.training.train import fit
 
 
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scans")
-    for i in range(6):
-        write_nifti(root / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
+    root = write_subjects(tmp_path_factory.mktemp("scans"), 6)
     return root
 
 
@@ -43,6 +30,7 @@ def tiny(name="tiny", **changes):
     return override(load_config(name), **changes)
 
 
+@pytest.mark.slow
 def test_2d_fit_lowers_loss_and_writes_model_folder(cohort2d, tmp_path):
     out = tmp_path / "model"
     result = fit(cohort2d, tiny(train__epochs=12), out, show_progress=False)
@@ -62,6 +50,7 @@ def test_2d_fit_lowers_loss_and_writes_model_folder(cohort2d, tmp_path):
     assert model.reconstructions().shape == cohort2d.images.shape
 
 
+@pytest.mark.slow
 def test_3d_fit_beats_the_mean_image_it_starts_from(scans, tmp_path):
     cohort = load_cohort(scans, load_config("tiny3d").data)
     cfg = tiny("tiny3d", train__epochs=30)
@@ -72,12 +61,14 @@ def test_3d_fit_beats_the_mean_image_it_starts_from(scans, tmp_path):
     assert result.history[-1]["loss"] < mean_image / 1.5  # stated factor: measured 1.85 in 30 tiny epochs
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(cohort2d, tmp_path):
     a = fit(cohort2d, tiny(train__epochs=3), tmp_path / "a", show_progress=False)
     b = fit(cohort2d, tiny(train__epochs=3), tmp_path / "b", show_progress=False)
     assert a.model_sha256 == b.model_sha256
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_equals_uninterrupted(cohort2d, tmp_path):
     cfg = tiny(train__epochs=8)
     whole = fit(cohort2d, cfg, tmp_path / "whole", show_progress=False)
@@ -100,6 +91,7 @@ def test_interrupt_then_resume_equals_uninterrupted(cohort2d, tmp_path):
     assert [r["loss"] for r in whole.history] == [r["loss"] for r in done.history]
 
 
+@pytest.mark.slow
 def test_output_folder_refusals(cohort2d, tmp_path):
     cfg = tiny(train__epochs=1)
     busy = tmp_path / "busy"
@@ -140,6 +132,7 @@ def test_checkpoint_of_another_version_is_refused_clearly(tmp_path):
         load_checkpoint(old)
 
 
+@pytest.mark.slow
 def test_tampered_model_is_refused(cohort2d, tmp_path):
     out = tmp_path / "model"
     fit(cohort2d, tiny(train__epochs=1), out, show_progress=False)

@@ -12,8 +12,8 @@ from neurosql_med.config import DataConfig
 from neurosql_med.data.discovery import Discovery, Scan, discover
 from neurosql_med.data.transforms import preprocess
 from neurosql_med.errors import UserError
-from neurosql_med.files import sha256_file
-from neurosql_med.geometry import Geometry
+from neurosql_med.io.files import sha256_file
+from neurosql_med.io.geometry import Geometry
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neurosql_med.files import write_text
+from neurosql_med.io.files import write_text
 
 
 @dataclass

@@ -23,21 +23,21 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
-from neurosql_med.baselines import Generative
-from neurosql_med.baselines.ddpm import DDIM_STEPS, DDPM
-from neurosql_med.baselines.gan import GAN
-from neurosql_med.baselines.vae import VAE
+from neurosql_med.evaluation.baselines import Generative
+from neurosql_med.evaluation.baselines.ddpm import DDIM_STEPS, DDPM
+from neurosql_med.evaluation.baselines.gan import GAN
+from neurosql_med.evaluation.baselines.vae import VAE
 from neurosql_med.config import Config, load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.evaluate import sample_ids, score
-from neurosql_med.files import write_text
-from neurosql_med.lattice import reference_draws
-from neurosql_med.metrics import TAU
-from neurosql_med.model import load_model
-from neurosql_med.plots import save_figure, views
+from neurosql_med.evaluation.evaluate import sample_ids, score
+from neurosql_med.io.files import write_text
+from neurosql_med.engine.lattice import reference_draws
+from neurosql_med.evaluation.metrics import TAU
+from neurosql_med.io.model import load_model
+from neurosql_med.viz.plots import save_figure, views
 from neurosql_med.runtime import resolve_device
-from neurosql_med.train import fit
+from neurosql_med.training.train import fit
 
 METHODS = ("neurosql", "vae", "gan", "ddpm")
 N_SAMPLES = 128  # the DDPM's 50 DDIM steps make sampling its slowest part on a CPU

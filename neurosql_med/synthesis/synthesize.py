@@ -25,11 +25,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from neurosql_med import __version__
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.files import sha256_file, write_text
-from neurosql_med.lattice import reference_draws
-from neurosql_med.model import NeuroSQLModel, load_model
+from neurosql_med.io.files import sha256_file, write_text
+from neurosql_med.engine.lattice import reference_draws
+from neurosql_med.io.model import NeuroSQLModel, load_model
 from neurosql_med.runtime import resolve_device
-from neurosql_med.writer import read_provenance, to_nifti, write_nifti
+from neurosql_med.io.nifti import read_provenance, to_nifti, write_nifti
 
 COMPUTE_BLOCK = 8
 CODE_URL = "https://github.com/nsql-med/nsql-med"
@@ -271,7 +271,7 @@ def synthesize(
             progress.update(task, completed=kept + done, rate=done / max(time.monotonic() - started, 1e-9))
 
     if train is not None:
-        from neurosql_med.copies import TAU, audit_cohort  # copies builds on this module
+        from neurosql_med.synthesis.audit import TAU, audit_cohort  # copies builds on this module
 
         summary["audit"] = audit_cohort(out, job, train, TAU if tau is None else tau, drop_copies)
     write_tables(out, job)

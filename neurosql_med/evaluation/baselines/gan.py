@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from neurosql_med.baselines import (
+from neurosql_med.evaluation.baselines import (
     EMA, autocast, budget_lr, count_parameters, latent_draws, neurosql_decoder, run_budgeted, set_lr,
 )
-from neurosql_med.baselines.vae import Encoder
+from neurosql_med.evaluation.baselines.vae import Encoder
 from neurosql_med.config import Config
 from neurosql_med.runtime import seed_everything
 

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from neurosql_med.config import Config
-from neurosql_med.lattice import reference_draws
-from neurosql_med.networks.decoder import Decoder
+from neurosql_med.engine.lattice import reference_draws
+from neurosql_med.engine.decoder import Decoder
 
 
 class Generative(Protocol):

@@ -13,12 +13,12 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
-from neurosql_med.baselines import (
+from neurosql_med.evaluation.baselines import (
     autocast, budget_lr, count_parameters, latent_draws, neurosql_decoder, run_budgeted, set_lr,
 )
 from neurosql_med.config import Config
-from neurosql_med.losses import ReconstructionLoss
-from neurosql_med.networks.decoder import ACT
+from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.engine.decoder import ACT
 from neurosql_med.runtime import seed_everything
 
 BETA = 1e-3

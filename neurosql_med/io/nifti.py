@@ -11,8 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neurosql_med.files import atomic_path, sha256_file
-from neurosql_med.geometry import Geometry
+from neurosql_med.io.files import atomic_path, sha256_file
+from neurosql_med.io.geometry import Geometry
 
 INTENSITY_MAX = 4095  # stored as 12-bit int16, the range of most MR scanners' T1 output
 PROVENANCE_ECODE = "comment"  # NIfTI extension code 6: free text, here the provenance JSON

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from neurosql_med.errors import UserError
-from neurosql_med.model import load_model
-from neurosql_med.plots import image_grid
+from neurosql_med.io.model import load_model
+from neurosql_med.viz.plots import image_grid
 
 
 def _display(path: Path) -> np.ndarray:

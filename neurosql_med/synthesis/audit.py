@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from neurosql_med.errors import UserError
-from neurosql_med.files import write_text
-from neurosql_med.metrics import TAU, nearest_other, pairwise_mae
-from neurosql_med.synthesize import Synthesis, decode_one, sidecar_of, write_with_sidecar
-from neurosql_med.writer import read_sample
+from neurosql_med.io.files import write_text
+from neurosql_med.evaluation.metrics import TAU, nearest_other, pairwise_mae
+from neurosql_med.synthesis.synthesize import Synthesis, decode_one, sidecar_of, write_with_sidecar
+from neurosql_med.io.nifti import read_sample
 
 REDRAW_STRIDE = 1 << 32
 MAX_REDRAWS = 20

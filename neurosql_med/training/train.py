@@ -21,15 +21,15 @@ from typing import Callable
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from neurosql_med import plots
-from neurosql_med.assignment import assign, initial_assignment
+from neurosql_med.viz import plots
+from neurosql_med.engine.assignment import assign, initial_assignment
 from neurosql_med.config import Config, load_config, override, save_config
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
-from neurosql_med.files import write_text
-from neurosql_med.lattice import quantile_lattice
-from neurosql_med.losses import ReconstructionLoss
-from neurosql_med.model import (
+from neurosql_med.io.files import write_text
+from neurosql_med.engine.lattice import quantile_lattice
+from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.io.model import (
     CHECKPOINT,
     HASHES,
     build_generator,

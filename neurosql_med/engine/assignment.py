@@ -18,8 +18,8 @@ from scipy.spatial.distance import cdist
 from torch import Tensor
 
 from neurosql_med.config import AssignmentConfig
-from neurosql_med.lattice import to_gaussian
-from neurosql_med.losses import ReconstructionLoss, pairwise_mse
+from neurosql_med.engine.lattice import to_gaussian
+from neurosql_med.engine.losses import ReconstructionLoss, pairwise_mse
 
 # "auto" cost: the full loss while images x lattice points x voxels stays below this,
 # squared error above it. The pairwise loss took 14 ns per pair-voxel in 2D and 23 ns in

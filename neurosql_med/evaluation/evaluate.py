@@ -20,14 +20,14 @@ from torch import Tensor
 from neurosql_med.config import Config, load_config
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.files import write_text
-from neurosql_med.geometry import Geometry
-from neurosql_med.metrics import (
+from neurosql_med.io.files import write_text
+from neurosql_med.io.geometry import Geometry
+from neurosql_med.evaluation.metrics import (
     PSNR_CAP, TAU, audit, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
-from neurosql_med.model import load_model
-from neurosql_med.plots import image_grid, save_figure
-from neurosql_med.writer import read_sample
+from neurosql_med.io.model import load_model
+from neurosql_med.viz.plots import image_grid, save_figure
+from neurosql_med.io.nifti import read_sample
 
 __all__ = ["TAU", "audit", "evaluate", "report_table"]
 

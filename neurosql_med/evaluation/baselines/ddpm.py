@@ -23,7 +23,7 @@ from monai.networks.nets.diffusion_model_unet import (
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
 
-from neurosql_med.baselines import EMA, autocast, budget_lr, count_parameters, run_budgeted, set_lr
+from neurosql_med.evaluation.baselines import EMA, autocast, budget_lr, count_parameters, run_budgeted, set_lr
 from neurosql_med.config import Config
 from neurosql_med.runtime import seed_everything
 

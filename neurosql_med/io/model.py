@@ -18,9 +18,9 @@ import torch
 
 from neurosql_med.config import Config, load_config
 from neurosql_med.errors import UserError
-from neurosql_med.files import sha256_file, write_bytes, write_text
-from neurosql_med.geometry import Geometry
-from neurosql_med.networks import Decoder
+from neurosql_med.io.files import sha256_file, write_bytes, write_text
+from neurosql_med.io.geometry import Geometry
+from neurosql_med.engine.decoder import Decoder
 from neurosql_med.runtime import fast_cpu_math
 
 CHECKPOINT = "model.pt"

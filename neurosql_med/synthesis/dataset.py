@@ -10,8 +10,8 @@ from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
 from neurosql_med.errors import UserError
-from neurosql_med.model import load_model
-from neurosql_med.synthesize import COMPUTE_BLOCK, decode_block, synthetic_id
+from neurosql_med.io.model import load_model
+from neurosql_med.synthesis.synthesize import COMPUTE_BLOCK, decode_block, synthetic_id
 
 
 class SyntheticDataset(Dataset):

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from neurosql_med.files import atomic_path  # noqa: E402
+from neurosql_med.io.files import atomic_path  # noqa: E402
 
 
 def views(image: torch.Tensor | np.ndarray) -> list[np.ndarray]:

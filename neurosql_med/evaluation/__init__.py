@@ -1,0 +1,1 @@
+"""How good a synthetic cohort is: metrics, the `evaluate` report, the benchmark and its baselines."""

@@ -1,4 +1,0 @@
-"""Generator networks."""
-from neurosql_med.networks.decoder import Decoder
-
-__all__ = ["Decoder"]

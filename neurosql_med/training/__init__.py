@@ -1,0 +1,1 @@
+"""The trainer: scans in memory → a model folder."""
