@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from neurosql_med.errors import UserError
 from neurosql_med.io.files import write_text
 
 
@@ -56,6 +58,56 @@ class Geometry:
 
     @classmethod
     def load(cls, path: Path) -> "Geometry":
-        raw = json.loads(Path(path).read_text())
-        fields = {k: raw[k] for k in ("mode", "shape", "spacing", "affine", "slice_axis", "slice_index")}
-        return cls(**fields)
+        """Read and check every field: a bad geometry would otherwise surface mid-way through writing images."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except ValueError:
+            raise UserError(f"{path}: damaged (not JSON)") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: must hold a JSON object")
+        missing = [k for k in FIELDS if k not in raw]
+        if missing:
+            raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
+        problem = _problem(raw)
+        if problem:
+            raise UserError(f"{path}: {problem}")
+        return cls(**{k: raw[k] for k in FIELDS})
+
+
+FIELDS = ("mode", "shape", "spacing", "affine", "slice_axis", "slice_index")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _problem(raw: dict) -> str | None:
+    """What is wrong with a geometry's fields, or None; each check guards a later use (slicing, NIfTI headers)."""
+    mode, shape, spacing, affine = raw["mode"], raw["shape"], raw["spacing"], raw["affine"]
+    if mode not in ("2d", "3d"):
+        return f"'mode' must be \"2d\" or \"3d\", got {mode!r}"
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(s) and s >= 1 for s in shape)):
+        return f"'shape' must be three positive integers, got {shape!r}"
+    if not (isinstance(spacing, list) and len(spacing) == 3 and all(_is_number(s) and s > 0 for s in spacing)):
+        return f"'spacing' must be three positive numbers, got {spacing!r}"
+    if not (isinstance(affine, list) and len(affine) == 4
+            and all(isinstance(row, list) and len(row) == 4 and all(map(_is_number, row)) for row in affine)):
+        return "'affine' must be a 4x4 matrix of finite numbers"
+    matrix = np.asarray(affine, dtype=np.float64)
+    if not np.array_equal(matrix[3], [0, 0, 0, 1]) or np.linalg.det(matrix[:3, :3]) == 0:
+        return "'affine' must be an invertible voxel-to-world matrix with last row 0 0 0 1"
+    return _slice_problem(mode, shape, raw["slice_axis"], raw["slice_index"])
+
+
+def _slice_problem(mode: str, shape: list[int], axis: object, index: object) -> str | None:
+    if mode == "3d":
+        return None if axis is None and index is None else "'slice_axis' and 'slice_index' must be null in 3d"
+    if not (_is_int(axis) and 0 <= axis <= 2):
+        return f"'slice_axis' must be 0, 1 or 2 in 2d, got {axis!r}"
+    if not (_is_int(index) and 0 <= index < shape[axis]):
+        return f"'slice_index' must be an integer in [0, {shape[axis]}) for slice_axis {axis}, got {index!r}"
+    return None
