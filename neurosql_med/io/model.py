@@ -116,38 +116,142 @@ def verify(folder: Path) -> dict[str, str]:
     if not (folder / HASHES).is_file():
         state = "an unfinished fit (continue it with `nsql-med fit --resume`)" if is_model_folder(folder) else "not a model folder"
         raise UserError(f"{folder}: incomplete model folder, {state}")
-    try:
-        hashes = json.loads((folder / HASHES).read_text())
-    except ValueError:
-        raise UserError(f"{folder / HASHES}: damaged (not JSON); the model folder cannot be verified") from None
+    hashes = _json_object(folder / HASHES)
     for name in ARTIFACTS:
         path = folder / name
         if not path.is_file():
             raise UserError(f"{folder}: incomplete model folder, {name} is missing")
-        if sha256_file(path) != hashes.get(name):
+        if not isinstance(hashes.get(name), str):
+            raise UserError(f"{folder / HASHES}: records no sha256 for {name}; the model folder cannot be verified")
+        if sha256_file(path) != hashes[name]:
             raise UserError(f"{path}: does not match its recorded sha256; the model folder was modified or damaged")
     return hashes
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroSQLModel:
-    """Load a complete, hash-verified model folder for sampling."""
+    """Load a complete, hash-verified model folder for sampling.
+
+    Matching hashes only prove the files are the ones recorded, and anyone can rewrite
+    hashes.json; so every artifact is also checked against the others here, and a
+    folder that loads can be sampled and written without a later surprise.
+    """
     folder = Path(folder)
     hashes = verify(folder)
     fast_cpu_math()
     device = torch.device(device)
-    cfg = load_config(folder / "config.yaml")
+    cfg = _saved_config(folder / "config.yaml")
     geometry = Geometry.load(folder / "geometry.json")
+    _check_geometry_fits_config(folder, geometry, cfg)
+    lattice, assignment = _lattice_and_assignment(folder, cfg.model.latent_dim)
+    fingerprint = _json_object(folder / "data_fingerprint.json")
+    weights = _generator_weights(folder, cfg, geometry, device)
     generator = build_generator(cfg, geometry)
-    generator.load_state_dict(load_checkpoint(folder / CHECKPOINT, device)["generator"])
+    generator.load_state_dict(weights)
     generator.to(device).eval()
     return NeuroSQLModel(
         folder=folder,
         config=cfg,
         geometry=geometry,
         generator=generator,
-        lattice=np.load(folder / "lattice.npy", allow_pickle=False),
-        assignment=np.load(folder / "assignment.npy", allow_pickle=False),
-        fingerprint=json.loads((folder / "data_fingerprint.json").read_text()),
+        lattice=lattice,
+        assignment=assignment,
+        fingerprint=fingerprint,
         sha256=hashes[CHECKPOINT],
         device=device,
     )
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path}: damaged (not JSON)") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: must hold a JSON object, not a {type(value).__name__}")
+    return value
+
+
+def _saved_config(path: Path) -> Config:
+    """The config, with the file named in every complaint (the schema's own messages name only the key)."""
+    try:
+        return load_config(path)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    except UserError as exc:
+        message = str(exc)
+        raise UserError(message if str(path) in message else f"{path}: {message}") from None
+
+
+def _check_geometry_fits_config(folder: Path, geometry: Geometry, cfg: Config) -> None:
+    """Both describe the training grid; callers preprocess real scans by one and place samples by the other."""
+    recorded = {"mode": geometry.mode, "shape": geometry.shape, "spacing": geometry.spacing}
+    if geometry.mode == "2d":
+        recorded["slice_axis"] = geometry.slice_axis
+    for key, value in recorded.items():
+        if value != getattr(cfg.data, key):
+            raise UserError(f"{folder / 'geometry.json'}: {key} {value!r} differs from config.yaml's "
+                            f"data.{key} {getattr(cfg.data, key)!r}")
+
+
+def _array(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a plain numeric .npy array ({str(exc).splitlines()[0]})") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise UserError(f"{path}: an .npz archive, not a single .npy array")
+    return array
+
+
+def _lattice_and_assignment(folder: Path, latent_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sampling indexes the lattice by the assignment: both must be exactly what fit wrote."""
+    lattice_path, assignment_path = folder / "lattice.npy", folder / "assignment.npy"
+    lattice, assignment = _array(lattice_path), _array(assignment_path)
+    if lattice.ndim != 2 or len(lattice) < 1 or lattice.shape[1] != latent_dim or not np.issubdtype(lattice.dtype, np.floating):
+        raise UserError(f"{lattice_path}: must be an (n, {latent_dim}) float array for config.yaml's latent_dim "
+                        f"{latent_dim}, got {lattice.dtype} {lattice.shape}")
+    if not np.isfinite(lattice).all():
+        raise UserError(f"{lattice_path}: holds NaN or infinite values")
+    n = len(lattice)
+    if assignment.ndim != 1 or not np.issubdtype(assignment.dtype, np.integer):
+        raise UserError(f"{assignment_path}: must be a 1-D integer array, got {assignment.dtype} {assignment.shape}")
+    if len(assignment) != n:
+        raise UserError(f"{assignment_path}: has {len(assignment)} entries but lattice.npy has {n} points")
+    if not np.array_equal(np.sort(assignment), np.arange(n)):
+        raise UserError(f"{assignment_path}: not a permutation of 0..{n - 1}")
+    return lattice, assignment
+
+
+def _generator_weights(folder: Path, cfg: Config, geometry: Geometry, device: torch.device) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, after checking they fit the generator config.yaml describes.
+
+    The expected shapes come from a generator built on the meta device: no memory, no
+    random draws, so a config edited to a huge width is refused without allocating it.
+    """
+    path = folder / CHECKPOINT
+    weights = load_checkpoint(path, device)["generator"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise UserError(f"{path}: its generator entry is not a set of named tensors")
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in build_generator(cfg, geometry).state_dict().items()}
+    problem = _architecture_problem(expected, weights)
+    if problem:
+        raise UserError(f"{path}: does not fit the architecture of config.yaml and geometry.json: {problem}")
+    for name, tensor in weights.items():
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise UserError(f"{path}: generator tensor {name} is not all finite floating-point values")
+    return weights
+
+
+def _architecture_problem(expected: dict[str, torch.Size], weights: dict[str, torch.Tensor]) -> str | None:
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        return f"missing generator tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        return f"unexpected generator tensor {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    for name, shape in expected.items():
+        if weights[name].shape != shape:
+            return f"generator tensor {name} has shape {tuple(weights[name].shape)}, the architecture needs {tuple(shape)}"
+    return None
