@@ -6,6 +6,7 @@ dataset layouts discovery must recognise.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from neurosql_med.cli.main import main
 
 SHAPE = (12, 14, 10)
 
@@ -43,6 +46,17 @@ def write_subjects(root: str | Path, count: int, first: int = 0) -> Path:
     for i in range(first, first + count):
         write_nifti(root / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
     return root
+
+
+def cli(capsys, *args):
+    sys.argv = ["nsql-med", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def ras_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
