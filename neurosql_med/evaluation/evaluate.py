@@ -7,13 +7,12 @@ other generator go through the real data's pipeline so both sides are compared a
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from nibabel.filebasedimages import ImageFileError
 from rich.table import Table
 from torch import Tensor
 
@@ -23,27 +22,48 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.evaluation.metrics import (
-    PSNR_CAP, TAU, audit, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
+    PSNR_CAP, TAU, audit, check_tau, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
 from neurosql_med.io.model import load_model
-from neurosql_med.viz.plots import image_grid, save_figure
 from neurosql_med.io.nifti import read_sample
+from neurosql_med.viz.plots import image_grid, save_figure
 
-__all__ = ["TAU", "audit", "evaluate", "report_table"]
+__all__ = ["TAU", "Report", "Scores", "audit", "evaluate", "report_table"]
 
 NEAREST_SHOWN = 8
 DISTANCE = "mean absolute pixel difference, images scaled to [0, 1]"
 
 
+class Scores(TypedDict):
+    """The numbers of a report, each section as `metrics` returns it (plain Python, ready for JSON)."""
+
+    counts: dict
+    settings: dict
+    fidelity: dict
+    coverage: dict
+    diversity: dict
+    distribution: dict
+    memorization: dict
+    holdout: dict | None
+    flagged: list[dict]
+
+
+class Report(Scores):
+    """report.json: which folders were compared, then the scores."""
+
+    inputs: dict
+
+
 def evaluate(
     real: str | Path,
     synth: str | Path,
+    *,
     model_dir: str | Path | None = None,
     holdout: str | Path | None = None,
     config: str | Path | None = None,
     tau: float = TAU,
     out: str | Path | None = None,
-) -> dict:
+) -> Report:
     """Score the images in ``synth`` against the training scans in ``real``; returns the report.
 
     With ``model_dir`` the model's own config preprocesses the scans (``config`` is then
@@ -51,8 +71,7 @@ def evaluate(
     synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
     ``out`` receives report.json, report.md, nearest.png and distances.png.
     """
-    if tau <= 0:
-        raise UserError(f"--tau must be positive, got {tau}")
+    check_tau(tau)
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
     train = load_cohort(real, cfg.data)
@@ -65,7 +84,7 @@ def evaluate(
         "real": str(real), "synthetic": str(synth), "holdout": None if holdout is None else str(holdout),
         "model": None if model_dir is None else str(model_dir), "config": None if model is not None else str(config or "default"),
     }
-    report = {"inputs": inputs, **score(train.images, sample_ids(train), images, ids, held, tau)}
+    report = Report(inputs=inputs, **score(train.images, sample_ids(train), images, ids, held=held, tau=tau))
     if out is not None:
         write_outputs(Path(out), report, train.images, images)
     return report
@@ -89,10 +108,7 @@ def read_synthetic(folder: Path, geometry: Geometry) -> tuple[Tensor, list[str]]
 
 def _read_one(path: Path, geometry: Geometry) -> np.ndarray:
     """One synthetic image as a sample of the model's shape; a 2D sample is stored as a one-slice volume."""
-    try:
-        data = read_sample(path)
-    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
-        raise UserError(f"{path}: unreadable NIfTI ({exc})") from None
+    data = read_sample(path)
     if geometry.mode == "2d" and data.ndim == 3 and data.shape[geometry.slice_axis] == 1:
         data = np.squeeze(data, axis=geometry.slice_axis)
     if list(data.shape) != geometry.sample_shape:
@@ -121,7 +137,9 @@ def sample_ids(cohort: Cohort) -> list[str]:
     return [paths[scan] if k is None else f"{paths[scan]} [slice {k}]" for scan, k in zip(cohort.scan_ids, cohort.slice_index)]
 
 
-def score(real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], held: Tensor | None, tau: float) -> dict:
+def score(
+    real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], *, held: Tensor | None = None, tau: float = TAU,
+) -> Scores:
     """The report's numbers; ``real_ids`` and ``ids`` name the samples in the flagged list.
 
     The two all-pairs distance matrices (synthetic x training, training x training) are
@@ -132,9 +150,9 @@ def score(real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], held
     memo = audit(real, synth, tau, d_st=d_sr, d_tt=d_rr)
     div = diversity(synth, real)
     dist = distribution(real, synth)
-    return {
-        "counts": {"real": len(real), "synthetic": len(synth), "holdout": None if held is None else len(held)},
-        "settings": {
+    return Scores(
+        counts={"real": len(real), "synthetic": len(synth), "holdout": None if held is None else len(held)},
+        settings={
             "tau": tau,
             "distance": DISTANCE,
             "feature_extractor": dist.pop("feature_extractor"),
@@ -146,17 +164,17 @@ def score(real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], held
             "mode": f"{real.ndim - 2}d",
             "sample_shape": list(real.shape[2:]),
         },
-        "fidelity": fidelity(synth, real, d_sr),
-        "coverage": coverage(real, synth, d_sr, d_rr),
-        "diversity": div,
-        "distribution": dist,
-        "memorization": memo,
-        "holdout": None if held is None else _versus(held, synth),
-        "flagged": [
+        fidelity=fidelity(synth, real, d_sr),
+        coverage=coverage(real, synth, d_sr, d_rr),
+        diversity=div,
+        distribution=dist,
+        memorization=memo,
+        holdout=None if held is None else _versus(held, synth),
+        flagged=[
             {"id": ids[i], "ratio": memo["ratios"][i], "nearest_real": real_ids[memo["nearest"][i]]}
             for i in memo["flagged"]
         ],
-    }
+    )
 
 
 def _versus(reference: Tensor, synth: Tensor) -> dict:
@@ -171,7 +189,7 @@ def _fmt(value: float | int | None) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
-def _rows(report: dict) -> list[tuple[str, str, str, str]]:
+def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     """(section, metric, value, how to read it): the rows both the terminal and report.md show."""
     f, c, v, d, m = (report[k] for k in ("fidelity", "coverage", "diversity", "distribution", "memorization"))
     rows = [
@@ -205,7 +223,7 @@ def _rows(report: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def report_table(report: dict) -> Table:
+def report_table(report: Report) -> Table:
     counts = report["counts"]
     held = f", {counts['holdout']} held-out" if counts["holdout"] is not None else ""
     table = Table(title=f"{counts['synthetic']} synthetic vs {counts['real']} real samples{held}")
@@ -216,7 +234,7 @@ def report_table(report: dict) -> Table:
     return table
 
 
-def report_markdown(report: dict) -> str:
+def report_markdown(report: Report) -> str:
     s, counts = report["settings"], report["counts"]
     lines = [
         "# nsql-med evaluation",
@@ -251,7 +269,7 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, report: dict, real: Tensor, synth: Tensor) -> None:
+def write_outputs(out: Path, report: Report, real: Tensor, synth: Tensor) -> None:
     write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     write_text(out / "report.md", report_markdown(report))
     nearest_picture(out / "nearest.png", report["memorization"], real, synth)
