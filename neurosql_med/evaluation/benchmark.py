@@ -31,7 +31,7 @@ from neurosql_med.evaluation.baselines.vae import VAE
 from neurosql_med.config import Config, load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.evaluation.evaluate import sample_ids, score
+from neurosql_med.evaluation.evaluate import sample_ids, score, value_at
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import reference_draws
 from neurosql_med.evaluation.metrics import TAU
@@ -353,23 +353,13 @@ def _scores(real: Cohort, synth: Tensor, ids: list[str]) -> tuple[dict, dict]:
     return side, settings
 
 
-def _lookup(record: dict, key: str) -> float | None:
-    """The value at a dotted key; None where the record has no such value (the reference row trains nothing)."""
-    value: object = record
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return None if value is None else float(value)  # type: ignore[arg-type]
-
-
 def summarize(runs: dict[str, list[dict]]) -> dict:
     """Per method and column: mean, standard deviation across seeds (0 for one seed) and the values."""
     summary: dict = {}
     for name, records in runs.items():
         summary[name] = {}
         for key, _, _ in COLUMNS:
-            values = [v for v in (_lookup(r, key) for r in records) if v is not None]
+            values = [v for v in (value_at(r, key) for r in records) if v is not None]
             summary[name][key] = {
                 "mean": float(np.mean(values)) if values else None,
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,

@@ -7,6 +7,7 @@ other generator go through the real data's pipeline so both sides are compared a
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypedDict
 
@@ -183,44 +184,62 @@ def _versus(reference: Tensor, synth: Tensor) -> dict:
     return {"fidelity": fidelity(synth, reference, d), "coverage": coverage(reference, synth, d)}
 
 
-def _fmt(value: float | int | None) -> str:
-    if value is None:
-        return "n/a"
-    return str(value) if isinstance(value, int) else f"{value:.4g}"
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def value_at(record: Mapping, key: str) -> float | None:
+    """The number at a dotted key such as ``fidelity.mae``; None where the record has no such value."""
+    value: object = record
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+# (section, metric, dotted key into the report, how to read it): rows shown as one formatted number
+SCORE_ROWS = (
+    ("fidelity", "MAE to nearest real", "fidelity.mae", "lower: closer to real"),
+    ("fidelity", "SSIM to nearest real", "fidelity.ssim", "higher: closer (1 = same)"),
+    ("fidelity", "PSNR to nearest real (dB)", "fidelity.psnr", "higher: closer"),
+    ("coverage", "MAE real → nearest synthetic", "coverage.mae", "lower: real anatomy reached"),
+    ("coverage", "real samples covered", "coverage.covered", "fraction; higher is better"),
+    ("diversity", "MS-SSIM within synthetic", "diversity.ms_ssim_synthetic", "1: all alike"),
+    ("diversity", "MS-SSIM within real", "diversity.ms_ssim_real", "the real variety"),
+    ("diversity", "ratio synthetic / real", "diversity.ratio", "≈1 kept; >1 less varied"),
+    ("distribution", "MMD²", "distribution.mmd2", "≈0: same distribution"),
+    ("distribution", "precision", "distribution.precision", "realism, 0..1"),
+    ("distribution", "recall", "distribution.recall", "variety, 0..1"),
+    ("distribution", "density", "distribution.density", "≈1 matching"),
+    ("distribution", "coverage", "distribution.coverage", "0..1"),
+)
+RATIO_ROWS = (
+    ("memorization", "smallest ratio", "memorization.ratio_min", "d_syn / median d_train"),
+    ("memorization", "median ratio", "memorization.ratio_median", "≈1 or more: new images"),
+)
+HOLDOUT_ROWS = (
+    ("holdout", "MAE to nearest held-out", "holdout.fidelity.mae", "compare with fidelity"),
+    ("holdout", "SSIM to nearest held-out", "holdout.fidelity.ssim", ""),
+    ("holdout", "PSNR to nearest held-out (dB)", "holdout.fidelity.psnr", ""),
+    ("holdout", "MAE held-out → nearest synthetic", "holdout.coverage.mae", ""),
+    ("holdout", "held-out samples covered", "holdout.coverage.covered", ""),
+)
 
 
 def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     """(section, metric, value, how to read it): the rows both the terminal and report.md show."""
-    f, c, v, d, m = (report[k] for k in ("fidelity", "coverage", "diversity", "distribution", "memorization"))
-    rows = [
-        ("fidelity", "MAE to nearest real", _fmt(f["mae"]), "lower: closer to real"),
-        ("fidelity", "SSIM to nearest real", _fmt(f["ssim"]), "higher: closer (1 = same)"),
-        ("fidelity", "PSNR to nearest real (dB)", _fmt(f["psnr"]), "higher: closer"),
-        ("coverage", "MAE real → nearest synthetic", _fmt(c["mae"]), "lower: real anatomy reached"),
-        ("coverage", "real samples covered", _fmt(c["covered"]), "fraction; higher is better"),
-        ("diversity", "MS-SSIM within synthetic", _fmt(v["ms_ssim_synthetic"]), "1: all alike"),
-        ("diversity", "MS-SSIM within real", _fmt(v["ms_ssim_real"]), "the real variety"),
-        ("diversity", "ratio synthetic / real", _fmt(v["ratio"]), "≈1 kept; >1 less varied"),
-        ("distribution", "MMD²", _fmt(d["mmd2"]), "≈0: same distribution"),
-        ("distribution", "precision", _fmt(d["precision"]), "realism, 0..1"),
-        ("distribution", "recall", _fmt(d["recall"]), "variety, 0..1"),
-        ("distribution", "density", _fmt(d["density"]), "≈1 matching"),
-        ("distribution", "coverage", _fmt(d["coverage"]), "0..1"),
+    m = report["memorization"]
+    shares = [
         ("memorization", "flagged as copies", f"{m['n_flagged']} ({m['fraction_flagged']:.1%})", f"ratio < τ = {m['tau']}"),
         ("memorization", "training samples below τ", f"{m['train_fraction_below_tau']:.1%}", "the share new samples may show"),
-        ("memorization", "smallest ratio", _fmt(m["ratio_min"]), "d_syn / median d_train"),
-        ("memorization", "median ratio", _fmt(m["ratio_median"]), "≈1 or more: new images"),
     ]
-    if report["holdout"] is not None:
-        hf, hc = report["holdout"]["fidelity"], report["holdout"]["coverage"]
-        rows += [
-            ("holdout", "MAE to nearest held-out", _fmt(hf["mae"]), "compare with fidelity"),
-            ("holdout", "SSIM to nearest held-out", _fmt(hf["ssim"]), ""),
-            ("holdout", "PSNR to nearest held-out (dB)", _fmt(hf["psnr"]), ""),
-            ("holdout", "MAE held-out → nearest synthetic", _fmt(hc["mae"]), ""),
-            ("holdout", "held-out samples covered", _fmt(hc["covered"]), ""),
-        ]
-    return rows
+    rows = _numbers(report, SCORE_ROWS) + shares + _numbers(report, RATIO_ROWS)
+    return rows + _numbers(report, HOLDOUT_ROWS) if report["holdout"] is not None else rows
+
+
+def _numbers(report: Report, specs: tuple[tuple[str, str, str, str], ...]) -> list[tuple[str, str, str, str]]:
+    return [(section, metric, _fmt(value_at(report, key)), reading) for section, metric, key, reading in specs]
 
 
 def report_table(report: Report) -> Table:
