@@ -49,7 +49,7 @@ def bench_timing(n_real: int, n_synth: int, shape: tuple[int, ...]) -> None:
     pairwise_mae(real)
     print(f"  real x real MAE matrix        {time.perf_counter() - a:6.2f} s")
     started = time.perf_counter()
-    report = score(real, real_ids, synth, ids, None, TAU)
+    report = score(real, real_ids, synth, ids, tau=TAU)
     scored = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
         a = time.perf_counter()

@@ -154,12 +154,12 @@ def synthesize(
     from neurosql_med.viz.preview import cohort_preview
     from neurosql_med.synthesis.synthesize import synthesize as run
 
-    summary = run(model, out, n, seed, typicality, batch_size, device, force, resume,
-                  audit=audit, tau=tau, drop_copies=drop_copies)
+    summary = run(model, out, n, seed=seed, typicality=typicality, batch_size=batch_size, device=device,
+                  force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies)
     preview = cohort_preview(out, model)
-    console.print(f"{summary['written']} image(s) written, {summary['kept']} kept, in {summary['seconds']:.1f} s → {out}")
-    if "audit" in summary:
-        a = summary["audit"]
+    console.print(f"{summary.written} image(s) written, {summary.kept} kept, in {summary.seconds:.1f} s → {out}")
+    if summary.audit is not None:
+        a = summary.audit
         console.print(f"memorization audit (tau {a['tau']}): {a['n_flagged']} flagged, {a['n_replaced']} replaced, "
                       f"{a['n_remaining_copies']} left; details in {out / 'audit.json'}")
     console.print(f"preview: {preview}")
@@ -171,7 +171,7 @@ def reproduce(
     model: Path = typer.Option(Path("nsql-model"), "--model", "-m", help="The model folder that made it."),
 ) -> None:
     """Regenerate one synthetic image and check it is byte-identical (exit 1 if not)."""
-    from neurosql_med.synthesis.synthesize import reproduce as run
+    from neurosql_med.synthesis.reproduce import reproduce as run
 
     identical, recorded, fresh = run(file, model)
     if identical:

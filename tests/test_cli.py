@@ -2,9 +2,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import cli, write_subjects
+from conftest import cli, write_nifti, write_subjects
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
@@ -49,6 +50,26 @@ def test_user_errors_are_one_line_exit_2(capsys, args, needle):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+@pytest.mark.parametrize("shape, needle", [((8, 8, 8, 2), "is not a 3D image"), (None, "unreadable NIfTI")])
+def test_preview_of_a_4d_or_damaged_image_is_one_error_line(capsys, tmp_path, shape, needle):
+    write_nifti(tmp_path / "fine.nii.gz", np.ones((8, 8, 8), np.int16))
+    if shape is None:
+        (tmp_path / "odd.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    else:
+        write_nifti(tmp_path / "odd.nii.gz", np.ones(shape, np.int16))
+    code, _, err = cli(capsys, "preview", tmp_path)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "odd.nii.gz" in lines[0] and needle in lines[0]
+
+
+def test_tau_nan_is_refused_before_any_work(capsys, tmp_path):
+    code, _, err = cli(capsys, "synthesize", "--n", "2", "--out", tmp_path / "s", "--model", "/no/model",
+                       "--audit", tmp_path, "--tau", "nan")
+    assert code == 2 and "--tau must be positive and finite, got nan" in err and not (tmp_path / "s").exists()
+    code, _, err = cli(capsys, "evaluate", "--real", tmp_path, "--synth", tmp_path, "--tau", "nan")
+    assert code == 2 and "--tau must be positive and finite, got nan" in err
 
 
 def test_fit_refuses_a_used_output_folder_before_loading_scans(capsys, tmp_path):

@@ -49,9 +49,23 @@ def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Pa
     copied = {f["id"] for f in report["flagged"]}
     assert copied and all(i.startswith("copy.nii.gz [slice ") for i in copied)
     assert all(f["nearest_real"].startswith("scan00.nii.gz [slice ") for f in report["flagged"])
-    assert report["fidelity"]["mae"] > 0 and report["holdout"]["coverage"]["covered"] >= 0
+    assert report["fidelity"]["mae"] > 0
+    assert report["holdout"]["coverage"]["covered"] == pytest.approx(covered_by_hand(holdout, synth))
     assert report["settings"]["feature_extractor"] == "random-conv-v1"
     assert report_table(report).row_count == len(report_table(report).rows) > 15
+
+
+def covered_by_hand(real_folder: Path, synth_folder: Path) -> float:
+    """Share of real samples with a synthetic one nearer than their nearest other real one, pair by pair."""
+    data = load_config("tiny").data
+    real = load_cohort(real_folder, data).images.flatten(1)
+    synth = load_cohort(synth_folder, data, min_samples=1).images.flatten(1)
+    hits = 0
+    for i, sample in enumerate(real):
+        to_synth = min(float((sample - s).abs().mean()) for s in synth)
+        to_real = min(float((sample - other).abs().mean()) for j, other in enumerate(real) if j != i)
+        hits += to_synth < to_real
+    return hits / len(real)
 
 
 def test_evaluate_with_a_model_reads_its_files_and_rejects_another_shape(tmp_path: Path, real: Path):
@@ -100,6 +114,7 @@ def test_synthetic_files_are_read_at_the_model_scale_and_hidden_files_are_left_o
          r"b\.nii\.gz: image shape \(24, 30\) does not match the model's sample shape \(24, 32\)"),
         ({"a.nii.gz": (24, 32, 1), "b.nii.gz": (24, 32, 2)}, r"b\.nii\.gz: image shape \(24, 32, 2\)"),
         ({"a.nii.gz": (24, 32, 1), "b.nii.gz": None}, r"b\.nii\.gz: unreadable NIfTI"),
+        ({"a.nii.gz": (24, 32, 1), "b.nii.gz": (24, 32, 1, 2)}, r"b\.nii\.gz: 4D data of shape .* is not a 3D image"),
     ],
 )
 def test_synthetic_folder_problems_are_user_errors(tmp_path: Path, files: dict, message: str):
@@ -124,5 +139,6 @@ def test_missing_or_too_small_folders_are_user_errors(tmp_path: Path, real: Path
         evaluate(real, one, config="tiny3d")
     with pytest.raises(UserError, match="at least 2 are needed"):
         evaluate(one, real, config="tiny3d")
-    with pytest.raises(UserError, match="--tau must be positive"):
-        evaluate(real, real, config="tiny", tau=0)
+    for tau in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="--tau must be positive"):
+            evaluate(real, real, config="tiny", tau=tau)

@@ -3,8 +3,9 @@ import pytest
 import torch
 from scipy import ndimage
 
+from neurosql_med.errors import UserError
 from neurosql_med.evaluation.metrics import (
-    PSNR_CAP, audit, coverage, distribution, diversity, fidelity, ms_ssim, ms_ssim_settings, pairwise_mae,
+    PSNR_CAP, audit, check_tau, coverage, distribution, diversity, fidelity, ms_ssim, ms_ssim_settings, pairwise_mae,
 )
 
 SHAPE = (24, 32)
@@ -111,3 +112,10 @@ def test_audit_flags_planted_copies_and_only_them():
     assert [result["nearest"][i] for i in planted] == [int(order[i]) for i in planted]
     assert max(result["ratios"][i] for i in planted) < 0.5 < min(r for i, r in enumerate(result["ratios"]) if i not in planted)
     assert result["n_flagged"] == 6 and result["fraction_flagged"] == pytest.approx(6 / 18)
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.5, float("nan"), float("inf"), float("-inf")])
+def test_tau_must_be_a_positive_finite_number(tau):
+    with pytest.raises(UserError, match=f"--tau must be positive and finite, got {tau}"):
+        check_tau(tau)
+    check_tau(0.5)

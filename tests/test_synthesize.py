@@ -16,7 +16,8 @@ from neurosql_med.data.cohort import load_cohort
 from neurosql_med.synthesis.dataset import SyntheticDataset
 from neurosql_med.errors import UserError
 from neurosql_med.viz.preview import cohort_preview
-from neurosql_med.synthesis.synthesize import reproduce, synthesize
+from neurosql_med.synthesis.reproduce import reproduce
+from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
 from neurosql_med.io.nifti import read_provenance
 
@@ -123,7 +124,7 @@ def test_resume_after_a_crash_finishes_the_job(model_dir, tmp_path):
     (out / "manifest.tsv").unlink()
     (out / "sub-synth0003/anat/.sub-synth0003_desc-nsql_T1w.nii.gz.x.tmp.nii.gz").write_bytes(b"half")
     summary = run(model_dir, out, n=12, resume=True)
-    assert summary["written"] == 3 and summary["kept"] == 9
+    assert summary.written == 3 and summary.kept == 9
     assert (out / "manifest.tsv").read_text() == (whole / "manifest.tsv").read_text()
     assert not list(out.rglob(".*tmp*"))
 
@@ -131,7 +132,9 @@ def test_resume_after_a_crash_finishes_the_job(model_dir, tmp_path):
 @pytest.mark.slow
 def test_refusals_write_nothing(model_dir, tmp_path):
     out = tmp_path / "o"
-    for kwargs, match in [({"n": 0}, "--n"), ({"typicality": 0.0}, "--typicality"), ({"typicality": 1.5}, "--typicality")]:
+    refusals = [({"n": 0}, "--n"), ({"typicality": 0.0}, "--typicality"), ({"typicality": 1.5}, "--typicality"),
+                ({"typicality": float("nan")}, "--typicality"), ({"audit": tmp_path, "tau": float("nan")}, "--tau")]
+    for kwargs, match in refusals:
         n = kwargs.pop("n", 4)
         with pytest.raises(UserError, match=match):
             run(model_dir, out, n=n, **kwargs)
@@ -143,7 +146,7 @@ def test_refusals_write_nothing(model_dir, tmp_path):
         run(model_dir, out, n=2)
     with pytest.raises(UserError, match="different settings"):
         run(model_dir, out, n=2, seed=5, resume=True)
-    assert len(files(out)) > 0 and run(model_dir, out, n=2, seed=5, force=True)["written"] == 2
+    assert len(files(out)) > 0 and run(model_dir, out, n=2, seed=5, force=True).written == 2
 
 
 @pytest.mark.slow
@@ -180,7 +183,8 @@ def test_bids_validator_finds_no_errors(model_dir, tmp_path):
 def test_inline_audit_flags_and_replaces_copies(model_dir, tmp_path):
     from neurosql_med.synthesis.audit import audit_cohort
     from neurosql_med.io.model import load_model
-    from neurosql_med.synthesis.synthesize import Synthesis, write_tables
+    from neurosql_med.synthesis.sampling import Draw, Synthesis, write_with_sidecar
+    from neurosql_med.synthesis.synthesize import write_tables
 
     scans = write_subjects(tmp_path / "scans", 5)
     out = tmp_path / "s"
@@ -189,8 +193,7 @@ def test_inline_audit_flags_and_replaces_copies(model_dir, tmp_path):
     job = Synthesis(model, 6, 0, 1.0)
     train = load_cohort(scans, model.config.data).images
     # plant a copy of a training image as sample 2 (a model that memorised would do this)
-    from neurosql_med.synthesis.synthesize import write_with_sidecar
-    write_with_sidecar(out, job, 2, train[3], np.zeros(4), 0.0)
+    write_with_sidecar(out, job, 2, Draw(train[3], np.zeros(4), 0.0, latent_index=2))
     report = audit_cohort(out, job, train, tau=0.5, drop=False)
     assert "sub-synth0002" in report["flagged"]
     assert json.loads((out / "dataset_description.json").read_text())["NeuroSQL"]["audit"]["n_flagged"] >= 1
@@ -206,7 +209,7 @@ def test_inline_audit_flags_and_replaces_copies(model_dir, tmp_path):
 def test_synthesize_with_audit_writes_audit_json(model_dir, tmp_path):
     scans = write_subjects(tmp_path / "scans", 5)
     summary = run(model_dir, tmp_path / "s", n=4, audit=scans, drop_copies=True)
-    assert summary["audit"]["n_remaining_copies"] == 0
+    assert summary.audit["n_remaining_copies"] == 0
     assert (tmp_path / "s/audit.json").is_file()
     with pytest.raises(UserError, match="--audit"):
         run(model_dir, tmp_path / "t", n=4, drop_copies=True)
@@ -223,7 +226,19 @@ def test_readme_augmentation_example_runs(model_dir, tmp_path, monkeypatch, caps
 
 
 def test_ids_widen_with_the_cohort():
-    from neurosql_med.synthesis.synthesize import synthetic_id
+    from neurosql_med.synthesis.sampling import synthetic_id
 
     assert synthetic_id(3, 500) == "synth0003"
     assert synthetic_id(3, 12000) == "synth00003" and synthetic_id(12000, 12000) == "synth12000"
+
+
+def test_a_nan_typicality_is_refused_before_the_model_is_read():
+    with pytest.raises(UserError, match="typicality must be in \\(0, 1\\], got nan"):
+        SyntheticDataset("/no/model", n=3, typicality=float("nan"))
+
+
+def test_reproduce_names_a_damaged_image_without_a_sidecar(tmp_path):
+    image = tmp_path / "sub-synth0001_desc-nsql_T1w.nii.gz"
+    image.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(UserError, match=r"sub-synth0001_desc-nsql_T1w\.nii\.gz: unreadable NIfTI \(.+\)$"):
+        reproduce(image, tmp_path / "model")

@@ -65,8 +65,7 @@ def reference_draws(
     toward the centre instead of replacing them.
     """
     _check_kind(kind)
-    if not 0 < max_typicality <= 1:
-        raise UserError(f"max typicality must be in (0, 1], got {max_typicality}")
+    check_typicality(max_typicality)
     if d < 1:
         raise UserError(f"latent dimension must be >= 1, got {d}")
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -80,6 +79,12 @@ def reference_draws(
         levels[row] = max_typicality * rng.random()
     z = directions * stats.chi.ppf(levels, df=d)[:, None]
     return (stats.norm.cdf(z) if kind == "uniform" else z), levels
+
+
+def check_typicality(value: float, name: str = "max typicality") -> None:
+    """The one bound on a typicality level; ``name`` is what the user typed it as (an option, an argument)."""
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise UserError(f"{name} must be in (0, 1], got {value}")
 
 
 def _sobol_cells(n: int, d: int, seed: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -30,20 +31,20 @@ from neurosql_med.evaluation.baselines.vae import VAE
 from neurosql_med.config import Config, load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.evaluation.evaluate import sample_ids, score
+from neurosql_med.evaluation.evaluate import sample_ids, score, value_at
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import reference_draws
 from neurosql_med.evaluation.metrics import TAU
 from neurosql_med.io.model import load_model
-from neurosql_med.viz.plots import save_figure, views
+from neurosql_med.viz.plots import draw_grid, grid_columns, save_figure
 from neurosql_med.runtime import resolve_device
+from neurosql_med.synthesis.sampling import decode_batched
 from neurosql_med.training.train import fit
 
 METHODS = ("neurosql", "vae", "gan", "ddpm")
 N_SAMPLES = 128  # the DDPM's 50 DDIM steps make sampling its slowest part on a CPU
 SHOWN = 8
 PROBE_EPOCHS = 2
-SAMPLE_BATCH = 64
 MEMORY_CPU = "peak resident memory (Linux VmHWM, reset before training) minus resident memory at the start of training"
 MEMORY_CPU_FALLBACK = "growth of the process's peak resident memory (ru_maxrss) during training; 0 when an earlier step peaked higher"
 MEMORY_CUDA = "torch.cuda.max_memory_allocated during training"
@@ -114,7 +115,7 @@ class NeuroSQL:
 
     def sample(self, n: int, seed: int) -> Tensor:
         z, _ = reference_draws(np.arange(n), self.model.latent_dim, self.model.lattice_kind, seed)
-        return torch.cat([self.model.decode(z[i:i + SAMPLE_BATCH]) for i in range(0, n, SAMPLE_BATCH)])
+        return decode_batched(self.model, z)
 
     def parameter_count(self) -> int:
         return self.model.generator.parameter_count()
@@ -216,8 +217,33 @@ def _check_arguments(methods: Sequence[str], budget_minutes: float, n_samples: i
         raise UserError("seeds must be a non-empty list of non-negative integers")
 
 
+class BenchmarkResult(TypedDict):
+    """benchmark.json: per seed the split and one record per method, the real held-out reference, the summary."""
+
+    settings: dict
+    splits: dict[str, dict]
+    runs: dict[str, list[dict]]
+    reference: list[dict]
+    metric_settings: dict
+    summary: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """What every method's run shares: the config, the device, the budget, the yardsticks and where models go."""
+
+    cfg: Config
+    device: torch.device
+    out: Path
+    memory: PeakMemory
+    n_samples: int
+    budget_minutes: float
+    say: Callable[[str], None]
+
+
 def run_benchmark(
     scans: str | Path,
+    *,
     methods: Sequence[str] = METHODS,
     budget_minutes: float = 5.0,
     n_samples: int = N_SAMPLES,
@@ -230,7 +256,7 @@ def run_benchmark(
     device: str = "auto",
     out: str | Path = "benchmark-out",
     log: Callable[[str], None] | None = None,
-) -> dict:
+) -> BenchmarkResult:
     """Train and score every method once per seed; writes benchmark.json/.md/.png to ``out`` and returns the result.
 
     ``seeds`` (a list) repeats the experiment and overrides ``seed``. Without ``holdout``
@@ -240,22 +266,18 @@ def run_benchmark(
     seeds = list(seeds) if seeds is not None else [seed]
     methods = list(methods)
     _check_arguments(methods, budget_minutes, n_samples, holdout_fraction, seeds)
-    say = log or (lambda message: None)
     cfg = override(load_config(config), data__mode=mode)
     dev = resolve_device(device)
-    out = Path(out)
     cohort = load_cohort(scans, cfg.data)
-    fixed_holdout = load_cohort(holdout, cfg.data) if holdout is not None else None
-    if fixed_holdout is not None and (shared := set(cohort.subjects) & set(fixed_holdout.subjects)):
-        raise UserError(f"subject(s) {', '.join(sorted(shared))} are in both the training and the hold-out folder")
-    memory = PeakMemory(dev)
+    fixed_holdout = None if holdout is None else _holdout_cohort(holdout, cohort, cfg)
+    trial = Trial(cfg, dev, Path(out), PeakMemory(dev), n_samples, budget_minutes, log or (lambda message: None))
     result: dict = {
         "settings": {
             "scans": str(scans), "holdout": None if holdout is None else str(holdout),
             "holdout_fraction": None if holdout is not None else holdout_fraction,
             "config": str(config), "mode": cohort.geometry.mode, "sample_shape": cohort.geometry.sample_shape,
             "methods": methods, "budget_minutes": budget_minutes, "n_samples": n_samples, "seeds": seeds,
-            "device": str(dev), "threads": torch.get_num_threads(), "memory": memory.how, "tau": TAU,
+            "device": str(dev), "threads": torch.get_num_threads(), "memory": trial.memory.how, "tau": TAU,
             "ddim_steps": DDIM_STEPS,
         },
         "splits": {},
@@ -265,30 +287,43 @@ def run_benchmark(
     shown: dict[str, Tensor] = {}
     for s in seeds:
         train, held = (cohort, fixed_holdout) if fixed_holdout is not None else split_by_subject(cohort, holdout_fraction, s)
-        result["splits"][str(s)] = {
-            "train_subjects": sorted(set(train.subjects)), "holdout_subjects": sorted(set(held.subjects)),
-            "train_samples": len(train), "holdout_samples": len(held),
-        }
-        shown.setdefault("training", train.images[torch.linspace(0, len(train) - 1, SHOWN).long()])
-        for name in methods:
-            say(f"seed {s}: training {name} for {budget_minutes:g} min on {len(train)} samples")
-            record, synth, metric_settings = _run_one(name, cfg, train, held, n_samples, budget_minutes * 60, s, dev, out, memory)
-            result["runs"][name].append(record)
-            result.setdefault("metric_settings", metric_settings)
-            shown.setdefault(name, synth[:SHOWN])
-            say(f"seed {s}: {name} done: {record['epochs']:.1f} epochs, MAE to train {record['train']['fidelity']['mae']:.4f}")
-        result["reference"].append({"seed": s, "train": _scores(train, held.images, sample_ids(held))[0]})
+        _run_seed(result, shown, trial, train, held, s)
     result["summary"] = summarize(result["runs"] | {REFERENCE: result["reference"]})
-    write_outputs(out, result, shown)
-    return result
+    final = BenchmarkResult(**result)
+    write_outputs(trial.out, final, shown)
+    return final
 
 
-def _run_one(name: str, cfg: Config, train: Cohort, held: Cohort, n: int, budget: float, seed: int,
-             device: torch.device, out: Path, memory: PeakMemory) -> tuple[dict, Tensor, dict]:
+def _holdout_cohort(holdout: str | Path, cohort: Cohort, cfg: Config) -> Cohort:
+    held = load_cohort(holdout, cfg.data)
+    if shared := set(cohort.subjects) & set(held.subjects):
+        raise UserError(f"subject(s) {', '.join(sorted(shared))} are in both the training and the hold-out folder")
+    return held
+
+
+def _run_seed(result: dict, shown: dict[str, Tensor], trial: Trial, train: Cohort, held: Cohort, seed: int) -> None:
+    """Every method on one split, added to ``result``; the first seed's samples go to ``shown`` for the figure."""
+    result["splits"][str(seed)] = {
+        "train_subjects": sorted(set(train.subjects)), "holdout_subjects": sorted(set(held.subjects)),
+        "train_samples": len(train), "holdout_samples": len(held),
+    }
+    shown.setdefault("training", train.images[torch.linspace(0, len(train) - 1, SHOWN).long()])
+    for name in result["runs"]:
+        trial.say(f"seed {seed}: training {name} for {trial.budget_minutes:g} min on {len(train)} samples")
+        record, synth, metric_settings = _run_one(name, trial, train, held, seed)
+        result["runs"][name].append(record)
+        result.setdefault("metric_settings", metric_settings)
+        shown.setdefault(name, synth[:SHOWN])
+        trial.say(f"seed {seed}: {name} done: {record['epochs']:.1f} epochs, MAE to train {record['train']['fidelity']['mae']:.4f}")
+    result["reference"].append({"seed": seed, "train": _scores(train, held.images, sample_ids(held))[0]})
+
+
+def _run_one(name: str, trial: Trial, train: Cohort, held: Cohort, seed: int) -> tuple[dict, Tensor, dict]:
     """One method, one seed: the run record, its samples and the metric settings `score` used."""
-    method = build_method(name, cfg, train, out / "models" / f"{name}-seed{seed}")
-    with memory:
-        trained = method.fit(train.images, budget, seed, device)
+    method = build_method(name, trial.cfg, train, trial.out / "models" / f"{name}-seed{seed}")
+    with trial.memory:
+        trained = method.fit(train.images, trial.budget_minutes * 60, seed, trial.device)
+    n = trial.n_samples
     started = time.perf_counter()
     synth = method.sample(n, seed)
     sample_seconds = time.perf_counter() - started
@@ -302,7 +337,7 @@ def _run_one(name: str, cfg: Config, train: Cohort, held: Cohort, n: int, budget
         "train_seconds": trained["seconds"],
         "sample_ms": 1000 * sample_seconds / n,
         "parameters": method.parameter_count(),
-        "peak_memory_mb": memory.mb,
+        "peak_memory_mb": trial.memory.mb,
         **scores,
     }
     return record, synth, metric_settings
@@ -310,22 +345,12 @@ def _run_one(name: str, cfg: Config, train: Cohort, held: Cohort, n: int, budget
 
 def _scores(real: Cohort, synth: Tensor, ids: list[str]) -> tuple[dict, dict]:
     """``evaluate``'s scores of ``synth`` against ``real`` without per-sample vectors, and the metric settings."""
-    side = score(real.images, sample_ids(real), synth, ids, None, TAU)
+    side = score(real.images, sample_ids(real), synth, ids, tau=TAU)
     settings = side.pop("settings")
     del side["holdout"]
     for key in PER_SAMPLE:
         side["memorization"].pop(key)
     return side, settings
-
-
-def _lookup(record: dict, key: str) -> float | None:
-    """The value at a dotted key; None where the record has no such value (the reference row trains nothing)."""
-    value: object = record
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
@@ -334,7 +359,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     for name, records in runs.items():
         summary[name] = {}
         for key, _, _ in COLUMNS:
-            values = [v for v in (_lookup(r, key) for r in records) if v is not None]
+            values = [v for v in (value_at(r, key) for r in records) if v is not None]
             summary[name][key] = {
                 "mean": float(np.mean(values)) if values else None,
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
@@ -355,17 +380,17 @@ def _cell(stat: dict, key: str) -> str:
     return text
 
 
-def _rows(result: dict) -> list[list[str]]:
+def _rows(result: BenchmarkResult) -> list[list[str]]:
     return [[name] + [_cell(stats[key], key) for key, _, _ in COLUMNS] for name, stats in result["summary"].items()]
 
 
-def _title(result: dict) -> str:
+def _title(result: BenchmarkResult) -> str:
     s = result["settings"]
     seeds = f"{len(s['seeds'])} seeds, mean ± sd" if len(s["seeds"]) > 1 else f"seed {s['seeds'][0]}"
     return f"{s['budget_minutes']:g}-minute training budget per method on {s['device']}, {s['n_samples']} samples each ({seeds})"
 
 
-def benchmark_table(result: dict) -> Table:
+def benchmark_table(result: BenchmarkResult) -> Table:
     """One row per metric and one column per method, so it fits an 80-column terminal."""
     table = Table(title=_title(result))
     table.add_column("metric")
@@ -378,7 +403,7 @@ def benchmark_table(result: dict) -> Table:
     return table
 
 
-def benchmark_markdown(result: dict) -> str:
+def benchmark_markdown(result: BenchmarkResult) -> str:
     s, m = result["settings"], result["metric_settings"]
     header = ["method"] + [f"{label} ({reading})" if reading else label for _, label, reading in COLUMNS]
     splits = result["splits"]
@@ -415,21 +440,13 @@ def benchmark_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def benchmark_figure(path: Path, result: dict, shown: dict[str, Tensor]) -> None:
+def benchmark_figure(path: Path, result: BenchmarkResult, shown: dict[str, Tensor]) -> None:
     """Samples of every method side by side (first seed), above bar charts of the main metrics."""
-    per_image = len(views(shown["training"][0]))
-    columns = SHOWN * per_image
+    rows = list(shown.items())
+    columns = grid_columns(rows)
     fig = plt.figure(figsize=(max(12.0, 1.3 * columns), 1.4 * len(shown) + 5.5), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.4 * len(shown), 5.0])
-    axes = top.subplots(len(shown), columns, squeeze=False)
-    for r, (label, images) in enumerate(shown.items()):
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([]), ax.set_yticks([])
-            i, v = divmod(c, per_image)
-            if i < len(images):
-                ax.imshow(views(images[i])[v], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        axes[r][0].set_ylabel(label, fontsize=10)
-    top.suptitle(_title(result), fontsize=11)
+    draw_grid(top, rows, title=_title(result))
     names = list(result["summary"])
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     bars = bottom.subplots(2, math.ceil(len(PLOTTED) / 2), squeeze=False).flatten()
@@ -447,7 +464,7 @@ def benchmark_figure(path: Path, result: dict, shown: dict[str, Tensor]) -> None
     save_figure(fig, path)
 
 
-def write_outputs(out: Path, result: dict, shown: dict[str, Tensor]) -> None:
+def write_outputs(out: Path, result: BenchmarkResult, shown: dict[str, Tensor]) -> None:
     write_text(out / "benchmark.json", json.dumps(result, indent=2, allow_nan=False))
     write_text(out / "benchmark.md", benchmark_markdown(result))
     benchmark_figure(out / "benchmark.png", result, shown)

@@ -7,13 +7,13 @@ other generator go through the real data's pipeline so both sides are compared a
 from __future__ import annotations
 
 import json
-import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypedDict
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from nibabel.filebasedimages import ImageFileError
 from rich.table import Table
 from torch import Tensor
 
@@ -23,27 +23,48 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.evaluation.metrics import (
-    PSNR_CAP, TAU, audit, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
+    PSNR_CAP, TAU, audit, check_tau, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
 from neurosql_med.io.model import load_model
-from neurosql_med.viz.plots import image_grid, save_figure
 from neurosql_med.io.nifti import read_sample
+from neurosql_med.viz.plots import image_grid, save_figure
 
-__all__ = ["TAU", "audit", "evaluate", "report_table"]
+__all__ = ["TAU", "Report", "Scores", "audit", "evaluate", "report_table"]
 
 NEAREST_SHOWN = 8
 DISTANCE = "mean absolute pixel difference, images scaled to [0, 1]"
 
 
+class Scores(TypedDict):
+    """The numbers of a report, each section as `metrics` returns it (plain Python, ready for JSON)."""
+
+    counts: dict
+    settings: dict
+    fidelity: dict
+    coverage: dict
+    diversity: dict
+    distribution: dict
+    memorization: dict
+    holdout: dict | None
+    flagged: list[dict]
+
+
+class Report(Scores):
+    """report.json: which folders were compared, then the scores."""
+
+    inputs: dict
+
+
 def evaluate(
     real: str | Path,
     synth: str | Path,
+    *,
     model_dir: str | Path | None = None,
     holdout: str | Path | None = None,
     config: str | Path | None = None,
     tau: float = TAU,
     out: str | Path | None = None,
-) -> dict:
+) -> Report:
     """Score the images in ``synth`` against the training scans in ``real``; returns the report.
 
     With ``model_dir`` the model's own config preprocesses the scans (``config`` is then
@@ -51,8 +72,7 @@ def evaluate(
     synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
     ``out`` receives report.json, report.md, nearest.png and distances.png.
     """
-    if tau <= 0:
-        raise UserError(f"--tau must be positive, got {tau}")
+    check_tau(tau)
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
     train = load_cohort(real, cfg.data)
@@ -65,7 +85,7 @@ def evaluate(
         "real": str(real), "synthetic": str(synth), "holdout": None if holdout is None else str(holdout),
         "model": None if model_dir is None else str(model_dir), "config": None if model is not None else str(config or "default"),
     }
-    report = {"inputs": inputs, **score(train.images, sample_ids(train), images, ids, held, tau)}
+    report = Report(inputs=inputs, **score(train.images, sample_ids(train), images, ids, held=held, tau=tau))
     if out is not None:
         write_outputs(Path(out), report, train.images, images)
     return report
@@ -89,10 +109,7 @@ def read_synthetic(folder: Path, geometry: Geometry) -> tuple[Tensor, list[str]]
 
 def _read_one(path: Path, geometry: Geometry) -> np.ndarray:
     """One synthetic image as a sample of the model's shape; a 2D sample is stored as a one-slice volume."""
-    try:
-        data = read_sample(path)
-    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
-        raise UserError(f"{path}: unreadable NIfTI ({exc})") from None
+    data = read_sample(path)
     if geometry.mode == "2d" and data.ndim == 3 and data.shape[geometry.slice_axis] == 1:
         data = np.squeeze(data, axis=geometry.slice_axis)
     if list(data.shape) != geometry.sample_shape:
@@ -121,7 +138,9 @@ def sample_ids(cohort: Cohort) -> list[str]:
     return [paths[scan] if k is None else f"{paths[scan]} [slice {k}]" for scan, k in zip(cohort.scan_ids, cohort.slice_index)]
 
 
-def score(real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], held: Tensor | None, tau: float) -> dict:
+def score(
+    real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], *, held: Tensor | None = None, tau: float = TAU,
+) -> Scores:
     """The report's numbers; ``real_ids`` and ``ids`` name the samples in the flagged list.
 
     The two all-pairs distance matrices (synthetic x training, training x training) are
@@ -132,9 +151,9 @@ def score(real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], held
     memo = audit(real, synth, tau, d_st=d_sr, d_tt=d_rr)
     div = diversity(synth, real)
     dist = distribution(real, synth)
-    return {
-        "counts": {"real": len(real), "synthetic": len(synth), "holdout": None if held is None else len(held)},
-        "settings": {
+    return Scores(
+        counts={"real": len(real), "synthetic": len(synth), "holdout": None if held is None else len(held)},
+        settings={
             "tau": tau,
             "distance": DISTANCE,
             "feature_extractor": dist.pop("feature_extractor"),
@@ -146,17 +165,17 @@ def score(real: Tensor, real_ids: list[str], synth: Tensor, ids: list[str], held
             "mode": f"{real.ndim - 2}d",
             "sample_shape": list(real.shape[2:]),
         },
-        "fidelity": fidelity(synth, real, d_sr),
-        "coverage": coverage(real, synth, d_sr, d_rr),
-        "diversity": div,
-        "distribution": dist,
-        "memorization": memo,
-        "holdout": None if held is None else _versus(held, synth),
-        "flagged": [
+        fidelity=fidelity(synth, real, d_sr),
+        coverage=coverage(real, synth, d_sr, d_rr),
+        diversity=div,
+        distribution=dist,
+        memorization=memo,
+        holdout=None if held is None else _versus(held, synth),
+        flagged=[
             {"id": ids[i], "ratio": memo["ratios"][i], "nearest_real": real_ids[memo["nearest"][i]]}
             for i in memo["flagged"]
         ],
-    }
+    )
 
 
 def _versus(reference: Tensor, synth: Tensor) -> dict:
@@ -165,47 +184,65 @@ def _versus(reference: Tensor, synth: Tensor) -> dict:
     return {"fidelity": fidelity(synth, reference, d), "coverage": coverage(reference, synth, d)}
 
 
-def _fmt(value: float | int | None) -> str:
-    if value is None:
-        return "n/a"
-    return str(value) if isinstance(value, int) else f"{value:.4g}"
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
-def _rows(report: dict) -> list[tuple[str, str, str, str]]:
+def value_at(record: Mapping, key: str) -> float | None:
+    """The number at a dotted key such as ``fidelity.mae``; None where the record has no such value."""
+    value: object = record
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+# (section, metric, dotted key into the report, how to read it): rows shown as one formatted number
+SCORE_ROWS = (
+    ("fidelity", "MAE to nearest real", "fidelity.mae", "lower: closer to real"),
+    ("fidelity", "SSIM to nearest real", "fidelity.ssim", "higher: closer (1 = same)"),
+    ("fidelity", "PSNR to nearest real (dB)", "fidelity.psnr", "higher: closer"),
+    ("coverage", "MAE real → nearest synthetic", "coverage.mae", "lower: real anatomy reached"),
+    ("coverage", "real samples covered", "coverage.covered", "fraction; higher is better"),
+    ("diversity", "MS-SSIM within synthetic", "diversity.ms_ssim_synthetic", "1: all alike"),
+    ("diversity", "MS-SSIM within real", "diversity.ms_ssim_real", "the real variety"),
+    ("diversity", "ratio synthetic / real", "diversity.ratio", "≈1 kept; >1 less varied"),
+    ("distribution", "MMD²", "distribution.mmd2", "≈0: same distribution"),
+    ("distribution", "precision", "distribution.precision", "realism, 0..1"),
+    ("distribution", "recall", "distribution.recall", "variety, 0..1"),
+    ("distribution", "density", "distribution.density", "≈1 matching"),
+    ("distribution", "coverage", "distribution.coverage", "0..1"),
+)
+RATIO_ROWS = (
+    ("memorization", "smallest ratio", "memorization.ratio_min", "d_syn / median d_train"),
+    ("memorization", "median ratio", "memorization.ratio_median", "≈1 or more: new images"),
+)
+HOLDOUT_ROWS = (
+    ("holdout", "MAE to nearest held-out", "holdout.fidelity.mae", "compare with fidelity"),
+    ("holdout", "SSIM to nearest held-out", "holdout.fidelity.ssim", ""),
+    ("holdout", "PSNR to nearest held-out (dB)", "holdout.fidelity.psnr", ""),
+    ("holdout", "MAE held-out → nearest synthetic", "holdout.coverage.mae", ""),
+    ("holdout", "held-out samples covered", "holdout.coverage.covered", ""),
+)
+
+
+def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     """(section, metric, value, how to read it): the rows both the terminal and report.md show."""
-    f, c, v, d, m = (report[k] for k in ("fidelity", "coverage", "diversity", "distribution", "memorization"))
-    rows = [
-        ("fidelity", "MAE to nearest real", _fmt(f["mae"]), "lower: closer to real"),
-        ("fidelity", "SSIM to nearest real", _fmt(f["ssim"]), "higher: closer (1 = same)"),
-        ("fidelity", "PSNR to nearest real (dB)", _fmt(f["psnr"]), "higher: closer"),
-        ("coverage", "MAE real → nearest synthetic", _fmt(c["mae"]), "lower: real anatomy reached"),
-        ("coverage", "real samples covered", _fmt(c["covered"]), "fraction; higher is better"),
-        ("diversity", "MS-SSIM within synthetic", _fmt(v["ms_ssim_synthetic"]), "1: all alike"),
-        ("diversity", "MS-SSIM within real", _fmt(v["ms_ssim_real"]), "the real variety"),
-        ("diversity", "ratio synthetic / real", _fmt(v["ratio"]), "≈1 kept; >1 less varied"),
-        ("distribution", "MMD²", _fmt(d["mmd2"]), "≈0: same distribution"),
-        ("distribution", "precision", _fmt(d["precision"]), "realism, 0..1"),
-        ("distribution", "recall", _fmt(d["recall"]), "variety, 0..1"),
-        ("distribution", "density", _fmt(d["density"]), "≈1 matching"),
-        ("distribution", "coverage", _fmt(d["coverage"]), "0..1"),
+    m = report["memorization"]
+    shares = [
         ("memorization", "flagged as copies", f"{m['n_flagged']} ({m['fraction_flagged']:.1%})", f"ratio < τ = {m['tau']}"),
         ("memorization", "training samples below τ", f"{m['train_fraction_below_tau']:.1%}", "the share new samples may show"),
-        ("memorization", "smallest ratio", _fmt(m["ratio_min"]), "d_syn / median d_train"),
-        ("memorization", "median ratio", _fmt(m["ratio_median"]), "≈1 or more: new images"),
     ]
-    if report["holdout"] is not None:
-        hf, hc = report["holdout"]["fidelity"], report["holdout"]["coverage"]
-        rows += [
-            ("holdout", "MAE to nearest held-out", _fmt(hf["mae"]), "compare with fidelity"),
-            ("holdout", "SSIM to nearest held-out", _fmt(hf["ssim"]), ""),
-            ("holdout", "PSNR to nearest held-out (dB)", _fmt(hf["psnr"]), ""),
-            ("holdout", "MAE held-out → nearest synthetic", _fmt(hc["mae"]), ""),
-            ("holdout", "held-out samples covered", _fmt(hc["covered"]), ""),
-        ]
-    return rows
+    rows = _numbers(report, SCORE_ROWS) + shares + _numbers(report, RATIO_ROWS)
+    return rows + _numbers(report, HOLDOUT_ROWS) if report["holdout"] is not None else rows
 
 
-def report_table(report: dict) -> Table:
+def _numbers(report: Report, specs: tuple[tuple[str, str, str, str], ...]) -> list[tuple[str, str, str, str]]:
+    return [(section, metric, _fmt(value_at(report, key)), reading) for section, metric, key, reading in specs]
+
+
+def report_table(report: Report) -> Table:
     counts = report["counts"]
     held = f", {counts['holdout']} held-out" if counts["holdout"] is not None else ""
     table = Table(title=f"{counts['synthetic']} synthetic vs {counts['real']} real samples{held}")
@@ -216,7 +253,7 @@ def report_table(report: dict) -> Table:
     return table
 
 
-def report_markdown(report: dict) -> str:
+def report_markdown(report: Report) -> str:
     s, counts = report["settings"], report["counts"]
     lines = [
         "# nsql-med evaluation",
@@ -251,7 +288,7 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, report: dict, real: Tensor, synth: Tensor) -> None:
+def write_outputs(out: Path, report: Report, real: Tensor, synth: Tensor) -> None:
     write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     write_text(out / "report.md", report_markdown(report))
     nearest_picture(out / "nearest.png", report["memorization"], real, synth)

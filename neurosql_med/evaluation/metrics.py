@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 from torch import Tensor
 
+from neurosql_med.errors import UserError
+
 # Identical images have infinite PSNR; 100 dB is above anything a file can hold (int16
 # storage at 4095 levels alone limits it to ~83 dB), so the cap only replaces infinity.
 PSNR_CAP = 100.0
@@ -266,6 +268,12 @@ def distribution(real: Tensor, synth: Tensor, k: int = PRDC_K) -> dict:
     real_f, synth_f = random_conv_features(real), random_conv_features(synth)
     k = max(1, min(k, len(real_f) - 1, len(synth_f) - 1))
     return {"feature_extractor": FEATURE_EXTRACTOR, "k": k, "mmd2": mmd2(real_f, synth_f), **prdc(real_f, synth_f, k)}
+
+
+def check_tau(tau: float) -> None:
+    """The one rule for the copy threshold: a NaN would flag nothing and write NaN into every report."""
+    if not (math.isfinite(tau) and tau > 0):
+        raise UserError(f"--tau must be positive and finite, got {tau}")
 
 
 def audit(train: Tensor, synth: Tensor, tau: float = TAU, d_st: Tensor | None = None, d_tt: Tensor | None = None) -> dict:

@@ -1,21 +1,30 @@
 """Synthetic images as NIfTI files that say what they are, inside and beside the image.
 
 Every file carries the training geometry, a `descrip` tag and the full provenance as a
-header extension, so the label survives even when the sidecar gets lost.
+header extension, so the label survives even when the sidecar gets lost. Every NIfTI
+the package reads back goes through `read_image`, so a damaged or 4D file is one
+`UserError` naming it wherever it is read.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
+from neurosql_med.errors import UserError
 from neurosql_med.io.files import atomic_path, sha256_file
 from neurosql_med.io.geometry import Geometry
 
 INTENSITY_MAX = 4095  # stored as 12-bit int16, the range of most MR scanners' T1 output
-PROVENANCE_ECODE = "comment"  # NIfTI extension code 6: free text, here the provenance JSON
+PROVENANCE_ECODE = 6  # NIfTI extension code "comment": free text, here the provenance JSON
+# what nibabel and the gzip/zlib layers below it raise for a missing, truncated or foreign file
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
 
 
 def to_nifti(sample: np.ndarray, geometry: Geometry, descrip: str, provenance: dict) -> nib.Nifti1Image:
@@ -40,10 +49,22 @@ def write_nifti(path: Path, image: nib.Nifti1Image) -> str:
     return sha256_file(path)
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """nibabel reads lazily, so both the header and the pixel reads can meet a damaged file."""
+    try:
+        yield
+    except READ_ERRORS as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: unreadable NIfTI ({reason})") from None
+
+
 def read_provenance(path: Path) -> dict | None:
     """The provenance JSON stored in a NIfTI header extension, if any."""
-    for extension in nib.load(path).header.extensions:
-        if extension.get_code() == 6:
+    with _reading(path):
+        extensions = nib.load(path).header.extensions
+    for extension in extensions:
+        if extension.get_code() == PROVENANCE_ECODE:
             try:
                 return json.loads(extension.get_content())
             except ValueError:
@@ -51,6 +72,17 @@ def read_provenance(path: Path) -> dict | None:
     return None
 
 
+def read_image(path: Path) -> np.ndarray:
+    """A NIfTI's voxels as float32, 2D or 3D; trailing length-1 axes past the third are dropped."""
+    with _reading(path):
+        data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        raise UserError(f"{path}: {data.ndim}D data of shape {tuple(data.shape)} is not a 3D image (or a 2D slice)")
+    return data
+
+
 def read_sample(path: Path) -> np.ndarray:
     """A written synthetic image back as float32 in [0, 1] (the model's output scale)."""
-    return np.asarray(nib.load(path).dataobj, dtype=np.float32) / INTENSITY_MAX
+    return read_image(path) / INTENSITY_MAX

@@ -8,23 +8,64 @@ records, so `reproduce` still regenerates it exactly.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 
 from neurosql_med.errors import UserError
+from neurosql_med.evaluation.metrics import TAU, check_tau, nearest_other, pairwise_mae
 from neurosql_med.io.files import write_text
-from neurosql_med.evaluation.metrics import TAU, nearest_other, pairwise_mae
-from neurosql_med.synthesis.synthesize import Synthesis, decode_one, sidecar_of, write_with_sidecar
 from neurosql_med.io.nifti import read_sample
+from neurosql_med.synthesis.sampling import SAMPLE_BATCH, Synthesis, decode_one, sidecar_of, write_with_sidecar
 
 REDRAW_STRIDE = 1 << 32
 MAX_REDRAWS = 20
 
 
-def _nearest(images: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return pairwise_mae(images, train).min(dim=1)
+class Replacement(TypedDict):
+    sample: str
+    latent_index: int
+    ratio: float
+
+
+class AuditSummary(TypedDict):
+    """What dataset_description.json records of the audit."""
+
+    tau: float
+    median_d_train: float
+    n_checked: int
+    n_flagged: int
+    n_replaced: int
+    n_remaining_copies: int
+    ratio_min: float
+    ratio_median: float
+
+
+class AuditReport(AuditSummary):
+    """audit.json: the summary, then which samples were flagged and replaced, and every sample's ratio."""
+
+    flagged: list[str]
+    replaced: list[Replacement]
+    ratios: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CopyTest:
+    """Distance to the nearest training image in units of the training set's own median spacing."""
+
+    train: torch.Tensor
+    scale: float
+    tau: float
+
+    @classmethod
+    def of(cls, train: torch.Tensor, tau: float) -> CopyTest:
+        return cls(train, float(nearest_other(pairwise_mae(train)).median()), tau)
+
+    def ratios(self, images: torch.Tensor) -> list[float]:
+        return [float(d) / self.scale for d in pairwise_mae(images, self.train).min(dim=1).values]
 
 
 def _read(job: Synthesis, out: Path, ks: list[int]) -> torch.Tensor:
@@ -33,53 +74,54 @@ def _read(job: Synthesis, out: Path, ks: list[int]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).unsqueeze(1)
 
 
-def audit_cohort(out: Path, job: Synthesis, train: torch.Tensor, tau: float = TAU, drop: bool = False, chunk: int = 64) -> dict:
+def audit_cohort(
+    out: Path, job: Synthesis, train: torch.Tensor, *, tau: float = TAU, drop: bool = False, chunk: int = SAMPLE_BATCH,
+) -> AuditReport:
     """Flag written samples closer to a training sample than τ · median(d_train); optionally redraw them."""
-    if tau <= 0:
-        raise UserError(f"--tau must be positive, got {tau}")
+    check_tau(tau)
     if len(train) < 2:
         raise UserError("--audit needs at least 2 training samples")
-    scale = float(nearest_other(pairwise_mae(train)).median())
+    test = CopyTest.of(train, tau)
     ratios: dict[int, float] = {}
     for start in range(1, job.n + 1, chunk):
         ks = list(range(start, min(start + chunk, job.n + 1)))
-        distances, _ = _nearest(_read(job, out, ks), train)
-        ratios |= {k: float(d) / scale for k, d in zip(ks, distances)}
+        ratios |= dict(zip(ks, test.ratios(_read(job, out, ks))))
     flagged = sorted(k for k, r in ratios.items() if r < tau)
-    replaced = []
-    if drop:
-        for k in flagged:
-            replaced.append(_redraw(out, job, train, k, tau, scale))
-            ratios[k] = replaced[-1]["ratio"]
-    summary = {
-        "tau": tau,
-        "median_d_train": scale,
-        "n_checked": job.n,
-        "n_flagged": len(flagged),
-        "n_replaced": len(replaced),
-        "n_remaining_copies": sum(r < tau for r in ratios.values()),
-        "ratio_min": min(ratios.values()),
-        "ratio_median": sorted(ratios.values())[len(ratios) // 2],
-    }
-    report = {**summary, "flagged": [job.label(k) for k in flagged], "replaced": replaced,
-              "ratios": {job.label(k): round(r, 5) for k, r in ratios.items()}}
+    replaced = [_redraw(out, job, test, k) for k in flagged] if drop else []
+    for k, replacement in zip(flagged, replaced):
+        ratios[k] = replacement["ratio"]
+    summary = AuditSummary(
+        tau=tau,
+        median_d_train=test.scale,
+        n_checked=job.n,
+        n_flagged=len(flagged),
+        n_replaced=len(replaced),
+        n_remaining_copies=sum(r < tau for r in ratios.values()),
+        ratio_min=min(ratios.values()),
+        ratio_median=sorted(ratios.values())[len(ratios) // 2],
+    )
+    report = AuditReport(**summary, flagged=[job.label(k) for k in flagged], replaced=replaced,
+                         ratios={job.label(k): round(r, 5) for k, r in ratios.items()})
     write_text(out / "audit.json", json.dumps(report, indent=2))
-    description_path = out / "dataset_description.json"
-    description = json.loads(description_path.read_text())
-    description["NeuroSQL"]["audit"] = summary
-    write_text(description_path, json.dumps(description, indent=2))
+    _record_in_description(out, summary)
     return report
 
 
-def _redraw(out: Path, job: Synthesis, train: torch.Tensor, k: int, tau: float, scale: float) -> dict:
+def _record_in_description(out: Path, summary: AuditSummary) -> None:
+    path = out / "dataset_description.json"
+    description = json.loads(path.read_text())
+    description["NeuroSQL"]["audit"] = summary
+    write_text(path, json.dumps(description, indent=2))
+
+
+def _redraw(out: Path, job: Synthesis, test: CopyTest, k: int) -> Replacement:
     for r in range(1, MAX_REDRAWS + 1):
-        latent_index = k + r * REDRAW_STRIDE
-        image, z, level = decode_one(job.model, latent_index, job.seed, job.typicality)
-        ratio = float(_nearest(image[None], train)[0][0]) / scale
-        if ratio >= tau:
-            write_with_sidecar(out, job, k, image, z, level, latent_index)
-            return {"sample": job.label(k), "latent_index": latent_index, "ratio": ratio}
+        draw = decode_one(job, k + r * REDRAW_STRIDE)
+        (ratio,) = test.ratios(draw.image[None])
+        if ratio >= test.tau:
+            write_with_sidecar(out, job, k, draw)
+            return Replacement(sample=job.label(k), latent_index=draw.latent_index, ratio=ratio)
     raise UserError(
-        f"{sidecar_of(job.image_path(out, k)).name}: {MAX_REDRAWS} redraws all sat within tau={tau} of a training "
+        f"{sidecar_of(job.image_path(out, k)).name}: {MAX_REDRAWS} redraws all sat within tau={test.tau} of a training "
         "image; the model reproduces its training data (train less, or lower --typicality)"
     )

@@ -4,14 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
-from neurosql_med.errors import UserError
+from neurosql_med.engine.lattice import check_typicality
 from neurosql_med.io.model import load_model
-from neurosql_med.synthesis.synthesize import COMPUTE_BLOCK, decode_block, synthetic_id
+from neurosql_med.synthesis.sampling import COMPUTE_BLOCK, Draw, Synthesis, decode_block, synthetic_id
 
 
 class SyntheticDataset(Dataset):
@@ -32,33 +31,30 @@ class SyntheticDataset(Dataset):
         transform: Callable | None = None,
         device: str = "cpu",
     ) -> None:
-        if not 0 < typicality <= 1:
-            raise UserError(f"typicality must be in (0, 1], got {typicality}")
-        self.model = load_model(model_dir, device)
-        self.n, self.seed, self.typicality, self.transform = n, seed, typicality, transform
-        self.affine = torch.as_tensor(self.model.geometry.sample_affine())
-        self._block: tuple[int, tuple] | None = None
+        check_typicality(typicality, "typicality")
+        self.job = Synthesis(load_model(model_dir, device), n, seed, typicality)
+        self.n, self.transform = n, transform
+        self.affine = torch.as_tensor(self.job.model.geometry.sample_affine())
+        self._block: tuple[int, list[Draw]] | None = None
 
     def __len__(self) -> int:
         return self.n
 
-    def _decoded(self, block: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def _decoded(self, block: int) -> list[Draw]:
         if self._block is None or self._block[0] != block:  # sequential access decodes each block once
-            self._block = (block, decode_block(self.model, block, self.seed, self.typicality))
+            self._block = (block, decode_block(self.job, block))
         return self._block[1]
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.n:
             raise IndexError(i)
-        k = i + 1
-        images, z, levels = self._decoded(i // COMPUTE_BLOCK)
-        j = i % COMPUTE_BLOCK
+        draw = self._decoded(i // COMPUTE_BLOCK)[i % COMPUTE_BLOCK]
         item = {
-            "image": MetaTensor(images[j].clone(), affine=self.affine.clone()),
-            "id": synthetic_id(k, self.n),
-            "subject": synthetic_id(k, self.n),
+            "image": MetaTensor(draw.image.clone(), affine=self.affine.clone()),
+            "id": synthetic_id(i + 1, self.n),
+            "subject": synthetic_id(i + 1, self.n),
             "synthetic": True,
-            "latent": torch.as_tensor(z[j], dtype=torch.float32),
-            "typicality": float(levels[j]),
+            "latent": torch.as_tensor(draw.latent, dtype=torch.float32),
+            "typicality": draw.level,
         }
         return self.transform(item) if self.transform is not None else item

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +32,12 @@ from neurosql_med.io.model import (
     CHECKPOINT,
     HASHES,
     build_generator,
-    is_model_folder,
     load_checkpoint,
     save_array,
     save_checkpoint,
     write_hashes,
 )
+from neurosql_med.io.outputs import check_model_output, prepare_model_output
 from neurosql_med.runtime import resolve_device, seed_everything
 
 EpochHook = Callable[[dict], None]
@@ -54,35 +53,6 @@ class FitResult:
     model_sha256: str | None
 
 
-def prepare_output(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to overwrite anything the user did not ask us to replace; clear it for --force."""
-    check_output(out, resume, force)
-    if force and out.exists():
-        shutil.rmtree(out)
-
-
-def check_output(out: Path, resume: bool, force: bool) -> None:
-    """The refusals of ``prepare_output`` without touching anything, so a CLI can fail before loading scans."""
-    if resume and force:
-        raise UserError("--resume and --force contradict each other; choose one")
-    if not out.exists():
-        if resume:
-            raise UserError(f"--resume: {out} does not exist; nothing to resume")
-        return
-    if not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder")
-    if force:
-        return
-    if resume:
-        if not is_model_folder(out):
-            raise UserError(f"--resume: {out} holds no nsql-med checkpoint ({CHECKPOINT})")
-        return
-    if is_model_folder(out):
-        raise UserError(f"{out} already holds a model; use --resume to continue it or --force to replace it")
-    if any(out.iterdir()):
-        raise UserError(f"{out} is not empty and not a model folder; choose another --out or use --force")
-
-
 RESUMABLE = ("train__epochs", "train__max_minutes", "train__device")
 
 
@@ -93,7 +63,7 @@ def fit_config(source: str | Path | None, out: Path, resume: bool, force: bool =
 
     Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
     """
-    check_output(Path(out), resume, force)
+    check_model_output(Path(out), resume=resume, force=force)
     saved = Path(out) / "config.yaml"
     if resume and saved.is_file():
         fixed = sorted(k.split("__")[1] for k, v in overrides.items() if v is not None and k not in RESUMABLE)
@@ -135,7 +105,7 @@ def fit(
     on_epoch_end: EpochHook | None = None,
 ) -> FitResult:
     out = Path(out)
-    prepare_output(out, resume, force)
+    prepare_model_output(out, resume=resume, force=force)
     if resume:  # the saved config decides what is being continued; only budget and device may change
         saved = load_config(out / "config.yaml")
         saved.train.epochs, saved.train.max_minutes, saved.train.device = cfg.train.epochs, cfg.train.max_minutes, cfg.train.device

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import SubFigure  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -41,10 +42,30 @@ def image_grid(
     marked: Sequence[Sequence[bool]] | None = None,
 ) -> None:
     """One labelled row per group; a red frame marks flagged images (e.g. suspected copies)."""
+    columns = grid_columns(rows)
+    fig = plt.figure(figsize=(1.5 * columns, 1.7 * len(rows)))
+    draw_grid(fig, rows, title=title, marked=marked)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def grid_columns(rows: Sequence[tuple[str, torch.Tensor | np.ndarray]]) -> int:
+    """Panels per row: every view (one for a slice, three for a volume) of the longest row's images."""
+    return max(len(images) for _, images in rows) * len(views(rows[0][1][0]))
+
+
+def draw_grid(
+    target: plt.Figure | SubFigure,
+    rows: Sequence[tuple[str, torch.Tensor | np.ndarray]],
+    *,
+    title: str | None = None,
+    marked: Sequence[Sequence[bool]] | None = None,
+) -> None:
+    """`image_grid`'s panels drawn into a figure or a subfigure, so a larger figure can hold them."""
     per_image = len(views(rows[0][1][0]))
-    columns = max(len(images) for _, images in rows) * per_image
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.5 * columns, 1.7 * len(rows)), squeeze=False)
-    fig.patch.set_facecolor("black")
+    columns = grid_columns(rows)
+    axes = target.subplots(len(rows), columns, squeeze=False)
+    target.patch.set_facecolor("black")
     for r, (label, images) in enumerate(rows):
         for c in range(columns):
             ax = axes[r][c]
@@ -61,9 +82,7 @@ def image_grid(
                     spine.set_visible(True), spine.set_color("red"), spine.set_linewidth(2.5)
         axes[r][0].set_ylabel(label, color="white", fontsize=9)
     if title:
-        fig.suptitle(title, color="white", fontsize=11)
-    fig.tight_layout()
-    save_figure(fig, path)
+        target.suptitle(title, color="white", fontsize=11)
 
 
 def real_vs_reconstruction(real: torch.Tensor, recon: torch.Tensor, path: Path) -> None:

@@ -3,22 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from neurosql_med.errors import UserError
 from neurosql_med.io.model import load_model
+from neurosql_med.io.nifti import read_image
 from neurosql_med.viz.plots import image_grid
 
 
 def _display(path: Path) -> np.ndarray:
-    """An image scaled to [0, 1] by its robust range; one-slice volumes become 2D."""
-    try:
-        data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel raises many types for damaged files
-        raise UserError(f"{path}: unreadable NIfTI ({exc})") from None
-    data = np.squeeze(data)
+    """An image scaled to [0, 1] by its robust range, whatever generator wrote it; one-slice volumes become 2D."""
+    data = np.squeeze(read_image(path))
     lo, hi = np.percentile(data, [0.5, 99.5])
     return np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)[None]
 
