@@ -20,22 +20,21 @@ from neurosql_med.config import Config, load_config
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file, write_bytes, write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.engine.decoder import Decoder
+from neurosql_med.engine.decoder import Decoder, build_decoder
 from neurosql_med.runtime import fast_cpu_math
 
-CHECKPOINT = "model.pt"
-HASHES = "hashes.json"
-ARTIFACTS = ("model.pt", "config.yaml", "lattice.npy", "assignment.npy", "geometry.json", "data_fingerprint.json")
+CHECKPOINT = "model.pt"  # weights, optimiser, schedule and trainer counters
+CONFIG = "config.yaml"
+LATTICE = "lattice.npy"  # the fixed quantile lattice, (n, d) float64
+ASSIGNMENT = "assignment.npy"  # assignment[i]: the lattice row coding training sample i
+GEOMETRY = "geometry.json"
+FINGERPRINT = "data_fingerprint.json"  # which scans were trained on, without their names
+HISTORY = "history.jsonl"  # one row per epoch, with the wall-clock timings model.pt leaves out
+LOSS_PLOT = "loss.png"
+RECON_PLOT = "recon.png"
+HASHES = "hashes.json"  # written last: the folder is complete once it exists
+ARTIFACTS = (CHECKPOINT, CONFIG, LATTICE, ASSIGNMENT, GEOMETRY, FINGERPRINT)  # what HASHES covers, in its order
 FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
-
-
-def build_generator(cfg: Config, geometry: Geometry) -> Decoder:
-    return Decoder(
-        spatial_dims=2 if geometry.mode == "2d" else 3,
-        latent_dim=cfg.model.latent_dim,
-        out_shape=geometry.sample_shape,
-        channels=cfg.model.channels,
-    )
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -135,9 +134,9 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     hashes = verify(folder)
     fast_cpu_math()
     device = torch.device(device)
-    cfg = load_config(folder / "config.yaml")
-    geometry = Geometry.load(folder / "geometry.json")
-    generator = build_generator(cfg, geometry)
+    cfg = load_config(folder / CONFIG)
+    geometry = Geometry.load(folder / GEOMETRY)
+    generator = build_decoder(cfg.model, geometry.sample_shape)
     generator.load_state_dict(load_checkpoint(folder / CHECKPOINT, device)["generator"])
     generator.to(device).eval()
     return NeuroSQLModel(
@@ -145,9 +144,9 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
         config=cfg,
         geometry=geometry,
         generator=generator,
-        lattice=np.load(folder / "lattice.npy", allow_pickle=False),
-        assignment=np.load(folder / "assignment.npy", allow_pickle=False),
-        fingerprint=json.loads((folder / "data_fingerprint.json").read_text()),
+        lattice=np.load(folder / LATTICE, allow_pickle=False),
+        assignment=np.load(folder / ASSIGNMENT, allow_pickle=False),
+        fingerprint=json.loads((folder / FINGERPRINT).read_text()),
         sha256=hashes[CHECKPOINT],
         device=device,
     )
