@@ -260,6 +260,7 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
     counters = saved["trainer"]
+    counters["perm"] = counters["perm"].cpu()  # loaded onto the device; rounds and assignment.npy read it with numpy
     history = [json.loads(line) for line in (out / HISTORY).read_text().splitlines()][: counters["epoch"]]
     (out / HASHES).unlink(missing_ok=True)  # the folder is in progress again
     return TrainerState(**counters, history=history)
