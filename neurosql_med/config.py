@@ -18,7 +18,6 @@ from typing import Any, Literal, Optional, get_args, get_origin
 import yaml
 
 from neurosql_med.errors import UserError
-from neurosql_med.io.files import write_text
 
 
 @dataclass
@@ -79,6 +78,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The model folder's config.yaml, keys in declaration order so it reads like the built-in files."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self) -> str:
         """sha256 of the canonical JSON form: what provenance records as the config hash."""
@@ -221,6 +224,3 @@ def override(cfg: Config, **changes: Any) -> Config:
         raw[section][key] = value
     return from_dict(raw)
 
-
-def save_config(cfg: Config, path: Path) -> None:
-    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -28,6 +28,11 @@ def fast_cpu_math() -> None:
     torch.set_flush_denormal(True)
 
 
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bfloat16 mixed precision on CUDA when the config's ``train.amp`` asks for it; full float32 on a CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -79,21 +79,21 @@ def test_pca_initialisation_beats_a_random_permutation():
     assert _total(cost, perm) < 0.5 * min(random_costs)
 
 
-@pytest.mark.parametrize("kind", ["loss", "mse", "auto"])
-def test_cost_matrix_matches_the_loss_of_each_pair(kind):
+@pytest.mark.parametrize("cost", ["loss", "mse", "auto"])
+def test_cost_matrix_matches_the_loss_of_each_pair(cost):
     torch.manual_seed(0)
     generator = Decoder(2, 2, (12, 14), [8, 4])
     lattice = torch.tensor(quantile_lattice(6, 2), dtype=torch.float32)
     images = _structured_images(6)
     loss = ReconstructionLoss(2, window=5)
-    cost, timings = cost_matrix(generator, lattice, images, loss, kind, batch_size=4, device="cpu")
+    matrix, timings = cost_matrix(generator, lattice, images, loss, cost, batch_size=4, device="cpu")
     with torch.no_grad():
         outputs = generator.eval()(lattice)
-    if kind == "mse":
+    if cost == "mse":
         expected = ((images[:, None] - outputs[None]) ** 2).flatten(2).mean(2)
     else:
         expected = torch.stack([loss(outputs, image.expand_as(outputs)) for image in images])
-    np.testing.assert_allclose(cost, expected.double().numpy(), atol=1e-5)
+    np.testing.assert_allclose(matrix, expected.double().numpy(), atol=1e-5)
     assert set(timings) == {"forward", "cost"}
 
 

@@ -1,11 +1,14 @@
 """The decoder: shapes, range, batch independence, and that it can be fitted."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from neurosql_med.config import load_config
+from neurosql_med.engine.decoder import Decoder, build_decoder
 from neurosql_med.engine.losses import ReconstructionLoss
-from neurosql_med.engine.decoder import Decoder
+from neurosql_med.io.geometry import Geometry
 
 
 @pytest.mark.parametrize(
@@ -26,9 +29,13 @@ def test_decoder_output_does_not_depend_on_the_batch():
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in decoder.modules())
 
 
-def test_default_2d_decoder_size():
-    decoder = Decoder(2, latent_dim=32, out_shape=(64, 80), channels=[256, 128, 64, 32])
-    assert 1_000_000 <= decoder.parameter_count() <= 3_000_000
+def test_default_2d_decoder_is_the_size_the_readme_states():
+    cfg = load_config("default")
+    d = cfg.data
+    geometry = Geometry(d.mode, d.shape, d.spacing, np.eye(4).tolist(), slice_axis=d.slice_axis, slice_index=0)
+    decoder = build_decoder(cfg.model, geometry.sample_shape)
+    assert decoder.parameter_count() == pytest.approx(300_000, abs=5_000)  # README benchmark table: 0.30 M
+    assert decoder(torch.randn(2, cfg.model.latent_dim)).shape == (2, 1, 64, 80)  # 64x80 axial slices
 
 
 def test_a_few_steps_lower_the_loss_on_fixed_codes():

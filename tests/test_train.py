@@ -12,7 +12,7 @@ from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.io.model import FORMAT, load_checkpoint, load_model
-from neurosql_med.training.train import fit
+from neurosql_med.training.train import epoch_lr, fit
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,14 @@ def test_output_folder_refusals(cohort2d, tmp_path):
     with pytest.raises(UserError, match="--resume: .* no nsql-med checkpoint"):
         fit(cohort2d, cfg, busy, resume=True, show_progress=False)
     assert fit(cohort2d, cfg, model, force=True, show_progress=False).epochs == 1
+
+
+def test_epoch_schedule_warms_up_over_five_epochs_then_decays_to_five_percent():
+    factor = epoch_lr(20)
+    assert [factor(e) for e in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert all(factor(e) > factor(e + 1) for e in range(5, 20))
+    assert factor(20) == pytest.approx(0.05) and factor(25) == factor(20)
+    assert epoch_lr(5)(5) == 1.0  # a run no longer than its warm-up ends at the full rate, without dividing by zero
 
 
 def test_pickled_checkpoint_is_refused_not_executed(tmp_path):

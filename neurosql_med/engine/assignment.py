@@ -21,11 +21,8 @@ from neurosql_med.config import AssignmentConfig
 from neurosql_med.engine.lattice import to_gaussian
 from neurosql_med.engine.losses import ReconstructionLoss, pairwise_mse
 
-# "auto" cost: the full loss while images x lattice points x voxels stays below this,
-# squared error above it. The pairwise loss took 14 ns per pair-voxel in 2D and 23 ns in
-# 3D on one CPU thread (benchmarks/bench_losses.py: n=300 64x80 slices 6.3 s, n=24
-# 64x80x64 volumes 4.3 s), so the limit keeps it near 1-1.5 s per assignment (64x80:
-# n <= 114; 64x80x64: n <= 14); squared error is one matrix product, 50-300x cheaper.
+# "auto" cost: the full loss while images x lattice points x voxels stays below this, which
+# keeps a round near 1-1.5 s on one CPU thread; squared error above it (docs/decisions.md).
 LOSS_COST_LIMIT = 1 << 26
 
 
@@ -101,27 +98,26 @@ def cost_matrix(
     lattice: Tensor,
     images: Tensor,
     loss: ReconstructionLoss,
-    kind: str,
+    cost: str,
     batch_size: int,
     device: torch.device | str,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """C[i, j] = loss(G(u_j), x_i) as float64, and the seconds spent decoding and comparing.
 
-    Holds the n decoded lattice points but never n x n images. ``kind``: "loss" (the
+    Holds the n decoded lattice points but never n x n images. ``cost``: "loss" (the
     training loss), "mse" (squared error via matrix products) or "auto" (LOSS_COST_LIMIT).
     """
-    if kind == "auto":
-        kind = "loss" if len(images) * len(lattice) * images[0].numel() < LOSS_COST_LIMIT else "mse"
-    if kind not in ("loss", "mse"):
-        raise ValueError(f"unknown assignment cost {kind!r}")
+    if cost == "auto":
+        cost = "loss" if len(images) * len(lattice) * images[0].numel() < LOSS_COST_LIMIT else "mse"
+    if cost not in ("loss", "mse"):
+        raise ValueError(f"unknown assignment cost {cost!r}")
     start = time.perf_counter()
     outputs = decode(generator, lattice, batch_size, device)
     decoded = time.perf_counter()
     targets = images.to(device)
     with torch.no_grad():
-        cost = loss.pairwise(outputs, targets) if kind == "loss" else pairwise_mse(outputs, targets)
-        cost = cost.double().cpu().numpy()
-    return cost, {"forward": decoded - start, "cost": time.perf_counter() - decoded}
+        matrix = loss.pairwise(outputs, targets) if cost == "loss" else pairwise_mse(outputs, targets)
+    return matrix.double().cpu().numpy(), {"forward": decoded - start, "cost": time.perf_counter() - decoded}
 
 
 def decode(generator: torch.nn.Module, latents: Tensor, batch_size: int, device: torch.device | str) -> Tensor:

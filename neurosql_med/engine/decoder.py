@@ -8,26 +8,23 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
+from neurosql_med.config import ModelConfig
+
 ACT = ("leakyrelu", {"negative_slope": 0.2})
 
 
 class Decoder(nn.Module):
     """Linear layer to a coarse grid, then per stage a 3x3 convolution and a x2 upsampling.
 
-    Each stage convolves at the coarse resolution (c_i -> c_{i+1}) and only then doubles
-    the grid with a stride-2 kernel-2 transposed convolution. Full-resolution feature maps
-    are memory-bound on CPU; against upsample-then-convolve this order cut the 3D step time
-    by a quarter to a half and fitted a 2D toy set faster per second. No normalisation
-    layers, so an image never depends on the rest of its batch. The grid is the output
-    shape rounded up to a multiple of 2^stages and centre-cropped at the end, so any
-    shape works.
+    Each stage convolves at the coarse resolution and only then doubles the grid (a
+    stride-2 kernel-2 transposed convolution): full-resolution feature maps are
+    memory-bound on a CPU (docs/decisions.md). No normalisation layers, so an image never
+    depends on the rest of its batch. The grid is the output shape rounded up to a
+    multiple of 2^stages and centre-cropped at the end, so any shape works.
 
     The output is sigmoid(body(z) + template), with the template a learned per-voxel
-    logit that ``init_template`` sets to the training images' mean. Started from a
-    uniform grey instead, a 3D fit of the sample cohort's volumes (70 % background)
-    found it cheapest to turn every voxel black, where the sigmoid saturates and SSIM is
-    already 1 on the background, and stayed there (loss stuck at 0.639 from epoch 3).
-    From the mean brain it learns (SSIM 0.75 after one epoch), and 2D fits got better too.
+    logit that ``init_template`` sets to the training images' mean: started from grey
+    instead, a 3D fit collapsed to all-black (docs/decisions.md).
     """
 
     def __init__(self, spatial_dims: int, latent_dim: int, out_shape: Sequence[int], channels: Sequence[int]):
@@ -73,3 +70,8 @@ class Decoder(nn.Module):
 
     def _crop(self, grid: Sequence[int]) -> tuple[slice, ...]:
         return tuple(slice((g - o) // 2, (g - o) // 2 + o) for g, o in zip(grid, self.out_shape))
+
+
+def build_decoder(model: ModelConfig, sample_shape: Sequence[int]) -> Decoder:
+    """The generator ``model`` describes for samples of ``sample_shape``: 2D slices or 3D volumes."""
+    return Decoder(len(sample_shape), model.latent_dim, tuple(sample_shape), model.channels)

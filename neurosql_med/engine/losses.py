@@ -27,9 +27,9 @@ class ReconstructionLoss(torch.nn.Module):
     """Mean absolute error plus ``ssim_weight`` times (1 - SSIM), one value per sample.
 
     SSIM uses VALID windows only: zero padding makes the border windows of two unrelated
-    volumes look alike (the prototype measured SSIM 0.087 instead of 0.004). The Gaussian
-    window is separable, and the five local statistics are filtered together, one pass per
-    axis: in 3D an order of magnitude faster than MONAI's dense 7x7x7 kernel.
+    volumes look alike. The Gaussian window is separable, and the five local statistics
+    are filtered together, one pass per axis, much faster in 3D than MONAI's dense kernel
+    (docs/decisions.md).
     """
 
     def __init__(self, spatial_dims: int, ssim_weight: float = 0.8, window: int = 7, sigma: float = 1.5):
@@ -114,10 +114,9 @@ class ReconstructionLoss(torch.nn.Module):
     def _blur(self, stack: Tensor) -> Tensor:
         """Valid Gaussian filtering of every channel of (N, C, *S): w shifted multiply-adds per axis.
 
-        On CPU this matched grouped 1-D convolutions and ran 13x faster than MONAI's dense
-        7^3 kernel (benchmarks/bench_losses.py), and unlike a convolution it is as fast for
-        the thousands of single-channel pair products of `pairwise`; one code path on CPU,
-        GPU and under autograd.
+        As fast as grouped 1-D convolutions, and unlike them as fast for the thousands of
+        single-channel pair products of `pairwise` (docs/decisions.md); one code path on
+        CPU, GPU and under autograd.
         """
         window = len(self.taps)
         for axis in range(2, stack.ndim):

@@ -28,12 +28,8 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, 
 MS_SSIM_SCALES = 3
 DIVERSITY_PAIRS = 300
 PRDC_K = 5
-# Copy threshold on d_syn / median(d_train), from benchmarks/bench_evaluate.py --tau on the sample
-# cohort (20 training subjects, 10 new ones). 0.5 is the smallest round value that flags every planted
-# copy, 2D or 3D, with noise up to sigma 0.05 or blurred 0.7 px as a decoder would (99.5 % with blur
-# plus noise); 0.4 misses 15-95 % of the blurred ones. New subjects' volumes stay far above it (min
-# 0.98); of their slices 5.8 % fall below (all at the small lowest slices of the slab, close to any
-# brain's), as do 6.8 % of training slices to one another: the baseline the audit reports with it.
+# Copy threshold on d_syn / median(d_train): the smallest round value that flags every planted,
+# degraded copy in benchmarks/bench_evaluate.py --tau (measurements in docs/decisions.md).
 TAU = 0.5
 FEATURE_EXTRACTOR = "random-conv-v1"
 FEATURE_WIDTHS = (16, 32, 64, 128)

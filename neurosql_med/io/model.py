@@ -20,22 +20,21 @@ from neurosql_med.config import Config, load_config
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file, write_bytes, write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.engine.decoder import Decoder
+from neurosql_med.engine.decoder import Decoder, build_decoder
 from neurosql_med.runtime import fast_cpu_math
 
-CHECKPOINT = "model.pt"
-HASHES = "hashes.json"
-ARTIFACTS = ("model.pt", "config.yaml", "lattice.npy", "assignment.npy", "geometry.json", "data_fingerprint.json")
+CHECKPOINT = "model.pt"  # weights, optimiser, schedule and trainer counters
+CONFIG = "config.yaml"
+LATTICE = "lattice.npy"  # the fixed quantile lattice, (n, d) float64
+ASSIGNMENT = "assignment.npy"  # assignment[i]: the lattice row coding training sample i
+GEOMETRY = "geometry.json"
+FINGERPRINT = "data_fingerprint.json"  # which scans were trained on, without their names
+HISTORY = "history.jsonl"  # one row per epoch, with the wall-clock timings model.pt leaves out
+LOSS_PLOT = "loss.png"
+RECON_PLOT = "recon.png"
+HASHES = "hashes.json"  # written last: the folder is complete once it exists
+ARTIFACTS = (CHECKPOINT, CONFIG, LATTICE, ASSIGNMENT, GEOMETRY, FINGERPRINT)  # what HASHES covers, in its order
 FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
-
-
-def build_generator(cfg: Config, geometry: Geometry) -> Decoder:
-    return Decoder(
-        spatial_dims=2 if geometry.mode == "2d" else 3,
-        latent_dim=cfg.model.latent_dim,
-        out_shape=geometry.sample_shape,
-        channels=cfg.model.channels,
-    )
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -139,13 +138,13 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     hashes = verify(folder)
     fast_cpu_math()
     device = torch.device(device)
-    cfg = _saved_config(folder / "config.yaml")
-    geometry = Geometry.load(folder / "geometry.json")
+    cfg = _saved_config(folder / CONFIG)
+    geometry = Geometry.load(folder / GEOMETRY)
     _check_geometry_fits_config(folder, geometry, cfg)
     lattice, assignment = _lattice_and_assignment(folder, cfg.model.latent_dim)
-    fingerprint = _json_object(folder / "data_fingerprint.json")
+    fingerprint = _json_object(folder / FINGERPRINT)
     weights = _generator_weights(folder, cfg, geometry, device)
-    generator = build_generator(cfg, geometry)
+    generator = build_decoder(cfg.model, geometry.sample_shape)
     generator.load_state_dict(weights)
     generator.to(device).eval()
     return NeuroSQLModel(
@@ -206,7 +205,7 @@ def _array(path: Path) -> np.ndarray:
 
 def _lattice_and_assignment(folder: Path, latent_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Sampling indexes the lattice by the assignment: both must be exactly what fit wrote."""
-    lattice_path, assignment_path = folder / "lattice.npy", folder / "assignment.npy"
+    lattice_path, assignment_path = folder / LATTICE, folder / ASSIGNMENT
     lattice, assignment = _array(lattice_path), _array(assignment_path)
     if lattice.ndim != 2 or len(lattice) < 1 or lattice.shape[1] != latent_dim or not np.issubdtype(lattice.dtype, np.floating):
         raise UserError(f"{lattice_path}: must be an (n, {latent_dim}) float array for config.yaml's latent_dim "
@@ -234,7 +233,7 @@ def _generator_weights(folder: Path, cfg: Config, geometry: Geometry, device: to
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"{path}: its generator entry is not a set of named tensors")
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in build_generator(cfg, geometry).state_dict().items()}
+        expected = {k: v.shape for k, v in build_decoder(cfg.model, geometry.sample_shape).state_dict().items()}
     problem = _architecture_problem(expected, weights)
     if problem:
         raise UserError(f"{path}: does not fit the architecture of config.yaml and geometry.json: {problem}")

@@ -1,46 +1,59 @@
-"""The NeuroSQL trainer: exact assignment steps alternating with generator regression.
+"""The NeuroSQL trainer: exact assignment rounds alternating with generator regression.
 
-Read top to bottom: set-up, the initial OT assignment of PCA scores to the lattice,
-then epochs of (maybe) re-assignment followed by one pass of AdamW over the assigned
-pairs. Assignment runs every epoch while many codes still move and backs off once
-they settle. A checkpoint is written at the end of every assignment round and on
-Ctrl-C, so ``resume`` reaches exactly what an uninterrupted run would.
+``fit`` reads top to bottom: set-up, start (the initial OT assignment of PCA scores to
+the lattice) or resume, then epochs of (maybe) an assignment round followed by one pass
+of AdamW over the assigned pairs, then the pictures and hashes. Rounds run every epoch
+while many codes still move and back off once they settle. A checkpoint is written at
+the end of every assignment round and on Ctrl-C, so ``resume`` reaches exactly what an
+uninterrupted run would.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import json
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
 
 from neurosql_med.viz import plots
 from neurosql_med.engine.assignment import assign, initial_assignment
-from neurosql_med.config import Config, load_config, override, save_config
+from neurosql_med.config import Config, load_config, override
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.engine.decoder import Decoder, build_decoder
+from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
+    ASSIGNMENT,
     CHECKPOINT,
+    CONFIG,
+    FINGERPRINT,
+    GEOMETRY,
     HASHES,
-    build_generator,
+    HISTORY,
+    LATTICE,
+    LOSS_PLOT,
+    RECON_PLOT,
     load_checkpoint,
     save_array,
     save_checkpoint,
     write_hashes,
 )
 from neurosql_med.io.outputs import check_model_output, prepare_model_output
-from neurosql_med.runtime import resolve_device, seed_everything
+from neurosql_med.runtime import autocast, resolve_device, seed_everything
 
 EpochHook = Callable[[dict], None]
+WARMUP_EPOCHS = 5
+PREVIEW_SAMPLES = 8  # training images shown beside their reconstructions in recon.png
 
 
 @dataclass
@@ -64,7 +77,7 @@ def fit_config(source: str | Path | None, out: Path, resume: bool, force: bool =
     Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
     """
     check_model_output(Path(out), resume=resume, force=force)
-    saved = Path(out) / "config.yaml"
+    saved = Path(out) / CONFIG
     if resume and saved.is_file():
         fixed = sorted(k.split("__")[1] for k, v in overrides.items() if v is not None and k not in RESUMABLE)
         if fixed:
@@ -73,14 +86,235 @@ def fit_config(source: str | Path | None, out: Path, resume: bool, force: bool =
     return override(load_config(source), **overrides)
 
 
-def lr_lambda(total: int, warmup: int = 5) -> Callable[[int], float]:
-    """Linear warm-up then cosine decay to 5 % over the configured epochs."""
-    def factor(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / warmup
-        progress = (epoch - warmup) / max(1, total - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
+@dataclass
+class Trainer:
+    """The live objects of a fit, built the same way whether it starts or resumes."""
+
+    cfg: Config
+    device: torch.device
+    images: Tensor  # (n, 1, *sample_shape) on the device
+    lattice: Tensor  # the fixed quantile lattice on the device; lattice[perm[i]] is image i's input
+    generator: Decoder
+    loss_fn: ReconstructionLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+
+@dataclass
+class TrainerState:
+    """How far a fit has come: with the weights and optimiser, all a resume needs to continue exactly."""
+
+    epoch: int  # epochs completed
+    perm: Tensor  # perm[i]: the lattice row coding image i (on the CPU)
+    interval: int = 1  # epochs between assignment rounds
+    next_assign: int = 1  # the epoch at which the next round runs
+    history: list[dict] = field(default_factory=list)  # one row per completed epoch
+
+    def counters(self) -> dict:
+        """The checkpoint's ``trainer`` entry; the history, with its timings, goes to history.jsonl."""
+        return {"epoch": self.epoch, "perm": self.perm.clone(), "interval": self.interval, "next_assign": self.next_assign}
+
+
+def fit(
+    cohort: Cohort,
+    cfg: Config,
+    out: Path,
+    resume: bool = False,
+    force: bool = False,
+    show_progress: bool = True,
+    on_epoch_end: EpochHook | None = None,
+) -> FitResult:
+    """Train on ``cohort`` into the model folder ``out``; on Ctrl-C, keep the last completed epoch."""
+    out = Path(out)
+    prepare_model_output(out, resume=resume, force=force)
+    if resume:  # the saved config decides what is being continued
+        cfg = _continued(load_config(out / CONFIG), cfg)
+    t = cfg.train
+    device = resolve_device(t.device)
+    seed_everything(t.seed)
+    lattice = quantile_lattice(len(cohort), cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
+    trainer = _set_up(cohort, cfg, lattice, device)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
+
+    deadline = None if t.max_minutes is None else time.monotonic() + t.max_minutes * 60
+    interrupted = stopped_by_budget = False
+    last_good = snapshot(trainer, state)
+    progress = _progress()
+    task = progress.add_task("fit", total=t.epochs, completed=state.epoch, loss=float("nan"), ssim=float("nan"), changed="-")
+    with progress if show_progress else contextlib.nullcontext():
+        try:
+            while state.epoch < t.epochs:
+                tick = time.monotonic()
+                row: dict = {"epoch": state.epoch + 1}
+                if state.epoch >= state.next_assign:
+                    row |= assignment_round(trainer, state)
+                row |= train_epoch(trainer, state.perm, state.epoch)
+                row["seconds"] = time.monotonic() - tick
+                state.history.append(row)
+                state.epoch += 1
+                last_good = snapshot(trainer, state)
+                if "changed_fraction" in row:  # a checkpoint after every assignment round
+                    save_snapshot(out, last_good)
+                progress.update(task, completed=state.epoch, **_shown(row))
+                if on_epoch_end is not None:
+                    on_epoch_end(row)
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopped_by_budget = True
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+
+    save_snapshot(out, last_good)
+    if interrupted:
+        return FitResult(out, last_good["trainer"]["epoch"], last_good["history"], True, False, None)
+    return _finish(out, cohort, trainer, state, stopped_by_budget)
+
+
+def _continued(saved: Config, cfg: Config) -> Config:
+    """The saved config with the RESUMABLE fields (budget and device) taken from ``cfg``."""
+    for key in RESUMABLE:
+        section, name = key.split("__")
+        setattr(getattr(saved, section), name, getattr(getattr(cfg, section), name))
+    return saved
+
+
+def epoch_lr(total: int) -> Callable[[int], float]:
+    """LambdaLR's factor for each of ``total`` epochs.
+
+    A plain function on purpose: LambdaLR saves a callable object's attributes in its
+    state, which would change model.pt.
+    """
+    return lambda epoch: warmup_cosine(epoch, WARMUP_EPOCHS, total, step=1)
+
+
+def _set_up(cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.device) -> Trainer:
+    """The same objects for a fresh and a resumed fit (a resume then loads their saved state).
+
+    The generator starts at the training mean (its template), so its first epoch refines
+    a brain instead of escaping a grey or black image.
+    """
+    t = cfg.train
+    images = cohort.images.to(device)
+    generator = build_decoder(cfg.model, cohort.geometry.sample_shape).to(device)
+    generator.init_template(images)
+    loss_fn = ReconstructionLoss(images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window).to(device)
+    optimizer = torch.optim.AdamW(generator.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
+    points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
+    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler)
+
+
+def _start(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> TrainerState:
+    """Write the folder's fixed files and code each image by OT of its PCA scores to the lattice."""
+    cfg = trainer.cfg
+    write_text(out / CONFIG, cfg.to_yaml())
+    cohort.geometry.save(out / GEOMETRY)
+    write_text(out / FINGERPRINT, json.dumps(cohort.fingerprint(), indent=2))
+    save_array(out / LATTICE, lattice)
+    perm = initial_assignment(trainer.images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
+    # the first round waits for one regression epoch on the PCA codes: an untrained generator
+    # decodes every code to the same blur, which makes the first cost matrix degenerate and the LAP slow
+    return TrainerState(epoch=0, perm=torch.as_tensor(perm), interval=1, next_assign=1)
+
+
+def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
+    """Load the last checkpoint, once the folder is whole and the scans are the ones it was trained on."""
+    missing = [f for f in (FINGERPRINT, HISTORY) if not (out / f).is_file()]
+    if missing:
+        raise UserError(f"--resume: {out} is damaged ({', '.join(missing)} missing); start again with --force")
+    if json.loads((out / FINGERPRINT).read_text()) != cohort.fingerprint():
+        raise UserError(f"--resume: these scans differ from the ones {out} was trained on")
+    saved = load_checkpoint(out / CHECKPOINT, trainer.device)
+    trainer.generator.load_state_dict(saved["generator"])
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    trainer.scheduler.load_state_dict(saved["scheduler"])
+    counters = saved["trainer"]
+    counters["perm"] = counters["perm"].cpu()  # loaded onto the device; rounds and assignment.npy read it with numpy
+    history = [json.loads(line) for line in (out / HISTORY).read_text().splitlines()][: counters["epoch"]]
+    (out / HASHES).unlink(missing_ok=True)  # the folder is in progress again
+    return TrainerState(**counters, history=history)
+
+
+def assignment_round(trainer: Trainer, state: TrainerState) -> dict:
+    """Re-solve which lattice point codes which image for the current generator; its history fields.
+
+    Rounds run every epoch while more than ``assignment.threshold`` of the codes change,
+    then twice as far apart each time, up to ``assignment.max_interval`` epochs.
+    """
+    cfg, t = trainer.cfg.assignment, trainer.cfg.train
+    result = assign(
+        trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size, trainer.device,
+        previous=state.perm.numpy(), seed=t.seed + state.epoch,
+    )
+    state.perm = torch.as_tensor(result.perm)
+    changing = result.changed_fraction > cfg.threshold
+    state.interval = 1 if changing else min(2 * state.interval, cfg.max_interval)
+    state.next_assign = state.epoch + state.interval
+    row = {"changed_fraction": result.changed_fraction, "assign_seconds": sum(result.timings.values())}
+    row |= {f"assign_{k}_seconds": v for k, v in result.timings.items()}
+    if result.blocked:
+        row["assignment_blocked"] = True
+    return row
+
+
+def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
+    """One AdamW pass over the (image, assigned lattice point) pairs in a seeded order; its history fields."""
+    t, images, generator, optimizer = trainer.cfg.train, trainer.images, trainer.generator, trainer.optimizer
+    n = len(images)
+    generator.train()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
+    inputs = trainer.lattice[perm.to(trainer.device)]  # inputs[i]: the lattice point coding image i
+    total_loss = total_l1 = 0.0
+    for start in range(0, n, t.batch_size):
+        idx = order[start:start + t.batch_size].to(trainer.device)
+        with autocast(trainer.device, t.amp):
+            pred = generator(inputs[idx])
+        per_sample = trainer.loss_fn(pred.float(), images[idx])
+        optimizer.zero_grad(set_to_none=True)
+        per_sample.mean().backward()
+        optimizer.step()
+        total_loss += float(per_sample.detach().sum())
+        total_l1 += float((pred.detach().float() - images[idx]).abs().flatten(1).mean(1).sum())
+    trainer.scheduler.step()
+    loss, l1, weight = total_loss / n, total_l1 / n, trainer.cfg.loss.ssim_weight
+    ssim = 1 - (loss - l1) / weight if weight else float("nan")
+    return {"loss": loss, "l1": l1, "ssim": ssim, "lr": trainer.scheduler.get_last_lr()[0]}
+
+
+def snapshot(trainer: Trainer, state: TrainerState) -> dict:
+    """Everything a resumed run needs, as of the end of the last completed epoch.
+
+    Wall-clock timings stay out of the checkpoint (they go to history.jsonl) so the
+    same seed on the same device gives a byte-identical model.pt.
+    """
+    return {
+        "generator": {k: v.detach().clone() for k, v in trainer.generator.state_dict().items()},
+        "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+        "scheduler": copy.deepcopy(trainer.scheduler.state_dict()),
+        "trainer": state.counters(),
+        "history": list(state.history),
+    }
+
+
+def save_snapshot(out: Path, snap: dict) -> None:
+    """What ``resume`` reads: model.pt, with the assignment and the history beside it."""
+    save_checkpoint(out / CHECKPOINT, {k: v for k, v in snap.items() if k != "history"})
+    save_array(out / ASSIGNMENT, snap["trainer"]["perm"].numpy())
+    write_text(out / HISTORY, "".join(json.dumps(r) + "\n" for r in snap["history"]))
+
+
+def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, stopped_by_budget: bool) -> FitResult:
+    """The pictures, then the hashes that mark the folder complete."""
+    trainer.generator.eval()  # the live weights are the last snapshot's: it was taken after the final epoch
+    plots.training_curves(state.history, out / LOSS_PLOT)
+    n = len(cohort)
+    shown = torch.linspace(0, n - 1, min(n, PREVIEW_SAMPLES)).long()
+    with torch.no_grad():
+        recon = trainer.generator(trainer.lattice[state.perm[shown].to(trainer.device)]).float().cpu()
+    plots.real_vs_reconstruction(cohort.images[shown], recon, out / RECON_PLOT)
+    sha = write_hashes(out)
+    return FitResult(out, state.epoch, state.history, False, stopped_by_budget, sha)
 
 
 def _progress() -> Progress:
@@ -95,153 +329,7 @@ def _progress() -> Progress:
     )
 
 
-def fit(
-    cohort: Cohort,
-    cfg: Config,
-    out: Path,
-    resume: bool = False,
-    force: bool = False,
-    show_progress: bool = True,
-    on_epoch_end: EpochHook | None = None,
-) -> FitResult:
-    out = Path(out)
-    prepare_model_output(out, resume=resume, force=force)
-    if resume:  # the saved config decides what is being continued; only budget and device may change
-        saved = load_config(out / "config.yaml")
-        saved.train.epochs, saved.train.max_minutes, saved.train.device = cfg.train.epochs, cfg.train.max_minutes, cfg.train.device
-        cfg = saved
-    n, t = len(cohort), cfg.train
-    device = resolve_device(t.device)
-    seed_everything(t.seed)
-    amp = t.amp and device.type == "cuda"
-
-    # -- set-up: fixed lattice, generator, loss, optimiser --------------------------------
-    lattice = quantile_lattice(n, cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
-    codes = torch.as_tensor(lattice, dtype=torch.float32, device=device)
-    images = cohort.images.to(device)
-    generator = build_generator(cfg, cohort.geometry).to(device)
-    generator.init_template(images)
-    loss_fn = ReconstructionLoss(images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window).to(device)
-    optimizer = torch.optim.AdamW(generator.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.epochs))
-
-    out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        missing = [f for f in ("data_fingerprint.json", "history.jsonl") if not (out / f).is_file()]
-        if missing:
-            raise UserError(f"--resume: {out} is damaged ({', '.join(missing)} missing); start again with --force")
-        if json.loads((out / "data_fingerprint.json").read_text()) != cohort.fingerprint():
-            raise UserError(f"--resume: these scans differ from the ones {out} was trained on")
-        state = load_checkpoint(out / CHECKPOINT, device)
-        generator.load_state_dict(state["generator"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        trainer = state["trainer"]
-        history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()][: trainer["epoch"]]
-        (out / HASHES).unlink(missing_ok=True)  # the folder is in progress again
-    else:
-        save_config(cfg, out / "config.yaml")
-        cohort.geometry.save(out / "geometry.json")
-        write_text(out / "data_fingerprint.json", json.dumps(cohort.fingerprint(), indent=2))
-        save_array(out / "lattice.npy", lattice)
-        perm = initial_assignment(images, lattice, cfg.model.lattice, cfg.assignment.block_size, t.seed)
-        # one regression epoch on the PCA codes first: an untrained generator decodes every
-        # code to the same blur, which makes the first cost matrix degenerate and the LAP slow
-        trainer = {"epoch": 0, "perm": torch.as_tensor(perm), "interval": 1, "next_assign": 1}
-        history = []
-
-    def snapshot() -> dict:
-        """Everything a resumed run needs, as of the end of the last completed epoch.
-
-        Wall-clock timings stay out of the checkpoint (they go to history.jsonl) so the
-        same seed on the same device gives a byte-identical model.pt.
-        """
-        return {
-            "generator": {k: v.detach().clone() for k, v in generator.state_dict().items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "scheduler": copy.deepcopy(scheduler.state_dict()),
-            "trainer": {**trainer, "perm": trainer["perm"].clone()},
-            "history": list(history),
-        }
-
-    def checkpoint(state: dict) -> None:
-        save_checkpoint(out / CHECKPOINT, {k: v for k, v in state.items() if k != "history"})
-        save_array(out / "assignment.npy", state["trainer"]["perm"].numpy())
-        write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
-
-    # -- epochs: assignment step (when due), then one pass over the assigned pairs ---------
-    started = time.monotonic()
-    budget = None if t.max_minutes is None else t.max_minutes * 60
-    interrupted = stopped_by_budget = False
-    last_good = snapshot()
-    progress = _progress()
-    task = progress.add_task("fit", total=t.epochs, completed=trainer["epoch"], loss=float("nan"), ssim=float("nan"), changed="-")
-    with progress if show_progress else contextlib.nullcontext():
-        try:
-            while trainer["epoch"] < t.epochs:
-                epoch, tick = trainer["epoch"], time.monotonic()
-                row: dict = {"epoch": epoch + 1}
-                if epoch >= trainer["next_assign"]:
-                    result = assign(
-                        generator, codes, images, loss_fn, cfg.assignment, t.batch_size, device,
-                        previous=trainer["perm"].numpy(), seed=t.seed + epoch,
-                    )
-                    trainer["perm"] = torch.as_tensor(result.perm)
-                    changing = result.changed_fraction > cfg.assignment.threshold
-                    trainer["interval"] = 1 if changing else min(2 * trainer["interval"], cfg.assignment.max_interval)
-                    trainer["next_assign"] = epoch + trainer["interval"]
-                    row |= {"changed_fraction": result.changed_fraction, "assign_seconds": sum(result.timings.values())}
-                    row |= {f"assign_{k}_seconds": v for k, v in result.timings.items()}
-                    if result.blocked:
-                        row["assignment_blocked"] = True
-
-                generator.train()
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-                targets = codes[trainer["perm"].to(device)]
-                total_loss = total_l1 = 0.0
-                for start in range(0, n, t.batch_size):
-                    idx = order[start:start + t.batch_size].to(device)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        pred = generator(targets[idx])
-                    per_sample = loss_fn(pred.float(), images[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    per_sample.mean().backward()
-                    optimizer.step()
-                    total_loss += float(per_sample.detach().sum())
-                    total_l1 += float((pred.detach().float() - images[idx]).abs().flatten(1).mean(1).sum())
-                scheduler.step()
-
-                row["loss"] = total_loss / n
-                row["l1"] = total_l1 / n
-                row["ssim"] = 1 - (row["loss"] - row["l1"]) / cfg.loss.ssim_weight if cfg.loss.ssim_weight else float("nan")
-                row["lr"] = scheduler.get_last_lr()[0]
-                row["seconds"] = time.monotonic() - tick
-                history.append(row)
-                trainer["epoch"] = epoch + 1
-                last_good = snapshot()
-                if "changed_fraction" in row:
-                    checkpoint(last_good)
-                progress.update(task, completed=trainer["epoch"], loss=row["loss"], ssim=row["ssim"],
-                                changed=f"{row['changed_fraction']:.3f}" if "changed_fraction" in row else "-")
-                if on_epoch_end is not None:
-                    on_epoch_end(row)
-                if budget is not None and time.monotonic() - started >= budget:
-                    stopped_by_budget = True
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-
-    checkpoint(last_good)
-    history = last_good["history"]
-    if interrupted:
-        return FitResult(out, last_good["trainer"]["epoch"], history, True, False, None)
-
-    generator.eval()  # the live weights are last_good's: it was taken after the final epoch
-    plots.training_curves(history, out / "loss.png")
-    shown = torch.linspace(0, n - 1, min(n, 8)).long()
-    with torch.no_grad():
-        recon = generator(codes[trainer["perm"][shown].to(device)]).float().cpu()
-    plots.real_vs_reconstruction(cohort.images[shown], recon, out / "recon.png")
-    sha = write_hashes(out)
-    return FitResult(out, trainer["epoch"], history, False, stopped_by_budget, sha)
-
+def _shown(row: dict) -> dict:
+    """The progress bar's fields for an epoch's history row."""
+    changed = f"{row['changed_fraction']:.3f}" if "changed_fraction" in row else "-"
+    return {"loss": row["loss"], "ssim": row["ssim"], "changed": changed}

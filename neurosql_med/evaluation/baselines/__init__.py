@@ -4,13 +4,13 @@ They share one small interface, so the benchmark treats them (and NeuroSQL) alik
 ``fit(images, budget_seconds, seed, device) -> {"epochs", "steps", "seconds"}`` trains from
 scratch on (N, 1, *spatial) images in [0, 1] until the budget is spent, ``sample(n, seed)``
 returns (n, 1, *spatial) images in [0, 1] on the CPU, ``parameter_count()`` counts what
-was trained. Their learning rates follow the elapsed share of the budget, not an epoch
-count, so each run anneals fully whatever the budget and the machine's speed.
+was trained. Their learning rates follow engine.schedule's curve over the elapsed share of
+the budget, not an epoch count, so each run anneals fully whatever the budget and the
+machine's speed.
 """
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -21,7 +21,10 @@ from torch import Tensor, nn
 
 from neurosql_med.config import Config
 from neurosql_med.engine.lattice import reference_draws
-from neurosql_med.engine.decoder import Decoder
+from neurosql_med.engine.decoder import Decoder, build_decoder
+from neurosql_med.engine.schedule import warmup_cosine
+
+BUDGET_WARMUP = 0.05  # share of the budget spent warming up
 
 
 class Generative(Protocol):
@@ -32,15 +35,9 @@ class Generative(Protocol):
     def parameter_count(self) -> int: ...
 
 
-def budget_lr(fraction: float, warmup: float = 0.05, floor: float = 0.05) -> float:
-    """Learning-rate factor at ``fraction`` of the budget: linear warm-up, then cosine down to ``floor``.
-
-    The same shape as the NeuroSQL trainer's per-epoch schedule, on the clock instead.
-    """
-    if fraction < warmup:
-        return max(fraction / warmup, 0.01)
-    progress = min(1.0, (fraction - warmup) / (1 - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def budget_lr(fraction: float) -> float:
+    """Learning-rate factor at ``fraction`` of the budget: the NeuroSQL trainer's curve, on the clock."""
+    return warmup_cosine(fraction, BUDGET_WARMUP, 1.0)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -92,14 +89,9 @@ class EMA:
                 mine.copy_(theirs)
 
 
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bfloat16 autocast on CUDA when the config's ``train.amp`` asks for it, as the NeuroSQL trainer does."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
 def neurosql_decoder(cfg: Config, images: Tensor, device: torch.device) -> Decoder:
     """NeuroSQL's generator for ``images``, started like NeuroSQL's from their mean: the VAE's and GAN's decoder."""
-    decoder = Decoder(images.ndim - 2, cfg.model.latent_dim, tuple(images.shape[2:]), cfg.model.channels).to(device)
+    decoder = build_decoder(cfg.model, images.shape[2:]).to(device)
     decoder.init_template(images)
     return decoder
 

@@ -23,14 +23,14 @@ from monai.networks.nets.diffusion_model_unet import (
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
 
-from neurosql_med.evaluation.baselines import EMA, autocast, budget_lr, count_parameters, run_budgeted, set_lr
+from neurosql_med.evaluation.baselines import EMA, budget_lr, count_parameters, run_budgeted, set_lr
 from neurosql_med.config import Config
-from neurosql_med.runtime import seed_everything
+from neurosql_med.runtime import autocast, seed_everything
 
 TRAIN_TIMESTEPS = 1000
 DDIM_STEPS = 50  # sampling cost: 50 U-Net passes per batch, whatever the training schedule
 UNET_CHANNELS = (32, 64, 64)
-LR = 5e-4  # above the usual 1e-4 for a short budget; 2e-3 trained worse in 45 s on 24x32 sample slices
+LR = 5e-4  # above the usual 1e-4 for a short budget, below what trained worse (docs/decisions.md)
 SAMPLE_BATCH = 64
 
 

@@ -9,21 +9,22 @@ the augmentations.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from neurosql_med.evaluation.baselines import (
-    EMA, autocast, budget_lr, count_parameters, latent_draws, neurosql_decoder, run_budgeted, set_lr,
+    EMA, budget_lr, count_parameters, latent_draws, neurosql_decoder, run_budgeted, set_lr,
 )
 from neurosql_med.evaluation.baselines.vae import Encoder
 from neurosql_med.config import Config
-from neurosql_med.runtime import seed_everything
+from neurosql_med.runtime import autocast, seed_everything
 
-# A minutes-long budget allows a few thousand steps at most: at 2e-4 (SN-GAN's rate, meant for
-# 100k steps) a 45-second run on 24x32 sample slices still drew formless blobs; 1e-3 drew
-# brain outlines with a midline. Betas as StyleGAN2 / DiffAugment.
+# A minutes-long budget allows a few thousand steps, not SN-GAN's 100k at 2e-4 (docs/decisions.md).
+# Betas as StyleGAN2 / DiffAugment.
 LR = 1e-3
 BETAS = (0.0, 0.99)
 TRANSLATION = 1 / 8
@@ -59,9 +60,9 @@ def diff_augment(x: Tensor, gen: torch.Generator) -> Tensor:
     return x * ~inside
 
 
-def discriminator(spatial_dims: int, shape: tuple[int, ...], channels: list[int]) -> nn.Module:
+def discriminator(shape: Sequence[int], channels: list[int]) -> nn.Module:
     """The VAE's mirrored encoder to one logit, every weight spectrally normalised (1-Lipschitz layers)."""
-    net = Encoder(spatial_dims, shape, channels, 1)
+    net = Encoder(shape, channels, 1)
     for module in list(net.modules()):
         if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
             spectral_norm(module)
@@ -77,10 +78,9 @@ class GAN:
     def fit(self, images: Tensor, budget_seconds: float, seed: int, device: torch.device) -> dict:
         seed_everything(seed)
         m, t = self.cfg.model, self.cfg.train
-        dims, shape = images.ndim - 2, tuple(images.shape[2:])
         self.device = device
         self.generator = neurosql_decoder(self.cfg, images, device)
-        self.discriminator = discriminator(dims, shape, m.channels).to(device)
+        self.discriminator = discriminator(images.shape[2:], m.channels).to(device)
         self.ema = EMA(self.generator)
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=BETAS)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=BETAS)

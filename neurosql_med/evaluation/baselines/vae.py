@@ -14,12 +14,12 @@ from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
 from neurosql_med.evaluation.baselines import (
-    autocast, budget_lr, count_parameters, latent_draws, neurosql_decoder, run_budgeted, set_lr,
+    budget_lr, count_parameters, latent_draws, neurosql_decoder, run_budgeted, set_lr,
 )
 from neurosql_med.config import Config
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.engine.decoder import ACT
-from neurosql_med.runtime import seed_everything
+from neurosql_med.runtime import autocast, seed_everything
 
 BETA = 1e-3
 KL_WARMUP = 0.25  # share of the budget over which beta ramps up from 0
@@ -28,7 +28,7 @@ SAMPLE_BATCH = 64
 
 
 class Encoder(nn.Module):
-    """The Decoder mirrored: image → ``out_features``.
+    """The Decoder mirrored: image of ``in_shape`` (2D or 3D) → ``out_features``.
 
     The image is zero-padded (centred) to the decoder's grid, then per stage a stride-2
     kernel-2 convolution halves the grid and a 3x3 convolution maps c_{i+1} → c_i, down to
@@ -36,9 +36,9 @@ class Encoder(nn.Module):
     normalisation layers, like the decoder.
     """
 
-    def __init__(self, spatial_dims: int, in_shape: Sequence[int], channels: Sequence[int], out_features: int):
+    def __init__(self, in_shape: Sequence[int], channels: Sequence[int], out_features: int):
         super().__init__()
-        stages = len(channels) - 1
+        spatial_dims, stages = len(in_shape), len(channels) - 1
         self.in_shape = tuple(in_shape)
         self.grid = tuple(math.ceil(s / 2**stages) * 2**stages for s in in_shape)
         widths = list(reversed(channels))
@@ -61,12 +61,10 @@ class VAE:
     """Gaussian-prior VAE: loss(decode(z), x) + beta · KL(q(z|x) || N(0, I)), z reparameterised.
 
     The reconstruction term is NeuroSQL's per-pixel mean L1 + w (1 − SSIM), not a
-    likelihood summed over pixels, so beta is on that scale. On the sample cohort's
-    slices 1e-3 gave samples with precision 0.94 and recall 0.68 at 24x32 after 45 s; at
-    64x80 after one minute, 1e-4 left most samples blank (prior holes) and 1e-2 made them
-    near-identical (diversity ratio 1.9). Beta ramps up over the first quarter of the
-    budget (KL warm-up). Like NeuroSQL it samples with its final weights (no EMA),
-    decoding N(0, I) draws.
+    likelihood summed over pixels, so beta is on that scale: 1e-3 sits between blank
+    samples (prior holes) and near-identical ones (docs/decisions.md). Beta ramps up over
+    the first quarter of the budget (KL warm-up). Like NeuroSQL it samples with its final
+    weights (no EMA), decoding N(0, I) draws.
     """
 
     def __init__(self, cfg: Config, beta: float = BETA, kl_warmup: float = KL_WARMUP):
@@ -75,11 +73,10 @@ class VAE:
     def fit(self, images: Tensor, budget_seconds: float, seed: int, device: torch.device) -> dict:
         seed_everything(seed)
         m, t = self.cfg.model, self.cfg.train
-        dims, shape = images.ndim - 2, tuple(images.shape[2:])
         self.device = device
         self.decoder = neurosql_decoder(self.cfg, images, device)
-        self.encoder = Encoder(dims, shape, m.channels, 2 * m.latent_dim).to(device)
-        loss_fn = ReconstructionLoss(dims, self.cfg.loss.ssim_weight, self.cfg.loss.ssim_window).to(device)
+        self.encoder = Encoder(images.shape[2:], m.channels, 2 * m.latent_dim).to(device)
+        loss_fn = ReconstructionLoss(images.ndim - 2, self.cfg.loss.ssim_weight, self.cfg.loss.ssim_window).to(device)
         params = [*self.encoder.parameters(), *self.decoder.parameters()]
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         data = images.to(device)
