@@ -6,6 +6,7 @@ dataset layouts discovery must recognise.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,23 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from neurosql_med.cli.main import main
+
 SHAPE = (12, 14, 10)
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `nsql-med ARGS` in-process, as the shell would: exit code, stdout, stderr."""
+    argv, sys.argv = sys.argv, ["nsql-med", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def brain_volume(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:

@@ -1,25 +1,12 @@
 """The `nsql-med` command end to end, in-process: arguments in, exit codes and lines out."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import write_subjects
-from neurosql_med.cli.main import main
+from conftest import cli, write_subjects
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
-
-
-def cli(capsys, *args):
-    sys.argv = ["nsql-med", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_version(capsys):
