@@ -86,8 +86,12 @@ def inspect(
     from neurosql_med.data.discovery import discover
     from neurosql_med.io.files import check_output_file
 
-    if preview is not None:
+    from neurosql_med.config import load_config
+
+    data = None
+    if preview is not None:  # a bad --preview or config fails before any work
         check_output_file(preview, ".png", "--preview")
+        data = load_config(config).data
     found = discover(path, pattern=pattern, strict=strict)
     if as_json:
         print(json.dumps(found.to_json(), indent=2))
@@ -95,11 +99,10 @@ def inspect(
         for table in discovery_tables(found):
             console.print(table)
     if preview is not None:
-        from neurosql_med.config import load_config
         from neurosql_med.data.cohort import load_cohort
         from neurosql_med.viz.plots import preprocessed_preview
 
-        cohort = load_cohort(found, load_config(config).data)
+        cohort = load_cohort(found, data)
         preprocessed_preview(cohort, preview)
         console.print(f"{len(cohort)} {cohort.geometry.mode} sample(s) of shape {cohort.geometry.sample_shape}; preview: {preview}")
 
