@@ -63,6 +63,13 @@ def main() -> None:
 ConfigOpt = typer.Option("default", "--config", "-c", help="YAML config file, or a built-in name: default, volume3d, tiny, tiny3d.")
 PatternOpt = typer.Option(None, "--pattern", help="Glob (relative to the folder) choosing the images; overrides the layout's choice.")
 StrictOpt = typer.Option(False, "--strict", help="Treat any skipped (unreadable or invalid) scan as an error.")
+ThreadsOpt = typer.Option(0, "--threads", help="CPU threads for torch; 0 = the CPUs available to this process (affinity and cgroup quota).")
+
+
+def _threads(threads: int) -> None:
+    from neurosql_med.runtime import configure_threads
+
+    configure_threads(threads)
 
 
 @app.command()
@@ -77,7 +84,14 @@ def inspect(
     """List the scans found, what was skipped and why, and (with --preview) what training will see."""
     from neurosql_med.viz.tables import discovery_tables
     from neurosql_med.data.discovery import discover
+    from neurosql_med.io.files import check_output_file
 
+    from neurosql_med.config import load_config
+
+    data = None
+    if preview is not None:  # a bad --preview or config fails before any work
+        check_output_file(preview, ".png", "--preview")
+        data = load_config(config).data
     found = discover(path, pattern=pattern, strict=strict)
     if as_json:
         print(json.dumps(found.to_json(), indent=2))
@@ -85,11 +99,10 @@ def inspect(
         for table in discovery_tables(found):
             console.print(table)
     if preview is not None:
-        from neurosql_med.config import load_config
         from neurosql_med.data.cohort import load_cohort
         from neurosql_med.viz.plots import preprocessed_preview
 
-        cohort = load_cohort(found, load_config(config).data)
+        cohort = load_cohort(found, data)
         preprocessed_preview(cohort, preview)
         console.print(f"{len(cohort)} {cohort.geometry.mode} sample(s) of shape {cohort.geometry.sample_shape}; preview: {preview}")
 
@@ -110,8 +123,10 @@ def fit(
     force: bool = typer.Option(False, "--force", help="Replace --out."),
     pattern: Optional[str] = PatternOpt,
     strict: bool = StrictOpt,
+    threads: int = ThreadsOpt,
 ) -> None:
     """Train NeuroSQL on a folder of scans and write a model folder."""
+    _threads(threads)
     from neurosql_med.data.cohort import load_cohort
     from neurosql_med.training.train import fit as run_fit
     from neurosql_med.training.train import fit_config
@@ -149,8 +164,10 @@ def synthesize(
     audit: Optional[Path] = typer.Option(None, "--audit", help="Training scans: flag synthetic images that are near-copies of them."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold for --audit (default 0.5)."),
     drop_copies: bool = typer.Option(False, "--drop-copies", help="With --audit: replace flagged images by new draws."),
+    threads: int = ThreadsOpt,
 ) -> None:
     """Write a synthetic cohort as NIfTI files with provenance."""
+    _threads(threads)
     from neurosql_med.viz.preview import cohort_preview
     from neurosql_med.synthesis.synthesize import synthesize as run
 
@@ -204,8 +221,10 @@ def evaluate(
     config: str = typer.Option("default", "--config", "-c", help="Preprocessing config when no --model is given (path or built-in name)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold: flagged when d_syn < tau * median(d_train)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
+    threads: int = ThreadsOpt,
 ) -> None:
     """Fidelity, coverage, diversity, distribution and a memorization audit of a synthetic cohort."""
+    _threads(threads)
     from neurosql_med.evaluation.evaluate import TAU, report_table
     from neurosql_med.evaluation.evaluate import evaluate as run
 
@@ -232,8 +251,10 @@ def benchmark(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds; reports mean ± spread."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     out: Path = typer.Option(Path("benchmark-out"), "--out", "-o", help="Where benchmark.json/.md/.png go."),
+    threads: int = ThreadsOpt,
 ) -> None:
     """Train NeuroSQL, a VAE, a GAN and a DDPM for the same budget on your scans and compare them."""
+    _threads(threads)
     from neurosql_med.evaluation.benchmark import N_SAMPLES, benchmark_table, run_benchmark
 
     try:

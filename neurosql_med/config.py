@@ -8,12 +8,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args, get_origin
+from typing import Any, Literal, NoReturn, Optional, get_args, get_origin
 
 import yaml
 
@@ -33,6 +34,12 @@ class DataConfig:
     slice_range: list[float] = field(default_factory=lambda: [0.2, 0.8])
     slice_stride: int = 3
     skull_stripped: bool = True  # recorded in synthetic sidecars (BIDS SkullStripped)
+
+    def sample_shape(self) -> list[int]:
+        """One model sample's grid: the volume in 3d, a slice (without slice_axis) in 2d."""
+        if self.mode == "3d":
+            return list(self.shape)
+        return [s for i, s in enumerate(self.shape) if i != self.slice_axis]
 
 
 @dataclass
@@ -120,6 +127,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):  # NaN passes every `x <= 0` check, so it is refused here
+            raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -145,47 +154,101 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def validate(cfg: Config) -> Config:
-    """Reject values that parse but cannot work, naming the key."""
-    d, m, t = cfg.data, cfg.model, cfg.train
-    if len(d.spacing) != 3 or any(s <= 0 for s in d.spacing):
-        raise UserError("config key 'data.spacing' must be three positive numbers")
-    if len(d.shape) != 3 or any(s < 8 for s in d.shape):
-        raise UserError("config key 'data.shape' must be three sizes of at least 8 voxels")
+# Upper limits, so a typo cannot ask for more memory than any machine has (a 100000^3 grid
+# used to crash the interpreter when the decoder was built). Documented in the README.
+MAX_LATENT_DIM = 1024
+MAX_CHANNELS = 4096  # each width in model.channels
+MAX_STAGES = 8  # entries of model.channels; every stage doubles the grid
+MAX_SIDE = 1024  # each of data.shape
+MAX_SAMPLE_VOXELS = 256**3  # one training sample (a 3D volume, or a 2D slice)
+MAX_DECODER_PARAMETERS = 200_000_000  # 0.8 GB of float32 weights, ~3.2 GB with gradients and AdamW state
+MAX_SPACING = 100.0  # mm
+SEED_RANGE = 2**32  # numpy's seed range: 0 <= seed < 2**32
+
+
+def _fail(key: str, what: str) -> NoReturn:
+    raise UserError(f"config key '{key}' {what}")
+
+
+def _check_data(d: DataConfig) -> None:
+    if len(d.spacing) != 3 or any(not 0 < s <= MAX_SPACING for s in d.spacing):
+        _fail("data.spacing", f"must be three voxel sizes in mm, each > 0 and <= {MAX_SPACING:g}")
+    if len(d.shape) != 3 or any(not 8 <= s <= MAX_SIDE for s in d.shape):
+        _fail("data.shape", f"must be three sizes between 8 and {MAX_SIDE} voxels")
     lo, hi = d.intensity_percentiles if len(d.intensity_percentiles) == 2 else (-1, -1)
     if not 0 <= lo < hi <= 100:
-        raise UserError("config key 'data.intensity_percentiles' must be [low, high] with 0 <= low < high <= 100")
+        _fail("data.intensity_percentiles", "must be [low, high] with 0 <= low < high <= 100")
     if d.slice_axis not in (0, 1, 2):
-        raise UserError("config key 'data.slice_axis' must be 0, 1 or 2")
+        _fail("data.slice_axis", "must be 0, 1 or 2")
+    voxels = math.prod(d.sample_shape())
+    if voxels > MAX_SAMPLE_VOXELS:
+        _fail("data.shape", f"gives {voxels:,} voxels per {d.mode} sample; at most {MAX_SAMPLE_VOXELS:,} are allowed")
     a, b = d.slice_range if len(d.slice_range) == 2 else (-1, -1)
     if not 0 <= a < b <= 1:
-        raise UserError("config key 'data.slice_range' must be [start, end] with 0 <= start < end <= 1")
+        _fail("data.slice_range", "must be [start, end] with 0 <= start < end <= 1")
     if d.slice_stride < 1:
-        raise UserError("config key 'data.slice_stride' must be at least 1")
+        _fail("data.slice_stride", "must be at least 1")
     if d.foreground_margin < 0:
-        raise UserError("config key 'data.foreground_margin' must be >= 0")
-    if m.latent_dim < 1:
-        raise UserError("config key 'model.latent_dim' must be at least 1")
-    if not m.channels or any(c < 1 for c in m.channels):
-        raise UserError("config key 'model.channels' must be a non-empty list of positive widths")
-    if cfg.loss.ssim_weight < 0:
-        raise UserError("config key 'loss.ssim_weight' must be >= 0")
-    if cfg.loss.ssim_window < 3 or cfg.loss.ssim_window % 2 == 0:
-        raise UserError("config key 'loss.ssim_window' must be an odd number >= 3")
-    if min(d.shape) < cfg.loss.ssim_window:
-        raise UserError("config key 'data.shape' is smaller than 'loss.ssim_window'")
+        _fail("data.foreground_margin", "must be >= 0")
+
+
+def _check_model(cfg: Config) -> None:
+    m = cfg.model
+    if not 1 <= m.latent_dim <= MAX_LATENT_DIM:
+        _fail("model.latent_dim", f"must be between 1 and {MAX_LATENT_DIM}")
+    if not 1 <= len(m.channels) <= MAX_STAGES or any(not 1 <= c <= MAX_CHANNELS for c in m.channels):
+        _fail("model.channels", f"must list 1 to {MAX_STAGES} widths, each between 1 and {MAX_CHANNELS}")
+    count = decoder_parameters(cfg)
+    if count > MAX_DECODER_PARAMETERS:
+        _fail("model.channels", f"with model.latent_dim and data.shape gives a decoder of {count:,} parameters; "
+              f"at most {MAX_DECODER_PARAMETERS:,} are allowed (use fewer or narrower channels, or a smaller grid)")
+
+
+def decoder_parameters(cfg: Config) -> int:
+    """The generator's size, from the real Decoder built on torch's meta device (no memory).
+
+    Imported here, not at the top, so reading a config does not pull in torch unless asked.
+    """
+    import torch
+
+    from neurosql_med.engine.decoder import Decoder
+
+    shape = cfg.data.sample_shape()
+    with torch.device("meta"):
+        return Decoder(len(shape), cfg.model.latent_dim, shape, cfg.model.channels).parameter_count()
+
+
+def _check_training(cfg: Config) -> None:
+    t, loss, a = cfg.train, cfg.loss, cfg.assignment
+    if loss.ssim_weight < 0:
+        _fail("loss.ssim_weight", "must be >= 0")
+    if loss.ssim_window < 3 or loss.ssim_window % 2 == 0:
+        _fail("loss.ssim_window", "must be an odd number >= 3")
+    if min(cfg.data.shape) < loss.ssim_window:
+        _fail("data.shape", "is smaller than 'loss.ssim_window'")
     if t.epochs < 1:
-        raise UserError("config key 'train.epochs' must be at least 1")
+        _fail("train.epochs", "must be at least 1")
     if t.max_minutes is not None and t.max_minutes <= 0:
-        raise UserError("config key 'train.max_minutes' must be positive")
+        _fail("train.max_minutes", "must be positive")
     if t.batch_size < 1:
-        raise UserError("config key 'train.batch_size' must be at least 1")
+        _fail("train.batch_size", "must be at least 1")
     if t.lr <= 0:
-        raise UserError("config key 'train.lr' must be positive")
-    if not 0 <= cfg.assignment.threshold <= 1:
-        raise UserError("config key 'assignment.threshold' must be in [0, 1]")
-    if cfg.assignment.max_interval < 1 or cfg.assignment.block_size < 2:
+        _fail("train.lr", "must be positive")
+    if t.weight_decay < 0:
+        _fail("train.weight_decay", "must be >= 0")
+    if not 0 <= t.seed < SEED_RANGE:
+        _fail("train.seed", f"must be between 0 and {SEED_RANGE - 1}, got {t.seed}")
+    if not 0 <= a.threshold <= 1:
+        _fail("assignment.threshold", "must be in [0, 1]")
+    if a.max_interval < 1 or a.block_size < 2:
         raise UserError("config keys 'assignment.max_interval' >= 1 and 'assignment.block_size' >= 2")
+
+
+def validate(cfg: Config) -> Config:
+    """Reject values that parse but cannot work, naming the key; cheap checks first."""
+    _check_data(cfg.data)
+    _check_training(cfg)
+    _check_model(cfg)
     return cfg
 
 
@@ -205,13 +268,22 @@ def load_config(source: str | Path | None = None) -> Config:
         path = Path(name)
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
-        text = path.read_text()
+        text = _read_config(path)
         where = str(path)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
     return from_dict(raw)
+
+
+def _read_config(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
 
 
 def override(cfg: Config, **changes: Any) -> Config:

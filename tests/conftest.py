@@ -21,6 +21,20 @@ from neurosql_med.cli.main import main
 SHAPE = (12, 14, 10)
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `nsql-med ARGS` in-process, as the shell would: exit code, stdout, stderr."""
+    argv, sys.argv = sys.argv, ["nsql-med", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def brain_volume(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
     """A bright ellipsoid with noise on a dark background: int16, like a scanner writes."""
     rng = np.random.default_rng(seed)
@@ -46,17 +60,6 @@ def write_subjects(root: str | Path, count: int, first: int = 0) -> Path:
     for i in range(first, first + count):
         write_nifti(root / f"sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", varied_volume(i), (4, 4, 4))
     return root
-
-
-def cli(capsys, *args):
-    sys.argv = ["nsql-med", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def ras_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Scans on disk → preprocessed tensors held in memory, with their geometry and fingerprint."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from monai.data import CacheDataset
 
 from neurosql_med.config import DataConfig
 from neurosql_med.data.discovery import Discovery, Scan, discover
+from neurosql_med.data.readers import MAX_SCAN_BYTES
 from neurosql_med.data.transforms import preprocess
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file
@@ -56,6 +58,22 @@ def scan_record(scan: Scan) -> dict:
     return {"image": scan.source, "format": scan.format, "id": scan.id, "subject": scan.subject}
 
 
+def check_resampling(scans: list[Scan], cfg: DataConfig) -> None:
+    """Refuse a target spacing that would resample a scan past the per-scan memory limit.
+
+    Resampling comes before cropping to ``data.shape``: a 256 mm scan at 0.01 mm would be
+    25600 voxels a side. The voxel count is the scan's physical volume over the target
+    voxel's, which does not depend on how the axes are ordered.
+    """
+    for scan in scans:
+        voxels = math.prod(n * s for n, s in zip(scan.shape, scan.spacing)) / math.prod(cfg.spacing)
+        if voxels * 4 > MAX_SCAN_BYTES:
+            raise UserError(
+                f"config key 'data.spacing' {cfg.spacing} would resample {scan.path} to about {voxels:,.0f} voxels; "
+                f"one scan may hold at most {MAX_SCAN_BYTES // 4:,} (use a coarser spacing)"
+            )
+
+
 def _geometry(cfg: DataConfig, affines: list[torch.Tensor], slices: list[int | None]) -> Geometry:
     """One geometry for the cohort: the shared grid, centred where the brains sit on average."""
     stack = torch.stack([a.double() for a in affines])
@@ -76,6 +94,7 @@ def load_cohort(
 ) -> Cohort:
     """Discover, read and preprocess every scan once (MONAI CacheDataset), then stack them."""
     found = root if isinstance(root, Discovery) else discover(root, pattern=cfg.pattern, strict=strict)
+    check_resampling(found.scans, cfg)
     records = [scan_record(s) for s in found.scans]
     cached = CacheDataset(records, transform=preprocess(cfg), num_workers=workers, progress=False)
     images, scan_ids, subjects, slices, affines = [], [], [], [], []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 
 from neurosql_med.data.readers import ScanError, ScanSource, dicom_header, is_dicom_file, read_scan
 from neurosql_med.errors import UserError
@@ -38,6 +39,7 @@ _OASIS1_FOLDERS = {
 }
 _OASIS1_WANTED = "not the atlas-registered brain-masked image (*_t88_masked_gfc)"
 _BIDS_WANTED = "sub-*/[ses-*/]anat/*_T1w.nii[.gz]"
+_DAMAGED_DICOM = "unreadable DICOM file (no image header: damaged, truncated or not DICOM)"
 
 
 @dataclass
@@ -180,7 +182,10 @@ def _find_volumes(root: Path) -> tuple[list[_Volume], list[Skipped]]:
                     volumes.append(_Volume(path, "dicom", [path], _parts(root, path.parent), problem=exc.reason))
                     continue
                 if header.get("Rows") is None:
-                    skipped.append(Skipped(path, "DICOM file without image data (a DICOMDIR, a report, or a damaged file)"))
+                    if _is_dicom_object(header):
+                        skipped.append(Skipped(path, "DICOM file without image data (a DICOMDIR or a report)"))
+                    else:  # a scan, damaged: --strict must stop on it
+                        volumes.append(_Volume(path, "dicom", [path], _parts(root, path.parent), problem=_DAMAGED_DICOM))
                     continue
                 key = (path.parent, str(header.get("SeriesInstanceUID", "")))
                 dicom[key].append(path)
@@ -198,6 +203,16 @@ def _find_volumes(root: Path) -> tuple[list[_Volume], list[Skipped]]:
         name = f"{folder.name}_{descriptions[(folder, uid)]}" if several else folder.name
         volumes.append(_Volume(folder, "dicom", sorted(files), _parts(root, folder), dicom_name=name))
     return sorted(volumes, key=lambda v: (v.path, v.dicom_name)), skipped
+
+
+def _is_dicom_object(header: pydicom.Dataset) -> bool:
+    """A DICOMDIR or a report legitimately has no image; an image class without Rows is damaged.
+
+    A file read with force=True that is not DICOM at all names no SOP class.
+    """
+    meta = getattr(header, "file_meta", None)
+    sop = header.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    return sop is not None and "Image Storage" not in pydicom.uid.UID(str(sop)).name
 
 
 def _parts(root: Path, folder: Path) -> tuple[str, ...]:

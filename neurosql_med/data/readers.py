@@ -7,16 +7,19 @@ discovery can list the scan as skipped and training stops with a message naming 
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
+import math
 import os
 import re
 import warnings
 import zlib
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import torch
@@ -29,6 +32,10 @@ from neurosql_med.errors import UserError
 
 FORMATS = ("nifti", "analyze", "dicom")
 ONE_VOLUME = "nsql-med needs one 3D volume per scan"
+# One scan's voxels as float32, as training holds them: 134 million voxels (e.g. 512^3).
+# Checked against the header before any voxel is read; a 2 MB .nii.gz of zeros that
+# declared 600^3 voxels used to take 2.7 GB of memory.
+MAX_SCAN_BYTES = 512 * 2**20
 
 # A NIfTI or Analyze file, or a DICOM series given as its folder or as the list of its files.
 ScanSource = str | Path | Sequence[str | Path]
@@ -44,15 +51,21 @@ def _loader() -> LoadImage:
     reader given here is a placeholder; every call passes its reader, which also lets the
     reader's own exception through instead of a generic "cannot find a suitable reader".
     """
-    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
-    level = plugin_log.level
-    plugin_log.setLevel(logging.ERROR)
+    with _quiet_log("monai.data.nvimgcodec_pydicom_plugin"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+        return LoadImage(image_only=True, ensure_channel_first=True, reader=NibabelReader())
+
+
+@contextlib.contextmanager
+def _quiet_log(name: str) -> Iterator[None]:
+    """Hold back a library's log lines below ERROR; our own reason replaces them."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
-            return LoadImage(image_only=True, ensure_channel_first=True, reader=NibabelReader())
+        yield
     finally:
-        plugin_log.setLevel(level)
+        log.setLevel(level)
 
 
 _LOAD = _loader()
@@ -107,12 +120,50 @@ def load_scan(source: ScanSource, fmt: str) -> MetaTensor:
     else:
         raise UserError(f"unknown scan format {fmt!r} for {source}; expected one of {', '.join(FORMATS)}")
     _check_files(files)
+    if fmt != "dicom":
+        _check_header(where)
     try:
-        img = _LOAD(target, reader=reader)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to infinity is reported below, once
+            img = _LOAD(target, reader=reader)
     except Exception as exc:  # any failure inside a third-party reader means: this file is unusable
         raise ScanError(where, _reason(exc)) from exc
-    _check_volume(where, img)
+    _check_volume(where, img, fmt)
     return img
+
+
+def _check_header(where: Path) -> None:
+    """Refuse what a NIfTI/Analyze header already tells, before a voxel is read.
+
+    The header is judged as stored: nibabel's loader silently "fixes" a zero voxel size
+    to 1 mm (with a warning on stderr), which would give the scan a made-up geometry.
+    """
+    try:
+        with _quiet_log("nibabel.global"):
+            img = nib.load(where)
+        with (img.file_map.get("header") or img.file_map["image"]).get_prepare_fileobj("rb") as fh:
+            raw = type(img.header).from_fileobj(fh, check=False)
+        shape, dtype, zooms = raw.get_data_shape(), raw.get_data_dtype(), raw.get_zooms()[:3]
+    except Exception as exc:  # nibabel raises many types on damaged headers
+        raise ScanError(where, _reason(exc)) from exc
+    if dtype.kind == "c":
+        raise ScanError(where, "complex-valued voxels; nsql-med needs real intensities (save the magnitude image)")
+    if dtype.kind not in "biuf":
+        raise ScanError(where, f"unsupported voxel type {dtype} (RGB or structured data)")
+    if any(not math.isfinite(z) or z == 0 for z in zooms):
+        sizes = " x ".join(f"{float(z):g}" for z in zooms)
+        raise ScanError(where, f"zero or invalid voxel size in the header (pixdim {sizes}); the scan's geometry is unknown")
+    if not np.isfinite(img.affine).all():
+        raise ScanError(where, "non-finite position or orientation (affine) in the header")
+    _check_size(where, shape, dtype.itemsize)
+
+
+def _check_size(where: Path, shape: Sequence[int], itemsize: int) -> None:
+    """The declared size, as float32 voxels held in memory, against MAX_SCAN_BYTES."""
+    declared = math.prod(int(n) for n in shape) * max(itemsize, 4)
+    if declared > MAX_SCAN_BYTES:
+        dims = "x".join(str(int(n)) for n in shape)
+        raise ScanError(where, f"too large: declares {dims} voxels ({declared / 2**30:.1f} GiB as float32); "
+                               f"one scan may hold at most {MAX_SCAN_BYTES // 2**20} MiB")
 
 
 def _analyze_files(path: Path) -> list[Path]:
@@ -145,7 +196,7 @@ def _reason(exc: Exception) -> str:
     return f"unreadable image ({first_line})"
 
 
-def _check_volume(where: Path, img: MetaTensor) -> None:
+def _check_volume(where: Path, img: MetaTensor, fmt: str) -> None:
     """Training needs one finite 3D volume; MONAI would hand a 4D series over as channels."""
     channels, *spatial = img.shape
     if len(spatial) != 3 or min(spatial) < 2:
@@ -154,9 +205,19 @@ def _check_volume(where: Path, img: MetaTensor) -> None:
     if channels > 1:
         raise ScanError(where, f"4D image with {channels} volumes; {ONE_VOLUME}")
     if not torch.isfinite(img).all():
-        raise ScanError(where, "contains NaN or infinite voxel values")
+        raise ScanError(where, _nonfinite_reason(where, fmt))
     if img.min() == img.max():
         raise ScanError(where, f"blank image (every voxel is {float(img.min()):g})")
+
+
+def _nonfinite_reason(where: Path, fmt: str) -> str:
+    """Values beyond float32's range (3.4e38) become infinite when read: say so, not "NaN"."""
+    if fmt != "dicom":
+        with _quiet_log("nibabel.global"):
+            stored = np.asanyarray(nib.load(where).dataobj)
+        if np.isfinite(stored).all():
+            return f"voxel values exceed the float32 range (largest magnitude {float(np.abs(stored).max()):.3g})"
+    return "contains NaN or infinite voxel values"
 
 
 def _dicom_series(source: ScanSource) -> tuple[Path, list[Path]]:
@@ -213,6 +274,10 @@ def _series_problem(headers: Sequence[pydicom.Dataset]) -> str | None:
         return "DICOM slices without InstanceNumber, ImagePositionPatient or ImageOrientationPatient"
     if len({(h.get("Rows"), h.get("Columns")) for h in headers}) > 1:
         return "DICOM slices of different sizes"
+    declared = int(headers[0].get("Rows") or 0) * int(headers[0].get("Columns") or 0) * len(headers) * 4
+    if declared > MAX_SCAN_BYTES:
+        return f"too large: {len(headers)} slices of {headers[0].Rows}x{headers[0].Columns} " \
+               f"({declared / 2**30:.1f} GiB as float32); one scan may hold at most {MAX_SCAN_BYTES // 2**20} MiB"
     orientations = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
     if not np.allclose(orientations, orientations[0], atol=1e-4):
         return "DICOM slices with different orientations"
