@@ -161,7 +161,6 @@ MAX_CHANNELS = 4096  # each width in model.channels
 MAX_STAGES = 8  # entries of model.channels; every stage doubles the grid
 MAX_SIDE = 1024  # each of data.shape
 MAX_SAMPLE_VOXELS = 256**3  # one training sample (a 3D volume, or a 2D slice)
-MAX_DECODER_PARAMETERS = 200_000_000  # 0.8 GB of float32 weights, ~3.2 GB with gradients and AdamW state
 MAX_SPACING = 100.0  # mm
 SEED_RANGE = 2**32  # numpy's seed range: 0 <= seed < 2**32
 
@@ -198,24 +197,6 @@ def _check_model(cfg: Config) -> None:
         _fail("model.latent_dim", f"must be between 1 and {MAX_LATENT_DIM}")
     if not 1 <= len(m.channels) <= MAX_STAGES or any(not 1 <= c <= MAX_CHANNELS for c in m.channels):
         _fail("model.channels", f"must list 1 to {MAX_STAGES} widths, each between 1 and {MAX_CHANNELS}")
-    count = decoder_parameters(cfg)
-    if count > MAX_DECODER_PARAMETERS:
-        _fail("model.channels", f"with model.latent_dim and data.shape gives a decoder of {count:,} parameters; "
-              f"at most {MAX_DECODER_PARAMETERS:,} are allowed (use fewer or narrower channels, or a smaller grid)")
-
-
-def decoder_parameters(cfg: Config) -> int:
-    """The generator's size, from the real Decoder built on torch's meta device (no memory).
-
-    Imported here, not at the top, so reading a config does not pull in torch unless asked.
-    """
-    import torch
-
-    from neurosql_med.engine.decoder import Decoder
-
-    shape = cfg.data.sample_shape()
-    with torch.device("meta"):
-        return Decoder(len(shape), cfg.model.latent_dim, shape, cfg.model.channels).parameter_count()
 
 
 def _check_training(cfg: Config) -> None:

@@ -52,11 +52,10 @@ def test_override_applies_given_values_only():
 
 
 def test_decoder_size_is_counted_on_the_meta_device():
-    from neurosql_med.config import decoder_parameters
-    from neurosql_med.engine.decoder import Decoder
+    from neurosql_med.engine.decoder import Decoder, decoder_parameters
 
     cfg = load_config("tiny")
     shape = cfg.data.sample_shape()
     assert shape == [24, 32]  # tiny is 2d with slice_axis 2
     real = Decoder(len(shape), cfg.model.latent_dim, shape, cfg.model.channels).parameter_count()
-    assert decoder_parameters(cfg) == real
+    assert decoder_parameters(cfg.model, shape) == real

@@ -13,10 +13,19 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node that runs: ``if TYPE_CHECKING:`` blocks only name types for the reader."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
 def _imports(path: Path) -> set[str]:
-    """Every neurosql_med module ``path`` imports, at the top or inside a function."""
+    """Every neurosql_med module ``path`` imports at run time, at the top or inside a function."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("neurosql_med"):
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
-from neurosql_med.config import ModelConfig
+from neurosql_med.errors import UserError
+
+if TYPE_CHECKING:  # a type only: config imports nothing from engine, and engine needs no config at run time
+    from neurosql_med.config import ModelConfig
 
 ACT = ("leakyrelu", {"negative_slope": 0.2})
+MAX_PARAMETERS = 200_000_000  # 0.8 GB of float32 weights, ~3.2 GB with gradients and AdamW state
 
 
 class Decoder(nn.Module):
@@ -74,4 +78,21 @@ class Decoder(nn.Module):
 
 def build_decoder(model: ModelConfig, sample_shape: Sequence[int]) -> Decoder:
     """The generator ``model`` describes for samples of ``sample_shape``: 2D slices or 3D volumes."""
+    check_decoder_size(model, sample_shape)
     return Decoder(len(sample_shape), model.latent_dim, tuple(sample_shape), model.channels)
+
+
+def decoder_parameters(model: ModelConfig, sample_shape: Sequence[int]) -> int:
+    """The generator's size, counted on torch's meta device: no memory, no random draws."""
+    with torch.device("meta"):
+        return Decoder(len(sample_shape), model.latent_dim, tuple(sample_shape), model.channels).parameter_count()
+
+
+def check_decoder_size(model: ModelConfig, sample_shape: Sequence[int]) -> None:
+    """Refuse a generator too large to allocate before anything tries (a huge first layer used to abort the process)."""
+    count = decoder_parameters(model, sample_shape)
+    if count > MAX_PARAMETERS:
+        raise UserError(
+            f"config key 'model.channels' with model.latent_dim and data.shape gives a decoder of {count:,} parameters; "
+            f"at most {MAX_PARAMETERS:,} are allowed (use fewer or narrower channels, or a smaller grid)"
+        )
