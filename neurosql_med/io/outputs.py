@@ -74,14 +74,12 @@ def check_model_output(out: Path, *, resume: bool, force: bool, inputs: Sequence
         if not is_model_folder(out):
             raise UserError(f"--resume: {out} holds no nsql-med checkpoint ({CHECKPOINT})")
         return
+    _check_replaceable(out, "model")  # before any hint at --force: never suggest it for a folder it would refuse
     if force:
-        _check_replaceable(out, "model")
-    elif is_model_folder(out):
+        return
+    if is_model_folder(out):
         raise UserError(f"{out} already holds a model; use --resume to continue it or --force to replace it")
-    elif _foreign_entry(out, "model") is None:
-        raise UserError(f"{out} holds an unfinished nsql-med model folder; use --force to replace it")
-    else:
-        _check_replaceable(out, "model")
+    raise UserError(f"{out} holds an unfinished nsql-med model folder; use --force to replace it")
 
 
 def prepare_model_output(
@@ -114,12 +112,10 @@ def prepare_cohort_output(
     if _has_contents(out):
         if resume:
             _check_resumable_cohort(out, settings)
-        elif force:
-            _check_replaceable(out, "cohort")
-        elif _foreign_entry(out, "cohort") is None:
-            raise UserError(f"--out {out} holds an nsql-med cohort; use --resume to finish it or --force to replace it")
         else:
             _check_replaceable(out, "cohort")
+            if not force:
+                raise UserError(f"--out {out} holds an nsql-med cohort; use --resume to finish it or --force to replace it")
     check_free_space(out, needed_bytes, reclaimable=resume or force)
     if force and out.exists():
         _clear(out)
@@ -167,12 +163,12 @@ def _foreign_entry(out: Path, kind: str) -> Path | None:
     marker = _marker_kind(out)
     if marker not in (None, kind):
         return out / MARKER
-    if kind == "cohort" and marker is None and _has_contents(out) and not _described_by_us(out):
-        return out / "dataset_description.json"
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
         if path.is_symlink() or not _written_by_us(rel, kind):
             return path
+    if kind == "cohort" and marker is None and _has_contents(out) and not _described_by_us(out):
+        return out / "dataset_description.json"  # named like a cohort, but not one nsql-med described
     return None
 
 

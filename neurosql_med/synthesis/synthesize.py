@@ -21,7 +21,7 @@ from neurosql_med.errors import UserError
 from neurosql_med.evaluation.metrics import TAU, check_tau
 from neurosql_med.io.files import sha256_file, write_text
 from neurosql_med.io.model import load_model
-from neurosql_med.io.outputs import output_lock, prepare_cohort_output
+from neurosql_med.io.outputs import check_output_path, output_lock, prepare_cohort_output
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import AuditReport, audit_cohort
 from neurosql_med.viz.preview import cohort_preview
@@ -85,9 +85,10 @@ def synthesize(
     """
     _check_options(n, typicality, batch_size, audit=audit, tau=tau, drop_copies=drop_copies)
     out = Path(out)
+    inputs = [Path(model_dir)] + ([] if audit is None else [Path(audit)])
+    check_output_path(out, inputs=inputs)  # a mistyped --out fails before the model is loaded
     job = Synthesis(load_model(model_dir, resolve_device(device)), n, seed, typicality)
     train = None if audit is None else load_cohort(audit, job.model.config.data).images
-    inputs = [Path(model_dir)] + ([] if audit is None else [Path(audit)])
     with output_lock(out):
         prepare_cohort_output(out, resume=resume, force=force, settings={**job.run_record(), "n": n},
                               inputs=inputs, needed_bytes=n * bytes_per_sample(job))
