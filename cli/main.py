@@ -120,7 +120,7 @@ def fit(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted or finished fit in --out."),
-    force: bool = typer.Option(False, "--force", help="Replace --out."),
+    force: bool = typer.Option(False, "--force", help="Replace a model folder nsql-med wrote in --out (never other files)."),
     pattern: Optional[str] = PatternOpt,
     strict: bool = StrictOpt,
     threads: int = ThreadsOpt,
@@ -159,7 +159,7 @@ def synthesize(
     batch_size: int = typer.Option(32, "--batch-size", help="Images generated per write step (rounded to the 8-image compute block)."),
     typicality: float = typer.Option(1.0, "--typicality", help="Keep latents within this quantile of the reference radius (0 < Q <= 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    force: bool = typer.Option(False, "--force", help="Replace a cohort nsql-med wrote in --out (never other files)."),
     resume: bool = typer.Option(False, "--resume", help="Keep complete, hash-verified files in --out and write the rest."),
     audit: Optional[Path] = typer.Option(None, "--audit", help="Training scans: flag synthetic images that are near-copies of them."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold for --audit (default 0.5)."),
@@ -168,18 +168,16 @@ def synthesize(
 ) -> None:
     """Write a synthetic cohort as NIfTI files with provenance."""
     _threads(threads)
-    from neurosql_med.viz.preview import cohort_preview
     from neurosql_med.synthesis.synthesize import synthesize as run
 
     summary = run(model, out, n, seed=seed, typicality=typicality, batch_size=batch_size, device=device,
                   force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies)
-    preview = cohort_preview(out, model)
     console.print(f"{summary.written} image(s) written, {summary.kept} kept, in {summary.seconds:.1f} s → {out}")
     if summary.audit is not None:
         a = summary.audit
         console.print(f"memorization audit (tau {a['tau']}): {a['n_flagged']} flagged, {a['n_replaced']} replaced, "
                       f"{a['n_remaining_copies']} left; details in {out / 'audit.json'}")
-    console.print(f"preview: {preview}")
+    console.print(f"preview: {out / 'preview.png'}")
 
 
 @app.command()
@@ -201,14 +199,23 @@ def reproduce(
 @app.command()
 def preview(
     folder: Path = typer.Argument(..., help="A folder of NIfTI images (any cohort)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Add this model's training reconstructions for scale."),
+    with_reconstructions: Optional[Path] = typer.Option(
+        None, "--with-reconstructions", help="Add this model's reconstructions of its (real) training scans; needs --out."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write instead of FOLDER/preview.png; outside FOLDER."),
 ) -> None:
-    """Write FOLDER/preview.png: a montage of the cohort's images."""
-    from neurosql_med.viz.preview import cohort_preview
+    """Write FOLDER/preview.png: a montage of the cohort's images (synthetic only)."""
+    from neurosql_med.viz.preview import cohort_preview, reconstruction_preview
 
     if not folder.is_dir():
         raise UserError(f"folder not found: {folder}")
-    console.print(f"preview: {cohort_preview(folder, model)}")
+    if with_reconstructions is None:
+        if out is not None:
+            raise UserError("--out is for --with-reconstructions; the plain preview is FOLDER/preview.png")
+        console.print(f"preview: {cohort_preview(folder)}")
+        return
+    if out is None:
+        raise UserError("--with-reconstructions needs --out PNG outside the folder (real scans stay out of a cohort)")
+    console.print(f"preview: {reconstruction_preview(folder, with_reconstructions, out)}")
 
 
 @app.command()

@@ -75,7 +75,7 @@ def test_tau_nan_is_refused_before_any_work(capsys, tmp_path):
 def test_fit_refuses_a_used_output_folder_before_loading_scans(capsys, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     code, _, err = cli(capsys, "fit", "/no/such/folder", "--out", tmp_path)
-    assert code == 2 and "not empty and not a model folder" in err and "/no/such/folder" not in err
+    assert code == 2 and "notes.txt, which nsql-med did not write" in err and "choose another --out" in err and "/no/such/folder" not in err
 
 
 def test_empty_folder_is_an_error(capsys, tmp_path):

@@ -145,7 +145,7 @@ def test_every_command_reading_a_model_refuses_it(capsys, model, tmp_path):
     image = next(synth.rglob("*.nii.gz"))
     scans = model.parent / "scans"
     report = tmp_path / "report"
-    for args in (("reproduce", image, "--model", folder), ("preview", synth, "--model", folder),
+    for args in (("reproduce", image, "--model", folder), ("preview", synth, "--with-reconstructions", folder, "--out", tmp_path / "recon.png"),
                  ("evaluate", "--real", scans, "--synth", synth, "--model", folder, "--out", report)):
         assert_refused(*cli(capsys, *args), ["assignment.npy"])
-    assert not (synth / "preview.png").exists() and not report.exists()
+    assert not (synth / "preview.png").exists() and not report.exists() and not (tmp_path / "recon.png").exists()

@@ -15,7 +15,6 @@ from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.synthesis.dataset import SyntheticDataset
 from neurosql_med.errors import UserError
-from neurosql_med.viz.preview import cohort_preview
 from neurosql_med.synthesis.reproduce import reproduce
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
@@ -142,7 +141,7 @@ def test_refusals_write_nothing(model_dir, tmp_path):
     with pytest.raises(UserError, match="model folder not found"):
         run(tmp_path / "nope", out)
     run(model_dir, out, n=2)
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="holds an nsql-med cohort"):
         run(model_dir, out, n=2)
     with pytest.raises(UserError, match="different settings"):
         run(model_dir, out, n=2, seed=5, resume=True)
@@ -172,7 +171,7 @@ def test_bids_validator_finds_no_errors(model_dir, tmp_path):
         pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
     out = tmp_path / "bids"
     run(model_dir, out, n=3)
-    cohort_preview(out, model_dir)
+    assert (out / "preview.png").is_file() and (out / ".nsql-med.json").is_file()
     proc = subprocess.run([validator, str(out), "--format", "json"], capture_output=True, text=True, timeout=300)
     report = json.loads(proc.stdout)
     errors = [i for i in report["issues"]["issues"] if i.get("severity") == "error"]

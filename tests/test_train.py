@@ -97,7 +97,7 @@ def test_output_folder_refusals(cohort2d, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="notes.txt, which nsql-med did not write"):
         fit(cohort2d, cfg, busy, show_progress=False)
     model = tmp_path / "model"
     fit(cohort2d, cfg, model, show_progress=False)

@@ -26,6 +26,7 @@ from neurosql_med.evaluation.metrics import (
     PSNR_CAP, TAU, audit, check_tau, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
 from neurosql_med.io.model import load_model
+from neurosql_med.io.outputs import check_output_path, output_lock, prepare_report_output
 from neurosql_med.io.nifti import read_sample
 from neurosql_med.viz.plots import image_grid, save_figure
 
@@ -73,6 +74,20 @@ def evaluate(
     ``out`` receives report.json, report.md, nearest.png and distances.png.
     """
     check_tau(tau)
+    if out is None:
+        return _evaluate(real, synth, model_dir, holdout, config, tau, None)
+    out = Path(out)
+    inputs = [p for p in (real, synth, holdout, model_dir) if p is not None]
+    check_output_path(out, inputs=inputs)  # a mistyped --out fails before any scan is read
+    with output_lock(out):
+        prepare_report_output(out, inputs=inputs)
+        return _evaluate(real, synth, model_dir, holdout, config, tau, out)
+
+
+def _evaluate(
+    real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
+    config: str | Path | None, tau: float, out: Path | None,
+) -> Report:
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
     train = load_cohort(real, cfg.data)
@@ -87,7 +102,7 @@ def evaluate(
     }
     report = Report(inputs=inputs, **score(train.images, sample_ids(train), images, ids, held=held, tau=tau))
     if out is not None:
-        write_outputs(Path(out), report, train.images, images)
+        write_outputs(out, report, train.images, images)
     return report
 
 

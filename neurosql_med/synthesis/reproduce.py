@@ -12,7 +12,10 @@ from neurosql_med.io.files import sha256_file
 from neurosql_med.io.model import load_model
 from neurosql_med.io.nifti import read_provenance
 from neurosql_med.runtime import resolve_device
-from neurosql_med.synthesis.sampling import Synthesis, decode_one, sidecar_of, versions, write_sample
+from neurosql_med.synthesis.audit import MAX_REDRAWS, REDRAW_STRIDE
+from neurosql_med.synthesis.sampling import (
+    MAX_SAMPLES, MAX_SEED, Synthesis, decode_one, sidecar_of, versions, write_sample,
+)
 
 
 def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
@@ -22,21 +25,17 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
     in the bytes comes from the pixels, not from a newer version string.
     """
     image, record = _image_and_record(Path(file))
-    try:
-        info = record["NeuroSQL"]
-        k, seed, q = int(info["index"]), int(info["seed"]), float(info["max_typicality"])
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{file}: provenance lacks the NeuroSQL seed/index/typicality fields") from None
-    made_on = info.get("device", "cpu")
+    info = checked_provenance(record, Path(file))
+    k, seed, q, made_on = info["index"], info["seed"], info["max_typicality"], info["device"]
     if made_on == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{file} was made on a CUDA GPU; identical bytes need one to reproduce it")
     model = load_model(model_dir, resolve_device(made_on))
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
     job = Synthesis(model, k, seed, q)
-    draw = decode_one(job, int(info.get("latent_index", k)))
+    draw = decode_one(job, info["latent_index"])
     with tempfile.TemporaryDirectory() as tmp:
-        fresh, _ = write_sample(Path(tmp) / image.name, job, k, draw, software=info.get("versions", versions()))
+        fresh, _ = write_sample(Path(tmp) / image.name, job, k, draw, software=info["versions"])
     recorded = sha256_file(image)
     return fresh == recorded, recorded, fresh
 
@@ -57,3 +56,29 @@ def _image_and_record(path: Path) -> tuple[Path, dict]:
     if not image.is_file():
         raise UserError(f"{image}: image file not found beside its sidecar")
     return image, record
+
+
+def checked_provenance(record: object, file: Path) -> dict:
+    """The NeuroSQL fields reproduce decodes from, each checked: a sidecar is text anyone can edit.
+
+    Returns them with defaults filled in for fields older files lack (latent_index, device, versions).
+    """
+    info = record.get("NeuroSQL") if isinstance(record, dict) else None
+    if not isinstance(info, dict):
+        raise UserError(f"{file}: provenance lacks the NeuroSQL record")
+    fields = {"device": "cpu", "versions": versions(), **info}
+    fields.setdefault("latent_index", fields.get("index"))
+    last_latent = MAX_SAMPLES + MAX_REDRAWS * REDRAW_STRIDE
+    for key, low, high in (("index", 1, MAX_SAMPLES), ("seed", 0, MAX_SEED), ("latent_index", 1, last_latent)):
+        value = fields.get(key)
+        if type(value) is not int or not low <= value <= high:
+            raise UserError(f"{file}: NeuroSQL.{key} must be an integer from {low} to {high}, got {value!r}")
+    q = fields.get("max_typicality")
+    if type(q) not in (int, float) or not 0 < q <= 1:
+        raise UserError(f"{file}: NeuroSQL.max_typicality must be a number in (0, 1], got {q!r}")
+    software = fields["versions"]
+    if not (isinstance(software, dict) and all(isinstance(v, str) for v in software.values()) and "nsql-med" in software):
+        raise UserError(f"{file}: NeuroSQL.versions must be an object of version strings naming nsql-med")
+    if fields["device"] not in ("cpu", "cuda"):
+        raise UserError(f"{file}: NeuroSQL.device must be cpu or cuda, got {fields['device']!r}")
+    return {**fields, "max_typicality": float(q)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,12 @@ from neurosql_med.errors import UserError
 from neurosql_med.evaluation.metrics import TAU, check_tau
 from neurosql_med.io.files import sha256_file, write_text
 from neurosql_med.io.model import load_model
-from neurosql_med.io.outputs import prepare_cohort_output
+from neurosql_med.io.outputs import check_output_path, output_lock, prepare_cohort_output
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import AuditReport, audit_cohort
+from neurosql_med.viz.preview import cohort_preview
 from neurosql_med.synthesis.sampling import (
-    CODE_URL, COMPUTE_BLOCK, Synthesis, decode_block, sidecar_of, versions, write_with_sidecar,
+    CODE_URL, COMPUTE_BLOCK, MAX_SAMPLES, Synthesis, decode_block, sidecar_of, versions, write_with_sidecar,
 )
 
 README = """nsql-med synthetic cohort
@@ -37,6 +39,8 @@ seed, sample index, latent vector and typicality level it was decoded from, the 
 and config hashes, and the software versions; `nsql-med reproduce FILE` regenerates
 any image bit for bit from the same model. manifest.tsv lists every file's sha256.
 """
+BIDSIGNORE = "manifest.tsv\npreview.png\naudit.json\n.nsql-med.*\n"  # nsql-med's own files
+SAMPLE_OVERHEAD = 8192  # bytes of NIfTI header, provenance extension and sidecar beyond the latent itself
 PARTICIPANTS_JSON = {
     "synthetic": {"Description": "Always true: the participant is a synthetic sample, not a person."},
     "seed": {"Description": "Seed of the latent draws."},
@@ -73,33 +77,43 @@ def synthesize(
     tau: float | None = None,
     drop_copies: bool = False,
 ) -> SynthesisSummary:
-    """Write a BIDS-derivative synthetic cohort of samples 1..n of ``seed``.
+    """Write a BIDS-derivative synthetic cohort of samples 1..n of ``seed``, with a preview of synthetic images only.
 
     ``audit``: the training scans; every written sample is then checked for being a
     near-copy of one of them, and with ``drop_copies`` replaced by a fresh draw that is not.
+    The whole run holds --out's lock, so a second run into the same folder is refused.
     """
     _check_options(n, typicality, batch_size, audit=audit, tau=tau, drop_copies=drop_copies)
     out = Path(out)
+    inputs = [Path(model_dir)] + ([] if audit is None else [Path(audit)])
+    check_output_path(out, inputs=inputs)  # a mistyped --out fails before the model is loaded
     job = Synthesis(load_model(model_dir, resolve_device(device)), n, seed, typicality)
     train = None if audit is None else load_cohort(audit, job.model.config.data).images
-    prepare_cohort_output(out, resume=resume, force=force, settings={**job.run_record(), "n": n})
-    write_text(out / "dataset_description.json", json.dumps(dataset_description(job), indent=2))
-    write_text(out / "README", README)
-    write_text(out / ".bidsignore", "manifest.tsv\npreview.png\naudit.json\n")  # nsql-med's own files
-    todo = [k for k in range(1, n + 1) if not (resume and complete_sha(job, out, k))]
-    started = time.monotonic()
-    _write_samples(out, job, todo, batch_size, show_progress)
-    report = None if train is None else audit_cohort(out, job, train, tau=TAU if tau is None else tau, drop=drop_copies)
-    write_tables(out, job)
-    return SynthesisSummary(out, n, len(todo), n - len(todo), time.monotonic() - started, report)
+    with output_lock(out):
+        prepare_cohort_output(out, resume=resume, force=force, settings={**job.run_record(), "n": n},
+                              inputs=inputs, needed_bytes=n * bytes_per_sample(job))
+        write_text(out / "dataset_description.json", json.dumps(dataset_description(job), indent=2))
+        write_text(out / "README", README)
+        write_text(out / ".bidsignore", BIDSIGNORE)
+        started = time.monotonic()
+        written = _write_samples(out, job, resume, batch_size, show_progress)
+        report = None if train is None else audit_cohort(out, job, train, tau=TAU if tau is None else tau, drop=drop_copies)
+        cohort_preview(out)
+        write_tables(out, job)
+    return SynthesisSummary(out, n, written, n - written, time.monotonic() - started, report)
+
+
+def bytes_per_sample(job: Synthesis) -> int:
+    """An upper bound on one sample's files: int16 voxels as if gzip saved nothing, plus header and sidecar."""
+    return 2 * math.prod(job.model.geometry.sample_shape) + SAMPLE_OVERHEAD + 64 * job.model.latent_dim
 
 
 def _check_options(
     n: int, typicality: float, batch_size: int, *, audit: str | Path | None, tau: float | None, drop_copies: bool,
 ) -> None:
     """Every refusal that needs no file, so nothing is loaded or written for a mistyped option."""
-    if n < 1:
-        raise UserError(f"--n must be at least 1, got {n}")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise UserError(f"--n must be between 1 and {MAX_SAMPLES:,}, got {n}")
     check_typicality(typicality, "--typicality")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
@@ -116,22 +130,30 @@ def _progress() -> Progress:
     )
 
 
-def _write_samples(out: Path, job: Synthesis, todo: list[int], batch_size: int, show_progress: bool) -> None:
-    """Decode the compute blocks holding ``todo`` and write those samples, about ``batch_size`` per progress step."""
+def _write_samples(out: Path, job: Synthesis, resume: bool, batch_size: int, show_progress: bool) -> int:
+    """Decode, block by block, the samples not already complete on disk and write them; returns how many.
+
+    Blocks are visited lazily (a run of a million samples never holds a list of them);
+    with ``resume`` each block's files are checked just before it would be decoded.
+    """
     per_step = max(1, batch_size // COMPUTE_BLOCK)
-    blocks = sorted({(k - 1) // COMPUTE_BLOCK for k in todo})
-    wanted, kept, done = set(todo), job.n - len(todo), 0
+    written = 0
     started = time.monotonic()
     progress = _progress()
-    task = progress.add_task("synthesize", total=job.n, completed=kept, rate=0.0)
+    task = progress.add_task("synthesize", total=job.n, completed=0, rate=0.0)
     with progress if show_progress else contextlib.nullcontext():
-        for first in range(0, len(blocks), per_step):
-            for block in blocks[first:first + per_step]:
-                for draw in decode_block(job, block):
-                    if draw.latent_index in wanted:
-                        write_with_sidecar(out, job, draw.latent_index, draw)
-                        done += 1
-            progress.update(task, completed=kept + done, rate=done / max(time.monotonic() - started, 1e-9))
+        for block in range((job.n + COMPUTE_BLOCK - 1) // COMPUTE_BLOCK):
+            first = block * COMPUTE_BLOCK + 1
+            wanted = [k for k in range(first, min(first + COMPUTE_BLOCK, job.n + 1))
+                      if not (resume and complete_sha(job, out, k))]
+            for draw in decode_block(job, block) if wanted else ():
+                if draw.latent_index in wanted:
+                    write_with_sidecar(out, job, draw.latent_index, draw)
+                    written += 1
+            if (block + 1) % per_step == 0 or first + COMPUTE_BLOCK > job.n:
+                progress.update(task, completed=min(first + COMPUTE_BLOCK - 1, job.n),
+                                rate=written / max(time.monotonic() - started, 1e-9))
+    return written
 
 
 def complete_sha(job: Synthesis, out: Path, k: int) -> str | None:
@@ -165,10 +187,18 @@ def dataset_description(job: Synthesis) -> dict:
 
 
 def write_tables(out: Path, job: Synthesis) -> None:
-    """participants.tsv and manifest.tsv, from the sidecars: written last, they mark a finished cohort."""
-    records = [json.loads(sidecar_of(job.image_path(out, k)).read_text()) for k in range(1, job.n + 1)]
+    """participants.tsv and manifest.tsv, from the sidecars: written last, they mark a finished cohort.
+
+    Only each sidecar's typicality and hash are kept in memory, not the whole records.
+    """
+    rows = [_table_fields(sidecar_of(job.image_path(out, k))) for k in range(1, job.n + 1)]
     write_text(out / "participants.tsv", "participant_id\tsynthetic\tseed\tindex\ttypicality\n" + "".join(
-        f"{job.label(k)}\ttrue\t{job.seed}\t{k}\t{r['NeuroSQL']['typicality']:.6f}\n" for k, r in enumerate(records, 1)))
+        f"{job.label(k)}\ttrue\t{job.seed}\t{k}\t{level:.6f}\n" for k, (level, _) in enumerate(rows, 1)))
     write_text(out / "participants.json", json.dumps(PARTICIPANTS_JSON, indent=2))
     write_text(out / "manifest.tsv", "file\tsha256\tseed\tindex\n" + "".join(
-        f"{job.image_path(out, k).relative_to(out)}\t{r['ImageSha256']}\t{job.seed}\t{k}\n" for k, r in enumerate(records, 1)))
+        f"{job.image_path(out, k).relative_to(out)}\t{sha}\t{job.seed}\t{k}\n" for k, (_, sha) in enumerate(rows, 1)))
+
+
+def _table_fields(sidecar: Path) -> tuple[float, str]:
+    record = json.loads(sidecar.read_text())
+    return float(record["NeuroSQL"]["typicality"]), str(record["ImageSha256"])

@@ -1,0 +1,319 @@
+"""Output safety under attack and accident: what --force may delete, concurrent runs, kills and absurd requests.
+
+Every refusal is one `error:` line naming the culprit, exit 2, no traceback, and the
+user's files exactly as they were. The subprocess tests run the real `python -m
+neurosql_med.cli`, kill it (SIGKILL, SIGINT) or race two of it, and check that what is
+left on disk resumes to the very bytes of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, write_subjects
+from neurosql_med.io.outputs import LOCK, output_lock
+
+EPOCHS = "10"
+N_RACE = 120
+
+
+def refused(result, *needles: str) -> str:
+    code, _, err = result
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "use --force" not in err, err
+    for needle in needles:
+        assert str(needle) in err, (needle, err)
+    return err
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def user_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("mine")
+    (path / "model.pt").write_bytes(b"looks like ours, is not alone")
+    return path
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> Path:
+    return write_subjects(tmp_path_factory.mktemp("faults") / "scans", 5)
+
+
+@pytest.fixture(scope="module")
+def model(scans) -> Path:
+    """The uninterrupted reference fit, through the real entry point."""
+    out = scans.parent / "model"
+    sys.argv = ["nsql-med", "fit", str(scans), "--config", "tiny", "--epochs", EPOCHS, "--out", str(out)]
+    from neurosql_med.cli.main import main
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    return out
+
+
+# -- --force deletes only what nsql-med wrote ---------------------------------------------
+
+def test_fit_force_keeps_a_user_folder(capsys, scans, tmp_path):
+    mine = user_folder(tmp_path / "mine")
+    before = listing(mine)
+    refused(cli(capsys, "fit", scans, "--config", "tiny", "--out", mine, "--force"), "notes.txt", "choose another --out")
+    refused(cli(capsys, "fit", scans, "--config", "tiny", "--out", mine), "notes.txt")
+    assert listing(mine) == before
+
+
+def test_fit_force_never_deletes_its_own_scans_or_their_parent(capsys, scans):
+    before = listing(scans)
+    for out in (scans, scans.parent):
+        refused(cli(capsys, "fit", scans, "--config", "tiny", "--out", out, "--force"), out)
+    assert listing(scans) == before
+
+
+def test_force_refuses_root_and_home(capsys, scans, tmp_path, monkeypatch):
+    home = user_folder(tmp_path / "home")
+    monkeypatch.setenv("HOME", str(home))
+    refused(cli(capsys, "fit", scans, "--config", "tiny", "--out", "/", "--force"), "root folder")
+    for out in (home, tmp_path):
+        refused(cli(capsys, "fit", scans, "--config", "tiny", "--out", out, "--force"), "home folder")
+        refused(cli(capsys, "synthesize", "--n", "2", "--out", out, "--force", "--model", tmp_path / "none"), "home folder")
+    assert (home / "notes.txt").read_text() == "mine"
+
+
+def test_absurd_n_is_refused_before_anything(capsys, tmp_path):
+    out = tmp_path / "out"
+    refused(cli(capsys, "synthesize", "--n", str(10**12), "--out", out, "--model", tmp_path / "none"), "--n", "1,000,000")
+    assert not out.exists()
+
+
+# -- evaluate --out ------------------------------------------------------------------------
+
+def test_evaluate_out_that_cannot_be_a_folder_is_refused_first(capsys, tmp_path):
+    existing = tmp_path / "report.txt"
+    existing.write_text("keep")
+    missing = tmp_path / "no-such-scans"
+    refused(cli(capsys, "evaluate", "--real", missing, "--synth", missing, "--out", existing), "report.txt", "not a folder")
+    refused(cli(capsys, "evaluate", "--real", missing, "--synth", missing, "--out", existing / "sub"), "report.txt/sub")
+    assert existing.read_text() == "keep" and not missing.exists()
+
+
+def test_evaluate_out_may_not_be_an_input(capsys, scans):
+    refused(cli(capsys, "evaluate", "--real", scans, "--synth", scans, "--out", scans), "is the input")
+    assert not (scans / "report.json").exists()
+
+
+def test_a_held_lock_refuses_a_second_run_and_a_dead_ones_is_taken_over(capsys, tmp_path):
+    out, missing = tmp_path / "report", tmp_path / "no-such-scans"
+    with output_lock(out):
+        assert (out / LOCK).read_text().strip() == str(os.getpid())
+        refused(cli(capsys, "evaluate", "--real", missing, "--synth", missing, "--out", out),
+                "in use by another nsql-med run", f"pid {os.getpid()}")
+        assert listing(out) == {LOCK: f"{os.getpid()}\n".encode()}
+    assert not out.exists()  # the lock made the folder; released, it leaves nothing behind
+    out.mkdir()
+    (out / LOCK).write_text("999999\n")  # a killed run's lock file: no process holds its flock
+    err = refused(cli(capsys, "evaluate", "--real", missing, "--synth", missing, "--out", out), "no-such-scans")
+    assert "in use" not in err
+
+
+# -- reproduce of hostile provenance ---------------------------------------------------------
+
+def test_reproduce_of_random_bytes_is_one_error_line(capsys, tmp_path):
+    junk = os.urandom(4096)
+    for name in ("x.nii.gz", "y.json", "z.bin"):
+        (tmp_path / name).write_bytes(junk)
+        refused(cli(capsys, "reproduce", tmp_path / name, "--model", tmp_path / "none"), name.split(".")[0])
+
+
+@pytest.mark.parametrize("edit, field", [
+    ({"latent_index": 10**30}, "latent_index"), ({"index": -1}, "index"), ({"seed": "0"}, "seed"),
+    ({"seed": True}, "seed"), ({"versions": "oops"}, "versions"), ({"max_typicality": 2}, "max_typicality"),
+    ({"device": "tpu"}, "device"),
+])
+def test_reproduce_validates_the_record_before_decoding(capsys, tmp_path, edit, field):
+    record = {"NeuroSQL": {"index": 1, "seed": 0, "max_typicality": 1.0, "latent_index": 1, "device": "cpu",
+                           "versions": {"nsql-med": "0.1.0"}, **edit}}
+    side = tmp_path / "sub-synth0001_desc-nsql_T1w.json"
+    side.write_text(json.dumps(record))
+    side.with_name("sub-synth0001_desc-nsql_T1w.nii.gz").write_bytes(b"")
+    refused(cli(capsys, "reproduce", side, "--model", tmp_path / "none"), side.name, field)
+
+
+# -- with a model -----------------------------------------------------------------------------
+
+def synthesize(capsys, model: Path, out: Path, n: int = 3, *extra):
+    return cli(capsys, "synthesize", "--n", str(n), "--out", out, "--model", model, "--device", "cpu", *extra)
+
+
+@pytest.mark.slow
+def test_synthesize_force_replaces_only_a_cohort(capsys, model, scans, tmp_path):
+    mine = user_folder(tmp_path / "mine")
+    before = listing(mine)
+    refused(synthesize(capsys, model, mine, 2, "--force"), "model.pt, which nsql-med did not write")
+    assert listing(mine) == before
+    model_files = listing(model)
+    refused(synthesize(capsys, model, model, 2, "--force"), "is the input")
+    refused(synthesize(capsys, model, model.parent, 2, "--force"), "holds the input")
+    refused(synthesize(capsys, model, tmp_path / "c", 2, "--audit", tmp_path / "c"), "is the input")
+    assert listing(model) == model_files and listing(scans)
+    cohort = tmp_path / "cohort"
+    assert synthesize(capsys, model, cohort, 2)[0] == 0
+    assert json.loads((cohort / ".nsql-med.json").read_text())["kind"] == "cohort" and not (cohort / LOCK).exists()
+    refused(synthesize(capsys, model, cohort, 2), "holds an nsql-med cohort")
+    assert synthesize(capsys, model, cohort, 3, "--force", "--seed", "1")[0] == 0
+    assert len(list(cohort.rglob("*.nii.gz"))) == 3
+    (cohort / "sub-synth0001" / "notes.txt").write_text("mine")
+    refused(synthesize(capsys, model, cohort, 3, "--force"), "sub-synth0001/notes.txt")
+    assert (cohort / "sub-synth0001" / "notes.txt").is_file() and len(list(cohort.rglob("*.nii.gz"))) == 3
+
+
+@pytest.mark.slow
+def test_synthesize_refuses_what_the_disk_cannot_hold(capsys, model, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10**5, 10**5))
+    refused(synthesize(capsys, model, out, 100), "GB", str(out))
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_running_synthesize_holds_its_folder(capsys, model, tmp_path):
+    out = tmp_path / "busy"
+    with output_lock(out):
+        refused(synthesize(capsys, model, out, 2, "--force"), "in use by another nsql-med run", f"pid {os.getpid()}")
+        refused(synthesize(capsys, model, out, 2), "in use")
+        assert [p.name for p in out.iterdir()] == [LOCK]
+
+
+def png_height(path: Path) -> int:
+    return struct.unpack(">II", path.read_bytes()[16:24])[1]
+
+
+@pytest.mark.slow
+def test_cohort_preview_shows_no_real_person(capsys, model, tmp_path):
+    cohort = tmp_path / "cohort"
+    assert synthesize(capsys, model, cohort, 8)[0] == 0
+    shipped = (cohort / "preview.png").read_bytes()
+    refused(cli(capsys, "preview", cohort, "--model", model), "--model")
+    refused(cli(capsys, "preview", cohort, "--with-reconstructions", model), "--out")
+    refused(cli(capsys, "preview", cohort, "--with-reconstructions", model, "--out", cohort / "r.png"), "r.png", "inside")
+    assert cli(capsys, "preview", cohort)[0] == 0 and (cohort / "preview.png").read_bytes() == shipped
+    outside = tmp_path / "recon.png"
+    assert cli(capsys, "preview", cohort, "--with-reconstructions", model, "--out", outside)[0] == 0
+    assert png_height(outside) > png_height(cohort / "preview.png")
+    assert not (cohort / "r.png").exists()
+
+
+@pytest.mark.slow
+def test_edited_sidecar_reproduces_as_different(capsys, model, tmp_path):
+    cohort = tmp_path / "cohort"
+    assert synthesize(capsys, model, cohort, 2)[0] == 0
+    side = cohort / "sub-synth0002/anat/sub-synth0002_desc-nsql_T1w.json"
+    record = json.loads(side.read_text())
+    record["NeuroSQL"]["seed"] = 1
+    side.write_text(json.dumps(record))
+    code, out, err = cli(capsys, "reproduce", side, "--model", model)
+    assert code == 1 and "DIFFERENT" in out and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_fit_resume_removes_a_killed_runs_temporaries(capsys, model, scans, tmp_path):
+    folder = shutil.copytree(model, tmp_path / "model")
+    stray = folder / ".model.pt.x1y2.tmp.pt"
+    stray.write_bytes(b"half a checkpoint")
+    code, _, err = cli(capsys, "fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", folder, "--resume")
+    assert code == 0, err
+    assert not stray.exists() and (folder / "model.pt").read_bytes() == (model / "model.pt").read_bytes()
+
+
+# -- real processes: kill -9, SIGINT, two writers -------------------------------------------------
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "neurosql_med.cli", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def fit_until_first_checkpoint(scans: Path, out: Path) -> subprocess.Popen:
+    proc = start("fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out)
+    wait_for(lambda: (out / "model.pt").is_file() and (out / "history.jsonl").is_file(), proc)
+    return proc
+
+
+def assert_same_model(a: Path, b: Path) -> None:
+    for name in ("model.pt", "assignment.npy"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_fit_killed_with_sigkill_resumes_to_the_same_bytes(capsys, model, scans, tmp_path):
+    out = tmp_path / "model"
+    proc = fit_until_first_checkpoint(scans, out)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL and not (out / "hashes.json").exists()
+    code, _, err = cli(capsys, "fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out, "--resume")
+    assert code == 0, err
+    assert_same_model(out, model)
+    assert not list(out.glob(".*.tmp*"))
+
+
+@pytest.mark.slow
+def test_fit_interrupted_with_sigint_exits_130_and_resumes(capsys, model, scans, tmp_path):
+    out = tmp_path / "model"
+    proc = fit_until_first_checkpoint(scans, out)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    code, _, err = cli(capsys, "fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out, "--resume")
+    assert code == 0, err
+    assert_same_model(out, model)
+
+
+@pytest.mark.slow
+def test_synthesize_killed_with_sigkill_resumes_to_the_same_bytes(capsys, model, tmp_path):
+    out, reference = tmp_path / "killed", tmp_path / "whole"
+    proc = start("synthesize", "--n", N_RACE, "--out", out, "--model", model, "--device", "cpu", "--seed", "1")
+    wait_for(lambda: len(list(out.glob("sub-*/anat/*.json"))) >= 16, proc)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL and not (out / "manifest.tsv").exists()
+    code, out_text, err = synthesize(capsys, model, out, N_RACE, "--seed", "1", "--resume")
+    assert code == 0 and " kept" in out_text, err
+    assert synthesize(capsys, model, reference, N_RACE, "--seed", "1")[0] == 0
+    images = {p.relative_to(out) for p in out.rglob("*.nii.gz")}
+    assert len(images) == N_RACE and images == {p.relative_to(reference) for p in reference.rglob("*.nii.gz")}
+    assert all((out / p).read_bytes() == (reference / p).read_bytes() for p in images)
+    assert (out / "manifest.tsv").read_text() == (reference / "manifest.tsv").read_text()
+
+
+@pytest.mark.slow
+def test_two_writers_into_one_folder_one_wins_whole(model, tmp_path):
+    out = tmp_path / "cohort"
+    procs = {seed: start("synthesize", "--n", N_RACE, "--out", out, "--model", model, "--device", "cpu",
+                         "--seed", seed, "--force") for seed in (1, 2)}
+    results = {seed: (proc.wait(timeout=120), *proc.communicate()) for seed, proc in procs.items()}
+    codes = sorted(code for code, _, _ in results.values())
+    assert codes == [0, 2], results
+    winner = next(seed for seed, (code, _, _) in results.items() if code == 0)
+    _, _, loser_err = next(r for r in results.values() if r[0] == 2)
+    assert loser_err.startswith("error: ") and "in use by another nsql-med run" in loser_err, loser_err
+    seeds = {json.loads(p.read_text())["NeuroSQL"]["seed"] for p in out.glob("sub-*/anat/*.json")}
+    manifest = (out / "manifest.tsv").read_text().splitlines()[1:]
+    assert seeds == {winner} and len(manifest) == N_RACE
+    assert all(line.split("\t")[2] == str(winner) for line in manifest)
