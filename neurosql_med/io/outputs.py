@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from neurosql_med.errors import UserError
-from neurosql_med.io.files import write_text
+from neurosql_med.io.files import make_folder, write_text
 from neurosql_med.io.model import ARTIFACTS, CHECKPOINT, HASHES, is_model_folder
 from neurosql_med.version import __version__
 
@@ -94,7 +94,7 @@ def prepare_model_output(
         _clear(out)
     if resume:
         _remove_temporaries(out)
-    _create(out)
+    make_folder(out)
     _mark(out, "model")
 
 
@@ -119,14 +119,14 @@ def prepare_cohort_output(
     check_free_space(out, needed_bytes, reclaimable=resume or force)
     if force and out.exists():
         _clear(out)
-    _create(out)
+    make_folder(out)
     _mark(out, "cohort")
 
 
 def prepare_report_output(out: Path, *, inputs: Sequence[str | Path] = ()) -> None:
     """An --out folder for evaluate's report files; it may hold other files, which are left alone."""
     check_output_path(out, inputs=inputs)
-    _create(out)
+    make_folder(out)
 
 
 def check_free_space(out: Path, needed_bytes: int, *, reclaimable: bool) -> None:
@@ -204,13 +204,6 @@ def _clear(out: Path) -> None:
             entry.unlink()
 
 
-def _create(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create --out {out}: {exc.strerror}") from None
-
-
 def _mark(out: Path, kind: str) -> None:
     """Name the folder's kind, so a later --force recognises it as nsql-med's own."""
     if _marker_kind(out) != kind:
@@ -244,7 +237,7 @@ def output_lock(out: Path) -> Iterator[None]:
     """
     out = Path(out)
     created = not out.exists()
-    _create(out)
+    make_folder(out)
     fd = _acquire(out)
     try:
         yield

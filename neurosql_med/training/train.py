@@ -30,7 +30,7 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss
-from neurosql_med.engine.decoder import Decoder, build_decoder
+from neurosql_med.engine.decoder import Decoder, build_decoder, check_decoder_size
 from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
     ASSIGNMENT,
@@ -48,7 +48,7 @@ from neurosql_med.io.model import (
     save_checkpoint,
     write_hashes,
 )
-from neurosql_med.io.outputs import check_model_output, prepare_model_output
+from neurosql_med.io.outputs import check_model_output, output_lock, prepare_model_output
 from neurosql_med.runtime import autocast, resolve_device, seed_everything
 
 EpochHook = Callable[[dict], None]
@@ -79,11 +79,17 @@ def fit_config(source: str | Path | None, out: Path, resume: bool, force: bool =
     check_model_output(Path(out), resume=resume, force=force)
     saved = Path(out) / CONFIG
     if resume and saved.is_file():
-        fixed = sorted(k.split("__")[1] for k, v in overrides.items() if v is not None and k not in RESUMABLE)
+        cfg = load_config(saved)
+        recorded = cfg.to_dict()
+        fixed = sorted(k.split("__")[1] for k, v in overrides.items()
+                       if v is not None and k not in RESUMABLE and recorded[k.split("__")[0]][k.split("__")[1]] != v)
         if fixed:
             raise UserError(f"--resume continues the saved config; it cannot change {', '.join(fixed)}")
-        return override(load_config(saved), **overrides)
-    return override(load_config(source), **overrides)
+    else:
+        cfg = load_config(source)
+    cfg = override(cfg, **overrides)
+    check_decoder_size(cfg.model, cfg.data.sample_shape())  # before any scan is loaded
+    return cfg
 
 
 @dataclass
@@ -126,7 +132,13 @@ def fit(
 ) -> FitResult:
     """Train on ``cohort`` into the model folder ``out``; on Ctrl-C, keep the last completed epoch."""
     out = Path(out)
-    prepare_model_output(out, resume=resume, force=force)
+    with output_lock(out):  # no second run writes into this folder until this one ends
+        prepare_model_output(out, resume=resume, force=force, inputs=[cohort.discovery.root])
+        return _fit(cohort, cfg, out, resume, show_progress, on_epoch_end)
+
+
+def _fit(cohort: Cohort, cfg: Config, out: Path, resume: bool, show_progress: bool, on_epoch_end: EpochHook | None) -> FitResult:
+    """The fit itself, in a prepared and locked model folder: set up or resume, epochs, finish."""
     if resume:  # the saved config decides what is being continued
         cfg = _continued(load_config(out / CONFIG), cfg)
     t = cfg.train
@@ -134,7 +146,6 @@ def fit(
     seed_everything(t.seed)
     lattice = quantile_lattice(len(cohort), cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
     trainer = _set_up(cohort, cfg, lattice, device)
-    out.mkdir(parents=True, exist_ok=True)
     state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
 
     deadline = None if t.max_minutes is None else time.monotonic() + t.max_minutes * 60
