@@ -34,6 +34,7 @@ class DataConfig:
     slice_range: list[float] = field(default_factory=lambda: [0.2, 0.8])
     slice_stride: int = 3
     skull_stripped: bool = True  # recorded in synthetic sidecars (BIDS SkullStripped)
+    labels: str = "auto"  # tissue label maps: "auto" (used when every scan has one), "none", or a glob
 
     def sample_shape(self) -> list[int]:
         """One model sample's grid: the volume in 3d, a slice (without slice_axis) in 2d."""
@@ -53,6 +54,7 @@ class ModelConfig:
 class LossConfig:
     ssim_weight: float = 0.8
     ssim_window: int = 7
+    label_weight: float = 1.0  # weight of the label term (cross-entropy + Dice) when the cohort has label maps
 
 
 @dataclass

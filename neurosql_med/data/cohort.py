@@ -26,6 +26,8 @@ class Cohort:
     slice_index: list[int | None]  # per sample: slice within the volume grid (2d)
     geometry: Geometry
     discovery: Discovery
+    labels: torch.Tensor | None = None  # (N, 1, *sample_shape) int64 class indices, voxel for voxel with images
+    label_names: list[str] | None = None  # class index -> name; index 0 is background
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -50,6 +52,8 @@ class Cohort:
             slice_index=[self.slice_index[i] for i in idx],
             geometry=self.geometry,
             discovery=self.discovery,
+            labels=None if self.labels is None else self.labels[idx],
+            label_names=self.label_names,
         )
 
 
