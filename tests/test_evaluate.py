@@ -68,7 +68,7 @@ def covered_by_hand(real_folder: Path, synth_folder: Path) -> float:
     return hits / len(real)
 
 
-def test_evaluate_with_a_model_reads_its_files_and_rejects_another_shape(tmp_path: Path, real: Path):
+def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_path: Path, real: Path):
     from neurosql_med.synthesis.synthesize import synthesize
     from neurosql_med.training.train import fit
 
@@ -81,8 +81,16 @@ def test_evaluate_with_a_model_reads_its_files_and_rejects_another_shape(tmp_pat
     assert report["counts"]["synthetic"] == 5
     assert report["inputs"]["config"] is None
 
-    write_nifti(synth / "sub-other" / "wrong.nii.gz", np.zeros((20, 32, 1), np.int16), SPACING)
-    with pytest.raises(UserError, match=r"wrong\.nii\.gz: image shape \(20, 32\) does not match .*\(24, 32\)"):
+    # a raw training scan dropped among the synthetic files is resampled onto the model's grid and caught as a copy
+    raw = real / "scan00.nii.gz"
+    shutil.copy(raw, synth / "raw-copy.nii.gz")
+    report = evaluate(real, synth, model_dir=tmp_path / "model")
+    copies = [f["id"] for f in report["flagged"] if f["id"].startswith("raw-copy.nii.gz [resampled, slice")]
+    assert report["counts"]["synthetic"] > 5 and copies, report["flagged"]
+    assert all(f["ratio"] < 1e-3 for f in report["flagged"] if f["id"] in copies)
+
+    write_nifti(synth / "sub-other" / "blank.nii.gz", np.zeros((20, 32, 6), np.int16), SPACING)
+    with pytest.raises(UserError, match=r"blank\.nii\.gz: blank image"):
         evaluate(real, synth, model_dir=tmp_path / "model")
 
 
@@ -98,7 +106,7 @@ def test_synthetic_files_are_read_at_the_model_scale_and_hidden_files_are_left_o
     write_nifti(tmp_path / ".trash" / "old.nii.gz", np.zeros((20, 32, 1), np.int16))
     write_nifti(tmp_path / ".s9.nii.gz.tmp.nii.gz", np.zeros((20, 32, 1), np.int16))
 
-    images, ids = read_synthetic(tmp_path, geometry)
+    images, ids = read_synthetic(tmp_path, geometry, load_config("tiny").data)
 
     assert ids == ["sub-0/anat/s0.nii.gz", "sub-1/anat/s1.nii.gz", "sub-2/anat/s2.nii.gz"]
     assert images.shape == (3, 1, 24, 32)
@@ -110,21 +118,22 @@ def test_synthetic_files_are_read_at_the_model_scale_and_hidden_files_are_left_o
     [
         ({}, "no synthetic images"),
         ({"a.nii.gz": (24, 32, 1)}, "1 synthetic image; evaluation needs at least 2"),
-        ({"a.nii.gz": (24, 32, 1), "b.nii.gz": (24, 30, 1)},
-         r"b\.nii\.gz: image shape \(24, 30\) does not match the model's sample shape \(24, 32\)"),
-        ({"a.nii.gz": (24, 32, 1), "b.nii.gz": (24, 32, 2)}, r"b\.nii\.gz: image shape \(24, 32, 2\)"),
+        ({"a.nii.gz": (24, 32, 1), "b.nii.gz": (24, 30, 1)}, r"b\.nii\.gz: not a 3D volume \(shape 24x30x1\)"),
+        ({"a.nii.gz": (24, 32, 1), "b.nii.gz": (24, 32, 2)}, r"b\.nii\.gz: blank image"),
         ({"a.nii.gz": (24, 32, 1), "b.nii.gz": None}, r"b\.nii\.gz: unreadable NIfTI"),
         ({"a.nii.gz": (24, 32, 1), "b.nii.gz": (24, 32, 1, 2)}, r"b\.nii\.gz: 4D data of shape .* is not a 3D image"),
     ],
 )
 def test_synthetic_folder_problems_are_user_errors(tmp_path: Path, files: dict, message: str):
-    for name, shape in files.items():
+    for name, shape in files.items():  # a.nii.gz lies on the model's grid; b.nii.gz does not and is resampled
         if shape is None:
             (tmp_path / name).write_bytes(b"\x1f\x8b not really gzip")
+        elif name == "a.nii.gz":
+            write_synthetic(tmp_path / name, to_nifti(np.zeros(shape[:2], np.float32), geometry_2d(), "test", {}))
         else:
             write_nifti(tmp_path / name, np.zeros(shape, np.int16), SPACING)
     with pytest.raises(UserError, match=message):
-        read_synthetic(tmp_path, geometry_2d())
+        read_synthetic(tmp_path, geometry_2d(), load_config("tiny").data)
 
 
 def test_missing_or_too_small_folders_are_user_errors(tmp_path: Path, real: Path):
@@ -134,7 +143,7 @@ def test_missing_or_too_small_folders_are_user_errors(tmp_path: Path, real: Path
     with pytest.raises(UserError, match="no brain MRI scans found"):
         evaluate(real, empty, config="tiny")
     with pytest.raises(UserError, match="synthetic folder not found"):
-        read_synthetic(tmp_path / "absent", geometry_2d())
+        read_synthetic(tmp_path / "absent", geometry_2d(), load_config("tiny").data)
     with pytest.raises(UserError, match=r"1 synthetic image; evaluation needs at least 2"):
         evaluate(real, one, config="tiny3d")
     with pytest.raises(UserError, match="at least 2 are needed"):

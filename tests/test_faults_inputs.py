@@ -211,6 +211,10 @@ def test_unwritable_output_is_one_line(capfd, scans, target, why):
     refused(capfd, "inspect", scans, "--config", "tiny", "--preview", target, culprit=why)
 
 
+def test_fit_out_under_proc_is_one_line(capfd, scans):
+    refused(capfd, "fit", scans, "--config", "tiny", "--epochs", "1", "--out", "/proc/nsql-x", culprit="cannot write /proc/nsql-x")
+
+
 def test_outputs_honour_the_umask(tmp_path):
     mask = os.umask(0o022)
     os.umask(mask)

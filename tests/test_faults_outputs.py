@@ -91,9 +91,12 @@ def test_force_refuses_root_and_home(capsys, scans, tmp_path, monkeypatch):
     assert (home / "notes.txt").read_text() == "mine"
 
 
-def test_absurd_n_is_refused_before_anything(capsys, tmp_path):
+@pytest.mark.parametrize("option, value, needle", [("--n", str(10**12), "1,000,000"), ("--seed", "-5", "got -5"),
+                                                   ("--seed", str(10**20), "got 100000000000000000000")])
+def test_absurd_n_or_seed_is_refused_before_anything(capsys, tmp_path, option, value, needle):
     out = tmp_path / "out"
-    refused(cli(capsys, "synthesize", "--n", str(10**12), "--out", out, "--model", tmp_path / "none"), "--n", "1,000,000")
+    n = [] if option == "--n" else ["--n", "2"]
+    refused(cli(capsys, "synthesize", *n, option, value, "--out", out, "--model", tmp_path / "none"), option, needle)
     assert not out.exists()
 
 

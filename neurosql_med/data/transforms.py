@@ -22,6 +22,7 @@ from monai.transforms import (
 
 from neurosql_med.config import DataConfig
 from neurosql_med.data.readers import LoadScand
+from neurosql_med.errors import UserError
 
 FOREGROUND = 0.01  # intensity (after scaling to [0, 1]) above which a voxel is brain
 
@@ -90,3 +91,18 @@ def preprocess(cfg: DataConfig) -> Compose:
     if cfg.mode == "2d":
         steps.append(SliceSamplesd("image", cfg.slice_axis, tuple(cfg.slice_range), cfg.slice_stride))
     return Compose(steps)
+
+
+def preprocess_one(cfg: DataConfig, record: dict) -> list[dict]:
+    """One scan through :func:`preprocess` outside a dataset, its samples as a list.
+
+    MONAI wraps whatever a transform raises in a RuntimeError; a scan's own problem
+    (a ScanError, i.e. a UserError naming the file) is handed on as itself.
+    """
+    try:
+        out = preprocess(cfg)(record)
+    except RuntimeError as exc:
+        if isinstance(exc.__cause__, UserError):
+            raise exc.__cause__ from None
+        raise
+    return out if isinstance(out, list) else [out]

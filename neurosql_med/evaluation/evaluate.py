@@ -17,8 +17,9 @@ import torch
 from rich.table import Table
 from torch import Tensor
 
-from neurosql_med.config import Config, load_config
+from neurosql_med.config import Config, DataConfig, load_config
 from neurosql_med.data.cohort import Cohort, load_cohort
+from neurosql_med.data.transforms import preprocess_one
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
@@ -27,7 +28,7 @@ from neurosql_med.evaluation.metrics import (
 )
 from neurosql_med.io.model import load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_report_output
-from neurosql_med.io.nifti import read_sample
+from neurosql_med.io.nifti import INTENSITY_MAX, read_affine, read_image
 from neurosql_med.viz.plots import image_grid, save_figure
 
 __all__ = ["TAU", "Report", "Scores", "audit", "evaluate", "report_table"]
@@ -92,7 +93,7 @@ def _evaluate(
     cfg = model.config if model is not None else load_config(config)
     train = load_cohort(real, cfg.data)
     if model is not None:
-        images, ids = read_synthetic(Path(synth), model.geometry)
+        images, ids = read_synthetic(Path(synth), model.geometry, cfg.data)
     else:
         images, ids = _synthetic_cohort(Path(synth), cfg)
     held = load_cohort(holdout, cfg.data).images if holdout is not None else None
@@ -106,8 +107,14 @@ def _evaluate(
     return report
 
 
-def read_synthetic(folder: Path, geometry: Geometry) -> tuple[Tensor, list[str]]:
-    """Every NIfTI under ``folder`` (hidden files and folders left out) at the model's scale, with its relative path."""
+def read_synthetic(folder: Path, geometry: Geometry, data: DataConfig) -> tuple[Tensor, list[str]]:
+    """Every NIfTI under ``folder`` (hidden files and folders left out) as samples of the model, with their names.
+
+    A file on the model's grid is read at the model's own scale. Any other image (a raw
+    copy of a training scan dropped into the folder, say) goes through the model's own
+    preprocessing, i.e. is resampled through its affine onto the training grid, so it is
+    audited like any sample instead of refused.
+    """
     if not folder.is_dir():
         raise UserError(f"synthetic folder not found: {folder}")
     files = sorted(
@@ -117,22 +124,36 @@ def read_synthetic(folder: Path, geometry: Geometry) -> tuple[Tensor, list[str]]
     )
     if not files:
         raise UserError(f"no synthetic images (*.nii, *.nii.gz) found in {folder}")
-    _require_two(len(files), folder)
-    images = torch.stack([torch.from_numpy(_read_one(p, geometry)) for p in files])[:, None]
-    return images, [p.relative_to(folder).as_posix() for p in files]
+    images, ids = [], []
+    for path in files:
+        name = path.relative_to(folder).as_posix()
+        for sample, where in _read_one(path, geometry, data):
+            images.append(torch.from_numpy(sample))
+            ids.append(name if where is None else f"{name} [{where}]")
+    _require_two(len(images), folder)
+    return torch.stack(images)[:, None], ids
 
 
-def _read_one(path: Path, geometry: Geometry) -> np.ndarray:
-    """One synthetic image as a sample of the model's shape; a 2D sample is stored as a one-slice volume."""
-    data = read_sample(path)
-    if geometry.mode == "2d" and data.ndim == 3 and data.shape[geometry.slice_axis] == 1:
-        data = np.squeeze(data, axis=geometry.slice_axis)
-    if list(data.shape) != geometry.sample_shape:
-        raise UserError(
-            f"{path}: image shape {tuple(data.shape)} does not match the model's sample shape "
-            f"{tuple(geometry.sample_shape)}; was it made by another model?"
-        )
-    return data
+def _read_one(path: Path, geometry: Geometry, data: DataConfig) -> list[tuple[np.ndarray, str | None]]:
+    """The samples in one file: itself when on the model's grid, else what preprocessing makes of it."""
+    image = read_image(path)
+    if list(image.shape) == list(geometry.as_volume(np.zeros(geometry.sample_shape)).shape) and _same_affine(path, geometry):
+        sample = image / INTENSITY_MAX
+        return [(sample.reshape(geometry.sample_shape), None)]
+    record = {"image": path, "format": "nifti", "id": path.name, "subject": path.name}
+    samples = preprocess_one(data, record)
+    if not samples:
+        raise UserError(f"{path}: no brain found after resampling it onto the model's grid")
+    return [(np.asarray(s["image"][0], dtype=np.float32), _resampled_where(s)) for s in samples]
+
+
+def _same_affine(path: Path, geometry: Geometry) -> bool:
+    return bool(np.allclose(read_affine(path), geometry.sample_affine(), atol=1e-3))
+
+
+def _resampled_where(sample: dict) -> str:
+    index = sample.get("slice_index")
+    return "resampled" if index is None else f"resampled, slice {index}"
 
 
 def _synthetic_cohort(folder: Path, cfg: Config) -> tuple[Tensor, list[str]]:

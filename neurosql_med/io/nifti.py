@@ -83,6 +83,12 @@ def read_image(path: Path) -> np.ndarray:
     return data
 
 
+def read_affine(path: Path) -> np.ndarray:
+    """A NIfTI's voxel-to-world affine, from the header alone."""
+    with _reading(path):
+        return np.asarray(nib.load(path).affine, dtype=np.float64)
+
+
 def read_sample(path: Path) -> np.ndarray:
     """A written synthetic image back as float32 in [0, 1] (the model's output scale)."""
     return read_image(path) / INTENSITY_MAX

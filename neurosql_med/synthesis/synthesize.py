@@ -26,7 +26,7 @@ from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import AuditReport, audit_cohort
 from neurosql_med.viz.preview import cohort_preview
 from neurosql_med.synthesis.sampling import (
-    CODE_URL, COMPUTE_BLOCK, MAX_SAMPLES, Synthesis, decode_block, sidecar_of, versions, write_with_sidecar,
+    CODE_URL, COMPUTE_BLOCK, MAX_SAMPLES, MAX_SEED, Synthesis, decode_block, sidecar_of, versions, write_with_sidecar,
 )
 
 README = """nsql-med synthetic cohort
@@ -83,7 +83,7 @@ def synthesize(
     near-copy of one of them, and with ``drop_copies`` replaced by a fresh draw that is not.
     The whole run holds --out's lock, so a second run into the same folder is refused.
     """
-    _check_options(n, typicality, batch_size, audit=audit, tau=tau, drop_copies=drop_copies)
+    _check_options(n, seed, typicality, batch_size, audit=audit, tau=tau, drop_copies=drop_copies)
     out = Path(out)
     inputs = [Path(model_dir)] + ([] if audit is None else [Path(audit)])
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before the model is loaded
@@ -109,11 +109,14 @@ def bytes_per_sample(job: Synthesis) -> int:
 
 
 def _check_options(
-    n: int, typicality: float, batch_size: int, *, audit: str | Path | None, tau: float | None, drop_copies: bool,
+    n: int, seed: int, typicality: float, batch_size: int, *,
+    audit: str | Path | None, tau: float | None, drop_copies: bool,
 ) -> None:
     """Every refusal that needs no file, so nothing is loaded or written for a mistyped option."""
     if not 1 <= n <= MAX_SAMPLES:
         raise UserError(f"--n must be between 1 and {MAX_SAMPLES:,}, got {n}")
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     check_typicality(typicality, "--typicality")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
