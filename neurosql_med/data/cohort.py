@@ -66,7 +66,7 @@ def scan_record(scan: Scan, labels: bool = False) -> dict:
     """The dictionary a MONAI pipeline starts from; with ``labels``, its label map under "label"."""
     record = {"image": scan.source, "format": scan.format, "id": scan.id, "subject": scan.subject}
     if labels:
-        record.update(label=scan.labels, label_format="analyze" if scan.labels.suffix.lower() == ".hdr" else "nifti")
+        record.update(label=scan.labels, format_label="analyze" if scan.labels.suffix.lower() == ".hdr" else "nifti")
     return record
 
 

@@ -76,12 +76,11 @@ def candidates(image: Path, fmt: str, layout: str, option: str, root: Path) -> l
 
 
 def _by_prefix(found: list[Path], stem: str) -> list[Path]:
-    """Several matches in one folder: the one named after the scan (`a.nii.gz` → `a_seg.nii.gz`)."""
+    """Several matches in one folder: the one named after the scan (`a.nii.gz` → `a_seg.nii.gz`); the others are other scans'."""
     if len(found) <= 1:
         return found
     keys = {stem, _BIDS_SUFFIX.sub("", stem)}
-    named = [p for p in found if any(re.match(re.escape(k) + r"[_.-]", p.name) for k in keys)]
-    return named or found
+    return [p for p in found if any(re.match(re.escape(k) + r"[_.-]", p.name) for k in keys)]
 
 
 def _existing(paths: list[Path]) -> list[Path]:
@@ -122,12 +121,12 @@ def check_label_map(path: Path, shape: tuple[int, ...], affine: np.ndarray, root
         raise ScanError(path, exc.reason) from None
     data = img[0].numpy()
     if tuple(data.shape) != tuple(shape):
-        raise ScanError(path, f"label map of shape {_dims(data.shape)}, its image is {_dims(shape)}")
+        raise ScanError(path, f"shape {_dims(data.shape)}, its image is {_dims(shape)}")
     off = float(np.abs(img.affine.numpy() - affine).max())
     if off > AFFINE_TOLERANCE:
-        raise ScanError(path, f"label map not on its image's grid (affines differ by up to {off:.3g} mm)")
+        raise ScanError(path, f"not on its image's grid (affines differ by up to {off:.3g} mm)")
     if (data < 0).any() or (data != np.round(data)).any():
-        raise ScanError(path, "label map with negative or non-integer values; it must hold class indices 0, 1, 2, ...")
+        raise ScanError(path, "negative or non-integer values; it must hold class indices 0, 1, 2, ...")
     names, names_from = label_names(path, root)
     top = int(data.max())
     if names is not None and top >= len(names):

@@ -85,7 +85,8 @@ def volume_transforms(cfg: DataConfig, labels: bool = False) -> list:
     else:
         to_shape = Resized(keys=keys, spatial_size=cfg.shape, mode=["trilinear", "nearest"][: len(keys)],
                            anti_aliasing=[True, False][: len(keys)])
-    loads = [LoadScand(keys=IMAGE)] + ([LoadScand(keys=LABEL, format_key="label_format")] if labels else [])
+    # not "label_format": Spacingd treats every "label_*" key as the label's meta dictionary
+    loads = [LoadScand(keys=IMAGE)] + ([LoadScand(keys=LABEL, format_key="format_label")] if labels else [])
     return [
         *loads,
         Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),

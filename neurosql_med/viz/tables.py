@@ -33,7 +33,7 @@ def discovery_tables(found: Discovery) -> list[Table]:
 
 def _labels_cell(scan: Scan) -> str:
     if scan.labels_problem is None and scan.labels is not None:
-        return f"found: {scan.labels.name}"
+        return "found"
     return scan.labels_problem or "missing"
 
 
