@@ -63,6 +63,10 @@ def main() -> None:
 ConfigOpt = typer.Option("default", "--config", "-c", help="YAML config file, or a built-in name: default, volume3d, tiny, tiny3d.")
 PatternOpt = typer.Option(None, "--pattern", help="Glob (relative to the folder) choosing the images; overrides the layout's choice.")
 StrictOpt = typer.Option(False, "--strict", help="Treat any skipped (unreadable or invalid) scan as an error.")
+LabelsOpt = typer.Option(
+    None, "--labels",
+    help="Tissue label maps: auto (OASIS-1 FSL_SEG, BIDS *_dseg; used when every scan has one), none, "
+         "or a glob relative to each scan's folder, e.g. '*_seg.nii.gz'. Default: the config's data.labels (auto).")
 ThreadsOpt = typer.Option(0, "--threads", help="CPU threads for torch; 0 = the CPUs available to this process (affinity and cgroup quota).")
 
 
@@ -80,19 +84,20 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     config: str = ConfigOpt,
     preview: Optional[Path] = typer.Option(None, "--preview", help="Also preprocess as training would and save a PNG of the samples."),
+    labels: Optional[str] = LabelsOpt,
 ) -> None:
     """List the scans found, what was skipped and why, and (with --preview) what training will see."""
     from neurosql_med.viz.tables import discovery_tables
     from neurosql_med.data.discovery import discover
     from neurosql_med.io.files import check_output_file
 
-    from neurosql_med.config import load_config
+    from neurosql_med.config import load_config, override
 
     data = None
     if preview is not None:  # a bad --preview or config fails before any work
         check_output_file(preview, ".png", "--preview")
-        data = load_config(config).data
-    found = discover(path, pattern=pattern, strict=strict)
+        data = override(load_config(config), data__labels=labels).data
+    found = discover(path, pattern=pattern, strict=strict, labels=labels or (data.labels if data else "auto"))
     if as_json:
         print(json.dumps(found.to_json(), indent=2))
     else:
@@ -123,6 +128,7 @@ def fit(
     force: bool = typer.Option(False, "--force", help="Replace a model folder nsql-med wrote in --out (never other files)."),
     pattern: Optional[str] = PatternOpt,
     strict: bool = StrictOpt,
+    labels: Optional[str] = LabelsOpt,
     threads: int = ThreadsOpt,
 ) -> None:
     """Train NeuroSQL on a folder of scans and write a model folder."""
@@ -133,7 +139,7 @@ def fit(
 
     cfg = fit_config(
         config, out, resume, force,
-        data__mode=mode, data__pattern=pattern, train__epochs=epochs, train__max_minutes=max_minutes,
+        data__mode=mode, data__pattern=pattern, data__labels=labels, train__epochs=epochs, train__max_minutes=max_minutes,
         model__latent_dim=latent_dim, model__lattice=lattice, train__device=device, train__seed=seed,
     )
     cohort = load_cohort(scans, cfg.data, strict=strict)

@@ -171,7 +171,20 @@ def _fail(key: str, what: str) -> NoReturn:
     raise UserError(f"config key '{key}' {what}")
 
 
+LABEL_FILES = (".nii.gz", ".nii", ".hdr", ".img")  # label maps: NIfTI or Analyze
+
+
+def check_labels(value: str, name: str = "config key 'data.labels'") -> None:
+    """auto, none, or a glob relative to each scan's folder that can name a label map file."""
+    if value in ("auto", "none"):
+        return
+    if not value.strip() or value.startswith("/") or "\0" in value or not value.lower().endswith((*LABEL_FILES, "*")):
+        raise UserError(f"{name} must be auto, none, or a glob relative to each scan's folder naming NIfTI/Analyze "
+                        f"label maps (e.g. '*_seg.nii.gz'), got {value!r}")
+
+
 def _check_data(d: DataConfig) -> None:
+    check_labels(d.labels)
     if len(d.spacing) != 3 or any(not 0 < s <= MAX_SPACING for s in d.spacing):
         _fail("data.spacing", f"must be three voxel sizes in mm, each > 0 and <= {MAX_SPACING:g}")
     if len(d.shape) != 3 or any(not 8 <= s <= MAX_SIDE for s in d.shape):

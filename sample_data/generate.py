@@ -28,6 +28,8 @@ AFFINE = np.array([[2.0, 0, 0, -87], [0, 2.0, 0, -103], [0, 0, 2.0, -87], [0, 0,
 TAL_SHIFT = np.array([0.0, -17.0, 10.0])  # Talairach mm = world mm + shift: brain centre at world 0
 ICV_REF_ML = 1400.0  # fixed intracranial reference volume: nWBV = tissue volume / ICV_REF_ML
 WM, GM, CSF = 1.0, 0.66, 0.20  # T1 intensities relative to white matter
+LABEL_NAMES = ["background", "CSF", "GM", "WM"]  # dseg classes, FSL FAST's order
+GREY_NUCLEUS, VENTRICLE = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)  # their (CSF, GM, WM) fractions
 STORE_WM = 100  # stored value of white matter; uint8 with noise over a few codes gzips to ~160 KB
 EDGE = 1.0  # mm; width of the sigmoid that turns SDFs into partial-volume fractions
 # Deep grey nuclei: (centre, radii, relative T1 intensity), mirrored to both hemispheres.
@@ -272,8 +274,12 @@ def local(sl: tuple[slice, ...], values: np.ndarray, fill: float = 99.0) -> np.n
     return out
 
 
-def render(s: Subject) -> tuple[np.ndarray, float]:
-    """Build one T1w volume (stored units) and return it with its brain-tissue volume in mL."""
+def render(s: Subject) -> tuple[np.ndarray, np.ndarray, float]:
+    """Build one T1w volume (stored units) and return it with its tissue labels and brain-tissue volume in mL.
+
+    The labels follow the same partial-volume fractions (CSF, GM, WM) that make the intensities,
+    each voxel taking the class with the largest fraction inside the skull-strip mask.
+    """
     rng = np.random.default_rng([SEED, s.seed])
     a = s.atrophy
     size = 1 + 0.008 * np.clip(rng.standard_normal(), -2, 2) + (0.005 if s.sex == "M" else -0.005)  # atlas space
@@ -289,42 +295,53 @@ def render(s: Subject) -> tuple[np.ndarray, float]:
     shrink = 1.0 * a  # the atrophied brain pulls away from the mask, leaving a CSF rim
     gm, thick = GM + 0.05 * a, 3.0 - 0.8 * a  # GM/WM contrast and cortical thickness fall with age
 
-    def ribbon(sd: np.ndarray, th: float, wm: float, g: float) -> tuple[np.ndarray, np.ndarray]:
+    def ribbon(sd: np.ndarray, th: float, wm: float, g: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         tissue, grey = sigmoid(sd / EDGE), sigmoid((th - sd) / EDGE)
-        return CSF + tissue * (wm + (g - wm) * grey - CSF), tissue
+        return CSF + tissue * (wm + (g - wm) * grey - CSF), tissue, fractions(tissue, grey)
 
-    img, frac = ribbon(cerebral_csf_distance(rng, x, y, z, t_cer + shrink, a), thick, WM, gm)
+    img, frac, parts = ribbon(cerebral_csf_distance(rng, x, y, z, t_cer + shrink, a), thick, WM, gm)
     f_cer = frac.copy()
     s_cb = cerebellar_csf_distance(rng, x[cb], y[cb], z[cb], t_cb + shrink, a)
-    i_cb, f_cb = ribbon(s_cb, 2.6 - 0.4 * a, 0.94, gm - 0.02)
+    i_cb, f_cb, p_cb = ribbon(s_cb, 2.6 - 0.4 * a, 0.94, gm - 0.02)
+    parts[(slice(None), *cb)] = np.where(f_cb > frac[cb], p_cb, parts[(slice(None), *cb)])
     img[cb], frac[cb] = np.maximum(img[cb], i_cb), np.maximum(frac[cb], f_cb)
     f_bs = sigmoid(-(t_bs + 0.5 * shrink) / EDGE)
+    parts[(slice(None), *bs)] = np.where(f_bs > frac[bs], fractions(f_bs, 0 * f_bs), parts[(slice(None), *bs)])
     img[bs], frac[bs] = np.maximum(img[bs], CSF + f_bs * (0.82 - CSF)), np.maximum(frac[bs], f_bs)
     xs, ys, zs = x[deep], y[deep], z[deep]
+    in_deep = (slice(None), *deep)
     for c, r, val in NUCLEI:
         shrink_n = 1 - (0.25 * s.cdr if val < 0.66 else 0.05 * a)  # hippocampus/amygdala atrophy with CDR
         w = sigmoid(-ellipsoid(np.abs(xs), ys, zs, c, [float(v * shrink_n) for v in r]) / EDGE) * f_cer[deep]
         img[deep] += w * (val + 0.03 * a - img[deep])
+        parts[in_deep] = parts[in_deep] * (1 - w) + w * np.array(GREY_NUCLEUS)[:, None, None, None]
     v = ventricles(xs, ys, zs, a)
     img[deep] *= 1 - 0.12 * a * np.exp(-np.maximum(v, 0) / 4)  # periventricular white-matter change
     wv = sigmoid(-v / EDGE)
     img[deep] += wv * (CSF - img[deep])
     frac[deep] *= 1 - wv
+    parts[in_deep] = parts[in_deep] * (1 - wv) + wv * np.array(VENTRICLE)[:, None, None, None]
+    labels = ((np.argmax(parts, axis=0) + 1) * mask).astype(np.uint8)
     img *= np.exp(smooth_field(rng, (3, 3, 3), 0.05))  # smooth multiplicative bias field
     sig = 0.03  # Rician noise: magnitude of a complex signal with Gaussian noise on both channels
     noisy = np.hypot(img + sig * rng.standard_normal(SHAPE, np.float32), sig * rng.standard_normal(SHAPE, np.float32))
     out = np.clip(np.round(noisy * STORE_WM), 0, 255) * mask
-    return out.astype(np.uint8), float((frac * mask).sum() * 8e-3)
+    return out.astype(np.uint8), labels, float((frac * mask).sum() * 8e-3)
+
+
+def fractions(tissue: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    """Partial-volume fractions (CSF, GM, WM) of a voxel that is ``tissue`` brain, ``grey`` of it cortex."""
+    return np.stack([1 - tissue, tissue * grey, tissue * (1 - grey)])
 
 
 # ---------------------------------------------------------------- writers
-def save_nifti_gz(vol: np.ndarray, path: Path) -> None:
+def save_nifti_gz(vol: np.ndarray, path: Path, what: str = "T1w") -> None:
     """gzip ourselves with mtime=0 and no file name, so the bytes never depend on when we ran."""
     img = nib.Nifti1Image(vol, AFFINE)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(AFFINE, code=1)
     img.set_sform(AFFINE, code=2)  # aligned to the (half-resolution) T88 atlas grid
-    img.header["descrip"] = b"nsql-med synthetic T1w: procedural, no patient data"
+    img.header["descrip"] = f"nsql-med synthetic {what}: procedural, no patient data".encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(img.to_bytes(), compresslevel=9, mtime=0))
 
@@ -393,8 +410,11 @@ def write_metadata(rows: list[tuple[Subject, float]]) -> None:
                                     f"generated image divided by a fixed intracranial reference of {ICV_REF_ML:g} mL"}}
     lines = ["participant_id\tage\tsex\tCDR\tnWBV"]
     lines += [f"{s.pid}\t{s.age}\t{s.sex}\t{s.cdr:g}\t{ml / ICV_REF_ML:.3f}" for s, ml in rows]
-    for name, text in [("dataset_description.json", json.dumps(desc, indent=2)), (".bidsignore", "generate.py\nformats/"),
-                       ("participants.json", json.dumps(cols, indent=2)), ("participants.tsv", "\n".join(lines))]:
+    ignore = "generate.py\nformats/\n*_dseg.nii.gz\ndseg.tsv"  # label maps are derivatives in BIDS terms
+    classes = "\n".join(["index\tname", *(f"{i}\t{n}" for i, n in enumerate(LABEL_NAMES))])
+    for name, text in [("dataset_description.json", json.dumps(desc, indent=2)), (".bidsignore", ignore),
+                       ("participants.json", json.dumps(cols, indent=2)), ("participants.tsv", "\n".join(lines)),
+                       ("dseg.tsv", classes)]:
         (HERE / name).write_text(text + "\n")
 
 
@@ -403,13 +423,17 @@ def main() -> None:
         shutil.rmtree(old, ignore_errors=True)
     rows = []
     for s in make_cohort():
-        vol, tissue_ml = render(s)
-        save_nifti_gz(vol, HERE / s.pid / s.session / "anat" / f"{s.pid}_{s.session}_T1w.nii.gz")
+        vol, labels, tissue_ml = render(s)
+        anat = HERE / s.pid / s.session / "anat"
+        save_nifti_gz(vol, anat / f"{s.pid}_{s.session}_T1w.nii.gz")
+        save_nifti_gz(labels, anat / f"{s.pid}_{s.session}_dseg.nii.gz", "tissue labels")
         rows.append((s, tissue_ml))
     write_metadata(rows)
     rng = np.random.default_rng([SEED, 1000])
-    save_analyze(render(make_subject("OAS1_0042", "", 74, 0.5, rng, 1001))[0],
-                 HERE / "formats" / "analyze" / "OAS1_0042_MR1_mpr_n4_anon_111_t88_masked_gfc.hdr")
+    vol, labels, _ = render(make_subject("OAS1_0042", "", 74, 0.5, rng, 1001))
+    stem = HERE / "formats" / "analyze" / "OAS1_0042_MR1_mpr_n4_anon_111_t88_masked_gfc"
+    save_analyze(vol, stem.with_name(stem.name + ".hdr"))
+    save_analyze(labels, stem.with_name(stem.name + "_fseg.hdr"))  # FAST's name; beside it, so formats/ stays one folder
     save_dicom(render(make_subject("SYNTH0001", "", 58, 0.0, rng, 1002))[0], HERE / "formats" / "dicom")
 
 

@@ -43,6 +43,11 @@ def brain_volume(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarr
     return (inside * 800 + rng.integers(0, 100, size=shape)).astype(np.int16)
 
 
+def tissue_labels(volume: np.ndarray, cuts: Sequence[float] = (400,)) -> np.ndarray:
+    """A label map derived from its image: class k where the intensity passed k of the cuts (uint8, like FAST)."""
+    return np.digitize(volume, cuts).astype(np.uint8)
+
+
 def varied_volume(i: int, shape=(40, 48, 40)) -> np.ndarray:
     """Brain-like blobs that differ in size and inner structure, so there is something to learn."""
     rng = np.random.default_rng(i)
@@ -175,7 +180,7 @@ def tiny_oasis1(tmp_path: Path) -> Path:
         t88 = base / "PROCESSED/MPRAGE/T88_111"
         write_analyze(t88 / f"{session}_mpr_n4_anon_111_t88_gfc.hdr", volume)
         write_analyze(t88 / f"{session}_mpr_n4_anon_111_t88_masked_gfc.hdr", volume)
-        write_analyze(base / f"FSL_SEG/{session}_mpr_n4_anon_111_t88_masked_gfc_fseg.hdr", volume)
+        write_analyze(base / f"FSL_SEG/{session}_mpr_n4_anon_111_t88_masked_gfc_fseg.hdr", tissue_labels(volume) * 3)
         (base / f"{session}.txt").write_text("AGE: 74\n")
         (t88 / f"{session}_mpr_n4_anon_111_t88_gfc_tra_90.gif").write_bytes(b"GIF89a")
     return root

@@ -74,10 +74,11 @@ def test_oasis1_uses_the_masked_atlas_image_of_each_session(tiny_oasis1: Path) -
         assert scan.path.name.endswith("_t88_masked_gfc.hdr") and scan.format == "analyze"
         assert [f.suffix for f in scan.files] == [".hdr", ".img"]
         assert scan.shape == SHAPE
+        assert scan.labels == scan.path.parents[3] / "FSL_SEG" / scan.path.name.replace("_gfc.hdr", "_gfc_fseg.hdr")
+    assert found.labels_used and found.label_names == ["background", "CSF", "GM", "WM"]
     reasons = {s.path.name: s.reason for s in found.skipped}
-    assert len(reasons) == 2 * 5  # RAW x2, SUBJ_111, t88_gfc, FSL_SEG per session
+    assert len(reasons) == 2 * 4  # RAW x2, SUBJ_111, t88_gfc per session; the FSL_SEG label map is paired
     assert "raw acquisition (RAW/)" in reasons["OAS1_0001_MR1_mpr-1_anon.hdr"]
-    assert "tissue segmentation (FSL_SEG/)" in reasons["OAS1_0001_MR1_mpr_n4_anon_111_t88_masked_gfc_fseg.hdr"]
     assert "without brain mask" in reasons["OAS1_0002_MR1_mpr_n4_anon_111_t88_gfc.hdr"]
     assert all("*_t88_masked_gfc" in r for r in reasons.values())
 
@@ -127,7 +128,10 @@ def test_pattern_overrides_the_layout(tiny_oasis1: Path, tiny_bids: Path) -> Non
     assert found.layout == "pattern"
     assert [s.id for s in found.scans] == ["OAS1_0001_MR1", "OAS1_0002_MR1"]
     assert all(s.path.name.endswith("_t88_gfc.hdr") for s in found.scans)
-    assert len(found.skipped) == 2 * 5 and all("does not match --pattern" in s.reason for s in found.skipped)
+    assert len(found.skipped) == 2 * 5 and not found.labels_used
+    reasons = {s.path.name: s.reason for s in found.skipped}
+    assert reasons.pop("OAS1_0001_MR1_mpr_n4_anon_111_t88_masked_gfc_fseg.hdr") == "a label map, not a scan; no scan pairs with it"
+    assert all("does not match --pattern" in r for n, r in reasons.items() if not n.endswith("_fseg.hdr"))
     flair = discover(tiny_bids, pattern="**/*_FLAIR.nii.gz")
     assert [s.id for s in flair.scans] == ["sub-OAS30002_ses-d0100"]
     assert len(discover(tiny_bids, pattern="**/*.nii.gz").scans) == 5
@@ -223,12 +227,13 @@ def test_folders_without_scans_are_user_errors(tmp_path: Path) -> None:
 def test_to_json_lists_scans_and_skips_relative_to_root(tiny_bids: Path) -> None:
     doc = discover(tiny_bids).to_json()
     json.dumps(doc)
-    assert set(doc) == {"layout", "scans", "skipped"}
+    assert set(doc) == {"layout", "labels_used", "label_names", "scans", "skipped"}
     assert doc["scans"][0] == {
         "id": "sub-OAS30001_ses-d0129", "subject": "sub-OAS30001", "session": "ses-d0129",
         "path": "sub-OAS30001/ses-d0129/anat/sub-OAS30001_ses-d0129_T1w.nii.gz",
-        "format": "nifti", "shape": list(SHAPE), "spacing": [1.0, 1.0, 1.0],
+        "format": "nifti", "shape": list(SHAPE), "spacing": [1.0, 1.0, 1.0], "labels": None, "labels_problem": "missing",
     }
+    assert doc["labels_used"] is False and doc["label_names"] is None
     assert {"path": "formats/sub-OAS30001_T1w.hdr", "reason": doc["skipped"][0]["reason"]} in doc["skipped"]
 
 

@@ -35,12 +35,17 @@ class Cohort:
     def fingerprint(self) -> dict:
         """Content hashes keyed by anonymous index: says what was trained on, never where or whom."""
         scans = [sorted(sha256_file(f) for f in scan.files) for scan in self.discovery.scans]
-        return {
+        found = {
             "n_scans": len(scans),
             "n_samples": len(self),
             "mode": self.geometry.mode,
             "scans": {str(i): hashes for i, hashes in enumerate(scans)},
         }
+        if self.labels is not None:  # the same scans with other label maps are other training data
+            maps = [sorted(sha256_file(f) for f in scan.label_files) for scan in self.discovery.scans]
+            found["labels"] = {str(i): hashes for i, hashes in enumerate(maps)}
+            found["label_names"] = self.label_names
+        return found
 
     def subset(self, keep: np.ndarray) -> "Cohort":
         """The samples at ``keep`` (indices), e.g. one side of a by-subject split."""
@@ -57,9 +62,12 @@ class Cohort:
         )
 
 
-def scan_record(scan: Scan) -> dict:
-    """The dictionary a MONAI pipeline starts from."""
-    return {"image": scan.source, "format": scan.format, "id": scan.id, "subject": scan.subject}
+def scan_record(scan: Scan, labels: bool = False) -> dict:
+    """The dictionary a MONAI pipeline starts from; with ``labels``, its label map under "label"."""
+    record = {"image": scan.source, "format": scan.format, "id": scan.id, "subject": scan.subject}
+    if labels:
+        record.update(label=scan.labels, format_label="analyze" if scan.labels.suffix.lower() == ".hdr" else "nifti")
+    return record
 
 
 def check_resampling(scans: list[Scan], cfg: DataConfig) -> None:
@@ -96,17 +104,24 @@ def load_cohort(
     min_samples: int = 2,
     workers: int = 2,
 ) -> Cohort:
-    """Discover, read and preprocess every scan once (MONAI CacheDataset), then stack them."""
-    found = root if isinstance(root, Discovery) else discover(root, pattern=cfg.pattern, strict=strict)
+    """Discover, read and preprocess every scan once (MONAI CacheDataset), then stack them.
+
+    Label maps come along when discovery found one that fits every scan and ``cfg.labels``
+    is not "none"; they are preprocessed with their images and held as int64 class indices.
+    """
+    found = root if isinstance(root, Discovery) else discover(root, pattern=cfg.pattern, strict=strict, labels=cfg.labels)
+    use_labels = found.labels_used and cfg.labels != "none"
     check_resampling(found.scans, cfg)
-    records = [scan_record(s) for s in found.scans]
-    cached = CacheDataset(records, transform=preprocess(cfg), num_workers=workers, progress=False)
-    images, scan_ids, subjects, slices, affines = [], [], [], [], []
+    records = [scan_record(s, use_labels) for s in found.scans]
+    cached = CacheDataset(records, transform=preprocess(cfg, use_labels), num_workers=workers, progress=False)
+    images, labels, scan_ids, subjects, slices, affines = [], [], [], [], [], []
     for item in cached:
         samples = item if isinstance(item, list) else [item]
         for sample in samples:
             image = sample["image"]
             images.append(torch.as_tensor(image).float())
+            if use_labels:
+                labels.append(torch.as_tensor(sample["label"]).round().long())
             scan_ids.append(sample["id"])
             subjects.append(sample["subject"])
             slices.append(sample.get("slice_index"))
@@ -122,4 +137,6 @@ def load_cohort(
         slice_index=slices,
         geometry=_geometry(cfg, affines, slices),
         discovery=found,
+        labels=torch.stack(labels).as_subclass(torch.Tensor) if use_labels else None,
+        label_names=list(found.label_names) if use_labels and found.label_names else None,
     )

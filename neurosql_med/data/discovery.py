@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 
-from neurosql_med.data.readers import ScanError, ScanSource, dicom_header, is_dicom_file, read_scan
+from neurosql_med.config import check_labels
+from neurosql_med.data import labels as lab
+from neurosql_med.data.readers import ScanError, ScanSource, dicom_header, is_dicom_file, load_scan
 from neurosql_med.errors import UserError
 
 # Sidecars and documents that sit beside scans; never worth a "skipped" line.
@@ -56,6 +58,9 @@ class Scan:
     spacing: tuple[float, float, float]
     orientation: str  # axis codes of the affine, e.g. "RAS"
     intensity: tuple[float, float]  # min, max
+    labels: Path | None = None  # its label map, when one was found (and fits, unless labels_problem says otherwise)
+    label_files: list[Path] = field(default_factory=list)  # the label map's files, once it is known to fit
+    labels_problem: str | None = None  # why it has no usable label map: "missing", or why the one found was rejected
 
     @property
     def source(self) -> ScanSource:
@@ -75,22 +80,30 @@ class Discovery:
     layout: str
     scans: list[Scan]
     skipped: list[Skipped]
+    labels_option: str = lab.AUTO  # what was asked: auto, none, or a glob
+    labels_used: bool = False  # every scan has a label map that fits, and training will use them
+    label_names: list[str] | None = None  # class index -> name when labels are used; 0 is background
 
     def to_json(self) -> dict:
         return {
             "layout": self.layout,
+            "labels_used": self.labels_used,
+            "label_names": self.label_names,
             "scans": [
                 {
-                    "id": s.id, "subject": s.subject, "session": s.session, "path": self._rel(s.path),
+                    "id": s.id, "subject": s.subject, "session": s.session, "path": self.rel(s.path),
                     "format": s.format, "shape": list(s.shape), "spacing": list(s.spacing),
+                    "labels": None if s.labels is None or s.labels_problem else self.rel(s.labels),
+                    "labels_problem": s.labels_problem,
                 }
                 for s in self.scans
             ],
-            "skipped": [{"path": self._rel(s.path), "reason": s.reason} for s in self.skipped],
+            "skipped": [{"path": self.rel(s.path), "reason": s.reason} for s in self.skipped],
         }
 
-    def _rel(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+    def rel(self, path: Path) -> str:
+        """Paths in reports are relative to the scan folder: they never say where the data lives."""
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else path.as_posix()
 
 
 @dataclass
@@ -113,33 +126,134 @@ class _Name:
     fallback: str  # a more specific id, used when `id` is not unique
 
 
-def discover(root: str | Path, pattern: str | None = None, strict: bool = False) -> Discovery:
-    """Scans under ``root`` sorted by id; with ``strict``, the first unusable chosen image is an error."""
+def discover(
+    root: str | Path, pattern: str | None = None, strict: bool = False, labels: str = lab.AUTO,
+) -> Discovery:
+    """Scans under ``root`` sorted by id; with ``strict``, the first unusable chosen image is an error.
+
+    ``labels`` pairs each scan with its label map: "auto" (the layout's naming; used when
+    every scan has one that fits), "none", or a glob relative to each scan's folder.
+    """
     root = Path(root)
     if not root.exists():
         raise UserError(f"scan folder not found: {root}")
     if not root.is_dir():
         raise UserError(f"{root}: not a folder; pass the folder that holds the scans")
+    check_labels(labels, "--labels")
     volumes, skipped = _find_volumes(root)
     detected = _layout(volumes)
+    volumes, maps = _set_aside_label_maps(volumes, labels)
     layout = "pattern" if pattern is not None else detected
     chosen = _choose(root, volumes, layout, pattern, skipped)
     if pattern is not None and not chosen:
         raise UserError(f"--pattern {pattern!r} matches no image in {root}")
-    scans, names = [], []
+    scans, names, affines = [], [], []
     for vol in chosen:
         try:
-            scans.append(_describe(vol))
+            scan, affine = _describe(vol)
         except ScanError as exc:
             if strict:
                 raise UserError(f"{exc.path}: {exc.reason}") from None
             skipped.append(Skipped(exc.path, exc.reason))
             continue
+        scans.append(scan)
         names.append(_name(vol, detected))
+        affines.append(affine)
+    if not scans:
+        raise UserError(f"no brain MRI scans found in {root} ({_why_none(skipped, layout)})")
+    pairing = _LabelPairing(root, labels, strict)
+    keep = pairing.pair(scans, affines, detected)
+    skipped += pairing.skipped + pairing.unclaimed(maps)
+    scans, names = [s for s, k in zip(scans, keep) if k], [n for n, k in zip(names, keep) if k]
     if not scans:
         raise UserError(f"no brain MRI scans found in {root} ({_why_none(skipped, layout)})")
     _apply_names(scans, names)
-    return Discovery(root, layout, sorted(scans, key=lambda s: s.id), sorted(skipped, key=lambda s: s.path))
+    return Discovery(root, layout, sorted(scans, key=lambda s: s.id), sorted(skipped, key=lambda s: s.path),
+                     labels, pairing.used, pairing.names)
+
+
+def _set_aside_label_maps(volumes: list[_Volume], option: str) -> tuple[list[_Volume], list[_Volume]]:
+    """A segmentation is never a training scan: named like one (`_dseg`, `_fseg`, `_seg`) or matched by --labels."""
+    globbed: set[Path] = set()
+    if option not in (lab.AUTO, lab.NONE):
+        for folder in sorted({v.path.parent for v in volumes}):
+            globbed.update(lab.glob_matches(folder, option))
+    is_map = [v.format != "dicom" and (lab.is_label_name(v.path.name) or v.path in globbed) for v in volumes]
+    return [v for v, m in zip(volumes, is_map) if not m], [v for v, m in zip(volumes, is_map) if m]
+
+
+class _LabelPairing:
+    """Pairs scans with label maps and decides whether the cohort uses them (see `discover`)."""
+
+    def __init__(self, root: Path, option: str, strict: bool) -> None:
+        self.root, self.option, self.strict = root, option, strict
+        self.used, self.names = False, None
+        self.skipped: list[Skipped] = []
+        self.claimed: set[Path] = set()
+        self.fitting: dict[int, lab.LabelMap] = {}
+
+    def pair(self, scans: list[Scan], affines: list[np.ndarray], layout: str) -> list[bool]:
+        """Which scans stay; a scan whose label map is rejected (or missing, under a glob) is skipped."""
+        if self.option == lab.NONE:
+            return [True] * len(scans)
+        for i, (scan, affine) in enumerate(zip(scans, affines)):
+            self._find(i, scan, affine, layout)
+        if self.option != lab.AUTO and not self.claimed:
+            raise UserError(f"--labels {self.option!r} matches no label map beside any scan in {self.root}")
+        if self.option == lab.AUTO and any(s.labels is None for s in scans):
+            return [True] * len(scans)  # auto: a single scan without labels means no labels
+        self.names = self._names()
+        for i, m in list(self.fitting.items()):
+            if m.names is None and m.top >= len(self.names):
+                self._reject(scans[i], ScanError(m.path, f"holds class {m.top}, beyond the label names (0..{len(self.names) - 1})"))
+        keep = [i in self.fitting for i in range(len(scans))]
+        for scan, k in zip(scans, keep):
+            if not k:
+                self._skip(scan)
+        self.used = any(keep)
+        return keep
+
+    def _find(self, i: int, scan: Scan, affine: np.ndarray, layout: str) -> None:
+        found = lab.candidates(scan.path, scan.format, layout, self.option, self.root)
+        self.claimed.update(found)
+        if not found:
+            where = self.root if self.option == lab.AUTO else scan.path.parent
+            scan.labels_problem = "missing" if self.option == lab.AUTO else f"missing: no file matches --labels {self.option!r} in {where}"
+            return
+        if len(found) > 1:
+            scan.labels_problem = f"several label maps ({', '.join(p.name for p in found)}); choose one with --labels GLOB"
+            return
+        scan.labels = found[0]
+        try:
+            self.fitting[i] = lab.check_label_map(found[0], scan.shape, affine, self.root)
+            scan.label_files = self.fitting[i].files
+        except ScanError as exc:
+            self._reject(scan, exc)
+
+    def _reject(self, scan: Scan, exc: ScanError) -> None:
+        scan.labels_problem = f"rejected: {exc.reason}"
+        scan.label_files = []
+        self.fitting = {i: m for i, m in self.fitting.items() if m.path != exc.path}
+
+    def _skip(self, scan: Scan) -> None:
+        if self.strict:
+            culprit = scan.labels if scan.labels is not None else scan.path
+            raise UserError(f"{culprit}: label map {scan.labels_problem} (scan {scan.path.name})")
+        self.skipped.append(Skipped(scan.path, f"label map {scan.labels_problem}"))
+
+    def _names(self) -> list[str]:
+        """One naming for the cohort: the tables found must agree; without any, the classes are numbered."""
+        tables = {tuple(m.names): m.names_from for m in self.fitting.values() if m.names is not None}
+        if len(tables) > 1:
+            (a, where_a), (b, where_b) = list(tables.items())[:2]
+            raise UserError(f"label names differ: {where_a} names {', '.join(a)}; {where_b} names {', '.join(b)}")
+        if tables:
+            return list(next(iter(tables)))
+        return lab.numbered_names(max((m.top for m in self.fitting.values()), default=0))
+
+    def unclaimed(self, maps: list[_Volume]) -> list[Skipped]:
+        why = "labels not used (--labels none)" if self.option == lab.NONE else "no scan pairs with it"
+        return [Skipped(v.path, f"a label map, not a scan; {why}") for v in maps if v.path not in self.claimed]
 
 
 def _why_none(skipped: list[Skipped], layout: str) -> str:
@@ -323,18 +437,22 @@ def _bids_reason(vol: _Volume) -> str | None:
     return None
 
 
-def _describe(vol: _Volume) -> Scan:
-    """Read the image to validate it and record what training will see; ids are set later."""
+def _describe(vol: _Volume) -> tuple[Scan, np.ndarray]:
+    """Read the image to validate it and record what training will see; ids are set later.
+
+    The affine comes back too: its label map must sit on the same grid.
+    """
     if vol.problem is not None:
         raise ScanError(vol.path, vol.problem)
-    data, affine = read_scan(_source(vol.format, vol.path, vol.files), vol.format)
+    img = load_scan(_source(vol.format, vol.path, vol.files), vol.format)
+    data, affine = img[0].numpy(), img.affine.numpy()
     return Scan(
         id="", subject="", session=None, path=vol.path, format=vol.format, files=vol.files,
         shape=(int(data.shape[0]), int(data.shape[1]), int(data.shape[2])),
         spacing=tuple(round(float(s), 6) for s in nib.affines.voxel_sizes(affine)),  # type: ignore[arg-type]
         orientation="".join(nib.aff2axcodes(affine)),
         intensity=(float(np.min(data)), float(np.max(data))),
-    )
+    ), affine
 
 
 def _name(vol: _Volume, layout: str) -> _Name:

@@ -1,13 +1,16 @@
 """The preprocessing pipeline, composed from MONAI dictionary transforms.
 
 Training, evaluation and benchmarking all call :func:`preprocess` so a scan is seen
-exactly the same way everywhere.
+exactly the same way everywhere. A label map ("label" key) goes through the same spatial
+steps as its image, with nearest-neighbour resampling and the image's crop box and slices,
+so the two stay aligned voxel for voxel; only the image's intensities are scaled.
 """
 from __future__ import annotations
 
 from typing import Any, Hashable, Mapping
 
 import torch
+from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -24,6 +27,7 @@ from neurosql_med.config import DataConfig
 from neurosql_med.data.readers import LoadScand
 from neurosql_med.errors import UserError
 
+IMAGE, LABEL = "image", "label"
 FOREGROUND = 0.01  # intensity (after scaling to [0, 1]) above which a voxel is brain
 
 
@@ -36,11 +40,12 @@ class SliceSamplesd(MapTransform):
 
     Slices are taken from a fraction range of the brain's own extent along the axis
     (not of the padded grid), so "the central 60 %" means the same anatomy for large
-    and small brains. Each sample keeps its source scan id and slice index.
+    and small brains. Each sample keeps its source scan id and slice index. The first
+    key (the image) chooses the slices; every other key (its label map) is cut the same.
     """
 
-    def __init__(self, keys: str, axis: int, fraction: tuple[float, float], stride: int) -> None:
-        super().__init__(keys)
+    def __init__(self, keys: KeysCollection, axis: int, fraction: tuple[float, float], stride: int) -> None:
+        super().__init__(keys, allow_missing_keys=True)
         self.axis, self.fraction, self.stride = axis, fraction, stride
 
     def slice_indices(self, volume: torch.Tensor) -> list[int]:
@@ -55,41 +60,51 @@ class SliceSamplesd(MapTransform):
         return list(range(start, stop, self.stride))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
-        (key,) = self.keys
-        volume = data[key]
+        keys = list(self.key_iterator(dict(data)))
+        volume = data[keys[0]]
         samples = []
         for index in self.slice_indices(volume):
-            sample = {k: v for k, v in data.items() if k != key}
-            sample[key] = volume.select(self.axis + 1, index).as_tensor().clone()
+            sample = {k: v for k, v in data.items() if k not in keys}
+            for key in keys:
+                sample[key] = data[key].select(self.axis + 1, index).as_tensor().clone()
             sample["slice_index"] = index
             sample["affine"] = volume.affine.clone()
             samples.append(sample)
         return samples
 
 
-def volume_transforms(cfg: DataConfig) -> list:
-    """Load → RAS → target spacing → robust [0, 1] scaling → brain crop → target grid."""
+def volume_transforms(cfg: DataConfig, labels: bool = False) -> list:
+    """Load → RAS → target spacing → robust [0, 1] scaling → brain crop → target grid.
+
+    Class indices must never be blended: the label map is resampled and resized with
+    nearest neighbours, and padded with 0 (background), like the image's empty border.
+    """
     lower, upper = cfg.intensity_percentiles
+    keys = [IMAGE, LABEL] if labels else [IMAGE]
     if cfg.fit == "pad_crop":
-        to_shape = ResizeWithPadOrCropd(keys="image", spatial_size=cfg.shape)
+        to_shape = ResizeWithPadOrCropd(keys=keys, spatial_size=cfg.shape)
     else:
-        to_shape = Resized(keys="image", spatial_size=cfg.shape, mode="trilinear", anti_aliasing=True)
+        to_shape = Resized(keys=keys, spatial_size=cfg.shape, mode=["trilinear", "nearest"][: len(keys)],
+                           anti_aliasing=[True, False][: len(keys)])
+    # not "label_format": Spacingd treats every "label_*" key as the label's meta dictionary
+    loads = [LoadScand(keys=IMAGE)] + ([LoadScand(keys=LABEL, format_key="format_label")] if labels else [])
     return [
-        LoadScand(keys="image"),
-        Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Spacingd(keys="image", pixdim=cfg.spacing, mode="bilinear", dtype="float32"),
-        ScaleIntensityRangePercentilesd(keys="image", lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True),
-        CropForegroundd(keys="image", source_key="image", select_fn=is_foreground, margin=cfg.foreground_margin),
+        *loads,
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd(keys=keys, pixdim=cfg.spacing, mode=["bilinear", "nearest"][: len(keys)], dtype="float32"),
+        ScaleIntensityRangePercentilesd(keys=IMAGE, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True),
+        CropForegroundd(keys=keys, source_key=IMAGE, select_fn=is_foreground, margin=cfg.foreground_margin),
         to_shape,
-        EnsureTyped(keys="image", dtype=torch.float32, track_meta=True),
+        EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True),
     ]
 
 
-def preprocess(cfg: DataConfig) -> Compose:
-    """The full pipeline for the configured mode: volumes (3d) or lists of slices (2d)."""
-    steps = volume_transforms(cfg)
+def preprocess(cfg: DataConfig, labels: bool = False) -> Compose:
+    """The full pipeline for the configured mode: volumes (3d) or lists of slices (2d); with labels, both keys."""
+    steps = volume_transforms(cfg, labels)
     if cfg.mode == "2d":
-        steps.append(SliceSamplesd("image", cfg.slice_axis, tuple(cfg.slice_range), cfg.slice_stride))
+        keys = [IMAGE, LABEL] if labels else [IMAGE]
+        steps.append(SliceSamplesd(keys, cfg.slice_axis, tuple(cfg.slice_range), cfg.slice_stride))
     return Compose(steps)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from neurosql_med.data.discovery import Discovery
+from neurosql_med.data.discovery import Discovery, Scan
 
 
 def _fmt(values, digits: int = 2) -> str:
@@ -11,12 +11,15 @@ def _fmt(values, digits: int = 2) -> str:
 
 
 def discovery_tables(found: Discovery) -> list[Table]:
-    scans = Table(title=f"{len(found.scans)} scan(s) in {found.root} (layout: {found.layout})")
-    for column in ("id", "format", "shape", "voxel size (mm)", "orientation", "intensity range"):
+    scans = Table(title=f"{len(found.scans)} scan(s) in {found.root} (layout: {found.layout})",
+                  caption=_labels_caption(found))
+    show_labels = found.labels_option != "none"
+    for column in ("id", "format", "shape", "voxel size (mm)", "orientation", "intensity range", "labels")[: 6 + show_labels]:
         scans.add_column(column)
     for s in found.scans:
         lo, hi = s.intensity
-        scans.add_row(s.id, s.format, _fmt(s.shape), _fmt(s.spacing), s.orientation, f"{lo:.4g} .. {hi:.4g}")
+        row = [s.id, s.format, _fmt(s.shape), _fmt(s.spacing), s.orientation, f"{lo:.4g} .. {hi:.4g}"]
+        scans.add_row(*row, *([_labels_cell(s)] if show_labels else []))
     tables = [scans]
     if found.skipped:
         skipped = Table(title=f"{len(found.skipped)} file(s) skipped")
@@ -26,3 +29,20 @@ def discovery_tables(found: Discovery) -> list[Table]:
             skipped.add_row(str(item.path), item.reason)
         tables.append(skipped)
     return tables
+
+
+def _labels_cell(scan: Scan) -> str:
+    if scan.labels_problem is None and scan.labels is not None:
+        return "found"
+    return scan.labels_problem or "missing"
+
+
+def _labels_caption(found: Discovery) -> str | None:
+    """Whether training will use label maps, and if not, why: the table says which scans lack one."""
+    if found.labels_option == "none":
+        return None
+    if found.labels_used:
+        names = found.label_names or []
+        return f"label maps: used, {len(names)} classes ({', '.join(names)})"
+    missing = sum(s.labels_problem is not None for s in found.scans)
+    return f"label maps: not used ({missing} of {len(found.scans)} scan(s) have none that fits)"
