@@ -165,7 +165,9 @@ def instance_name(stem: str, position: int) -> str:
     return f"{stem}_{position + 1:04d}.dcm"
 
 
-def write_series(folder: Path, stem: str, subject: str, image: nib.Nifti1Image, slice_axis: int, record: dict) -> dict[str, str]:
+def write_series(
+    folder: Path, stem: str, subject: str, image: nib.Nifti1Image, slice_axis: int, record: dict,
+) -> dict[str, str]:
     """One MR Image Storage file per slice of ``image`` along ``slice_axis``; returns each file's name and sha256."""
     three_d = image.shape[slice_axis] > 1
     series = _series_dataset(subject, record, three_d)

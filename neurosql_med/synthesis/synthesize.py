@@ -41,7 +41,8 @@ any image bit for bit from the same model. manifest.tsv lists every file's sha25
 DICOM series (sub-*/dicom/, if written) say so in every instance: Synthetic Data YES,
 patient SYNTHETIC^synthNNNN, series description "SYNTHETIC nsql-med ...".
 """
-BIDSIGNORE = "manifest.tsv\npreview.png\naudit.json\n.nsql-med.*\n*/dicom\n"  # nsql-med's own files; "*/dicom/" would not hide the DICOM folders from bids-validator-deno
+# nsql-med's own files; bids-validator-deno hides the DICOM folders for "*/dicom", not for "*/dicom/"
+BIDSIGNORE = "manifest.tsv\npreview.png\naudit.json\n.nsql-med.*\n*/dicom\n"
 SAMPLE_OVERHEAD = 8192  # bytes of NIfTI header, provenance extension and sidecar beyond the latent itself
 PARTICIPANTS_JSON = {
     "synthetic": {"Description": "Always true: the participant is a synthetic sample, not a person."},
