@@ -10,7 +10,7 @@ image object the cohort writes, so voxels and geometry are the NIfTI's by constr
 
 Nothing in an instance depends on when or where it was written: dates and times are
 left empty (Type 2 attributes, present and empty), and every UID is a hash of what
-determines the pixels (`dicom_uid`), so the same sample always gets the same bytes.
+determines the bytes (`dicom_uid`), so the same sample always gets the same bytes.
 """
 from __future__ import annotations
 
@@ -53,11 +53,11 @@ def dicom_uid(*parts: object) -> str:
 IMPLEMENTATION_UID = dicom_uid("nsql-med", "implementation")
 
 
-def _identity(record: dict) -> tuple:
-    """What a sample's pixels depend on, so two different images never share a UID."""
+def _identity(record: dict, subject: str) -> tuple:
+    """What a sample's bytes depend on, so two different instances never share a UID."""
     info = record["NeuroSQL"]
     keys = ("model_sha256", "config_sha256", "seed", "max_typicality", "device", "compute_block", "index", "latent_index")
-    return ("nsql-med",) + tuple(info.get(key) for key in keys)
+    return ("nsql-med",) + tuple(info.get(key) for key in keys) + (subject,)
 
 
 def _software(record: dict) -> list[str]:
@@ -76,7 +76,7 @@ def _derivation(record: dict) -> str:
 
 def _series_dataset(subject: str, record: dict, three_d: bool) -> Dataset:
     """The attributes every instance of a sample's series shares: patient, study, series, equipment, label."""
-    info, uid = record["NeuroSQL"], _identity(record)
+    info, uid = record["NeuroSQL"], _identity(record, subject)
     ds = Dataset()
     ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]  # the MR Image module requires a third value
     ds.SOPClassUID = MRImageStorage
