@@ -170,14 +170,15 @@ def synthesize(
     audit: Optional[Path] = typer.Option(None, "--audit", help="Training scans: flag synthetic images that are near-copies of them."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold for --audit (default 0.5)."),
     drop_copies: bool = typer.Option(False, "--drop-copies", help="With --audit: replace flagged images by new draws."),
+    format: str = typer.Option("nifti", "--format", help="nifti, dicom (a DICOM series per sample, marked synthetic) or both."),
     threads: int = ThreadsOpt,
 ) -> None:
-    """Write a synthetic cohort as NIfTI files with provenance."""
+    """Write a synthetic cohort as NIfTI files (and/or DICOM series) with provenance."""
     _threads(threads)
     from neurosql_med.synthesis.synthesize import synthesize as run
 
     summary = run(model, out, n, seed=seed, typicality=typicality, batch_size=batch_size, device=device,
-                  force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies)
+                  force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies, format=format)
     console.print(f"{summary.written} image(s) written, {summary.kept} kept, in {summary.seconds:.1f} s → {out}")
     if summary.audit is not None:
         a = summary.audit
@@ -188,10 +189,10 @@ def synthesize(
 
 @app.command()
 def reproduce(
-    file: Path = typer.Argument(..., help="A synthetic image or its JSON sidecar."),
+    file: Path = typer.Argument(..., help="A synthetic image, its JSON sidecar, or a DICOM instance or series folder."),
     model: Path = typer.Option(Path("nsql-model"), "--model", "-m", help="The model folder that made it."),
 ) -> None:
-    """Regenerate one synthetic image and check it is byte-identical (exit 1 if not)."""
+    """Regenerate one synthetic image (every instance of a DICOM series) and check it is byte-identical (exit 1 if not)."""
     from neurosql_med.synthesis.reproduce import reproduce as run
 
     identical, recorded, fresh = run(file, model)

@@ -29,7 +29,8 @@ COHORT_FILES = frozenset({
     "dataset_description.json", "README", ".bidsignore", "participants.tsv", "participants.json",
     "manifest.tsv", "preview.png", "audit.json",
 })
-SAMPLE = re.compile(r"sub-synth\d+(/anat(/sub-synth\d+_desc-nsql_T1w\.(nii\.gz|json))?)?")
+SAMPLE = re.compile(r"sub-synth\d+(/anat(/sub-synth\d+_desc-nsql_T1w\.(nii\.gz|json))?"
+                    r"|/dicom(/sub-synth\d+_desc-nsql_T1w(_\d+\.dcm|\.json))?)?")
 TEMPORARY = re.compile(r"\.[^/]+\.tmp[^/]*")  # the names `atomic_path` gives its temporaries
 
 

@@ -18,8 +18,7 @@ import torch
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.metrics import TAU, check_tau, nearest_other, pairwise_mae
 from neurosql_med.io.files import write_text
-from neurosql_med.io.nifti import read_sample
-from neurosql_med.synthesis.sampling import SAMPLE_BATCH, Synthesis, decode_one, sidecar_of, write_with_sidecar
+from neurosql_med.synthesis.sampling import SAMPLE_BATCH, Synthesis, decode_one, read_written, sidecar_of, write_formats
 
 REDRAW_STRIDE = 1 << 32
 MAX_REDRAWS = 20
@@ -69,9 +68,7 @@ class CopyTest:
 
 
 def _read(job: Synthesis, out: Path, ks: list[int]) -> torch.Tensor:
-    geometry = job.model.geometry
-    arrays = [read_sample(job.image_path(out, k)).reshape(geometry.sample_shape) for k in ks]
-    return torch.from_numpy(np.stack(arrays)).unsqueeze(1)
+    return torch.from_numpy(np.stack([read_written(job, out, k) for k in ks])).unsqueeze(1)
 
 
 def audit_cohort(
@@ -119,7 +116,7 @@ def _redraw(out: Path, job: Synthesis, test: CopyTest, k: int) -> Replacement:
         draw = decode_one(job, k + r * REDRAW_STRIDE)
         (ratio,) = test.ratios(draw.image[None])
         if ratio >= test.tau:
-            write_with_sidecar(out, job, k, draw)
+            write_formats(out, job, k, draw)
             return Replacement(sample=job.label(k), latent_index=draw.latent_index, ratio=ratio)
     raise UserError(
         f"{sidecar_of(job.image_path(out, k)).name}: {MAX_REDRAWS} redraws all sat within tau={test.tau} of a training "

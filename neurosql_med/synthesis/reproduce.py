@@ -1,31 +1,50 @@
 """`nsql-med reproduce`: regenerate one synthetic image from its provenance and compare the bytes."""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 
 from neurosql_med.errors import UserError
+from neurosql_med.io.dicom import read_dicom_provenance, series_files
 from neurosql_med.io.files import sha256_file
 from neurosql_med.io.model import load_model
 from neurosql_med.io.nifti import read_provenance
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import MAX_REDRAWS, REDRAW_STRIDE
 from neurosql_med.synthesis.sampling import (
-    MAX_SAMPLES, MAX_SEED, Synthesis, decode_one, sidecar_of, versions, write_sample,
+    MAX_SAMPLES, MAX_SEED, Draw, Synthesis, decode_one, sidecar_of, synthetic_id, versions, write_dicom_sample,
+    write_sample,
 )
+
+INSTANCE_NAME = re.compile(r"sub-(synth\d+)_desc-nsql_T1w_\d+\.dcm")
 
 
 def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
     """Regenerate one image from its provenance; returns (identical, recorded sha, new sha).
 
     The recorded software versions are written back into the header, so any difference
-    in the bytes comes from the pixels, not from a newer version string.
+    in the bytes comes from the pixels, not from a newer version string. A DICOM
+    instance, series folder or series record stands for its whole series: see `_reproduce_series`.
     """
-    image, record = _image_and_record(Path(file))
-    info = checked_provenance(record, Path(file))
+    path = Path(file)
+    if path.is_dir() or path.suffix.lower() == ".dcm" or path.parent.name == "dicom":
+        return _reproduce_series(path if path.is_dir() else path.parent, model_dir)
+    image, record = _image_and_record(path)
+    job, draw, info = _regenerate(record, path, model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh, _ = write_sample(Path(tmp) / image.name, job, info["index"], draw, software=info["versions"])
+    recorded = sha256_file(image)
+    return fresh == recorded, recorded, fresh
+
+
+def _regenerate(record: dict, file: Path, model_dir: str | Path) -> tuple[Synthesis, Draw, dict]:
+    """The job and draw a provenance record describes, on the device and from the model that made it."""
+    info = checked_provenance(record, file)
     k, seed, q, made_on = info["index"], info["seed"], info["max_typicality"], info["device"]
     if made_on == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{file} was made on a CUDA GPU; identical bytes need one to reproduce it")
@@ -33,11 +52,42 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
     job = Synthesis(model, k, seed, q)
-    draw = decode_one(job, info["latent_index"])
+    return job, decode_one(job, info["latent_index"]), info
+
+
+def _reproduce_series(folder: Path, model_dir: str | Path) -> tuple[bool, str, str]:
+    """Regenerate a DICOM series; identical only if every instance is, with the same names and no extra ones.
+
+    The two hashes returned are each the sha256 of the series' sorted "name<TAB>sha256" lines.
+    The subject id is read from the instances' names (its zero-padding depends on the cohort size).
+    """
+    files = series_files(folder)
+    if not files:
+        raise UserError(f"{folder}: no DICOM files (*.dcm) found")
+    job, draw, info = _regenerate(_series_record(folder, files), folder, model_dir)
+    named = INSTANCE_NAME.fullmatch(files[0].name)
+    subject = named.group(1) if named else synthetic_id(info["index"], info["index"])
     with tempfile.TemporaryDirectory() as tmp:
-        fresh, _ = write_sample(Path(tmp) / image.name, job, k, draw, software=info["versions"])
-    recorded = sha256_file(image)
-    return fresh == recorded, recorded, fresh
+        fresh, _ = write_dicom_sample(Path(tmp), job, info["index"], draw, software=info["versions"], subject=subject)
+    recorded = {f.name: sha256_file(f) for f in files}
+    return fresh == recorded, _series_digest(recorded), _series_digest(fresh)
+
+
+def _series_record(folder: Path, files: list[Path]) -> dict:
+    """The series' JSON record if it is there, else the provenance inside its first instance."""
+    for side in sorted(folder.glob("*_desc-nsql_T1w.json")):
+        try:
+            return json.loads(side.read_text())
+        except ValueError:
+            raise UserError(f"{side}: damaged series record (not JSON)") from None
+    record = read_dicom_provenance(files[0])
+    if record is None:
+        raise UserError(f"{folder}: no nsql-med provenance found (neither a series record nor a private element)")
+    return record
+
+
+def _series_digest(hashes: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{name}\t{sha}\n" for name, sha in sorted(hashes.items())).encode()).hexdigest()
 
 
 def _image_and_record(path: Path) -> tuple[Path, dict]:

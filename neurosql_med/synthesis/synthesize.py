@@ -26,7 +26,8 @@ from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import AuditReport, audit_cohort
 from neurosql_med.viz.preview import cohort_preview
 from neurosql_med.synthesis.sampling import (
-    CODE_URL, COMPUTE_BLOCK, MAX_SAMPLES, MAX_SEED, Synthesis, decode_block, sidecar_of, versions, write_with_sidecar,
+    CODE_URL, COMPUTE_BLOCK, FORMATS, MAX_SAMPLES, MAX_SEED, Synthesis, decode_block, sidecar_of, versions,
+    write_formats,
 )
 
 README = """nsql-med synthetic cohort
@@ -38,8 +39,11 @@ Each image's JSON sidecar (and a NIfTI header extension inside the image) record
 seed, sample index, latent vector and typicality level it was decoded from, the model
 and config hashes, and the software versions; `nsql-med reproduce FILE` regenerates
 any image bit for bit from the same model. manifest.tsv lists every file's sha256.
+DICOM series (sub-*/dicom/, if written) say so in every instance: Synthetic Data YES,
+patient SYNTHETIC^synthNNNN, series description "SYNTHETIC nsql-med ...".
 """
-BIDSIGNORE = "manifest.tsv\npreview.png\naudit.json\n.nsql-med.*\n"  # nsql-med's own files
+# nsql-med's own files; bids-validator-deno hides the DICOM folders for "*/dicom", not for "*/dicom/"
+BIDSIGNORE = "manifest.tsv\npreview.png\naudit.json\n.nsql-med.*\n*/dicom\n"
 SAMPLE_OVERHEAD = 8192  # bytes of NIfTI header, provenance extension and sidecar beyond the latent itself
 PARTICIPANTS_JSON = {
     "synthetic": {"Description": "Always true: the participant is a synthetic sample, not a person."},
@@ -76,18 +80,22 @@ def synthesize(
     audit: str | Path | None = None,
     tau: float | None = None,
     drop_copies: bool = False,
+    format: str = "nifti",
 ) -> SynthesisSummary:
     """Write a BIDS-derivative synthetic cohort of samples 1..n of ``seed``, with a preview of synthetic images only.
 
     ``audit``: the training scans; every written sample is then checked for being a
     near-copy of one of them, and with ``drop_copies`` replaced by a fresh draw that is not.
+    ``format``: nifti, dicom (one DICOM series per sample under sub-*/dicom/) or both.
     The whole run holds --out's lock, so a second run into the same folder is refused.
     """
     _check_options(n, seed, typicality, batch_size, audit=audit, tau=tau, drop_copies=drop_copies)
+    if format not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     out = Path(out)
     inputs = [Path(model_dir)] + ([] if audit is None else [Path(audit)])
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before the model is loaded
-    job = Synthesis(load_model(model_dir, resolve_device(device)), n, seed, typicality)
+    job = Synthesis(load_model(model_dir, resolve_device(device)), n, seed, typicality, FORMATS[format])
     train = None if audit is None else load_cohort(audit, job.model.config.data).images
     with output_lock(out):
         prepare_cohort_output(out, resume=resume, force=force, settings={**job.run_record(), "n": n},
@@ -104,8 +112,14 @@ def synthesize(
 
 
 def bytes_per_sample(job: Synthesis) -> int:
-    """An upper bound on one sample's files: int16 voxels as if gzip saved nothing, plus header and sidecar."""
-    return 2 * math.prod(job.model.geometry.sample_shape) + SAMPLE_OVERHEAD + 64 * job.model.latent_dim
+    """An upper bound on one sample's files: int16 voxels as if gzip saved nothing, plus headers and records.
+
+    A DICOM series repeats its header and provenance in every slice.
+    """
+    shape = job.model.geometry.sample_shape
+    records = {"nifti": 1, "dicom": 1 + (shape[-1] if job.model.geometry.mode == "3d" else 1)}
+    overhead = SAMPLE_OVERHEAD + 64 * job.model.latent_dim
+    return sum(2 * math.prod(shape) + records[f] * overhead for f in job.formats)
 
 
 def _check_options(
@@ -148,15 +162,33 @@ def _write_samples(out: Path, job: Synthesis, resume: bool, batch_size: int, sho
         for block in range((job.n + COMPUTE_BLOCK - 1) // COMPUTE_BLOCK):
             first = block * COMPUTE_BLOCK + 1
             wanted = [k for k in range(first, min(first + COMPUTE_BLOCK, job.n + 1))
-                      if not (resume and complete_sha(job, out, k))]
+                      if not (resume and is_complete(job, out, k))]
             for draw in decode_block(job, block) if wanted else ():
                 if draw.latent_index in wanted:
-                    write_with_sidecar(out, job, draw.latent_index, draw)
+                    write_formats(out, job, draw.latent_index, draw)
                     written += 1
             if (block + 1) % per_step == 0 or first + COMPUTE_BLOCK > job.n:
                 progress.update(task, completed=min(first + COMPUTE_BLOCK - 1, job.n),
                                 rate=written / max(time.monotonic() - started, 1e-9))
     return written
+
+
+def is_complete(job: Synthesis, out: Path, k: int) -> bool:
+    """Sample k has every format this run asks for on disk, whole, and made by this very job."""
+    return all(complete_sha(job, out, k) if f == "nifti" else complete_dicom(job, out, k) for f in job.formats)
+
+
+def complete_dicom(job: Synthesis, out: Path, k: int) -> dict[str, str] | None:
+    """The instance hashes of sample k's DICOM series if its record names them all and every file matches."""
+    try:
+        record = json.loads(job.dicom_record(out, k).read_text())
+        hashes = record["DicomSha256"]
+        folder = job.dicom_record(out, k).parent
+        ok = record["NeuroSQL"]["index"] == k and bool(hashes) and all(
+            sha256_file(folder / name) == sha for name, sha in hashes.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return hashes if ok else None
 
 
 def complete_sha(job: Synthesis, out: Path, k: int) -> str | None:
@@ -185,23 +217,35 @@ def dataset_description(job: Synthesis) -> dict:
             "Description": "NeuroSQL generative model via quantile assignment; every image is synthetic.",
             "CodeURL": CODE_URL,
         }],
-        "NeuroSQL": {**job.run_record(), "n": job.n, "training_data": job.model.fingerprint, "versions": versions()},
+        "NeuroSQL": {**job.run_record(), "n": job.n, "formats": list(job.formats),
+                     "training_data": job.model.fingerprint, "versions": versions()},
     }
 
 
 def write_tables(out: Path, job: Synthesis) -> None:
     """participants.tsv and manifest.tsv, from the sidecars: written last, they mark a finished cohort.
 
-    Only each sidecar's typicality and hash are kept in memory, not the whole records.
+    Only each sidecar's typicality and hashes are kept in memory, not the whole records.
+    The manifest lists the files of the formats this run asked for.
     """
-    rows = [_table_fields(sidecar_of(job.image_path(out, k))) for k in range(1, job.n + 1)]
+    rows = [_table_fields(out, job, k) for k in range(1, job.n + 1)]
     write_text(out / "participants.tsv", "participant_id\tsynthetic\tseed\tindex\ttypicality\n" + "".join(
         f"{job.label(k)}\ttrue\t{job.seed}\t{k}\t{level:.6f}\n" for k, (level, _) in enumerate(rows, 1)))
     write_text(out / "participants.json", json.dumps(PARTICIPANTS_JSON, indent=2))
     write_text(out / "manifest.tsv", "file\tsha256\tseed\tindex\n" + "".join(
-        f"{job.image_path(out, k).relative_to(out)}\t{sha}\t{job.seed}\t{k}\n" for k, (_, sha) in enumerate(rows, 1)))
+        f"{name}\t{sha}\t{job.seed}\t{k}\n" for k, (_, files) in enumerate(rows, 1) for name, sha in files))
 
 
-def _table_fields(sidecar: Path) -> tuple[float, str]:
-    record = json.loads(sidecar.read_text())
-    return float(record["NeuroSQL"]["typicality"]), str(record["ImageSha256"])
+def _table_fields(out: Path, job: Synthesis, k: int) -> tuple[float, list[tuple[str, str]]]:
+    """Sample k's typicality and its files (relative to ``out``) with their hashes, from its records."""
+    files, level = [], 0.0
+    if "nifti" in job.formats:
+        record = json.loads(sidecar_of(job.image_path(out, k)).read_text())
+        files.append((job.image_path(out, k).relative_to(out).as_posix(), str(record["ImageSha256"])))
+        level = float(record["NeuroSQL"]["typicality"])
+    if "dicom" in job.formats:
+        record = json.loads(job.dicom_record(out, k).read_text())
+        folder = job.dicom_record(out, k).parent.relative_to(out).as_posix()
+        files += [(f"{folder}/{name}", str(sha)) for name, sha in record["DicomSha256"].items()]
+        level = float(record["NeuroSQL"]["typicality"])
+    return level, files

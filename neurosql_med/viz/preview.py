@@ -1,4 +1,4 @@
-"""`preview.png` for any folder of NIfTI images; reconstructions of training scans only on request, elsewhere.
+"""`preview.png` for any folder of NIfTI images (or synthetic DICOM series); reconstructions of training scans only on request, elsewhere.
 
 A cohort is meant to be shared and its README says no image in it shows a real person,
 so the preview inside it shows synthetic images alone. A model's reconstructions of its
@@ -14,19 +14,21 @@ import torch
 
 from neurosql_med.errors import UserError
 from neurosql_med.io.model import load_model
+from neurosql_med.io.dicom import read_series
 from neurosql_med.io.nifti import read_image
 from neurosql_med.viz.plots import image_grid
 
 
 def _display(path: Path) -> np.ndarray:
     """An image scaled to [0, 1] by its robust range, whatever generator wrote it; one-slice volumes become 2D."""
-    data = np.squeeze(read_image(path))
+    data = np.squeeze(read_series(path) if path.is_dir() else read_image(path))
     lo, hi = np.percentile(data, [0.5, 99.5])
     return np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1)[None]
 
 
 def _synthetic_rows(folder: Path, count: int) -> list[tuple[str, list[np.ndarray]]]:
     files = sorted(p for p in folder.rglob("*.nii*") if not p.name.startswith("."))
+    files = files or sorted(p for p in folder.rglob("dicom") if p.is_dir())  # a DICOM-only cohort's series
     if not files:
         raise UserError(f"no NIfTI images found in {folder}")
     shown = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))]
