@@ -212,7 +212,7 @@ def export_bundle(
                   f"--n 8 --seed 0 --output_dir synthetic/\n"
                   f"check its metadata offline with\n"
                   f"  python -m monai.bundle verify_metadata --meta_file {out / 'configs/metadata.json'} "
-                  f"--filepath {out / 'docs' / SCHEMA.name}")
+                  f"--filepath {out / 'docs' / SCHEMA.name}", soft_wrap=True)
 
 
 @app.command()
