@@ -203,6 +203,25 @@ def reproduce(
     raise typer.Exit(1)
 
 
+@app.command("export-bundle")
+def export_bundle(
+    model: Path = typer.Argument(..., help="Model folder written by `nsql-med fit`."),
+    out: Path = typer.Option(..., "--out", "-o", help="New (or empty) folder for the MONAI Bundle."),
+    authors: str = typer.Option("nsql-med user", "--authors", help="metadata.json `authors`: who trained and shares the model."),
+    copyright_: str = typer.Option("Copyright (c) the model's authors", "--copyright", help="metadata.json `copyright`."),
+) -> None:
+    """Write the model as a MONAI Bundle (run it with `python -m monai.bundle run`)."""
+    from neurosql_med.export.bundle import SCHEMA, export_bundle as run
+
+    run(model, out, authors=authors, copyright=copyright_)
+    console.print(f"MONAI bundle written to {out}; run it with\n"
+                  f"  python -m monai.bundle run --config_file {out / 'configs/inference.json'} --bundle_root {out} "
+                  f"--n 8 --seed 0 --output_dir synthetic/\n"
+                  f"check its metadata offline with\n"
+                  f"  python -m monai.bundle verify_metadata --meta_file {out / 'configs/metadata.json'} "
+                  f"--filepath {out / 'docs' / SCHEMA.name}", soft_wrap=True)
+
+
 @app.command()
 def preview(
     folder: Path = typer.Argument(..., help="A folder of NIfTI images (any cohort)."),

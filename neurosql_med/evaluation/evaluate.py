@@ -21,6 +21,7 @@ from neurosql_med.config import Config, DataConfig, load_config
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.data.transforms import preprocess_one
 from neurosql_med.errors import UserError
+from neurosql_med.io.card import write_evaluation
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.evaluation.metrics import (
@@ -104,6 +105,8 @@ def _evaluate(
     report = Report(inputs=inputs, **score(train.images, sample_ids(train), images, ids, held=held, tau=tau))
     if out is not None:
         write_outputs(out, report, train.images, images)
+    if model is not None:  # the model's EVALUATION.md, beside its card: the latest numbers travel with the model
+        write_evaluation(model.folder, report, model.sha256)
     return report
 
 

@@ -32,8 +32,10 @@ FINGERPRINT = "data_fingerprint.json"  # which scans were trained on, without th
 HISTORY = "history.jsonl"  # one row per epoch, with the wall-clock timings model.pt leaves out
 LOSS_PLOT = "loss.png"
 RECON_PLOT = "recon.png"
+MODEL_CARD = "MODEL_CARD.md"  # what was trained, how, and how well: written by fit, so hashed like the rest
+EVALUATION = "EVALUATION.md"  # the latest `evaluate --model` numbers: rewritten later, so outside HASHES
 HASHES = "hashes.json"  # written last: the folder is complete once it exists
-ARTIFACTS = (CHECKPOINT, CONFIG, LATTICE, ASSIGNMENT, GEOMETRY, FINGERPRINT)  # what HASHES covers, in its order
+ARTIFACTS = (CHECKPOINT, CONFIG, LATTICE, ASSIGNMENT, GEOMETRY, FINGERPRINT, MODEL_CARD)  # what HASHES covers, in its order
 FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
 
 

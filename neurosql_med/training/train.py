@@ -27,6 +27,7 @@ from neurosql_med.engine.assignment import assign, initial_assignment
 from neurosql_med.config import Config, load_config, override
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
+from neurosql_med.io.card import write_model_card
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss
@@ -316,7 +317,7 @@ def save_snapshot(out: Path, snap: dict) -> None:
 
 
 def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, stopped_by_budget: bool) -> FitResult:
-    """The pictures, then the hashes that mark the folder complete."""
+    """The pictures and the model card, then the hashes that mark the folder complete."""
     trainer.generator.eval()  # the live weights are the last snapshot's: it was taken after the final epoch
     plots.training_curves(state.history, out / LOSS_PLOT)
     n = len(cohort)
@@ -324,6 +325,7 @@ def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, st
     with torch.no_grad():
         recon = trainer.generator(trainer.lattice[state.perm[shown].to(trainer.device)]).float().cpu()
     plots.real_vs_reconstruction(cohort.images[shown], recon, out / RECON_PLOT)
+    write_model_card(out, state.history, trainer.device.type, None if cohort.label_names is None else len(cohort.label_names))
     sha = write_hashes(out)
     return FitResult(out, state.epoch, state.history, False, stopped_by_budget, sha)
 

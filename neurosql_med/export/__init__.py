@@ -1,0 +1,1 @@
+"""Hand-overs of a trained model in other ecosystems' formats (a MONAI Bundle)."""
