@@ -19,7 +19,7 @@ import torch
 from neurosql_med.config import load_config
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.io.model import CONFIG, EVALUATION, FINGERPRINT, GEOMETRY, MODEL_CARD
+from neurosql_med.io.model import HISTORY, CONFIG, EVALUATION, FINGERPRINT, GEOMETRY, MODEL_CARD
 from neurosql_med.version import __version__
 
 INTENDED_USE = (
@@ -75,7 +75,6 @@ def _trained_on(folder: Path, label_classes: int | None) -> str:
 
 def _how(folder: Path, history: Sequence[Mapping], device: str) -> str:
     cfg = load_config(folder / CONFIG)
-    seconds = sum(float(row.get("seconds", 0.0)) for row in history)
     return "\n".join([
         "## How",
         "",
@@ -83,8 +82,8 @@ def _how(folder: Path, history: Sequence[Mapping], device: str) -> str:
         f"lattice of quantiles of N(0, I_{cfg.model.latent_dim}), alternating with generator regression "
         f"on the assigned pairs (L1 + {cfg.loss.ssim_weight:g} x (1 - SSIM))",
         f"- config sha256 {cfg.digest()} ({CONFIG}); seed {cfg.train.seed}",
-        f"- {len(history)} of {cfg.train.epochs} epoch(s) in {seconds:.1f} s on {device} "
-        f"(nsql-med {__version__}, torch {torch.__version__})",
+        f"- {len(history)} of {cfg.train.epochs} epoch(s) on {device} (nsql-med {__version__}, torch {torch.__version__}); "
+        f"wall-clock times are in {HISTORY}, outside the hashed files, so the same seed gives the same card",
     ])
 
 
