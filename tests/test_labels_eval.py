@@ -113,6 +113,14 @@ def test_tissue_distance_is_zero_for_real_against_itself_and_grows_with_shifted_
     assert w["synthetic"]["CSF"] > 3 * w["holdout"]["CSF"]  # far beyond what new real subjects differ by
 
 
+def test_volumes_are_segmented_in_3d_and_compared_as_one_level(tmp_path):
+    real = labelled(load_cohort(write_tissue_scans(tmp_path / "real", range(6)), load_config("tiny3d").data))
+    section = label_section(real, real.images, real.labels, list(range(len(real))), epochs=1)
+    assert section["tissue"]["levels"] == 1 and section["holdout_samples"] == 1
+    assert all(v == 0 for v in section["tissue"]["wasserstein"]["synthetic"].values())
+    assert all(0 <= v <= 1 for v in section["dice"]["synthetic"].values() if v is not None)
+
+
 def test_level_distance_compares_like_levels_only():
     shares = np.array([0.1, 0.1, 0.5, 0.5])
     levels = np.array([0, 0, 1, 1])

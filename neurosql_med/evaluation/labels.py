@@ -36,7 +36,7 @@ DSEG_TSV = "dseg.tsv"  # BIDS: the class index -> name table at a labelled datas
 CHANNELS = (8, 16, 32)
 STRIDES = (2, 2)
 # Epochs of segmenter training: about a minute for 300 64x80 slices on 2 CPU cores
-# (measured figures in docs/decisions.md); a fixed count keeps the report reproducible.
+# (benchmarks/bench_labels.py); a fixed count, not a time budget, keeps the report reproducible.
 EPOCHS = 12
 BATCH_SIZE = 16
 LR = 1e-2
