@@ -22,7 +22,8 @@ from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.evaluate import evaluate, read_synthetic, read_synthetic_labels, report_table
 from neurosql_med.evaluation.labels import (
-    HOLDOUT_FRACTION, SEED, dice_per_class, label_section, level_distance, segment, tissue_fractions, train_segmenter,
+    HOLDOUT_FRACTION, SEED, dice_per_class, label_section, level_distance, read_label_names, segment, tissue_fractions,
+    train_segmenter,
 )
 from neurosql_med.evaluation.metrics import pairwise_mae
 from neurosql_med.evaluation.splits import split_by_subject
@@ -208,3 +209,15 @@ def test_a_missing_or_misshapen_label_map_is_a_one_line_error(tmp_path, capsys, 
     _, ids = read_synthetic(with_dseg, geometry)
     with pytest.raises(UserError, match=rf"{dseg[0].name}: label map shape \(24, 30\) does not match"):
         read_synthetic_labels(with_dseg, ids, geometry)
+
+
+@pytest.mark.parametrize("table, message", [
+    ("idx\tname\n0\tbackground\n1\tcsf\n", "needs tab-separated columns 'index'"),
+    ("index\tname\n0\tbackground\n2\tcsf\n", "indices must run 0, 1, 2"),
+    ("index\tname\n0\tbackground\n", "at least one tissue class"),
+])
+def test_a_bad_dseg_table_is_a_user_error_naming_it(tmp_path, table, message):
+    (tmp_path / "dseg.tsv").write_text(table)
+    with pytest.raises(UserError, match=rf"dseg\.tsv: .*{message}"):
+        read_label_names(tmp_path)
+    assert read_label_names(tmp_path / "absent") is None

@@ -65,10 +65,10 @@ def read_label_names(folder: Path) -> list[str] | None:
 def class_names(named: list[str] | None, real: Cohort, synth_labels: Tensor) -> list[str]:
     """Index -> name for every class either side uses: the synthetic cohort's table, else the real one's."""
     names = named or real.label_names or []
-    count = int(max(real.labels.max(), synth_labels.max())) + 1  # type: ignore[union-attr]
-    if named is not None and count > len(named):
-        raise UserError(f"the label maps use class {count - 1}, but {DSEG_TSV} names only {len(named)} classes")
-    return list(names[:count]) + [f"class {i}" for i in range(len(names), count)]
+    used = int(max(real.labels.max(), synth_labels.max())) + 1  # type: ignore[union-attr]
+    if named is not None and used > len(named):
+        raise UserError(f"the label maps use class {used - 1}, but {DSEG_TSV} names only {len(named)} classes")
+    return list(names) + [f"class {i}" for i in range(len(names), used)]
 
 
 def _pad(x: Tensor) -> Tensor:
