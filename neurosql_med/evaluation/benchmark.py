@@ -35,6 +35,7 @@ from neurosql_med.evaluation.evaluate import sample_ids, score, value_at
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import reference_draws
 from neurosql_med.evaluation.metrics import TAU
+from neurosql_med.evaluation.splits import split_by_subject
 from neurosql_med.io.model import load_model
 from neurosql_med.viz.plots import draw_grid, grid_columns, save_figure
 from neurosql_med.runtime import resolve_device
@@ -179,24 +180,6 @@ def _max_rss() -> int:
 def _proc_status_kb(field: str) -> int:
     line = next(li for li in Path("/proc/self/status").read_text().splitlines() if li.startswith(field + ":"))
     return int(line.split()[1])
-
-
-def split_by_subject(cohort: Cohort, fraction: float, seed: int) -> tuple[Cohort, Cohort]:
-    """(training, hold-out) with ``fraction`` of the subjects held out, never a subject on both sides.
-
-    Slices of one subject resemble each other far more than slices of two subjects, so a
-    slice-level split would reward a model for copying its training subjects.
-    """
-    subjects = sorted(set(cohort.subjects))
-    held_count = max(1, round(fraction * len(subjects)))
-    if len(subjects) - held_count < 2:
-        raise UserError(
-            f"{cohort.discovery.root}: {len(subjects)} subject(s); a hold-out split needs at least 1 held-out "
-            f"and 2 training subjects (or pass a separate hold-out folder)"
-        )
-    held = set(np.random.default_rng(seed).choice(subjects, size=held_count, replace=False).tolist())
-    is_held = np.array([s in held for s in cohort.subjects])
-    return cohort.subset(np.flatnonzero(~is_held)), cohort.subset(np.flatnonzero(is_held))
 
 
 def _check_arguments(methods: Sequence[str], budget_minutes: float, n_samples: int, holdout_fraction: float,

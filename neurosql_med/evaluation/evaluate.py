@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -24,6 +24,9 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_evaluation
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
+from neurosql_med.evaluation.labels import (
+    EPOCHS, label_markdown, label_rows, label_section, read_label_names, tissue_picture,
+)
 from neurosql_med.evaluation.metrics import (
     PSNR_CAP, TAU, audit, check_tau, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
@@ -50,6 +53,7 @@ class Scores(TypedDict):
     memorization: dict
     holdout: dict | None
     flagged: list[dict]
+    labels: NotRequired[dict]  # only when the real scans and the synthetic images both have label maps
 
 
 class Report(Scores):
@@ -67,42 +71,56 @@ def evaluate(
     config: str | Path | None = None,
     tau: float = TAU,
     out: str | Path | None = None,
+    label_epochs: int = EPOCHS,
 ) -> Report:
     """Score the images in ``synth`` against the training scans in ``real``; returns the report.
 
     With ``model_dir`` the model's own config preprocesses the scans (``config`` is then
     not used) and the synthetic files must have the model's sample shape; without it the
     synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
-    ``out`` receives report.json, report.md, nearest.png and distances.png.
+    ``out`` receives report.json, report.md, nearest.png and distances.png (and tissue.png
+    with labels). When the real cohort and the synthetic images both have label maps (a
+    ``_dseg`` beside each synthetic image), the report gains a ``labels`` section, its
+    segmenter trained for ``label_epochs``.
     """
     check_tau(tau)
     if out is None:
-        return _evaluate(real, synth, model_dir, holdout, config, tau, None)
+        return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs)
     out = Path(out)
     inputs = [p for p in (real, synth, holdout, model_dir) if p is not None]
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before any scan is read
     with output_lock(out):
         prepare_report_output(out, inputs=inputs)
-        return _evaluate(real, synth, model_dir, holdout, config, tau, out)
+        return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs)
 
 
 def _evaluate(
     real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
-    config: str | Path | None, tau: float, out: Path | None,
+    config: str | Path | None, tau: float, out: Path | None, label_epochs: int,
 ) -> Report:
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
     train = load_cohort(real, cfg.data)
     if model is not None:
         images, ids = read_synthetic(Path(synth), model.geometry, cfg.data)
+        labels, labelled = read_synthetic_labels(Path(synth), ids, model.geometry)
     else:
-        images, ids = _synthetic_cohort(Path(synth), cfg)
-    held = load_cohort(holdout, cfg.data).images if holdout is not None else None
+        images, ids, labels = _synthetic_cohort(Path(synth), cfg)
+        labelled = list(range(len(images)))
+    held = load_cohort(holdout, cfg.data) if holdout is not None else None
     inputs = {
         "real": str(real), "synthetic": str(synth), "holdout": None if holdout is None else str(holdout),
         "model": None if model_dir is None else str(model_dir), "config": None if model is not None else str(config or "default"),
     }
-    report = Report(inputs=inputs, **score(train.images, sample_ids(train), images, ids, held=held, tau=tau))
+    report = Report(inputs=inputs, **score(
+        train.images, sample_ids(train), images, ids, held=None if held is None else held.images, tau=tau,
+    ))
+    if train.labels is not None and labels is not None:
+        nearest = report["memorization"]["nearest"]
+        report["labels"] = label_section(
+            train, images[labelled], labels, [nearest[i] for i in labelled], held=held,
+            names=read_label_names(Path(synth)), epochs=label_epochs,
+        )
     if out is not None:
         write_outputs(out, report, train.images, images)
     if model is not None:  # the model's EVALUATION.md, beside its card: the latest numbers travel with the model
@@ -120,11 +138,7 @@ def read_synthetic(folder: Path, geometry: Geometry, data: DataConfig) -> tuple[
     """
     if not folder.is_dir():
         raise UserError(f"synthetic folder not found: {folder}")
-    files = sorted(
-        p for p in folder.rglob("*")
-        if p.name.endswith((".nii", ".nii.gz")) and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    files = [p for p in _nifti_files(folder) if not _is_label_map(p)]
     if not files:
         raise UserError(f"no synthetic images (*.nii, *.nii.gz) found in {folder}")
     images, ids = [], []
@@ -135,6 +149,15 @@ def read_synthetic(folder: Path, geometry: Geometry, data: DataConfig) -> tuple[
             ids.append(name if where is None else f"{name} [{where}]")
     _require_two(len(images), folder)
     return torch.stack(images)[:, None], ids
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    """Every NIfTI under ``folder``, hidden files and folders (a trash can, a half-written temp file) left out."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.name.endswith((".nii", ".nii.gz")) and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _read_one(path: Path, geometry: Geometry, data: DataConfig) -> list[tuple[np.ndarray, str | None]]:
@@ -159,10 +182,54 @@ def _resampled_where(sample: dict) -> str:
     return "resampled" if index is None else f"resampled, slice {index}"
 
 
-def _synthetic_cohort(folder: Path, cfg: Config) -> tuple[Tensor, list[str]]:
+def _as_sample(data: np.ndarray, geometry: Geometry) -> np.ndarray:
+    if geometry.mode == "2d" and data.ndim == 3 and data.shape[geometry.slice_axis] == 1:
+        return np.squeeze(data, axis=geometry.slice_axis)
+    return data
+
+
+def _is_label_map(path: Path) -> bool:
+    """A BIDS segmentation (``*_dseg.nii[.gz]``): it describes an image, it is not one."""
+    return path.name.endswith(("_dseg.nii", "_dseg.nii.gz"))
+
+
+def label_map_path(image: Path) -> Path:
+    """The ``_dseg`` sibling of a synthetic image (``…_T1w.nii.gz`` → ``…_dseg.nii.gz``; ``.nii`` if that is what exists)."""
+    stem = image.name.removesuffix(".gz").removesuffix(".nii").removesuffix("_T1w")
+    plain = image.with_name(f"{stem}_dseg.nii")
+    return plain if plain.is_file() else image.with_name(f"{stem}_dseg.nii.gz")
+
+
+def read_synthetic_labels(folder: Path, ids: list[str], geometry: Geometry) -> tuple[Tensor | None, list[int]]:
+    """The label map beside every synthetic image, as class indices, and which samples they belong to.
+
+    None when the folder has no label map at all. Images resampled from foreign files have none.
+
+    A cohort with label maps must have one per image, voxel for voxel: a missing or
+    misshapen one would silently drop or misalign samples from the label scores.
+    """
+    if not any(_is_label_map(p) for p in _nifti_files(folder)):
+        return None, []
+    maps, labelled = [], []
+    for i, name in enumerate(ids):
+        if name.endswith("]"):  # resampled from a foreign image (see read_synthetic): no label map of ours
+            continue
+        labelled.append(i)
+        path = label_map_path(folder / name)
+        if not path.is_file():
+            raise UserError(f"{folder / name}: no label map beside it (expected {path.name}), while the folder has label maps for other images")
+        data = _as_sample(read_image(path), geometry)
+        if list(data.shape) != geometry.sample_shape:
+            raise UserError(f"{path}: label map shape {tuple(data.shape)} does not match its image's "
+                            f"{tuple(geometry.sample_shape)}")
+        maps.append(torch.from_numpy(np.rint(data).astype(np.int64)))
+    return torch.stack(maps)[:, None], labelled
+
+
+def _synthetic_cohort(folder: Path, cfg: Config) -> tuple[Tensor, list[str], Tensor | None]:
     cohort = load_cohort(folder, cfg.data, min_samples=1)
     _require_two(len(cohort), folder)
-    return cohort.images, sample_ids(cohort)
+    return cohort.images, sample_ids(cohort), cohort.labels
 
 
 def _require_two(count: int, folder: Path) -> None:
@@ -274,7 +341,8 @@ def _rows(report: Report) -> list[tuple[str, str, str, str]]:
         ("memorization", "training samples below τ", f"{m['train_fraction_below_tau']:.1%}", "the share new samples may show"),
     ]
     rows = _numbers(report, SCORE_ROWS) + shares + _numbers(report, RATIO_ROWS)
-    return rows + _numbers(report, HOLDOUT_ROWS) if report["holdout"] is not None else rows
+    rows += _numbers(report, HOLDOUT_ROWS) if report["holdout"] is not None else []
+    return rows + label_rows(report["labels"]) if "labels" in report else rows
 
 
 def _numbers(report: Report, specs: tuple[tuple[str, str, str, str], ...]) -> list[tuple[str, str, str, str]]:
@@ -324,7 +392,7 @@ def report_markdown(report: Report) -> str:
         f"- SSIM window {s['ssim_window']}; PSNR capped at {s['psnr_cap_db']:g} dB",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + (label_markdown(report["labels"]) if "labels" in report else []))
 
 
 def write_outputs(out: Path, report: Report, real: Tensor, synth: Tensor) -> None:
@@ -332,6 +400,8 @@ def write_outputs(out: Path, report: Report, real: Tensor, synth: Tensor) -> Non
     write_text(out / "report.md", report_markdown(report))
     nearest_picture(out / "nearest.png", report["memorization"], real, synth)
     distance_histogram(out / "distances.png", report["memorization"])
+    if "labels" in report:
+        tissue_picture(out / "tissue.png", report["labels"])
 
 
 def nearest_picture(path: Path, memo: dict, real: Tensor, synth: Tensor) -> None:
