@@ -34,6 +34,7 @@ PRIVATE_GROUP = 0x0009
 PRIVATE_CREATOR = "nsql-med provenance"
 PROVENANCE_ELEMENT = 0x01  # (0009,xx01) UT: the provenance JSON, as in the NIfTI extension
 LPS = np.diag([-1.0, -1.0, 1.0])  # NIfTI world is RAS, DICOM's patient frame LPS
+SEG_SUFFIX = "_dseg.dcm"  # a sample's SEG, `<subject>_desc-nsql_dseg.dcm`, beside its MR instances
 READ_ERRORS = (OSError, ValueError, AttributeError, KeyError, TypeError, pydicom.errors.InvalidDicomError)
 
 
@@ -53,14 +54,14 @@ def dicom_uid(*parts: object) -> str:
 IMPLEMENTATION_UID = dicom_uid("nsql-med", "implementation")
 
 
-def _identity(record: dict, subject: str) -> tuple:
+def identity(record: dict, subject: str) -> tuple:
     """What a sample's bytes depend on, so two different instances never share a UID."""
     info = record["NeuroSQL"]
     keys = ("model_sha256", "config_sha256", "seed", "max_typicality", "device", "compute_block", "index", "latent_index")
     return ("nsql-med",) + tuple(info.get(key) for key in keys) + (subject,)
 
 
-def _software(record: dict) -> list[str]:
+def software(record: dict) -> list[str]:
     """nsql-med first, then by name: a record read back from sorted JSON must give the same bytes."""
     versions = record["NeuroSQL"]["versions"]
     return [f"{name} {versions[name]}" for name in sorted(versions, key=lambda name: (name != "nsql-med", name))]
@@ -76,7 +77,7 @@ def _derivation(record: dict) -> str:
 
 def _series_dataset(subject: str, record: dict, three_d: bool) -> Dataset:
     """The attributes every instance of a sample's series shares: patient, study, series, equipment, label."""
-    info, uid = record["NeuroSQL"], _identity(record, subject)
+    info, uid = record["NeuroSQL"], identity(record, subject)
     ds = Dataset()
     ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]  # the MR Image module requires a third value
     ds.SOPClassUID = MRImageStorage
@@ -85,7 +86,7 @@ def _series_dataset(subject: str, record: dict, three_d: bool) -> Dataset:
     ds.Modality = "MR"
     ds.Manufacturer = "nsql-med"
     ds.ManufacturerModelName = "NeuroSQL synthetic generator"
-    ds.SoftwareVersions = _software(record)
+    ds.SoftwareVersions = software(record)
     ds.StudyDescription = "SYNTHETIC nsql-med cohort"
     ds.SeriesDescription = f"SYNTHETIC nsql-med {info['versions']['nsql-med']} seed={info['seed']} idx={info['index']}"[:64]
     ds.PatientName = f"SYNTHETIC^{subject}"
@@ -156,29 +157,40 @@ def _instance(series: Dataset, image: nib.Nifti1Image, slice_axis: int, position
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"NSQLMED_{series.SoftwareVersions[0].split()[-1]}"[:16]  # nsql-med's version
+    meta.ImplementationVersionName = implementation_version(series.SoftwareVersions)
     ds.file_meta = meta
     return ds
+
+
+def implementation_version(software_versions: list[str]) -> str:
+    """Implementation Version Name: nsql-med's version, the first of the Software Versions."""
+    return f"NSQLMED_{software_versions[0].split()[-1]}"[:16]
 
 
 def instance_name(stem: str, position: int) -> str:
     return f"{stem}_{position + 1:04d}.dcm"
 
 
-def write_series(
-    folder: Path, stem: str, subject: str, image: nib.Nifti1Image, slice_axis: int, record: dict,
-) -> dict[str, str]:
-    """One MR Image Storage file per slice of ``image`` along ``slice_axis``; returns each file's name and sha256."""
-    three_d = image.shape[slice_axis] > 1
-    series = _series_dataset(subject, record, three_d)
+def series_instances(subject: str, image: nib.Nifti1Image, slice_axis: int, record: dict) -> list[Dataset]:
+    """One MR Image Storage dataset per slice of ``image`` along ``slice_axis``, in slice order."""
+    series = _series_dataset(subject, record, image.shape[slice_axis] > 1)
+    return [_instance(series, image, slice_axis, position) for position in range(image.shape[slice_axis])]
+
+
+def write_dataset(folder: Path, name: str, ds: Dataset) -> dict[str, str]:
+    """Write one instance atomically as a DICOM file; returns its name and sha256."""
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    data = buffer.getvalue()
+    write_bytes(folder / name, data)
+    return {name: hashlib.sha256(data).hexdigest()}
+
+
+def write_series(folder: Path, stem: str, instances: list[Dataset]) -> dict[str, str]:
+    """Every instance of a series in ``folder``; returns each file's name and sha256."""
     hashes = {}
-    for position in range(image.shape[slice_axis]):
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, _instance(series, image, slice_axis, position), enforce_file_format=True)
-        data = buffer.getvalue()
-        name = instance_name(stem, position)
-        write_bytes(folder / name, data)
-        hashes[name] = hashlib.sha256(data).hexdigest()
+    for ds in instances:
+        hashes |= write_dataset(folder, instance_name(stem, int(ds.InstanceNumber) - 1), ds)
     return hashes
 
 
@@ -198,7 +210,7 @@ def read_dicom_provenance(path: Path) -> dict | None:
 
 def read_series(folder: Path) -> np.ndarray:
     """A written series' voxels as float32 (columns, rows, slices), slices in InstanceNumber order."""
-    files = series_files(folder)
+    files = [f for f in series_files(folder) if not f.name.endswith(SEG_SUFFIX)]  # the SEG labels them
     if not files:
         raise UserError(f"{folder}: no DICOM files (*.dcm) found")
     try:

@@ -30,7 +30,7 @@ COHORT_FILES = frozenset({
     "manifest.tsv", "preview.png", "audit.json",
 })
 SAMPLE = re.compile(r"sub-synth\d+(/anat(/sub-synth\d+_desc-nsql_T1w\.(nii\.gz|json))?"
-                    r"|/dicom(/sub-synth\d+_desc-nsql_T1w(_\d+\.dcm|\.json))?)?")
+                    r"|/dicom(/sub-synth\d+_desc-nsql_(T1w(_\d+\.dcm|\.json)|dseg\.dcm))?)?")
 TEMPORARY = re.compile(r"\.[^/]+\.tmp[^/]*")  # the names `atomic_path` gives its temporaries
 
 

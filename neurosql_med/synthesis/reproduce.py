@@ -21,7 +21,7 @@ from neurosql_med.synthesis.sampling import (
     write_sample,
 )
 
-INSTANCE_NAME = re.compile(r"sub-(synth\d+)_desc-nsql_T1w_\d+\.dcm")
+INSTANCE_NAME = re.compile(r"sub-(synth\d+)_desc-nsql_(T1w_\d+|dseg)\.dcm")
 
 
 def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
@@ -56,7 +56,7 @@ def _regenerate(record: dict, file: Path, model_dir: str | Path) -> tuple[Synthe
 
 
 def _reproduce_series(folder: Path, model_dir: str | Path) -> tuple[bool, str, str]:
-    """Regenerate a DICOM series; identical only if every instance is, with the same names and no extra ones.
+    """Regenerate a DICOM series (and its SEG); identical only if every file is, with the same names and no extra ones.
 
     The two hashes returned are each the sha256 of the series' sorted "name<TAB>sha256" lines.
     The subject id is read from the instances' names (its zero-padding depends on the cohort size).

@@ -20,7 +20,8 @@ import torch
 
 from neurosql_med.version import __version__
 from neurosql_med.engine.lattice import reference_draws
-from neurosql_med.io.dicom import read_series, write_series
+from neurosql_med.io.dicom import read_series, series_instances, write_series
+from neurosql_med.io.dicom_seg import write_segmentation
 from neurosql_med.io.files import write_text
 from neurosql_med.io.model import NeuroSQLModel
 from neurosql_med.io.nifti import INTENSITY_MAX, read_sample, to_nifti, write_nifti
@@ -77,12 +78,17 @@ class Synthesis:
 
 @dataclass(frozen=True)
 class Draw:
-    """One decoded image and the latent it came from; ``latent_index`` differs from the sample index after an audit redraw."""
+    """One decoded image and the latent it came from; ``latent_index`` differs from the sample index after an audit redraw.
+
+    A labelled model's draw also has a label map (class indices, ``sample_shape``) and its class names, 0 the background.
+    """
 
     image: torch.Tensor
     latent: np.ndarray
     level: float
     latent_index: int
+    label: np.ndarray | None = None
+    classes: tuple[str, ...] = ()
 
 
 def versions() -> dict:
@@ -141,12 +147,20 @@ def write_sample(path: Path, job: Synthesis, k: int, draw: Draw, *, software: di
 def write_dicom_sample(
     folder: Path, job: Synthesis, k: int, draw: Draw, *, software: dict, subject: str,
 ) -> tuple[dict[str, str], dict]:
-    """Write one sample as a DICOM series in ``folder``; returns each instance's sha256 and the provenance record."""
+    """Write one sample as a DICOM series in ``folder``, and its label map as a SEG over it if it has one.
+
+    Returns each file's sha256 and the provenance record.
+    """
     image, record = sample_image(job, k, draw, software)
     geometry = job.model.geometry
     slice_axis = 2 if geometry.mode == "3d" else int(geometry.slice_axis)
-    stem = f"sub-{subject}_desc-nsql_T1w"
-    return write_series(folder, stem, subject, image, slice_axis, record), record
+    instances = series_instances(subject, image, slice_axis, record)
+    hashes = write_series(folder, f"sub-{subject}_desc-nsql_T1w", instances)
+    if draw.label is not None:
+        label = geometry.as_volume(np.asarray(draw.label))
+        hashes |= write_segmentation(folder, f"sub-{subject}_desc-nsql", label, list(draw.classes), instances,
+                                     slice_axis, subject, record)
+    return hashes, record
 
 
 def sidecar_of(image: Path) -> Path:
