@@ -225,3 +225,19 @@ def test_class_names_map_to_tissue_codes():
     assert segment_type("Grey_Matter") == segment_type("GM") == codes.SCT.GrayMatter
     assert segment_type("white matter") == codes.SCT.WhiteMatter
     assert segment_type("tumour") == CATEGORY == codes.SCT.Tissue
+
+
+@pytest.mark.slow
+def test_discovery_lists_the_seg_as_skipped_never_as_a_scan(cohort, model_dir):
+    from neurosql_med.data.discovery import discover
+    from neurosql_med.errors import UserError
+
+    folder = cohort / "sub-synth0001" / "dicom"
+    if not three_d(model_dir):  # a 2D sample is a single-slice series: nothing there to train on, and it says why
+        with pytest.raises(UserError, match="SEG\\) describes a scan; it is not one"):
+            discover(folder)
+        return
+    found = discover(folder)
+    reasons = {item.path.name: item.reason for item in found.skipped}
+    assert "segmentation" in reasons[seg_path(cohort, "synth0001").name]
+    assert [scan.format for scan in found.scans] == ["dicom"] and found.scans[0].shape[2] > 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
+from pydicom.uid import SegmentationStorage
 
 from neurosql_med.config import check_labels
 from neurosql_med.data import labels as lab
@@ -294,6 +295,9 @@ def _find_volumes(root: Path) -> tuple[list[_Volume], list[Skipped]]:
                     header = dicom_header(path)
                 except ScanError as exc:
                     volumes.append(_Volume(path, "dicom", [path], _parts(root, path.parent), problem=exc.reason))
+                    continue
+                if header.get("SOPClassUID") == SegmentationStorage:
+                    skipped.append(Skipped(path, "a DICOM segmentation (SEG) describes a scan; it is not one"))
                     continue
                 if header.get("Rows") is None:
                     if _is_dicom_object(header):
