@@ -19,17 +19,17 @@ from pathlib import Path
 
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import make_folder, write_text
-from neurosql_med.io.model import ARTIFACTS, CHECKPOINT, HASHES, is_model_folder
+from neurosql_med.io.model import ARTIFACTS, CHECKPOINT, HASHES, LABELS, is_model_folder
 from neurosql_med.version import __version__
 
 LOCK = ".nsql-med.lock"
 MARKER = ".nsql-med.json"
-MODEL_FILES = frozenset({*ARTIFACTS, HASHES, "history.jsonl", "loss.png", "recon.png"})
+MODEL_FILES = frozenset({*ARTIFACTS, LABELS, HASHES, "history.jsonl", "loss.png", "recon.png"})
 COHORT_FILES = frozenset({
     "dataset_description.json", "README", ".bidsignore", "participants.tsv", "participants.json",
-    "manifest.tsv", "preview.png", "audit.json",
+    "manifest.tsv", "preview.png", "audit.json", "dseg.tsv",
 })
-SAMPLE = re.compile(r"sub-synth\d+(/anat(/sub-synth\d+_desc-nsql_T1w\.(nii\.gz|json))?)?")
+SAMPLE = re.compile(r"sub-synth\d+(/anat(/sub-synth\d+_desc-nsql_(T1w|dseg)\.(nii\.gz|json))?)?")
 TEMPORARY = re.compile(r"\.[^/]+\.tmp[^/]*")  # the names `atomic_path` gives its temporaries
 
 
