@@ -1,4 +1,4 @@
-"""`nsql-med reproduce`: regenerate one synthetic image from its provenance and compare the bytes."""
+"""`nsql-med reproduce`: regenerate one synthetic image (and its dseg) from its provenance and compare the bytes."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from neurosql_med.io.nifti import read_provenance
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import MAX_REDRAWS, REDRAW_STRIDE
 from neurosql_med.synthesis.sampling import (
-    MAX_SAMPLES, MAX_SEED, Synthesis, decode_one, sidecar_of, versions, write_sample,
+    MAX_SAMPLES, MAX_SEED, Synthesis, decode_one, dseg_of, sidecar_of, versions, write_dseg, write_sample,
 )
 
 
@@ -22,7 +22,8 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
     """Regenerate one image from its provenance; returns (identical, recorded sha, new sha).
 
     The recorded software versions are written back into the header, so any difference
-    in the bytes comes from the pixels, not from a newer version string.
+    in the bytes comes from the pixels, not from a newer version string. For a labelled
+    model the image's dseg is regenerated and compared too, and both shas are reported.
     """
     image, record = _image_and_record(Path(file))
     info = checked_provenance(record, Path(file))
@@ -35,14 +36,23 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
     job = Synthesis(model, k, seed, q)
     draw = decode_one(job, info["latent_index"])
     with tempfile.TemporaryDirectory() as tmp:
-        fresh, _ = write_sample(Path(tmp) / image.name, job, k, draw, software=info["versions"])
-    recorded = sha256_file(image)
-    return fresh == recorded, recorded, fresh
+        fresh, record = write_sample(Path(tmp) / image.name, job, k, draw, software=info["versions"])
+        recorded = sha256_file(image)
+        if draw.labels is None:
+            return fresh == recorded, recorded, fresh
+        dseg = dseg_of(image)
+        if not dseg.is_file():
+            raise UserError(f"{dseg}: missing; {model_dir} is labelled, so every image has its dseg beside it")
+        fresh_dseg, recorded_dseg = write_dseg(Path(tmp) / dseg.name, job, k, draw, record), sha256_file(dseg)
+    identical = fresh == recorded and fresh_dseg == recorded_dseg
+    return identical, f"{recorded} (dseg {recorded_dseg})", f"{fresh} (dseg {fresh_dseg})"
 
 
 def _image_and_record(path: Path) -> tuple[Path, dict]:
     """The image a FILE argument names (itself or the image beside its sidecar) and its provenance."""
     image = path if path.name.endswith(".nii.gz") else path.with_name(path.name.removesuffix(".json") + ".nii.gz")
+    if image.name.endswith("_dseg.nii.gz"):  # a dseg is checked through the image it belongs to
+        image = image.with_name(image.name.replace("_dseg.nii.gz", "_T1w.nii.gz"))
     side = sidecar_of(image)
     if side.is_file():
         try:

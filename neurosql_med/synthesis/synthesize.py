@@ -39,6 +39,7 @@ seed, sample index, latent vector and typicality level it was decoded from, the 
 and config hashes, and the software versions; `nsql-med reproduce FILE` regenerates
 any image bit for bit from the same model. manifest.tsv lists every file's sha256.
 """
+DSEG_TABLE = "dseg.tsv"
 BIDSIGNORE = "manifest.tsv\npreview.png\naudit.json\n.nsql-med.*\n"  # nsql-med's own files
 SAMPLE_OVERHEAD = 8192  # bytes of NIfTI header, provenance extension and sidecar beyond the latent itself
 PARTICIPANTS_JSON = {
@@ -95,6 +96,8 @@ def synthesize(
         write_text(out / "dataset_description.json", json.dumps(dataset_description(job), indent=2))
         write_text(out / "README", README)
         write_text(out / ".bidsignore", BIDSIGNORE)
+        if job.model.label_names:
+            write_text(out / DSEG_TABLE, dseg_table(job.model.label_names))
         started = time.monotonic()
         written = _write_samples(out, job, resume, batch_size, show_progress)
         report = None if train is None else audit_cohort(out, job, train, tau=TAU if tau is None else tau, drop=drop_copies)
@@ -104,8 +107,15 @@ def synthesize(
 
 
 def bytes_per_sample(job: Synthesis) -> int:
-    """An upper bound on one sample's files: int16 voxels as if gzip saved nothing, plus header and sidecar."""
-    return 2 * math.prod(job.model.geometry.sample_shape) + SAMPLE_OVERHEAD + 64 * job.model.latent_dim
+    """An upper bound on one sample's files: int16 (and uint8 dseg) voxels as if gzip saved nothing, headers, sidecars."""
+    per_file = SAMPLE_OVERHEAD + 64 * job.model.latent_dim
+    voxels = math.prod(job.model.geometry.sample_shape)
+    return 2 * voxels + per_file + ((voxels + per_file) if job.model.label_names else 0)
+
+
+def dseg_table(names: list[str]) -> str:
+    """BIDS dseg.tsv: the index and name of every class, inherited by every dseg of the cohort."""
+    return "index\tname\n" + "".join(f"{k}\t{name}\n" for k, name in enumerate(names))
 
 
 def _check_options(
@@ -157,8 +167,13 @@ def _write_samples(out: Path, job: Synthesis, resume: bool, batch_size: int, sho
 
 
 def complete_sha(job: Synthesis, out: Path, k: int) -> str | None:
-    """The hash of sample k if it is on disk, whole, and made by this very job."""
-    path = job.image_path(out, k)
+    """The hash of sample k's image if all its files (T1w, and dseg for a labelled model) are on disk, whole, made by this job."""
+    shas = [_complete_file(path, k) for path in job.files(out, k)]
+    return shas[0] if all(shas) else None
+
+
+def _complete_file(path: Path, k: int) -> str | None:
+    """The file's hash if its sidecar names it and sample k."""
     side = sidecar_of(path)
     if not (path.is_file() and side.is_file()):
         return None
@@ -191,12 +206,13 @@ def write_tables(out: Path, job: Synthesis) -> None:
 
     Only each sidecar's typicality and hash are kept in memory, not the whole records.
     """
-    rows = [_table_fields(sidecar_of(job.image_path(out, k))) for k in range(1, job.n + 1)]
+    rows = [[_table_fields(sidecar_of(path)) for path in job.files(out, k)] for k in range(1, job.n + 1)]
     write_text(out / "participants.tsv", "participant_id\tsynthetic\tseed\tindex\ttypicality\n" + "".join(
-        f"{job.label(k)}\ttrue\t{job.seed}\t{k}\t{level:.6f}\n" for k, (level, _) in enumerate(rows, 1)))
+        f"{job.label(k)}\ttrue\t{job.seed}\t{k}\t{files[0][0]:.6f}\n" for k, files in enumerate(rows, 1)))
     write_text(out / "participants.json", json.dumps(PARTICIPANTS_JSON, indent=2))
     write_text(out / "manifest.tsv", "file\tsha256\tseed\tindex\n" + "".join(
-        f"{job.image_path(out, k).relative_to(out)}\t{sha}\t{job.seed}\t{k}\n" for k, (_, sha) in enumerate(rows, 1)))
+        f"{path.relative_to(out)}\t{sha}\t{job.seed}\t{k}\n"
+        for k, files in enumerate(rows, 1) for path, (_, sha) in zip(job.files(out, k), files)))
 
 
 def _table_fields(sidecar: Path) -> tuple[float, str]:
