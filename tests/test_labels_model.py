@@ -123,6 +123,7 @@ def test_labelled_resume_equals_uninterrupted(scans, tmp_path):
     fit(cohort, cfg, tmp_path / "part", resume=True, show_progress=False)
     for name in ("model.pt", "assignment.npy", "labels.json", "hashes.json"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "part" / name).read_bytes(), name
+    fit(cohort, override(cfg, train__epochs=1), tmp_path / "whole", force=True, show_progress=False)  # labels.json is ours
 
 
 def test_label_maps_that_do_not_fit_are_refused(scans, tmp_path):

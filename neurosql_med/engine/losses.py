@@ -54,7 +54,10 @@ class ReconstructionLoss(torch.nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor, labels: Tensor | None = None) -> Tensor:
         """Per-sample loss; ``pred`` is (N, 1, ...), or (N, 1 + K, ...) image and label logits with ``labels``."""
-        image, label = self.terms(pred, target, labels)
+        return self.combined(*self.terms(pred, target, labels))
+
+    def combined(self, image: Tensor, label: Tensor | None) -> Tensor:
+        """The loss from its `terms`: image loss plus ``label_weight`` times the label loss."""
         return image if label is None else image + self.label_weight * label
 
     def terms(self, pred: Tensor, target: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:

@@ -313,7 +313,7 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
         with autocast(trainer.device, t.amp):
             pred = generator(inputs[idx])
         image_loss, label_loss = trainer.loss_fn.terms(pred.float(), images[idx], labels)
-        per_sample = image_loss if label_loss is None else image_loss + trainer.loss_fn.label_weight * label_loss
+        per_sample = trainer.loss_fn.combined(image_loss, label_loss)
         optimizer.zero_grad(set_to_none=True)
         per_sample.mean().backward()
         optimizer.step()
