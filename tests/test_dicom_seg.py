@@ -1,9 +1,7 @@
 """Label maps as DICOM SEG: valid for dciodvfy, read back exactly, coded, marked synthetic, reproducible.
 
-This tree has no labelled model yet, so the labelled draws are made here the way a
-tissue classifier would: each decoded image is thresholded into classes (`labelled`),
-and `decode_block` is wrapped to attach them. Everything downstream (the SEG writer,
-the cohort writer, --resume, the manifest, reproduce) is the real code.
+The models are real labelled NeuroSQL fits: their training labels are the scans cut
+into classes by intensity, with a "vessel" class that has no tissue code of its own.
 """
 import dataclasses
 import hashlib
@@ -26,7 +24,7 @@ from neurosql_med.data.cohort import load_cohort
 from neurosql_med.io.dicom import series_instances
 from neurosql_med.io.dicom_seg import CATEGORY, read_segmentation, segment_type, write_segmentation
 from neurosql_med.io.model import load_model
-from neurosql_med.synthesis import sampling, synthesize as synthesize_module
+from neurosql_med.synthesis import sampling
 from neurosql_med.synthesis.reproduce import reproduce
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
@@ -37,35 +35,19 @@ CUTS = (0.1, 0.35, 0.6, 0.85)
 SEG_NAME = "sub-{}_desc-nsql_dseg.dcm"
 
 
-def labelled(draw: sampling.Draw) -> sampling.Draw:
-    """A draw with a label map: its image cut into the classes by intensity."""
-    label = np.digitize(draw.image[0].numpy(), CUTS).astype(np.uint8)
-    return dataclasses.replace(draw, label=label, classes=CLASSES)
-
-
-@pytest.fixture(scope="module")
-def labelled_decoder():
-    """Every draw, in synthesize and in reproduce (through decode_one), comes with its label map."""
-    plain = sampling.decode_block
-    with pytest.MonkeyPatch.context() as patch:
-        def decode(job, block):
-            return [labelled(draw) for draw in plain(job, block)]
-        patch.setattr(sampling, "decode_block", decode)
-        patch.setattr(synthesize_module, "decode_block", decode)
-        yield
-
-
 @pytest.fixture(scope="module", params=["tiny", "tiny3d"])
 def model_dir(request, tmp_path_factory):
     root = write_subjects(tmp_path_factory.mktemp("scans"), 5)
     cfg = override(load_config(request.param), train__epochs=2)
     out = tmp_path_factory.mktemp("model") / request.param
-    fit(load_cohort(root, cfg.data), cfg, out, show_progress=False)
+    cohort = load_cohort(root, cfg.data)
+    labels = torch.bucketize(cohort.images, torch.tensor(CUTS))
+    fit(dataclasses.replace(cohort, labels=labels, label_names=list(CLASSES)), cfg, out, show_progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def cohort(model_dir, labelled_decoder, tmp_path_factory):
+def cohort(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort") / "synth"
     run(model_dir, out, n=3, format="both")
     return out
@@ -89,7 +71,7 @@ def drawn_label(record: dict, model_dir: Path) -> np.ndarray:
     info = record["NeuroSQL"]
     model = load_model(model_dir, torch.device("cpu"))
     job = sampling.Synthesis(model, info["index"], info["seed"], info["max_typicality"])
-    return model.geometry.as_volume(sampling.decode_one(job, info["latent_index"]).label)
+    return model.geometry.as_volume(sampling.decode_one(job, info["latent_index"]).labels[0].numpy()).astype(np.uint8)  # as the dseg stores it
 
 
 def slice_axis(model_dir: Path) -> int:
@@ -112,7 +94,7 @@ def test_dciodvfy_reports_no_errors_on_the_seg(cohort):
 
 
 @pytest.mark.slow
-def test_seg_reads_back_as_the_label_map_over_its_mr_series(cohort, model_dir, labelled_decoder):
+def test_seg_reads_back_as_the_label_map_over_its_mr_series(cohort, model_dir):
     axis = slice_axis(model_dir)
     for subject in ("synth0001", "synth0003"):
         path = seg_path(cohort, subject)
@@ -163,7 +145,7 @@ def test_seg_is_marked_synthetic_and_dated_only_by_the_fixed_epoch(cohort):
 
 
 @pytest.mark.slow
-def test_seg_bytes_and_uids_are_stable_across_runs_and_unique_across_samples(cohort, model_dir, labelled_decoder, tmp_path):
+def test_seg_bytes_and_uids_are_stable_across_runs_and_unique_across_samples(cohort, model_dir, tmp_path):
     again = tmp_path / "again"
     run(model_dir, again, n=3, format="dicom", batch_size=1)
     first = {p.relative_to(cohort): p.read_bytes() for p in cohort.rglob("*_dseg.dcm")}
@@ -179,7 +161,7 @@ def test_seg_bytes_and_uids_are_stable_across_runs_and_unique_across_samples(coh
 
 
 @pytest.mark.slow
-def test_manifest_resume_force_and_reproduce_cover_the_seg(model_dir, labelled_decoder, tmp_path, capsys):
+def test_manifest_resume_force_and_reproduce_cover_the_seg(model_dir, tmp_path, capsys):
     out = tmp_path / "s"
     run(model_dir, out, n=3, format="dicom")
     listed = {row.split("\t")[0]: row.split("\t")[1] for row in (out / "manifest.tsv").read_text().splitlines()[1:]}

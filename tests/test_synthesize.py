@@ -163,18 +163,23 @@ def test_synthetic_dataset_matches_written_files(model_dir, tmp_path):
     assert len(combined) == 4
 
 
-@pytest.mark.slow
-def test_bids_validator_finds_no_errors(model_dir, tmp_path):
+def bids_errors(folder: Path) -> list[dict]:
+    """bids-validator-deno's errors for ``folder`` (the test skips where the validator is not installed)."""
     beside_python = Path(sys.executable).parent / "bids-validator-deno"  # the venv's, when not on PATH
     validator = shutil.which("bids-validator-deno") or (str(beside_python) if beside_python.exists() else None)
     if validator is None:
         pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    proc = subprocess.run([validator, str(folder), "--format", "json"], capture_output=True, text=True, timeout=300)
+    report = json.loads(proc.stdout)
+    return [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
+
+
+@pytest.mark.slow
+def test_bids_validator_finds_no_errors(model_dir, tmp_path):
     out = tmp_path / "bids"
     run(model_dir, out, n=3)
     assert (out / "preview.png").is_file() and (out / ".nsql-med.json").is_file()
-    proc = subprocess.run([validator, str(out), "--format", "json"], capture_output=True, text=True, timeout=300)
-    report = json.loads(proc.stdout)
-    errors = [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
+    errors = bids_errors(out)
     assert errors == [], errors
 
 

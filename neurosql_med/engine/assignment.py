@@ -19,7 +19,7 @@ from torch import Tensor
 
 from neurosql_med.config import AssignmentConfig
 from neurosql_med.engine.lattice import to_gaussian
-from neurosql_med.engine.losses import ReconstructionLoss, pairwise_mse
+from neurosql_med.engine.losses import ReconstructionLoss, pairwise_label_loss, pairwise_mse
 
 # "auto" cost: the full loss while images x lattice points x voxels stays below this, which
 # keeps a round near 1-1.5 s on one CPU thread; squared error above it (docs/decisions.md).
@@ -101,11 +101,13 @@ def cost_matrix(
     cost: str,
     batch_size: int,
     device: torch.device | str,
+    labels: Tensor | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """C[i, j] = loss(G(u_j), x_i) as float64, and the seconds spent decoding and comparing.
+    """C[i, j] = loss(G(u_j), (x_i, y_i)) as float64, and the seconds spent decoding and comparing.
 
     Holds the n decoded lattice points but never n x n images. ``cost``: "loss" (the
-    training loss), "mse" (squared error via matrix products) or "auto" (LOSS_COST_LIMIT).
+    training loss), "mse" (squared error via matrix products) or "auto" (LOSS_COST_LIMIT);
+    either way, with ``labels`` y the label term of the loss is added (matrix products too).
     """
     if cost == "auto":
         cost = "loss" if len(images) * len(lattice) * images[0].numel() < LOSS_COST_LIMIT else "mse"
@@ -116,7 +118,9 @@ def cost_matrix(
     decoded = time.perf_counter()
     targets = images.to(device)
     with torch.no_grad():
-        matrix = loss.pairwise(outputs, targets) if cost == "loss" else pairwise_mse(outputs, targets)
+        matrix = loss.pairwise(outputs[:, :1], targets) if cost == "loss" else pairwise_mse(outputs[:, :1], targets)
+        if labels is not None:
+            matrix += loss.label_weight * pairwise_label_loss(outputs[:, 1:], labels.to(device))
     return matrix.double().cpu().numpy(), {"forward": decoded - start, "cost": time.perf_counter() - decoded}
 
 
@@ -145,11 +149,12 @@ def assign(
     device: torch.device | str,
     previous: np.ndarray | None,
     seed: int,
+    labels: Tensor | None = None,
 ) -> AssignResult:
-    """One assignment step: decode the lattice, build the costs, solve the LAP."""
+    """One assignment step: decode the lattice, build the costs (of images and their ``labels``), solve the LAP."""
     if len(lattice) != len(images):
         raise ValueError(f"{len(images)} images but {len(lattice)} lattice points")
-    cost, timings = cost_matrix(generator, torch.as_tensor(lattice), images, loss, cfg.cost, batch_size, device)
+    cost, timings = cost_matrix(generator, torch.as_tensor(lattice), images, loss, cfg.cost, batch_size, device, labels)
     start = time.perf_counter()
     perm, blocked = solve_assignment(cost, cfg.block_size, seed, previous)
     timings["lap"] = time.perf_counter() - start

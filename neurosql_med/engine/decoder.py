@@ -1,4 +1,4 @@
-"""The generator G: latent code -> image in [0, 1], for 2D slices and 3D volumes."""
+"""The generator G: latent code -> image in [0, 1] (and label logits), for 2D slices and 3D volumes."""
 from __future__ import annotations
 
 import math
@@ -29,15 +29,23 @@ class Decoder(nn.Module):
     The output is sigmoid(body(z) + template), with the template a learned per-voxel
     logit that ``init_template`` sets to the training images' mean: started from grey
     instead, a 3D fit collapsed to all-black (docs/decisions.md).
+
+    With ``num_labels`` K > 0 the same body also outputs K tissue-label logits, each
+    plus a learned per-voxel label template set to the training labels' log class
+    frequencies: one network, one code per subject for its image and its anatomy, both
+    starting from the mean. Output channel 0 is the image, channels 1..K the logits.
     """
 
-    def __init__(self, spatial_dims: int, latent_dim: int, out_shape: Sequence[int], channels: Sequence[int]):
+    def __init__(
+        self, spatial_dims: int, latent_dim: int, out_shape: Sequence[int], channels: Sequence[int], num_labels: int = 0,
+    ):
         super().__init__()
         if spatial_dims not in (2, 3) or len(out_shape) != spatial_dims:
             raise ValueError(f"out_shape {tuple(out_shape)} does not match spatial_dims={spatial_dims}")
         if not channels:
             raise ValueError("channels must list at least one width")
         self.out_shape = tuple(out_shape)
+        self.num_labels = num_labels
         stages = len(channels) - 1
         self.base_shape = tuple(math.ceil(size / 2**stages) for size in out_shape)
         self.project = nn.Sequential(
@@ -54,9 +62,11 @@ class Decoder(nn.Module):
                     act=ACT, norm=None, padding=0, output_padding=0,
                 )
             )
-        layers.append(Convolution(spatial_dims, channels[-1], 1, kernel_size=3, conv_only=True))
+        layers.append(Convolution(spatial_dims, channels[-1], 1 + num_labels, kernel_size=3, conv_only=True))
         self.body = nn.Sequential(*layers)
         self.template = nn.Parameter(torch.zeros(1, 1, *self.out_shape))
+        if num_labels:  # registered only for labelled models: an unlabelled model keeps its exact parameters
+            self.label_template = nn.Parameter(torch.zeros(1, num_labels, *self.out_shape))
 
     @torch.no_grad()
     def init_template(self, images: Tensor) -> None:
@@ -64,10 +74,24 @@ class Decoder(nn.Module):
         mean = images.float().mean(0, keepdim=True).clamp(1e-3, 1 - 1e-3)
         self.template.copy_(torch.logit(mean).to(self.template.device))
 
+    @torch.no_grad()
+    def init_label_template(self, labels: Tensor) -> None:
+        """Start the label logits at the per-voxel log class frequencies of ``labels`` (N, 1, *out_shape).
+
+        Counts are smoothed by half a sample per class, so a class never seen at a voxel
+        starts unlikely rather than impossible (log 0).
+        """
+        counts = torch.stack([(labels[:, 0] == k).sum(0) for k in range(self.num_labels)]).float()
+        frequency = (counts + 0.5) / (len(labels) + 0.5 * self.num_labels)
+        self.label_template.copy_(frequency.log()[None].to(self.label_template.device))
+
     def forward(self, z: Tensor) -> Tensor:
         raw = self.body(self.project(z))
-        raw = raw[(..., *self._crop(raw.shape[2:]))] + self.template
-        return torch.sigmoid(raw)
+        raw = raw[(..., *self._crop(raw.shape[2:]))]
+        if not self.num_labels:
+            return torch.sigmoid(raw + self.template)
+        image = torch.sigmoid(raw[:, :1] + self.template)
+        return torch.cat([image, raw[:, 1:] + self.label_template], dim=1)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -76,21 +100,26 @@ class Decoder(nn.Module):
         return tuple(slice((g - o) // 2, (g - o) // 2 + o) for g, o in zip(grid, self.out_shape))
 
 
-def build_decoder(model: ModelConfig, sample_shape: Sequence[int]) -> Decoder:
-    """The generator ``model`` describes for samples of ``sample_shape``: 2D slices or 3D volumes."""
-    check_decoder_size(model, sample_shape)
-    return Decoder(len(sample_shape), model.latent_dim, tuple(sample_shape), model.channels)
+def split_output(output: Tensor) -> tuple[Tensor, Tensor | None]:
+    """A generator output as (images (B, 1, ...), label logits (B, K, ...) or None for an unlabelled model)."""
+    return output[:, :1], (output[:, 1:] if output.shape[1] > 1 else None)
 
 
-def decoder_parameters(model: ModelConfig, sample_shape: Sequence[int]) -> int:
+def build_decoder(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0) -> Decoder:
+    """The generator ``model`` describes for samples of ``sample_shape`` (2D slices or 3D volumes) and K label classes."""
+    check_decoder_size(model, sample_shape, num_labels)
+    return Decoder(len(sample_shape), model.latent_dim, tuple(sample_shape), model.channels, num_labels)
+
+
+def decoder_parameters(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0) -> int:
     """The generator's size, counted on torch's meta device: no memory, no random draws."""
     with torch.device("meta"):
-        return Decoder(len(sample_shape), model.latent_dim, tuple(sample_shape), model.channels).parameter_count()
+        return Decoder(len(sample_shape), model.latent_dim, tuple(sample_shape), model.channels, num_labels).parameter_count()
 
 
-def check_decoder_size(model: ModelConfig, sample_shape: Sequence[int]) -> None:
+def check_decoder_size(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0) -> None:
     """Refuse a generator too large to allocate before anything tries (a huge first layer used to abort the process)."""
-    count = decoder_parameters(model, sample_shape)
+    count = decoder_parameters(model, sample_shape, num_labels)
     if count > MAX_PARAMETERS:
         raise UserError(
             f"config key 'model.channels' with model.latent_dim and data.shape gives a decoder of {count:,} parameters; "

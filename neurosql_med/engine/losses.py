@@ -2,10 +2,16 @@
 
 The assignment step needs the loss of every (image, decoded lattice point) pair, so the
 loss exposes a pairwise method that shares the per-image SSIM statistics across pairs.
+With tissue labels the loss adds ``label_weight`` x (cross-entropy + soft Dice) of the
+label logits, and its all-pairs form uses matrix products of one-hot labels against
+log-softmax and softmax outputs, so a code is matched to an image and its anatomy
+without ever forming n^2 label volumes.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
 from torch import Tensor
 
 SSIM_K1 = 0.01
@@ -14,6 +20,7 @@ SSIM_K2 = 0.03
 # enough for the block's chain of element-wise operations to stay near the cache, large
 # enough that Python overhead is negligible (>= 50 2D 64x80 pairs per block).
 PAIR_VOXEL_BUDGET = 1 << 18
+DICE_SMOOTH = 1e-5  # MONAI DiceLoss's smooth_nr and smooth_dr, so both forms agree
 
 
 def gaussian_window(window: int, sigma: float) -> Tensor:
@@ -32,17 +39,34 @@ class ReconstructionLoss(torch.nn.Module):
     (docs/decisions.md).
     """
 
-    def __init__(self, spatial_dims: int, ssim_weight: float = 0.8, window: int = 7, sigma: float = 1.5):
+    def __init__(
+        self, spatial_dims: int, ssim_weight: float = 0.8, window: int = 7, sigma: float = 1.5, label_weight: float = 1.0,
+    ):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         self.spatial_dims = spatial_dims
         self.ssim_weight = ssim_weight
+        self.label_weight = label_weight
         self.c1 = SSIM_K1**2
         self.c2 = SSIM_K2**2
         self.taps: list[float] = gaussian_window(window, sigma).tolist()
 
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+    def forward(self, pred: Tensor, target: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Per-sample loss; ``pred`` is (N, 1, ...), or (N, 1 + K, ...) image and label logits with ``labels``."""
+        return self.combined(*self.terms(pred, target, labels))
+
+    def combined(self, image: Tensor, label: Tensor | None) -> Tensor:
+        """The loss from its `terms`: image loss plus ``label_weight`` times the label loss."""
+        return image if label is None else image + self.label_weight * label
+
+    def terms(self, pred: Tensor, target: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The per-sample image loss and, with ``labels``, the unweighted label loss: what training reports apart."""
+        if labels is None:
+            return self.image_loss(pred, target), None
+        return self.image_loss(pred[:, :1], target), label_loss(pred[:, 1:], labels)
+
+    def image_loss(self, pred: Tensor, target: Tensor) -> Tensor:
         with _float32(pred):
             pred, target = pred.float(), target.float()
             l1 = (pred - target).abs().flatten(1).mean(1)
@@ -62,14 +86,18 @@ class ReconstructionLoss(torch.nn.Module):
             return (luminance * contrast).flatten(1).mean(1)
 
     @torch.no_grad()
-    def pairwise(self, outputs: Tensor, images: Tensor, chunk: int | None = None) -> Tensor:
+    def pairwise(self, outputs: Tensor, images: Tensor, labels: Tensor | None = None, chunk: int | None = None) -> Tensor:
         """Loss of every (image i, output j) pair as a (k, m) float32 matrix, without gradients.
 
         The L1 term is one ``torch.cdist``. For SSIM the local means and variances of each
         image and each output are filtered once; per pair only the product x_i * y_j is,
         in blocks of at most ``chunk`` pairs (default: PAIR_VOXEL_BUDGET voxels' worth), so
-        the k * m pair images are never all in memory.
+        the k * m pair images are never all in memory. With ``labels`` the outputs carry
+        label logits and `pairwise_label_loss` is added.
         """
+        if labels is not None:
+            image_cost = self.pairwise(outputs[:, :1], images, chunk=chunk)
+            return image_cost + self.label_weight * pairwise_label_loss(outputs[:, 1:], labels)
         with _float32(outputs):
             x, y = images.float(), outputs.float()
             loss = torch.cdist(x.flatten(1), y.flatten(1), p=1) / x[0].numel()
@@ -141,6 +169,49 @@ def pairwise_mse(outputs: Tensor, images: Tensor) -> Tensor:
     x, y = x - centre, y - centre
     squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T
     return squared.clamp_min_(0) / x.shape[1]
+
+
+def label_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample voxel-mean cross-entropy plus soft Dice (MONAI's, every class weighted alike) of (N, K, ...) logits."""
+    with _float32(logits):
+        logits = logits.float()
+        cross_entropy = F.cross_entropy(logits, labels[:, 0], reduction="none").flatten(1).mean(1)
+        dice = DiceLoss(to_onehot_y=True, softmax=True, reduction="none", smooth_nr=DICE_SMOOTH, smooth_dr=DICE_SMOOTH)
+        return cross_entropy + dice(logits, labels).flatten(1).mean(1)
+
+
+@torch.no_grad()
+def pairwise_label_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """`label_loss` of every (labels i, logits j) pair as a (k, m) float32 matrix, by matrix products.
+
+    Cross-entropy is -<onehot_i, log_softmax_j> / V over all K*V entries; the Dice
+    intersection of class c is <onehot_i[c], softmax_j[c]>, one (k, V) x (V, m) product
+    per class, so memory is the k + m label volumes, never k * m of them.
+    """
+    with _float32(logits):
+        classes = logits.shape[1]
+        voxels = logits[0, 0].numel()
+        onehot = F.one_hot(labels[:, 0].flatten(1), classes).float().permute(2, 0, 1)  # (K, k, V)
+        log_p = torch.log_softmax(logits.float(), dim=1).flatten(2).transpose(0, 1)  # (K, m, V)
+        cross_entropy = -torch.einsum("ckv,cmv->km", onehot, log_p) / voxels
+        p = log_p.exp_()
+        intersection = torch.bmm(onehot, p.transpose(1, 2))  # (K, k, m)
+        sizes = onehot.sum(2)[:, :, None] + p.sum(2)[:, None, :]
+        dice = 1 - (2 * intersection + DICE_SMOOTH) / (sizes + DICE_SMOOTH)
+        return cross_entropy + dice.mean(0)
+
+
+@torch.no_grad()
+def dice_counts(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per class, the voxels where argmax(logits) and labels agree and the two maps' sizes summed.
+
+    Summed over batches they give each class's Dice over a whole epoch, 2 * agree / sizes,
+    without averaging per-sample ratios that are undefined where a slice lacks a class.
+    """
+    classes = logits.shape[1]
+    predicted = F.one_hot(logits.argmax(1).flatten(1), classes)
+    true = F.one_hot(labels[:, 0].flatten(1), classes)
+    return (predicted * true).sum((0, 1)), (predicted + true).sum((0, 1))
 
 
 def _float32(reference: Tensor) -> torch.autocast:

@@ -20,7 +20,7 @@ from neurosql_med.config import Config, load_config
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file, write_bytes, write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.engine.decoder import Decoder, build_decoder
+from neurosql_med.engine.decoder import Decoder, build_decoder, split_output
 from neurosql_med.runtime import fast_cpu_math
 
 CHECKPOINT = "model.pt"  # weights, optimiser, schedule and trainer counters
@@ -36,6 +36,7 @@ MODEL_CARD = "MODEL_CARD.md"  # what was trained, how, and how well: written by 
 EVALUATION = "EVALUATION.md"  # the latest `evaluate --model` numbers: rewritten later, so outside HASHES
 HASHES = "hashes.json"  # written last: the folder is complete once it exists
 ARTIFACTS = (CHECKPOINT, CONFIG, LATTICE, ASSIGNMENT, GEOMETRY, FINGERPRINT, MODEL_CARD)  # what HASHES covers, in its order
+LABELS = "labels.json"  # {"names": [...]}: class index -> tissue name, only in a model fit on label maps; hashed too
 FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
 
 
@@ -67,10 +68,19 @@ def save_array(path: Path, array: np.ndarray) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+def save_label_names(folder: Path, names: list[str]) -> None:
+    write_text(folder / LABELS, json.dumps({"names": names}, indent=2))
+
+
 def write_hashes(folder: Path) -> str:
-    hashes = {name: sha256_file(folder / name) for name in ARTIFACTS}
+    """hashes.json, covering labels.json after the ARTIFACTS when the model has one."""
+    hashes = {name: sha256_file(folder / name) for name in _artifacts(folder)}
     write_text(folder / HASHES, json.dumps(hashes, indent=2))
     return hashes[CHECKPOINT]
+
+
+def _artifacts(folder: Path) -> tuple[str, ...]:
+    return ARTIFACTS + ((LABELS,) if (folder / LABELS).is_file() else ())
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -90,6 +100,7 @@ class NeuroSQLModel:
     fingerprint: dict
     sha256: str
     device: torch.device
+    label_names: list[str] | None = None  # tissue classes of the label maps it decodes, index 0 background
 
     @property
     def latent_dim(self) -> int:
@@ -99,15 +110,24 @@ class NeuroSQLModel:
     def lattice_kind(self) -> str:
         return self.config.model.lattice
 
-    @torch.no_grad()
     def decode(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Latents (B, d) → images (B, 1, *sample_shape) in [0, 1], float32, on the CPU."""
+        return self.decode_with_labels(z)[0]
+
+    @torch.no_grad()
+    def decode_with_labels(self, z: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents → (images as `decode`, label maps (B, 1, *sample_shape) int64 argmax, or None when unlabelled)."""
         z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=self.device)
-        return self.generator(z).float().cpu()
+        images, logits = split_output(self.generator(z).float().cpu())
+        return images, None if logits is None else logits.argmax(1, keepdim=True)
 
     def reconstructions(self) -> torch.Tensor:
         """G(u_σ(i)) for every training sample i: what the model learned for each real image."""
         return self.decode(self.lattice[self.assignment])
+
+    def reconstructed_labels(self) -> torch.Tensor | None:
+        """The label maps of the reconstructions (int64, (n, 1, *sample_shape)), or None when unlabelled."""
+        return self.decode_with_labels(self.lattice[self.assignment])[1]
 
 
 def verify(folder: Path) -> dict[str, str]:
@@ -118,7 +138,9 @@ def verify(folder: Path) -> dict[str, str]:
         state = "an unfinished fit (continue it with `nsql-med fit --resume`)" if is_model_folder(folder) else "not a model folder"
         raise UserError(f"{folder}: incomplete model folder, {state}")
     hashes = _json_object(folder / HASHES)
-    for name in ARTIFACTS:
+    if (folder / LABELS).is_file() and LABELS not in hashes:
+        raise UserError(f"{folder / LABELS}: not recorded in {HASHES}; the model folder was modified")
+    for name in ARTIFACTS + ((LABELS,) if LABELS in hashes else ()):
         path = folder / name
         if not path.is_file():
             raise UserError(f"{folder}: incomplete model folder, {name} is missing")
@@ -145,8 +167,10 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     _check_geometry_fits_config(folder, geometry, cfg)
     lattice, assignment = _lattice_and_assignment(folder, cfg.model.latent_dim)
     fingerprint = _json_object(folder / FINGERPRINT)
-    weights = _generator_weights(folder, cfg, geometry, device)
-    generator = build_decoder(cfg.model, geometry.sample_shape)
+    label_names = _label_names(folder / LABELS) if LABELS in hashes else None
+    num_labels = len(label_names or ())
+    weights = _generator_weights(folder, cfg, geometry, device, num_labels)
+    generator = build_decoder(cfg.model, geometry.sample_shape, num_labels)
     generator.load_state_dict(weights)
     generator.to(device).eval()
     return NeuroSQLModel(
@@ -159,7 +183,17 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
         fingerprint=fingerprint,
         sha256=hashes[CHECKPOINT],
         device=device,
+        label_names=label_names,
     )
+
+
+def _label_names(path: Path) -> list[str]:
+    """The class names, checked: their count fixes the generator's label channels."""
+    names = _json_object(path).get("names")
+    if not (isinstance(names, list) and 2 <= len(names) <= 255 and all(isinstance(n, str) and n for n in names)
+            and len(set(names)) == len(names)):
+        raise UserError(f"{path}: 'names' must list 2 to 255 distinct non-empty class names (index 0 background)")
+    return names
 
 
 def _json_object(path: Path) -> dict:
@@ -224,7 +258,9 @@ def _lattice_and_assignment(folder: Path, latent_dim: int) -> tuple[np.ndarray, 
     return lattice, assignment
 
 
-def _generator_weights(folder: Path, cfg: Config, geometry: Geometry, device: torch.device) -> dict[str, torch.Tensor]:
+def _generator_weights(
+    folder: Path, cfg: Config, geometry: Geometry, device: torch.device, num_labels: int,
+) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors, after checking they fit the generator config.yaml describes.
 
     The expected shapes come from a generator built on the meta device: no memory, no
@@ -235,10 +271,11 @@ def _generator_weights(folder: Path, cfg: Config, geometry: Geometry, device: to
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"{path}: its generator entry is not a set of named tensors")
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in build_decoder(cfg.model, geometry.sample_shape).state_dict().items()}
+        expected = {k: v.shape for k, v in build_decoder(cfg.model, geometry.sample_shape, num_labels).state_dict().items()}
     problem = _architecture_problem(expected, weights)
     if problem:
-        raise UserError(f"{path}: does not fit the architecture of config.yaml and geometry.json: {problem}")
+        labels = f" and {LABELS} ({num_labels} classes)" if num_labels else f" (no {LABELS}: no label classes)"
+        raise UserError(f"{path}: does not fit the architecture of config.yaml and geometry.json{labels}: {problem}")
     for name, tensor in weights.items():
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise UserError(f"{path}: generator tensor {name} is not all finite floating-point values")

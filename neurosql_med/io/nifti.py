@@ -30,6 +30,21 @@ READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
 def to_nifti(sample: np.ndarray, geometry: Geometry, descrip: str, provenance: dict) -> nib.Nifti1Image:
     """A sample in [0, 1] as an int16 NIfTI image placed where the training data sat."""
     data = np.rint(np.clip(geometry.as_volume(sample), 0, 1) * INTENSITY_MAX).astype(np.int16)
+    return _placed(data, geometry, descrip, provenance, INTENSITY_MAX)
+
+
+def labels_to_nifti(
+    labels: np.ndarray, classes: int, geometry: Geometry, descrip: str, provenance: dict,
+) -> nib.Nifti1Image:
+    """A map of class indices 0..classes-1 as a uint8 NIfTI (a BIDS dseg) on exactly the grid of its image."""
+    if not 1 <= classes <= 256 or labels.min(initial=0) < 0 or labels.max(initial=0) >= classes:
+        raise ValueError(f"a dseg holds class indices 0..{classes - 1} (at most 255)")
+    data = geometry.as_volume(labels).astype(np.uint8)
+    return _placed(data, geometry, descrip, provenance, classes - 1)
+
+
+def _placed(data: np.ndarray, geometry: Geometry, descrip: str, provenance: dict, cal_max: int) -> nib.Nifti1Image:
+    """``data`` with the training affine, the SYNTHETIC tag and the provenance extension."""
     affine = geometry.sample_affine()
     image = nib.Nifti1Image(data, affine)
     header = image.header
@@ -37,7 +52,7 @@ def to_nifti(sample: np.ndarray, geometry: Geometry, descrip: str, provenance: d
     header.set_sform(affine, code=2)
     header.set_xyzt_units("mm", "sec")
     header["descrip"] = descrip.encode()[:79]
-    header["cal_min"], header["cal_max"] = 0, INTENSITY_MAX
+    header["cal_min"], header["cal_max"] = 0, cal_max
     header.extensions.append(nib.nifti1.Nifti1Extension(PROVENANCE_ECODE, json.dumps(provenance, sort_keys=True).encode()))
     return image
 
@@ -87,6 +102,11 @@ def read_affine(path: Path) -> np.ndarray:
     """A NIfTI's voxel-to-world affine, from the header alone."""
     with _reading(path):
         return np.asarray(nib.load(path).affine, dtype=np.float64)
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """A written dseg back as int64 class indices."""
+    return read_image(path).astype(np.int64)
 
 
 def read_sample(path: Path) -> np.ndarray:

@@ -19,7 +19,10 @@ class SyntheticDataset(Dataset):
     ``image`` is a channel-first MetaTensor in [0, 1] carrying the training affine, so
     it concatenates with real samples (``torch.utils.data.ConcatDataset``) and flows
     through the same MONAI transforms. Item i is sample index i + 1 of the seed: the
-    same image ``nsql-med synthesize`` would write for it.
+    same image ``nsql-med synthesize`` would write for it. A labelled model's items also
+    carry ``label``: the channel-first int64 MetaTensor of tissue classes, on the same
+    affine, equal to the dseg ``synthesize`` writes, so (image, label) pairs feed a
+    segmentation pipeline.
     """
 
     def __init__(
@@ -57,4 +60,6 @@ class SyntheticDataset(Dataset):
             "latent": torch.as_tensor(draw.latent, dtype=torch.float32),
             "typicality": draw.level,
         }
+        if draw.labels is not None:
+            item["label"] = MetaTensor(draw.labels.clone(), affine=self.affine.clone())
         return self.transform(item) if self.transform is not None else item

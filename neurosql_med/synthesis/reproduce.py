@@ -1,4 +1,4 @@
-"""`nsql-med reproduce`: regenerate one synthetic image from its provenance and compare the bytes."""
+"""`nsql-med reproduce`: regenerate one synthetic image (and its dseg) from its provenance and compare the bytes."""
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +17,8 @@ from neurosql_med.io.nifti import read_provenance
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import MAX_REDRAWS, REDRAW_STRIDE
 from neurosql_med.synthesis.sampling import (
-    MAX_SAMPLES, MAX_SEED, Draw, Synthesis, decode_one, sidecar_of, synthetic_id, versions, write_dicom_sample,
-    write_sample,
+    MAX_SAMPLES, MAX_SEED, Draw, Synthesis, decode_one, dseg_of, sidecar_of, synthetic_id, versions,
+    write_dicom_sample, write_dseg, write_sample,
 )
 
 INSTANCE_NAME = re.compile(r"sub-(synth\d+)_desc-nsql_(T1w_\d+|dseg)\.dcm")
@@ -28,18 +28,28 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
     """Regenerate one image from its provenance; returns (identical, recorded sha, new sha).
 
     The recorded software versions are written back into the header, so any difference
-    in the bytes comes from the pixels, not from a newer version string. A DICOM
-    instance, series folder or series record stands for its whole series: see `_reproduce_series`.
+    in the bytes comes from the pixels, not from a newer version string. For a labelled
+    model the image's dseg is regenerated and compared too, and both shas are reported.
+    A DICOM instance, series folder or series record stands for its whole series (and its
+    SEG): see `_reproduce_series`.
     """
     path = Path(file)
     if path.is_dir() or path.suffix.lower() == ".dcm" or path.parent.name == "dicom":
         return _reproduce_series(path if path.is_dir() else path.parent, model_dir)
     image, record = _image_and_record(path)
     job, draw, info = _regenerate(record, path, model_dir)
+    k = info["index"]
     with tempfile.TemporaryDirectory() as tmp:
-        fresh, _ = write_sample(Path(tmp) / image.name, job, info["index"], draw, software=info["versions"])
-    recorded = sha256_file(image)
-    return fresh == recorded, recorded, fresh
+        fresh, record = write_sample(Path(tmp) / image.name, job, k, draw, software=info["versions"])
+        recorded = sha256_file(image)
+        if draw.labels is None:
+            return fresh == recorded, recorded, fresh
+        dseg = dseg_of(image)
+        if not dseg.is_file():
+            raise UserError(f"{dseg}: missing; {model_dir} is labelled, so every image has its dseg beside it")
+        fresh_dseg, recorded_dseg = write_dseg(Path(tmp) / dseg.name, job, k, draw, record), sha256_file(dseg)
+    identical = fresh == recorded and fresh_dseg == recorded_dseg
+    return identical, f"{recorded} (dseg {recorded_dseg})", f"{fresh} (dseg {fresh_dseg})"
 
 
 def _regenerate(record: dict, file: Path, model_dir: str | Path) -> tuple[Synthesis, Draw, dict]:
@@ -93,6 +103,8 @@ def _series_digest(hashes: dict[str, str]) -> str:
 def _image_and_record(path: Path) -> tuple[Path, dict]:
     """The image a FILE argument names (itself or the image beside its sidecar) and its provenance."""
     image = path if path.name.endswith(".nii.gz") else path.with_name(path.name.removesuffix(".json") + ".nii.gz")
+    if image.name.endswith("_dseg.nii.gz"):  # a dseg is checked through the image it belongs to
+        image = image.with_name(image.name.replace("_dseg.nii.gz", "_T1w.nii.gz"))
     side = sidecar_of(image)
     if side.is_file():
         try:

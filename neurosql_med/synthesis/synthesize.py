@@ -42,6 +42,7 @@ any image bit for bit from the same model. manifest.tsv lists every file's sha25
 DICOM series (sub-*/dicom/, if written) say so in every instance: Synthetic Data YES,
 patient SYNTHETIC^synthNNNN, series description "SYNTHETIC nsql-med ...".
 """
+DSEG_TABLE = "dseg.tsv"
 # nsql-med's own files; bids-validator-deno hides the DICOM folders for "*/dicom", not for "*/dicom/"
 BIDSIGNORE = "manifest.tsv\npreview.png\naudit.json\n.nsql-med.*\n*/dicom\n"
 SAMPLE_OVERHEAD = 8192  # bytes of NIfTI header, provenance extension and sidecar beyond the latent itself
@@ -103,6 +104,8 @@ def synthesize(
         write_text(out / "dataset_description.json", json.dumps(dataset_description(job), indent=2))
         write_text(out / "README", README)
         write_text(out / ".bidsignore", BIDSIGNORE)
+        if job.model.label_names:
+            write_text(out / DSEG_TABLE, dseg_table(job.model.label_names))
         started = time.monotonic()
         written = _write_samples(out, job, resume, batch_size, show_progress)
         report = None if train is None else audit_cohort(out, job, train, tau=TAU if tau is None else tau, drop=drop_copies)
@@ -112,14 +115,21 @@ def synthesize(
 
 
 def bytes_per_sample(job: Synthesis) -> int:
-    """An upper bound on one sample's files: int16 voxels as if gzip saved nothing, plus headers and records.
+    """An upper bound on one sample's files: int16 voxels (uint8 for a label map) as if gzip saved nothing, plus headers and records.
 
     A DICOM series repeats its header and provenance in every slice.
     """
     shape = job.model.geometry.sample_shape
+    voxels = math.prod(shape)
     records = {"nifti": 1, "dicom": 1 + (shape[-1] if job.model.geometry.mode == "3d" else 1)}
     overhead = SAMPLE_OVERHEAD + 64 * job.model.latent_dim
-    return sum(2 * math.prod(shape) + records[f] * overhead for f in job.formats)
+    files = 2 if job.model.label_names else 1  # the image, and a labelled model's dseg (NIfTI) or SEG (DICOM)
+    return sum(files * (2 * voxels + records[f] * overhead) for f in job.formats)
+
+
+def dseg_table(names: list[str]) -> str:
+    """BIDS dseg.tsv: the index and name of every class, inherited by every dseg of the cohort."""
+    return "index\tname\n" + "".join(f"{k}\t{name}\n" for k, name in enumerate(names))
 
 
 def _check_options(
@@ -192,8 +202,13 @@ def complete_dicom(job: Synthesis, out: Path, k: int) -> dict[str, str] | None:
 
 
 def complete_sha(job: Synthesis, out: Path, k: int) -> str | None:
-    """The hash of sample k if it is on disk, whole, and made by this very job."""
-    path = job.image_path(out, k)
+    """The hash of sample k's image if all its files (T1w, and dseg for a labelled model) are on disk, whole, made by this job."""
+    shas = [_complete_file(path, k) for path in job.files(out, k)]
+    return shas[0] if all(shas) else None
+
+
+def _complete_file(path: Path, k: int) -> str | None:
+    """The file's hash if its sidecar names it and sample k."""
     side = sidecar_of(path)
     if not (path.is_file() and side.is_file()):
         return None
@@ -240,8 +255,9 @@ def _table_fields(out: Path, job: Synthesis, k: int) -> tuple[float, list[tuple[
     """Sample k's typicality and its files (relative to ``out``) with their hashes, from its records."""
     files, level = [], 0.0
     if "nifti" in job.formats:
-        record = json.loads(sidecar_of(job.image_path(out, k)).read_text())
-        files.append((job.image_path(out, k).relative_to(out).as_posix(), str(record["ImageSha256"])))
+        for path in job.files(out, k):  # the T1w, and a labelled model's dseg
+            record = json.loads(sidecar_of(path).read_text())
+            files.append((path.relative_to(out).as_posix(), str(record["ImageSha256"])))
         level = float(record["NeuroSQL"]["typicality"])
     if "dicom" in job.formats:
         record = json.loads(job.dicom_record(out, k).read_text())

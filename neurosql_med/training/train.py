@@ -30,8 +30,8 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
-from neurosql_med.engine.losses import ReconstructionLoss
-from neurosql_med.engine.decoder import Decoder, build_decoder, check_decoder_size
+from neurosql_med.engine.losses import ReconstructionLoss, dice_counts
+from neurosql_med.engine.decoder import Decoder, build_decoder, check_decoder_size, split_output
 from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
     ASSIGNMENT,
@@ -47,6 +47,7 @@ from neurosql_med.io.model import (
     load_checkpoint,
     save_array,
     save_checkpoint,
+    save_label_names,
     write_hashes,
 )
 from neurosql_med.io.outputs import check_model_output, output_lock, prepare_model_output
@@ -105,6 +106,8 @@ class Trainer:
     loss_fn: ReconstructionLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    labels: Tensor | None = None  # (n, 1, *sample_shape) int64 tissue classes on the device, voxel for voxel with images
+    label_names: list[str] | None = None
 
 
 @dataclass
@@ -152,8 +155,9 @@ def _fit(cohort: Cohort, cfg: Config, out: Path, resume: bool, show_progress: bo
     deadline = None if t.max_minutes is None else time.monotonic() + t.max_minutes * 60
     interrupted = stopped_by_budget = False
     last_good = snapshot(trainer, state)
-    progress = _progress()
-    task = progress.add_task("fit", total=t.epochs, completed=state.epoch, loss=float("nan"), ssim=float("nan"), changed="-")
+    progress = _progress(labelled=trainer.labels is not None)
+    task = progress.add_task("fit", total=t.epochs, completed=state.epoch, loss=float("nan"), ssim=float("nan"),
+                             changed="-", dice="-")
     with progress if show_progress else contextlib.nullcontext():
         try:
             while state.epoch < t.epochs:
@@ -208,13 +212,33 @@ def _set_up(cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.devi
     """
     t = cfg.train
     images = cohort.images.to(device)
-    generator = build_decoder(cfg.model, cohort.geometry.sample_shape).to(device)
+    labels = None if cohort.labels is None else _checked_labels(cohort).to(device)
+    num_labels = 0 if labels is None else len(cohort.label_names)
+    generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels).to(device)
     generator.init_template(images)
-    loss_fn = ReconstructionLoss(images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window).to(device)
+    if labels is not None:
+        generator.init_label_template(labels)
+    loss_fn = ReconstructionLoss(
+        images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window, label_weight=cfg.loss.label_weight).to(device)
     optimizer = torch.optim.AdamW(generator.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
     points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
-    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler)
+    names = None if labels is None else list(cohort.label_names)
+    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names)
+
+
+def _checked_labels(cohort: Cohort) -> Tensor:
+    """The cohort's label maps, once they fit its images and its class names (a bad map would train silently)."""
+    labels, names = cohort.labels, cohort.label_names
+    if names is None or len(names) < 2:
+        raise UserError("label maps need at least 2 class names (index 0 is background)")
+    if labels.shape != cohort.images.shape or labels.dtype != torch.int64:
+        raise UserError(f"label maps {tuple(labels.shape)} {labels.dtype} do not match the images "
+                        f"{tuple(cohort.images.shape)} as int64 class indices")
+    if labels.min() < 0 or labels.max() >= len(names):
+        raise UserError(f"label maps hold classes {int(labels.min())}..{int(labels.max())}, "
+                        f"but only {len(names)} names ({', '.join(names)})")
+    return labels
 
 
 def _start(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> TrainerState:
@@ -224,6 +248,8 @@ def _start(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> 
     cohort.geometry.save(out / GEOMETRY)
     write_text(out / FINGERPRINT, json.dumps(cohort.fingerprint(), indent=2))
     save_array(out / LATTICE, lattice)
+    if trainer.label_names is not None:
+        save_label_names(out, trainer.label_names)
     perm = initial_assignment(trainer.images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
     # the first round waits for one regression epoch on the PCA codes: an untrained generator
     # decodes every code to the same blur, which makes the first cost matrix degenerate and the LAP slow
@@ -235,8 +261,8 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
     missing = [f for f in (FINGERPRINT, HISTORY) if not (out / f).is_file()]
     if missing:
         raise UserError(f"--resume: {out} is damaged ({', '.join(missing)} missing); start again with --force")
-    if json.loads((out / FINGERPRINT).read_text()) != cohort.fingerprint():
-        raise UserError(f"--resume: these scans differ from the ones {out} was trained on")
+    if json.loads((out / FINGERPRINT).read_text()) != cohort.fingerprint():  # label maps and class names included
+        raise UserError(f"--resume: these scans (or their label maps) differ from the ones {out} was trained on")
     saved = load_checkpoint(out / CHECKPOINT, trainer.device)
     trainer.generator.load_state_dict(saved["generator"])
     trainer.optimizer.load_state_dict(saved["optimizer"])
@@ -257,7 +283,7 @@ def assignment_round(trainer: Trainer, state: TrainerState) -> dict:
     cfg, t = trainer.cfg.assignment, trainer.cfg.train
     result = assign(
         trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size, trainer.device,
-        previous=state.perm.numpy(), seed=t.seed + state.epoch,
+        previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
     )
     state.perm = torch.as_tensor(result.perm)
     changing = result.changed_fraction > cfg.threshold
@@ -277,21 +303,54 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
     generator.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
     inputs = trainer.lattice[perm.to(trainer.device)]  # inputs[i]: the lattice point coding image i
-    total_loss = total_l1 = 0.0
+    totals = _EpochTotals(trainer.label_names)
     for start in range(0, n, t.batch_size):
         idx = order[start:start + t.batch_size].to(trainer.device)
+        labels = None if trainer.labels is None else trainer.labels[idx]
         with autocast(trainer.device, t.amp):
             pred = generator(inputs[idx])
-        per_sample = trainer.loss_fn(pred.float(), images[idx])
+        image_loss, label_loss = trainer.loss_fn.terms(pred.float(), images[idx], labels)
+        per_sample = trainer.loss_fn.combined(image_loss, label_loss)
         optimizer.zero_grad(set_to_none=True)
         per_sample.mean().backward()
         optimizer.step()
-        total_loss += float(per_sample.detach().sum())
-        total_l1 += float((pred.detach().float() - images[idx]).abs().flatten(1).mean(1).sum())
+        totals.add(pred.detach().float(), images[idx], labels, per_sample.detach(), (image_loss, label_loss))
     trainer.scheduler.step()
-    loss, l1, weight = total_loss / n, total_l1 / n, trainer.cfg.loss.ssim_weight
-    ssim = 1 - (loss - l1) / weight if weight else float("nan")
-    return {"loss": loss, "l1": l1, "ssim": ssim, "lr": trainer.scheduler.get_last_lr()[0]}
+    return totals.row(n, trainer.cfg.loss.ssim_weight) | {"lr": trainer.scheduler.get_last_lr()[0]}
+
+
+@dataclass
+class _EpochTotals:
+    """Sums over an epoch's batches of what its history row reports."""
+
+    label_names: list[str] | None
+    loss: float = 0.0
+    image_loss: float = 0.0
+    l1: float = 0.0
+    label_loss: float = 0.0
+    agree: Tensor | float = 0.0  # per class: voxels where reconstruction and label map agree
+    sizes: Tensor | float = 0.0  # per class: both maps' voxel counts
+
+    def add(self, pred: Tensor, images: Tensor, labels: Tensor | None, loss: Tensor, terms: tuple) -> None:
+        """One batch: its detached predictions, targets, per-sample loss and (image, label) loss terms."""
+        image_loss, label_loss = terms
+        self.loss += float(loss.sum())
+        self.image_loss += float(image_loss.detach().sum())
+        self.l1 += float((pred[:, :1] - images).abs().flatten(1).mean(1).sum())
+        if labels is not None:
+            self.label_loss += float(label_loss.detach().sum())
+            agree, sizes = dice_counts(pred[:, 1:], labels)
+            self.agree, self.sizes = self.agree + agree, self.sizes + sizes
+
+    def row(self, n: int, ssim_weight: float) -> dict:
+        """loss, l1, ssim; with labels also label_loss and the reconstructions' Dice (mean over non-background classes, per class)."""
+        ssim = 1 - (self.image_loss - self.l1) / n / ssim_weight if ssim_weight else float("nan")
+        row: dict = {"loss": self.loss / n, "l1": self.l1 / n, "ssim": ssim}
+        if self.label_names is not None:
+            dice = [1.0 if s == 0 else 2 * a / s for a, s in zip(self.agree.tolist(), self.sizes.tolist())]
+            row |= {"label_loss": self.label_loss / n, "dice": sum(dice[1:]) / len(dice[1:]),
+                    "dice_per_class": dict(zip(self.label_names, dice))}
+        return row
 
 
 def snapshot(trainer: Trainer, state: TrainerState) -> dict:
@@ -323,18 +382,20 @@ def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, st
     n = len(cohort)
     shown = torch.linspace(0, n - 1, min(n, PREVIEW_SAMPLES)).long()
     with torch.no_grad():
-        recon = trainer.generator(trainer.lattice[state.perm[shown].to(trainer.device)]).float().cpu()
-    plots.real_vs_reconstruction(cohort.images[shown], recon, out / RECON_PLOT)
+        recon, logits = split_output(trainer.generator(trainer.lattice[state.perm[shown].to(trainer.device)]).float().cpu())
+    labels = None if logits is None else (cohort.labels[shown], logits.argmax(1, keepdim=True))
+    plots.real_vs_reconstruction(cohort.images[shown], recon, out / RECON_PLOT, labels=labels, label_names=trainer.label_names)
     write_model_card(out, state.history, trainer.device.type, None if cohort.label_names is None else len(cohort.label_names))
     sha = write_hashes(out)
     return FitResult(out, state.epoch, state.history, False, stopped_by_budget, sha)
 
 
-def _progress() -> Progress:
+def _progress(labelled: bool) -> Progress:
+    dice = "  dice {task.fields[dice]}" if labelled else ""
     return Progress(
         TextColumn("[bold]fit[/] epoch {task.completed}/{task.total}"),
         BarColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  ssim {task.fields[ssim]:.3f}  changed {task.fields[changed]}"),
+        TextColumn("loss {task.fields[loss]:.4f}  ssim {task.fields[ssim]:.3f}" + dice + "  changed {task.fields[changed]}"),
         TimeElapsedColumn(),
         TextColumn("left"),
         TimeRemainingColumn(),
@@ -345,4 +406,5 @@ def _progress() -> Progress:
 def _shown(row: dict) -> dict:
     """The progress bar's fields for an epoch's history row."""
     changed = f"{row['changed_fraction']:.3f}" if "changed_fraction" in row else "-"
-    return {"loss": row["loss"], "ssim": row["ssim"], "changed": changed}
+    dice = f"{row['dice']:.3f}" if "dice" in row else "-"
+    return {"loss": row["loss"], "ssim": row["ssim"], "changed": changed, "dice": dice}

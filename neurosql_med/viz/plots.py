@@ -8,11 +8,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import SubFigure  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from neurosql_med.io.files import atomic_path  # noqa: E402
+
+Images = torch.Tensor | np.ndarray | Sequence[np.ndarray]
+OVERLAY_ALPHA = 0.45
+LABEL_COLOURS = plt.get_cmap("tab10").colors  # class k > 0 gets colour k - 1; background stays unpainted
 
 
 def views(image: torch.Tensor | np.ndarray) -> list[np.ndarray]:
@@ -36,30 +41,59 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 
 
 def image_grid(
-    rows: Sequence[tuple[str, torch.Tensor | np.ndarray]],
+    rows: Sequence[tuple[str, Images]],
     path: Path,
     title: str | None = None,
     marked: Sequence[Sequence[bool]] | None = None,
+    overlays: Sequence[Images | None] | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> None:
-    """One labelled row per group; a red frame marks flagged images (e.g. suspected copies)."""
+    """One labelled row per group; a red frame marks flagged images (e.g. suspected copies).
+
+    ``overlays``: per row, label maps painted over its images (or None), coloured and
+    named in a legend by ``label_names`` (needed with overlays).
+    """
     columns = grid_columns(rows)
-    fig = plt.figure(figsize=(1.5 * columns, 1.7 * len(rows)))
-    draw_grid(fig, rows, title=title, marked=marked)
+    fig = plt.figure(figsize=(1.5 * columns, 1.7 * len(rows) + (0.4 if label_names else 0)))
+    draw_grid(fig, rows, title=title, marked=marked, overlays=overlays, classes=len(label_names or ()))
+    if label_names:
+        label_legend(fig, label_names)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def grid_columns(rows: Sequence[tuple[str, torch.Tensor | np.ndarray]]) -> int:
+def label_colours(classes: int) -> ListedColormap:
+    """Class k > 0 in colour k - 1 of tab10 (cycled); class 0, background, transparent."""
+    colours = [(0.0, 0.0, 0.0, 0.0)] + [(*LABEL_COLOURS[(k - 1) % len(LABEL_COLOURS)], 1.0) for k in range(1, classes)]
+    return ListedColormap(colours)
+
+
+def draw_overlay(ax: plt.Axes, labels: np.ndarray, classes: int) -> None:
+    """A label map painted translucently over an image already drawn in ``ax``."""
+    ax.imshow(np.asarray(labels), cmap=label_colours(classes), vmin=-0.5, vmax=classes - 0.5,
+              alpha=OVERLAY_ALPHA, interpolation="nearest")
+
+
+def label_legend(fig: plt.Figure, label_names: Sequence[str]) -> None:
+    cmap = label_colours(len(label_names))
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(k)) for k in range(1, len(label_names))]
+    fig.legend(handles, list(label_names[1:]), loc="lower center", ncol=len(handles), frameon=False,
+               labelcolor="white", fontsize=8)
+
+
+def grid_columns(rows: Sequence[tuple[str, Images]]) -> int:
     """Panels per row: every view (one for a slice, three for a volume) of the longest row's images."""
     return max(len(images) for _, images in rows) * len(views(rows[0][1][0]))
 
 
 def draw_grid(
     target: plt.Figure | SubFigure,
-    rows: Sequence[tuple[str, torch.Tensor | np.ndarray]],
+    rows: Sequence[tuple[str, Images]],
     *,
     title: str | None = None,
     marked: Sequence[Sequence[bool]] | None = None,
+    overlays: Sequence[Images | None] | None = None,
+    classes: int = 0,
 ) -> None:
     """`image_grid`'s panels drawn into a figure or a subfigure, so a larger figure can hold them."""
     per_image = len(views(rows[0][1][0]))
@@ -77,6 +111,8 @@ def draw_grid(
                 ax.set_facecolor("black")
                 continue
             ax.imshow(views(images[i])[v], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if overlays is not None and overlays[r] is not None:
+                draw_overlay(ax, views(overlays[r][i])[v], classes)
             if marked is not None and marked[r][i]:
                 for spine in ax.spines.values():
                     spine.set_visible(True), spine.set_color("red"), spine.set_linewidth(2.5)
@@ -85,8 +121,13 @@ def draw_grid(
         target.suptitle(title, color="white", fontsize=11)
 
 
-def real_vs_reconstruction(real: torch.Tensor, recon: torch.Tensor, path: Path) -> None:
-    image_grid([("real", real), ("reconstruction", recon)], path, title="training images and their NeuroSQL reconstructions")
+def real_vs_reconstruction(
+    real: torch.Tensor, recon: torch.Tensor, path: Path,
+    labels: tuple[torch.Tensor, torch.Tensor] | None = None, label_names: Sequence[str] | None = None,
+) -> None:
+    """Training images above their reconstructions; ``labels`` (true, reconstructed) maps painted over each row."""
+    image_grid([("real", real), ("reconstruction", recon)], path, title="training images and their NeuroSQL reconstructions",
+               overlays=labels, label_names=label_names)
 
 
 def training_curves(history: list[dict], path: Path) -> None:
