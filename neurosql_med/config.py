@@ -47,7 +47,7 @@ class DataConfig:
 class ModelConfig:
     latent_dim: int = 16
     lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"
-    channels: list[int] = field(default_factory=lambda: [128, 64, 32, 16])
+    channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])
 
 
 @dataclass
@@ -59,7 +59,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 80
+    epochs: int = 110
     max_minutes: Optional[float] = None
     batch_size: int = 16
     lr: float = 0.005

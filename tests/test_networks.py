@@ -34,8 +34,11 @@ def test_default_2d_decoder_is_the_size_the_readme_states():
     d = cfg.data
     geometry = Geometry(d.mode, d.shape, d.spacing, np.eye(4).tolist(), slice_axis=d.slice_axis, slice_index=0)
     decoder = build_decoder(cfg.model, geometry.sample_shape)
-    assert decoder.parameter_count() == pytest.approx(300_000, abs=5_000)  # README benchmark table: 0.30 M
+    assert decoder.parameter_count() == pytest.approx(830_000, abs=5_000)  # README configs table: 0.83 M
     assert decoder(torch.randn(2, cfg.model.latent_dim)).shape == (2, 1, 64, 80)  # 64x80 axial slices
+    labelled = build_decoder(cfg.model, geometry.sample_shape, num_labels=4)  # + 4 tissue classes: 0.85 M
+    assert labelled.parameter_count() == pytest.approx(850_000, abs=5_000)
+    assert labelled(torch.randn(2, cfg.model.latent_dim)).shape == (2, 5, 64, 80)
 
 
 def test_a_few_steps_lower_the_loss_on_fixed_codes():
