@@ -211,15 +211,12 @@ def export_bundle(
     copyright_: str = typer.Option("Copyright (c) the model's authors", "--copyright", help="metadata.json `copyright`."),
 ) -> None:
     """Write the model as a MONAI Bundle (run it with `python -m monai.bundle run`)."""
-    from neurosql_med.export.bundle import SCHEMA, export_bundle as run
+    from neurosql_med.export.bundle import export_bundle as run
 
     run(model, out, authors=authors, copyright=copyright_)
     console.print(f"MONAI bundle written to {out}; run it with\n"
                   f"  python -m monai.bundle run --config_file {out / 'configs/inference.json'} --bundle_root {out} "
-                  f"--n 8 --seed 0 --output_dir synthetic/\n"
-                  f"check its metadata offline with\n"
-                  f"  python -m monai.bundle verify_metadata --meta_file {out / 'configs/metadata.json'} "
-                  f"--filepath {out / 'docs' / SCHEMA.name}", soft_wrap=True)
+                  f"--n 8 --seed 0 --output_dir synthetic/", soft_wrap=True)
 
 
 @app.command()

@@ -7,9 +7,9 @@ samples through the very code `nsql-med synthesize` runs: `run_inference`, which
 the files match the command's byte for byte. Nothing in metadata.json or the README is
 a path or a scan id: only counts, hashes and the training geometry.
 
-``meta_schema_20240725.json`` beside this module is MONAI's bundle metadata schema,
-copied verbatim (Apache-2.0, Project-MONAI; see THIRD_PARTY.md), so the metadata can be
-checked with `python -m monai.bundle verify_metadata` without a download.
+``metadata.json`` names MONAI's metadata schema by URL, as model-zoo bundles do;
+`python -m monai.bundle verify_metadata` downloads it, so nsql-med runs that check only
+where a copy of the schema is at hand (see tests/test_bundle.py).
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from neurosql_med.synthesis.synthesize import SynthesisSummary, synthesize
 from neurosql_med.version import __version__
 
 HERE = Path(__file__).parent
-SCHEMA = HERE / "meta_schema_20240725.json"
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 LICENSE = HERE / "LICENSE-Apache-2.0.txt"
 BUNDLE_VERSION = "0.1.0"
@@ -81,7 +80,6 @@ def export_bundle(model_dir: str | Path, out: str | Path, *, authors: str, copyr
         write_text(out / "configs/metadata.json", json.dumps(metadata(model, authors, copyright), indent=2) + "\n")
         write_text(out / "configs/inference.json", json.dumps(INFERENCE, indent=2) + "\n")
         write_text(out / "docs/README.md", bundle_readme(out / MODELS))
-        write_bytes(out / "docs" / SCHEMA.name, SCHEMA.read_bytes())
         write_bytes(out / "LICENSE", LICENSE.read_bytes())
     return out
 
@@ -199,10 +197,10 @@ def bundle_readme(models: Path) -> str:
         "Every file is byte-identical to what `nsql-med synthesize --model models --n N --seed S --out DIR`",
         "writes on the same device (preview.png too when both output folders have the same name: it is in its title).",
         "",
-        "Check the metadata offline against MONAI's schema, shipped in `docs/`:",
+        "Check the metadata against MONAI's schema (MONAI downloads it from the URL in `schema`):",
         "",
         "```bash",
-        f"python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath docs/{SCHEMA.name}",
+        "python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath meta_schema.json",
         "```",
         "",
         card.rstrip(),
