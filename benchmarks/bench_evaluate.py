@@ -24,7 +24,7 @@ from scipy import ndimage
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.evaluation.evaluate import score, write_outputs
-from neurosql_med.evaluation.metrics import TAU, audit, pairwise_mae
+from neurosql_med.metrics import TAU, audit, pairwise_mae
 from neurosql_med.io.nifti import INTENSITY_MAX
 
 

@@ -16,7 +16,7 @@ import argparse
 from neurosql_med.evaluation.benchmark import split_by_subject
 from neurosql_med.config import load_config
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.evaluation.metrics import TAU, audit, diversity, fidelity
+from neurosql_med.metrics import TAU, audit, diversity, fidelity
 
 
 def main() -> None:

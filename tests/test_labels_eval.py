@@ -25,7 +25,7 @@ from neurosql_med.evaluation.labels import (
     HOLDOUT_FRACTION, SEED, dice_per_class, label_section, level_distance, read_label_names, segment, tissue_fractions,
     train_segmenter,
 )
-from neurosql_med.evaluation.metrics import pairwise_mae
+from neurosql_med.metrics import pairwise_mae
 from neurosql_med.evaluation.splits import split_by_subject
 from neurosql_med.io.model import load_model
 

@@ -4,7 +4,7 @@ import torch
 from scipy import ndimage
 
 from neurosql_med.errors import UserError
-from neurosql_med.evaluation.metrics import (
+from neurosql_med.metrics import (
     PSNR_CAP, audit, check_tau, coverage, distribution, diversity, fidelity, ms_ssim, ms_ssim_settings, pairwise_mae,
 )
 

@@ -59,6 +59,24 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+# Each top-level part of the package may import only parts listed before it.
+LAYERS = ("errors", "version", "config", "runtime", "metrics", "engine", "io", "data", "viz", "training",
+          "synthesis", "evaluation", "export")
+
+
+def test_imports_point_down_the_layers():
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    upward = []
+    for module, imported in _graph().items():
+        parts = module.split(".")
+        if len(parts) < 2:
+            continue  # the package root re-exports entry points lazily
+        for other in imported:
+            if rank[other.split(".")[1]] > rank[parts[1]]:
+                upward.append(f"{module} -> {other}")
+    assert not upward, upward
+
+
 def test_functions_fit_on_a_screen():
     long = []
     for path in PACKAGE.rglob("*.py"):

@@ -34,7 +34,7 @@ from neurosql_med.errors import UserError
 from neurosql_med.evaluation.evaluate import sample_ids, score, value_at
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import reference_draws
-from neurosql_med.evaluation.metrics import TAU
+from neurosql_med.metrics import TAU
 from neurosql_med.evaluation.splits import split_by_subject
 from neurosql_med.io.model import load_model
 from neurosql_med.viz.plots import draw_grid, grid_columns, save_figure

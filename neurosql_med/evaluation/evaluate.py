@@ -27,7 +27,7 @@ from neurosql_med.io.geometry import Geometry
 from neurosql_med.evaluation.labels import (
     EPOCHS, label_markdown, label_rows, label_section, read_label_names, tissue_picture,
 )
-from neurosql_med.evaluation.metrics import (
+from neurosql_med.metrics import (
     PSNR_CAP, TAU, audit, check_tau, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
 from neurosql_med.io.model import load_model

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from neurosql_med.errors import UserError
-from neurosql_med.evaluation.metrics import TAU, check_tau, nearest_other, pairwise_mae
+from neurosql_med.metrics import TAU, check_tau, nearest_other, pairwise_mae
 from neurosql_med.io.files import write_text
 from neurosql_med.synthesis.sampling import SAMPLE_BATCH, Synthesis, decode_one, read_written, sidecar_of, write_formats
 

@@ -18,7 +18,7 @@ from neurosql_med.version import __version__
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.lattice import check_typicality
 from neurosql_med.errors import UserError
-from neurosql_med.evaluation.metrics import TAU, check_tau
+from neurosql_med.metrics import TAU, check_tau
 from neurosql_med.io.files import sha256_file, write_text
 from neurosql_med.io.model import load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_cohort_output
