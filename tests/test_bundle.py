@@ -144,3 +144,15 @@ def test_export_refuses_a_used_folder_and_an_unfinished_model(capsys, model_dir,
     (unfinished / "hashes.json").unlink()
     code, _, err = cli(capsys, "export-bundle", unfinished, "--out", tmp_path / "b")
     assert code == 2 and "incomplete model folder" in err and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_a_labelled_model_exports_with_its_label_names(tmp_path_factory, tmp_path):
+    import torch
+
+    from conftest import fit_tiny
+
+    model = fit_tiny(tmp_path_factory, "tiny", labels=lambda images: torch.bucketize(images, torch.tensor([0.1, 0.5])),
+                     label_names=("background", "dark", "bright"))
+    out = export_bundle(model, tmp_path / "bundle", authors="test", copyright="test")
+    assert verify(out / "models") == verify(model) and (out / "models" / "labels.json").is_file()

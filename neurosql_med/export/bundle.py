@@ -24,7 +24,7 @@ import torch
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import make_folder, write_bytes, write_text
 from neurosql_med.io.model import (
-    EVALUATION, HASHES, HISTORY, LOSS_PLOT, MODEL_CARD, RECON_PLOT, ARTIFACTS, NeuroSQLModel, load_model, verify,
+    EVALUATION, HASHES, HISTORY, LOSS_PLOT, MODEL_CARD, RECON_PLOT, NeuroSQLModel, load_model, verify,
 )
 from neurosql_med.io.nifti import INTENSITY_MAX
 from neurosql_med.io.outputs import LOCK, check_output_path, output_lock
@@ -36,7 +36,7 @@ SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/do
 LICENSE = HERE / "LICENSE-Apache-2.0.txt"
 BUNDLE_VERSION = "0.1.0"
 MODELS = "models"  # the bundle's model folder, named as model-zoo bundles name it
-MODEL_FILES = (*ARTIFACTS, HASHES, HISTORY, LOSS_PLOT, RECON_PLOT)  # copied when present; EVALUATION.md only if current
+EXTRAS = (HASHES, HISTORY, LOSS_PLOT, RECON_PLOT)  # copied beside the hashed artifacts; EVALUATION.md only if current
 INFERENCE = {
     "imports": [],
     "bundle_root": ".",
@@ -87,7 +87,7 @@ def export_bundle(model_dir: str | Path, out: str | Path, *, authors: str, copyr
 def _copy_model(source: Path, dest: Path, model_sha256: str) -> None:
     """Copy the model folder's own files, then check the copy verifies to the same hashes."""
     make_folder(dest)
-    for name in MODEL_FILES:
+    for name in (*verify(source), *EXTRAS):  # what hashes.json covers (labels.json too, for a labelled model)
         if (source / name).is_file():
             write_bytes(dest / name, (source / name).read_bytes())
     if current_evaluation(source, model_sha256) is not None:
