@@ -3,13 +3,15 @@
 For a fixed generator the best codes solve a linear assignment problem on
 C[i, j] = loss(G(u_j), x_i), the discrete optimal transport between the images and the
 lattice. It is solved exactly (Jonker-Volgenant via ``lap``), in random blocks when n is
-too large for one dense n x n problem.
+too large for one dense n x n problem; then only each block's rows x columns costs are
+ever computed, so memory is bounded by the block, not by n^2.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import lap
 import numpy as np
@@ -24,6 +26,11 @@ from neurosql_med.engine.losses import ReconstructionLoss, pairwise_label_loss, 
 # "auto" cost: the full loss while images x lattice points x voxels stays below this, which
 # keeps a round near 1-1.5 s on one CPU thread; squared error above it (docs/decisions.md).
 LOSS_COST_LIMIT = 1 << 26
+# Rows of a block whose costs are computed at once: bounds the temporaries of the matrix
+# products (a chunk of images against the block's decoded lattice points).
+COST_ROW_CHUNK = 2048
+
+BlockCost = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (rows, columns) -> their costs
 
 
 @dataclass
@@ -49,17 +56,37 @@ def solve_assignment(
     n = cost.shape[0]
     if cost.ndim != 2 or cost.shape[1] != n:
         raise ValueError(f"assignment needs a square cost matrix, got shape {cost.shape}")
-    if not np.isfinite(cost).all():
-        raise ValueError("assignment cost matrix has NaN or infinite entries (did training diverge?)")
+    cost = checked_costs(cost)
     if n <= block_size:
         return _lapjv(cost), False
+    return solve_blocks(n, lambda rows, columns: cost[np.ix_(rows, columns)], block_size, seed, previous), True
+
+
+def assignment_blocks(
+    n: int, block_size: int, seed: int, previous: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (rows, columns) of each block: seeded random rows, against the same indices or their ``previous`` columns."""
     order = np.random.default_rng(seed).permutation(n)
     columns_of = np.arange(n) if previous is None else np.asarray(previous)
+    return [(rows, columns_of[rows]) for rows in np.array_split(order, math.ceil(n / block_size))]
+
+
+def solve_blocks(
+    n: int, block_cost: BlockCost, block_size: int, seed: int = 0, previous: np.ndarray | None = None
+) -> np.ndarray:
+    """The blocked permutation, asking ``block_cost`` only for each block's rows x columns (never n x n)."""
     perm = np.empty(n, dtype=np.int64)
-    for rows in np.array_split(order, math.ceil(n / block_size)):
-        columns = columns_of[rows]
-        perm[rows] = columns[_lapjv(cost[np.ix_(rows, columns)])]
-    return perm, True
+    for rows, columns in assignment_blocks(n, block_size, seed, previous):
+        perm[rows] = columns[_lapjv(checked_costs(block_cost(rows, columns)))]
+    return perm
+
+
+def checked_costs(cost: np.ndarray) -> np.ndarray:
+    """``cost`` as float64 for the LAP, refused when training diverged into NaN or infinity."""
+    cost = np.asarray(cost, dtype=np.float64)
+    if not np.isfinite(cost).all():
+        raise ValueError("assignment cost matrix has NaN or infinite entries (did training diverge?)")
+    return cost
 
 
 def pca_codes(images: Tensor, d: int) -> np.ndarray:
@@ -90,6 +117,8 @@ def initial_assignment(
     """
     points = to_gaussian(lattice, kind)
     codes = pca_codes(images, points.shape[1])
+    if len(codes) > block_size:
+        return solve_blocks(len(codes), lambda r, c: cdist(codes[r], points[c], "sqeuclidean"), block_size, seed)
     return solve_assignment(cdist(codes, points, "sqeuclidean"), block_size, seed)[0]
 
 
@@ -109,19 +138,39 @@ def cost_matrix(
     training loss), "mse" (squared error via matrix products) or "auto" (LOSS_COST_LIMIT);
     either way, with ``labels`` y the label term of the loss is added (matrix products too).
     """
-    if cost == "auto":
-        cost = "loss" if len(images) * len(lattice) * images[0].numel() < LOSS_COST_LIMIT else "mse"
-    if cost not in ("loss", "mse"):
-        raise ValueError(f"unknown assignment cost {cost!r}")
+    cost = cost_kind(cost, len(images), images[0].numel())
     start = time.perf_counter()
     outputs = decode(generator, lattice, batch_size, device)
     decoded = time.perf_counter()
-    targets = images.to(device)
-    with torch.no_grad():
-        matrix = loss.pairwise(outputs[:, :1], targets) if cost == "loss" else pairwise_mse(outputs[:, :1], targets)
-        if labels is not None:
-            matrix += loss.label_weight * pairwise_label_loss(outputs[:, 1:], labels.to(device))
+    matrix = pair_costs(outputs, images.to(device), loss, cost, None if labels is None else labels.to(device))
     return matrix.double().cpu().numpy(), {"forward": decoded - start, "cost": time.perf_counter() - decoded}
+
+
+def cost_kind(cost: str, n: int, voxels: int) -> str:
+    """"loss" or "mse": "auto" is the training loss while n x n x voxels stays below LOSS_COST_LIMIT."""
+    if cost == "auto":
+        return "loss" if n * n * voxels < LOSS_COST_LIMIT else "mse"
+    if cost not in ("loss", "mse"):
+        raise ValueError(f"unknown assignment cost {cost!r}")
+    return cost
+
+
+def pair_costs(outputs: Tensor, images: Tensor, loss: ReconstructionLoss, kind: str, labels: Tensor | None = None) -> Tensor:
+    """Float32 costs of every (image i, decoded output j) pair, on the tensors' device; ``kind`` "loss" or "mse"."""
+    with torch.no_grad():
+        matrix = loss.pairwise(outputs[:, :1], images) if kind == "loss" else pairwise_mse(outputs[:, :1], images)
+        if labels is not None:
+            matrix += loss.label_weight * pairwise_label_loss(outputs[:, 1:], labels)
+    return matrix
+
+
+def chunked_pair_costs(
+    outputs: Tensor, images: Tensor, loss: ReconstructionLoss, kind: str, labels: Tensor | None = None
+) -> Tensor:
+    """``pair_costs`` in chunks of COST_ROW_CHUNK images, so temporaries stay bounded by the chunk."""
+    chunks = range(0, len(images), COST_ROW_CHUNK)
+    return torch.cat([pair_costs(outputs, images[i:i + COST_ROW_CHUNK], loss, kind,
+                                 None if labels is None else labels[i:i + COST_ROW_CHUNK]) for i in chunks])
 
 
 def decode(generator: torch.nn.Module, latents: Tensor, batch_size: int, device: torch.device | str) -> Tensor:
@@ -151,9 +200,15 @@ def assign(
     seed: int,
     labels: Tensor | None = None,
 ) -> AssignResult:
-    """One assignment step: decode the lattice, build the costs (of images and their ``labels``), solve the LAP."""
+    """One assignment step: decode the lattice, build the costs (of images and their ``labels``), solve the LAP.
+
+    Above ``cfg.block_size`` images it runs block by block (``assign_blocked``).
+    """
     if len(lattice) != len(images):
         raise ValueError(f"{len(images)} images but {len(lattice)} lattice points")
+    if len(images) > cfg.block_size:
+        return assign_blocked(generator, torch.as_tensor(lattice), images, loss, cfg, batch_size, device, previous, seed,
+                              labels)
     cost, timings = cost_matrix(generator, torch.as_tensor(lattice), images, loss, cfg.cost, batch_size, device, labels)
     start = time.perf_counter()
     perm, blocked = solve_assignment(cost, cfg.block_size, seed, previous)
@@ -161,6 +216,47 @@ def assign(
     changed = 1.0 if previous is None else float(np.mean(perm != previous))
     total = float(cost[np.arange(len(perm)), perm].sum())
     return AssignResult(perm, changed, total, blocked, timings)
+
+
+def assign_blocked(
+    generator: torch.nn.Module,
+    lattice: Tensor,
+    images: Tensor,
+    loss: ReconstructionLoss,
+    cfg: AssignmentConfig,
+    batch_size: int,
+    device: torch.device | str,
+    previous: np.ndarray | None,
+    seed: int,
+    labels: Tensor | None = None,
+) -> AssignResult:
+    """The assignment in blocks: per block, decode its columns' lattice points and cost them against its rows only.
+
+    Memory is one block's decoded points plus its rows x columns costs (float32 on the
+    device, float64 for the LAP), never n x n. The blocks are ``solve_assignment``'s, so
+    given ``previous`` the total cost cannot rise.
+    """
+    n = len(images)
+    kind = cost_kind(cfg.cost, n, images[0].numel())
+    timings = {"forward": 0.0, "cost": 0.0, "lap": 0.0}
+    perm, total = np.empty(n, dtype=np.int64), 0.0
+    for rows, columns in assignment_blocks(n, cfg.block_size, seed, previous):
+        start = time.perf_counter()
+        outputs = decode(generator, lattice[torch.as_tensor(columns)], batch_size, device)
+        decoded = time.perf_counter()
+        picked = torch.as_tensor(rows, device=images.device)
+        block = chunked_pair_costs(outputs, images[picked].to(device), loss, kind,
+                                   None if labels is None else labels[picked.to(labels.device)].to(device))
+        block = checked_costs(block.cpu().numpy())
+        costed = time.perf_counter()
+        local = _lapjv(block)
+        perm[rows] = columns[local]
+        total += float(block[np.arange(len(rows)), local].sum())
+        timings["forward"] += decoded - start
+        timings["cost"] += costed - decoded
+        timings["lap"] += time.perf_counter() - costed
+    changed = 1.0 if previous is None else float(np.mean(perm != previous))
+    return AssignResult(perm, changed, total, True, timings)
 
 
 def _lapjv(cost: np.ndarray) -> np.ndarray:
