@@ -70,6 +70,19 @@ LabelsOpt = typer.Option(
 ThreadsOpt = typer.Option(0, "--threads", help="CPU threads for torch; 0 = the CPUs available to this process (affinity and cgroup quota).")
 
 
+def _without_option(args: list[str], name: str) -> list[str]:
+    """``args`` less ``name VALUE`` or ``name=VALUE``: the command line to hand on to torchrun."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            kept.append(arg)
+    return kept
+
+
 def _threads(threads: int) -> None:
     from neurosql_med.runtime import configure_threads
 
@@ -130,8 +143,15 @@ def fit(
     strict: bool = StrictOpt,
     labels: Optional[str] = LabelsOpt,
     threads: int = ThreadsOpt,
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Train data-parallel on N local processes (torchrun; gloo on CPU, nccl on GPUs)."),
 ) -> None:
     """Train NeuroSQL on a folder of scans and write a model folder."""
+    if nproc_per_node > 1:
+        from neurosql_med.training.distributed import launch
+
+        raise typer.Exit(launch(nproc_per_node, _without_option(sys.argv[1:], "--nproc-per-node")))
+    if nproc_per_node < 1:
+        raise UserError(f"--nproc-per-node must be at least 1, got {nproc_per_node}")
     _threads(threads)
     from neurosql_med.data.cohort import load_cohort
     from neurosql_med.training.train import fit as run_fit
@@ -145,6 +165,8 @@ def fit(
     cohort = load_cohort(scans, cfg.data, strict=strict)
     console.print(f"{len(cohort.discovery.scans)} scan(s) → {len(cohort)} {cfg.data.mode} sample(s) of shape {cohort.geometry.sample_shape}")
     result = run_fit(cohort, cfg, out, resume=resume, force=force)
+    if result.rank:  # under torchrun, rank 0 reports
+        raise typer.Exit(130 if result.interrupted else 0)
     last = result.history[-1] if result.history else {}
     if result.interrupted:
         console.print(f"interrupted after epoch {result.epochs}; checkpoint saved in {out} (continue with --resume)")

@@ -59,12 +59,13 @@ def configure_threads(threads: int | None) -> int:
     """Set torch's CPU thread count once per command: ``threads``, or the available CPUs when 0/None.
 
     More threads than CPUs never speeds up compute, and torch crashes at exit when asked
-    for absurd counts, so the machine's CPU count is the ceiling.
+    for absurd counts, so the machine's CPU count is the ceiling. Under torchrun the
+    automatic count is shared among the processes of this machine (LOCAL_WORLD_SIZE).
     """
     most = os.cpu_count() or 1
     if threads is not None and not 0 <= threads <= most:
         raise UserError(f"--threads must be between 0 (automatic) and {most} (this machine's CPUs), got {threads}")
-    count = threads or available_cpus()
+    count = threads or max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(count)
     return count
 

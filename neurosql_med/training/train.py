@@ -22,6 +22,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
+from neurosql_med.training import distributed
 from neurosql_med.viz import plots
 from neurosql_med.engine.assignment import assign, initial_assignment
 from neurosql_med.config import Config, load_config, override
@@ -66,6 +67,7 @@ class FitResult:
     interrupted: bool
     stopped_by_budget: bool
     model_sha256: str | None
+    rank: int = 0  # under torchrun, the process that returned this (only rank 0 wrote the folder)
 
 
 RESUMABLE = ("train__epochs", "train__max_minutes", "train__device")
@@ -108,6 +110,12 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     labels: Tensor | None = None  # (n, 1, *sample_shape) int64 tissue classes on the device, voxel for voxel with images
     label_names: list[str] | None = None
+    shard: distributed.Shard | None = None  # under torchrun: this rank's samples (images, labels) and its DDP model
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the model folder: always alone, rank 0 under torchrun."""
+        return self.shard is None or self.shard.rank == 0
 
 
 @dataclass
@@ -134,22 +142,33 @@ def fit(
     show_progress: bool = True,
     on_epoch_end: EpochHook | None = None,
 ) -> FitResult:
-    """Train on ``cohort`` into the model folder ``out``; on Ctrl-C, keep the last completed epoch."""
+    """Train on ``cohort`` into the model folder ``out``; on Ctrl-C, keep the last completed epoch.
+
+    Under ``torchrun`` every process calls this with the whole cohort; rank 0 prepares,
+    locks and writes the folder (training/distributed.py).
+    """
     out = Path(out)
-    with output_lock(out):  # no second run writes into this folder until this one ends
-        prepare_model_output(out, resume=resume, force=force, inputs=[cohort.discovery.root])
-        return _fit(cohort, cfg, out, resume, show_progress, on_epoch_end)
+    with distributed.process_group(cfg.train.device) as group:
+        writes = group is None or group.rank == 0
+        with output_lock(out) if writes else contextlib.nullcontext():  # no second run writes into this folder
+            if writes:
+                prepare_model_output(out, resume=resume, force=force, inputs=[cohort.discovery.root])
+            distributed.barrier(group)
+            return _fit(cohort, cfg, out, resume, show_progress and writes, on_epoch_end, group)
 
 
-def _fit(cohort: Cohort, cfg: Config, out: Path, resume: bool, show_progress: bool, on_epoch_end: EpochHook | None) -> FitResult:
+def _fit(
+    cohort: Cohort, cfg: Config, out: Path, resume: bool, show_progress: bool, on_epoch_end: EpochHook | None,
+    group: distributed.Group | None = None,
+) -> FitResult:
     """The fit itself, in a prepared and locked model folder: set up or resume, epochs, finish."""
     if resume:  # the saved config decides what is being continued
         cfg = _continued(load_config(out / CONFIG), cfg)
     t = cfg.train
-    device = resolve_device(t.device)
+    device = resolve_device(t.device) if group is None else group.device
     seed_everything(t.seed)
     lattice = quantile_lattice(len(cohort), cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
-    trainer = _set_up(cohort, cfg, lattice, device)
+    trainer = _set_up(cohort, cfg, lattice, device, group)
     state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
 
     deadline = None if t.max_minutes is None else time.monotonic() + t.max_minutes * 60
@@ -170,21 +189,36 @@ def _fit(cohort: Cohort, cfg: Config, out: Path, resume: bool, show_progress: bo
                 state.history.append(row)
                 state.epoch += 1
                 last_good = snapshot(trainer, state)
-                if "changed_fraction" in row:  # a checkpoint after every assignment round
+                if "changed_fraction" in row and trainer.writes:  # a checkpoint after every assignment round
                     save_snapshot(out, last_good)
                 progress.update(task, completed=state.epoch, **_shown(row))
                 if on_epoch_end is not None:
                     on_epoch_end(row)
-                if deadline is not None and time.monotonic() >= deadline:
+                if _out_of_time(deadline, trainer.shard):
                     stopped_by_budget = True
                     break
         except KeyboardInterrupt:
             interrupted = True
 
-    save_snapshot(out, last_good)
+    if trainer.writes:
+        save_snapshot(out, last_good)
     if interrupted:
-        return FitResult(out, last_good["trainer"]["epoch"], last_good["history"], True, False, None)
+        return FitResult(out, last_good["trainer"]["epoch"], last_good["history"], True, False, None, _rank(trainer))
+    if not trainer.writes:
+        return FitResult(out, state.epoch, state.history, False, stopped_by_budget, None, _rank(trainer))
     return _finish(out, cohort, trainer, state, stopped_by_budget)
+
+
+def _out_of_time(deadline: float | None, shard: distributed.Shard | None) -> bool:
+    """Whether the time budget is spent; under torchrun, decided together so that all ranks stop at one epoch."""
+    if deadline is None:
+        return False
+    late = time.monotonic() >= deadline
+    return late if shard is None else shard.any(late)
+
+
+def _rank(trainer: Trainer) -> int:
+    return 0 if trainer.shard is None else trainer.shard.rank
 
 
 def _continued(saved: Config, cfg: Config) -> Config:
@@ -204,27 +238,34 @@ def epoch_lr(total: int) -> Callable[[int], float]:
     return lambda epoch: warmup_cosine(epoch, WARMUP_EPOCHS, total, step=1)
 
 
-def _set_up(cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.device) -> Trainer:
+def _set_up(
+    cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.device, group: distributed.Group | None = None
+) -> Trainer:
     """The same objects for a fresh and a resumed fit (a resume then loads their saved state).
 
     The generator starts at the training mean (its template), so its first epoch refines
-    a brain instead of escaping a grey or black image.
+    a brain instead of escaping a grey or black image. Under torchrun a rank keeps only
+    its shard of the samples on the device; the templates still start at the whole cohort's mean.
     """
     t = cfg.train
-    images = cohort.images.to(device)
-    labels = None if cohort.labels is None else _checked_labels(cohort).to(device)
+    shard = None if group is None else distributed.shard_by_subject(group, cohort.subjects)
+    keep = slice(None) if shard is None else torch.as_tensor(shard.owned)
+    images = cohort.images[keep].to(device)
+    labels = None if cohort.labels is None else _checked_labels(cohort)[keep].to(device)
     num_labels = 0 if labels is None else len(cohort.label_names)
     generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels).to(device)
-    generator.init_template(images)
+    generator.init_template(images if shard is None else cohort.images)
     if labels is not None:
-        generator.init_label_template(labels)
+        generator.init_label_template(labels if shard is None else cohort.labels)
+    if shard is not None:
+        shard.wrap(generator, device)
     loss_fn = ReconstructionLoss(
         images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window, label_weight=cfg.loss.label_weight).to(device)
     optimizer = torch.optim.AdamW(generator.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
     points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
     names = None if labels is None else list(cohort.label_names)
-    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names)
+    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, shard)
 
 
 def _checked_labels(cohort: Cohort) -> Tensor:
@@ -242,15 +283,23 @@ def _checked_labels(cohort: Cohort) -> Tensor:
 
 
 def _start(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> TrainerState:
-    """Write the folder's fixed files and code each image by OT of its PCA scores to the lattice."""
+    """Write the folder's fixed files and code each image by OT of its PCA scores to the lattice.
+
+    Under torchrun rank 0 does both and broadcasts the codes.
+    """
     cfg = trainer.cfg
-    write_text(out / CONFIG, cfg.to_yaml())
-    cohort.geometry.save(out / GEOMETRY)
-    write_text(out / FINGERPRINT, json.dumps(cohort.fingerprint(), indent=2))
-    save_array(out / LATTICE, lattice)
-    if trainer.label_names is not None:
-        save_label_names(out, trainer.label_names)
-    perm = initial_assignment(trainer.images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
+    perm = np.zeros(len(lattice), dtype=np.int64)
+    if trainer.writes:
+        write_text(out / CONFIG, cfg.to_yaml())
+        cohort.geometry.save(out / GEOMETRY)
+        write_text(out / FINGERPRINT, json.dumps(cohort.fingerprint(), indent=2))
+        save_array(out / LATTICE, lattice)
+        if trainer.label_names is not None:
+            save_label_names(out, trainer.label_names)
+        images = trainer.images if trainer.shard is None else cohort.images
+        perm = initial_assignment(images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
+    if trainer.shard is not None:
+        perm = trainer.shard.broadcast(perm)
     # the first round waits for one regression epoch on the PCA codes: an untrained generator
     # decodes every code to the same blur, which makes the first cost matrix degenerate and the LAP slow
     return TrainerState(epoch=0, perm=torch.as_tensor(perm), interval=1, next_assign=1)
@@ -270,7 +319,8 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
     counters = saved["trainer"]
     counters["perm"] = counters["perm"].cpu()  # loaded onto the device; rounds and assignment.npy read it with numpy
     history = [json.loads(line) for line in (out / HISTORY).read_text().splitlines()][: counters["epoch"]]
-    (out / HASHES).unlink(missing_ok=True)  # the folder is in progress again
+    if trainer.writes:
+        (out / HASHES).unlink(missing_ok=True)  # the folder is in progress again
     return TrainerState(**counters, history=history)
 
 
@@ -281,7 +331,8 @@ def assignment_round(trainer: Trainer, state: TrainerState) -> dict:
     then twice as far apart each time, up to ``assignment.max_interval`` epochs.
     """
     cfg, t = trainer.cfg.assignment, trainer.cfg.train
-    result = assign(
+    solve = assign if trainer.shard is None else trainer.shard.assign
+    result = solve(
         trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size, trainer.device,
         previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
     )
@@ -297,25 +348,35 @@ def assignment_round(trainer: Trainer, state: TrainerState) -> dict:
 
 
 def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
-    """One AdamW pass over the (image, assigned lattice point) pairs in a seeded order; its history fields."""
+    """One AdamW pass over the (image, assigned lattice point) pairs in a seeded order; its history fields.
+
+    Under torchrun each rank takes the members of each global batch that it holds (see
+    training/distributed.py), so the order and the steps do not depend on the world size.
+    """
     t, images, generator, optimizer = trainer.cfg.train, trainer.images, trainer.generator, trainer.optimizer
-    n = len(images)
+    shard = trainer.shard
+    n = len(trainer.lattice)
+    model = generator if shard is None else shard.model
     generator.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
     inputs = trainer.lattice[perm.to(trainer.device)]  # inputs[i]: the lattice point coding image i
     totals = _EpochTotals(trainer.label_names)
     for start in range(0, n, t.batch_size):
-        idx = order[start:start + t.batch_size].to(trainer.device)
-        labels = None if trainer.labels is None else trainer.labels[idx]
+        batch = order[start:start + t.batch_size]
+        idx, rows = (batch, batch) if shard is None else shard.local(batch)
+        idx, rows = idx.to(trainer.device), rows.to(trainer.device)
+        labels = None if trainer.labels is None else trainer.labels[rows]
         with autocast(trainer.device, t.amp):
-            pred = generator(inputs[idx])
-        image_loss, label_loss = trainer.loss_fn.terms(pred.float(), images[idx], labels)
+            pred = model(inputs[idx])
+        image_loss, label_loss = trainer.loss_fn.terms(pred.float(), images[rows], labels)
         per_sample = trainer.loss_fn.combined(image_loss, label_loss)
         optimizer.zero_grad(set_to_none=True)
-        per_sample.mean().backward()
+        (per_sample.mean() if shard is None else shard.batch_loss(per_sample, len(batch))).backward()
         optimizer.step()
-        totals.add(pred.detach().float(), images[idx], labels, per_sample.detach(), (image_loss, label_loss))
+        totals.add(pred.detach().float(), images[rows], labels, per_sample.detach(), (image_loss, label_loss))
     trainer.scheduler.step()
+    if shard is not None:
+        shard.reduce(totals)
     return totals.row(n, trainer.cfg.loss.ssim_weight) | {"lr": trainer.scheduler.get_last_lr()[0]}
 
 
