@@ -11,18 +11,22 @@ points and passes them round (a broadcast per rank), costs its own images agains
 and rank 0 gathers the rows, solves the LAP and broadcasts the permutation. Memory per
 rank is its shard of images, one share of decoded points and its cost rows; rank 0 holds
 one block's costs. Only rank 0 writes. Collectives time out (``NSQL_MED_DIST_TIMEOUT``
-seconds), so a crashed rank ends the others with an error instead of a hang.
+seconds), so a crashed rank ends the others with an error instead of a hang; Ctrl-C is
+noted and acted on by all ranks together at the end of the epoch.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import datetime
+import gc
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -78,16 +82,38 @@ def process_group(device_name: str) -> Iterator[Group | None]:
     seconds = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=seconds))
     group = Group(dist.get_rank(), dist.get_world_size(), device)
+    interrupt = signal.signal(signal.SIGINT, _note_interrupt)
     try:
         yield group
-    except (dist.DistError, RuntimeError) as exc:
-        if not isinstance(exc, dist.DistError) and "gloo" not in str(exc).lower() and "nccl" not in str(exc).lower():
+        dist.barrier()  # rank 0 finishes the folder while the others wait: a process leaving early aborts at exit
+    except RuntimeError as exc:
+        if not _from_collective(exc.__traceback__):
             raise
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"rank {group.rank} of {group.world}: lost the other processes of this fit "
                         f"(one crashed or stopped answering within {seconds:g} s): {reason}") from exc
     finally:
+        signal.signal(signal.SIGINT, interrupt)
+        _INTERRUPTED.clear()
+        gc.collect()  # the DDP wrapper must go before its process group, or the process aborts at exit
         dist.destroy_process_group()
+
+
+_INTERRUPTED: list[bool] = []  # set by Ctrl-C under torchrun, read at the end of each epoch
+
+
+def _note_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C under torchrun: a rank stopped mid-collective would leave the others waiting, so only note it."""
+    _INTERRUPTED.append(True)
+
+
+def _from_collective(trace: TracebackType | None) -> bool:
+    """Whether an error was raised inside torch.distributed (a collective that failed or timed out)."""
+    while trace is not None:
+        if "torch/distributed" in trace.tb_frame.f_code.co_filename.replace(os.sep, "/"):
+            return True
+        trace = trace.tb_next
+    return False
 
 
 def barrier(group: Group | None) -> None:
@@ -132,6 +158,11 @@ class Shard:
                 summed = torch.as_tensor(value, dtype=torch.float64).clone()
                 dist.all_reduce(summed)
                 setattr(totals, item.name, float(summed) if isinstance(value, float) else summed.to(value.dtype))
+
+    def check_interrupt(self) -> None:
+        """Raise KeyboardInterrupt on every rank, together, once Ctrl-C reached any of them."""
+        if self.any(bool(_INTERRUPTED)):
+            raise KeyboardInterrupt
 
     def any(self, flag: bool) -> bool:
         """Whether any rank says so: a stop decided together (the time budget), so none waits alone."""

@@ -189,6 +189,8 @@ def _fit(
                 state.history.append(row)
                 state.epoch += 1
                 last_good = snapshot(trainer, state)
+                if trainer.shard is not None:
+                    trainer.shard.check_interrupt()
                 if "changed_fraction" in row and trainer.writes:  # a checkpoint after every assignment round
                     save_snapshot(out, last_good)
                 progress.update(task, completed=state.epoch, **_shown(row))

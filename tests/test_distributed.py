@@ -1,0 +1,134 @@
+"""Data-parallel fits under torchrun: 2 gloo processes on the CPU against a single process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import relative_files, synthesize_on_cpu, write_subjects
+from neurosql_med.config import load_config, override
+from neurosql_med.data.cohort import load_cohort
+from neurosql_med.io.model import load_model
+from neurosql_med.training.distributed import Group, shard_by_subject
+from neurosql_med.training.train import fit
+
+EPOCHS = 4
+TIMEOUT_S = 20  # NSQL_MED_DIST_TIMEOUT for these runs
+# A 2-process run follows the single-process one batch for batch; only the order of
+# floating-point sums differs (gradients are summed over ranks), so the losses agree to
+# 1e-3 relative and the assignment is the same for at least 95 % of the images.
+LOSS_RTOL = 1e-3
+SAME_CODES = 0.95
+
+
+def torchrun(cwd: Path, *args: str, epochs: int = EPOCHS, timeout: float = 240, wait: bool = True, wrapper: bool = False):
+    """``torchrun --nproc-per-node 2 -m neurosql_med.cli fit SCANS --config tiny ...`` on the CPU, in ``cwd``.
+
+    With ``wrapper``, through ``nsql-med fit --nproc-per-node 2`` instead.
+    """
+    launcher = ["--nproc-per-node", "2"] if wrapper else []
+    fit_args = ["fit", *args, "--config", "tiny", "--device", "cpu", "--epochs", str(epochs), *launcher]
+    torchrun_args = [] if wrapper else ["torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+    command = [sys.executable, "-m", *torchrun_args, "neurosql_med.cli", *fit_args]
+    env = os.environ | {"NSQL_MED_DIST_TIMEOUT": str(TIMEOUT_S)}
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> Path:
+    return write_subjects(tmp_path_factory.mktemp("scans"), 6)
+
+
+@pytest.fixture(scope="module")
+def two_process_fit(tmp_path_factory, scans) -> Path:
+    """A 2-process fit, run in an empty folder so that any stray file would show."""
+    work = tmp_path_factory.mktemp("ddp")
+    run = torchrun(work, str(scans), "--out", "model")
+    assert run.returncode == 0, run.stdout + run.stderr
+    return work
+
+
+def test_shards_split_by_subject_in_contiguous_balanced_runs():
+    subjects = ["a"] * 3 + ["b"] * 2 + ["c"] * 3 + ["d"] * 2
+    shards = [shard_by_subject(Group(r, 2, torch.device("cpu")), subjects) for r in range(2)]
+    assert shards[0].owned.tolist() == [0, 1, 2, 3, 4] and shards[1].owned.tolist() == [5, 6, 7, 8, 9]
+    assert shards[1].local_of[5:].tolist() == [0, 1, 2, 3, 4] and (shards[1].local_of[:5] == -1).all()
+    with pytest.raises(Exception, match="only 1 subject"):
+        shard_by_subject(Group(0, 2, torch.device("cpu")), ["a"] * 4)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_only_rank_0_writes(tmp_path, scans, two_process_fit):
+    work = two_process_fit
+    assert sorted(p.name for p in work.iterdir()) == ["model"]  # nothing written beside the model folder
+    cfg = override(load_config("tiny"), train__epochs=EPOCHS, train__device="cpu")
+    alone = tmp_path / "alone"
+    torch.set_num_threads(1)
+    fit(load_cohort(scans, cfg.data), cfg, alone, show_progress=False)
+    assert relative_files(work / "model") == relative_files(alone)
+    rows = [[json.loads(line) for line in (m / "history.jsonl").read_text().splitlines()] for m in (work / "model", alone)]
+    assert len(rows[0]) == len(rows[1]) == EPOCHS
+    for ddp, single in zip(*rows):
+        assert ddp["loss"] == pytest.approx(single["loss"], rel=LOSS_RTOL)
+    codes = [np.load(m / "assignment.npy") for m in (work / "model", alone)]
+    assert np.mean(codes[0] == codes[1]) >= SAME_CODES
+    load_model(work / "model", "cpu")
+    assert synthesize_on_cpu(work / "model", tmp_path / "synth", n=2).written == 2
+
+
+@pytest.mark.slow
+def test_resume_under_two_processes_reaches_the_uninterrupted_model(tmp_path, scans, two_process_fit):
+    first = torchrun(tmp_path, str(scans), "--out", "model", epochs=EPOCHS - 2, wrapper=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    resumed = torchrun(tmp_path, str(scans), "--out", "model", "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    history = (tmp_path / "model" / "history.jsonl").read_text().splitlines()
+    assert len(history) == EPOCHS
+    for name in ("model.pt", "assignment.npy"):
+        assert (tmp_path / "model" / name).read_bytes() == (two_process_fit / "model" / name).read_bytes(), name
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The worker of ``rank`` among the children of the torchrun process ``parent``."""
+    children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    for pid in children:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_with_an_error_within_the_timeout(tmp_path, scans):
+    run = torchrun(tmp_path, str(scans), "--out", "model", epochs=10_000, wait=False)
+    try:
+        checkpoint = tmp_path / "model" / "model.pt"
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        victim = _rank_pid(run.pid, 1)
+        assert checkpoint.exists() and victim is not None, "the fit did not get going"
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        output, _ = run.communicate(timeout=TIMEOUT_S + 30)
+        assert time.monotonic() - killed < TIMEOUT_S + 30
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0
+    assert "error" in output.lower() or "failed" in output.lower(), output[-2000:]
+    assert _rank_pid(run.pid, 0) is None
