@@ -52,7 +52,7 @@ from neurosql_med.io.model import (
     write_hashes,
 )
 from neurosql_med.io.outputs import check_model_output, output_lock, prepare_model_output
-from neurosql_med.runtime import autocast, resolve_device, seed_everything
+from neurosql_med.runtime import autocast, resolve_device, seed_everything, to_device
 
 EpochHook = Callable[[dict], None]
 WARMUP_EPOCHS = 5
@@ -252,8 +252,8 @@ def _set_up(
     t = cfg.train
     shard = None if group is None else distributed.shard_by_subject(group, cohort.subjects)
     keep = slice(None) if shard is None else torch.as_tensor(shard.owned)
-    images = cohort.images[keep].to(device)
-    labels = None if cohort.labels is None else _checked_labels(cohort)[keep].to(device)
+    images = to_device(cohort.images[keep], device)
+    labels = None if cohort.labels is None else to_device(_checked_labels(cohort)[keep], device)
     num_labels = 0 if labels is None else len(cohort.label_names)
     generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels).to(device)
     generator.init_template(images if shard is None else cohort.images)
