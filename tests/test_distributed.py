@@ -12,13 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from conftest import relative_files, synthesize_on_cpu, write_subjects
-from neurosql_med.config import load_config, override
+from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
+from neurosql_med.engine.assignment import assign
+from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.io.model import load_model
 from neurosql_med.training.distributed import Group, shard_by_subject
 from neurosql_med.training.train import fit
+from test_blocked_assignment import _problem
 
 EPOCHS = 4
 TIMEOUT_S = 20  # NSQL_MED_DIST_TIMEOUT for these runs
@@ -66,6 +71,44 @@ def test_shards_split_by_subject_in_contiguous_balanced_runs():
     assert shards[1].local_of[5:].tolist() == [0, 1, 2, 3, 4] and (shards[1].local_of[:5] == -1).all()
     with pytest.raises(Exception, match="only 1 subject"):
         shard_by_subject(Group(0, 2, torch.device("cpu")), ["a"] * 4)
+
+
+BLOCK_SIZES = (64, 7)  # one dense problem of 30 images, then blocks of 7 or 8
+
+
+def _sharded_assign(rank: int, world: int, rendezvous: str, out: str) -> None:
+    """One rank of the sharded assignment of ``_problem(30, labels=True)``; rank 0 saves what it returns."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        generator, lattice, images, labels = _problem(30, labels=True)
+        shard = shard_by_subject(Group(rank, world, torch.device("cpu")), [f"s{i // 4}" for i in range(30)])
+        mine = torch.as_tensor(shard.owned)
+        previous = np.random.default_rng(1).permutation(30)
+        found = {}
+        for block_size in BLOCK_SIZES:
+            result = shard.assign(generator, lattice, images[mine], ReconstructionLoss(2, window=5),
+                                  AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu", previous, 2, labels[mine])
+            found[block_size] = {"perm": result.perm.tolist(), "total": result.total_cost, "blocked": result.blocked}
+        if rank == 0:
+            Path(out).write_text(json.dumps(found))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_sharded_assignment_equals_the_single_process_one(tmp_path):
+    """Each rank costs its own images against the lattice shares passed round; rank 0 solves: same result as alone."""
+    out = tmp_path / "rank0.json"
+    mp.spawn(_sharded_assign, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2)
+    sharded = json.loads(out.read_text())
+    generator, lattice, images, labels = _problem(30, labels=True)
+    for block_size in BLOCK_SIZES:
+        alone = assign(generator, lattice, images, ReconstructionLoss(2, window=5),
+                       AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu",
+                       previous=np.random.default_rng(1).permutation(30), seed=2, labels=labels)
+        found = sharded[str(block_size)]
+        assert found["blocked"] == alone.blocked == (block_size < 30)
+        assert found["perm"] == alone.perm.tolist()
+        assert found["total"] == pytest.approx(alone.total_cost, rel=1e-5)
 
 
 @pytest.mark.slow
