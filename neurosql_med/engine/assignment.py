@@ -167,10 +167,12 @@ def pair_costs(outputs: Tensor, images: Tensor, loss: ReconstructionLoss, kind: 
 def chunked_pair_costs(
     outputs: Tensor, images: Tensor, loss: ReconstructionLoss, kind: str, labels: Tensor | None = None
 ) -> Tensor:
-    """``pair_costs`` in chunks of COST_ROW_CHUNK images, so temporaries stay bounded by the chunk."""
-    chunks = range(0, len(images), COST_ROW_CHUNK)
-    return torch.cat([pair_costs(outputs, images[i:i + COST_ROW_CHUNK], loss, kind,
-                                 None if labels is None else labels[i:i + COST_ROW_CHUNK]) for i in chunks])
+    """``pair_costs`` in chunks of COST_ROW_CHUNK images written into one matrix, so temporaries stay bounded by the chunk."""
+    costs = torch.empty(len(images), len(outputs), device=outputs.device)
+    for i in range(0, len(images), COST_ROW_CHUNK):
+        rows = slice(i, i + COST_ROW_CHUNK)
+        costs[rows] = pair_costs(outputs, images[rows], loss, kind, None if labels is None else labels[rows])
+    return costs
 
 
 def decode(generator: torch.nn.Module, latents: Tensor, batch_size: int, device: torch.device | str) -> Tensor:

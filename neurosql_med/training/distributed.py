@@ -222,19 +222,21 @@ class Shard:
         here = torch.as_tensor(self.local_of[rows[self.owner[rows] == self.rank]], device=images.device)
         x, y = images[here].to(device), None if labels is None else labels[here].to(device)
         shape = (1 + getattr(generator, "num_labels", 0), *images.shape[2:])
-        pieces = []
-        for k, part in enumerate(np.array_split(columns, self.world)):
-            if len(part) == 0:
+        costs = torch.empty(len(x), len(columns), device=device)
+        shares = np.array_split(np.arange(len(columns)), self.world)
+        for k, share in enumerate(shares):
+            if len(share) == 0:
                 continue
             start = time.perf_counter()
-            outputs = (decode(generator, lattice[torch.as_tensor(part, device=lattice.device)], batch_size, device)
-                       if k == self.rank else torch.empty(len(part), *shape, device=device))
+            points = lattice[torch.as_tensor(columns[share], device=lattice.device)]
+            outputs = (decode(generator, points, batch_size, device) if k == self.rank
+                       else torch.empty(len(share), *shape, device=device))
             dist.broadcast(outputs, src=k)
             decoded = time.perf_counter()
-            pieces.append(chunked_pair_costs(outputs, x, loss, kind, y))
+            costs[:, share[0]:share[-1] + 1] = chunked_pair_costs(outputs, x, loss, kind, y)
             timings["forward"] += decoded - start
             timings["cost"] += time.perf_counter() - decoded
-        return self._gather_rows(rows, torch.cat(pieces, 1))
+        return self._gather_rows(rows, costs)
 
     def _gather_rows(self, rows: np.ndarray, mine: Tensor) -> np.ndarray | None:
         """Rank 0 assembles the block from every rank's cost rows (padded to one size for ``gather``)."""
