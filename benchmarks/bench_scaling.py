@@ -1,7 +1,8 @@
 """How a fit grows with n: one epoch and one assignment round at n = 1k ... 64k 2D samples.
 
-    python benchmarks/bench_scaling.py sizes [--sizes 1000 4000 16000 64000] [--scans sample_data]
+    python benchmarks/bench_scaling.py sizes [--sizes 1000 4000 16000 64000] [--block-size B] [--scans sample_data]
     python benchmarks/bench_scaling.py processes [--epochs 10] [--scans sample_data]
+    python benchmarks/bench_scaling.py table OUTPUT...   # one table from several `sizes` outputs
 
 ``sizes``: every n runs in its own process (so its peak RSS is its own): the sample
 cohort's axial slices at stride 1 (the default config otherwise, without label maps),
@@ -59,10 +60,10 @@ def augmented(cohort: Cohort, n: int, seed: int = 0) -> Cohort:
     return grown
 
 
-def one_size(n: int, scans: str) -> dict:
+def one_size(n: int, scans: str, block_size: int | None) -> dict:
     """Start a fit on n samples, one epoch, one round: their seconds and this process's peak RSS."""
     torch.set_num_threads(2)
-    cfg = stride_one_config()
+    cfg = override(stride_one_config(), assignment__block_size=block_size)
     cohort = augmented(load_cohort(scans, cfg.data), n)
     seed_everything(cfg.train.seed)
     lattice = quantile_lattice(n, cfg.model.latent_dim, cfg.model.lattice, seed=cfg.train.seed)
@@ -77,7 +78,8 @@ def one_size(n: int, scans: str) -> dict:
     state.epoch = 1
     row = assignment_round(trainer, state)
     return {
-        "n": n, "initial_s": initial, "epoch_s": epoch, "round_s": row["assign_seconds"],
+        "n": n, "block_size": cfg.assignment.block_size, "initial_s": initial, "epoch_s": epoch,
+        "round_s": row["assign_seconds"],
         "decode_s": row["assign_forward_seconds"], "cost_s": row["assign_cost_seconds"],
         "lap_s": row["assign_lap_seconds"], "blocked": bool(row.get("assignment_blocked")),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -94,15 +96,27 @@ def exponents(ns: list[int], seconds: list[float]) -> tuple[list[float], float]:
 def sizes(args: argparse.Namespace) -> None:
     rows = []
     for n in args.sizes:
-        run = subprocess.run([sys.executable, __file__, "one", str(n), "--scans", args.scans], capture_output=True,
-                             text=True, check=True)
+        block = [] if args.block_size is None else ["--block-size", str(args.block_size)]
+        run = subprocess.run([sys.executable, __file__, "one", str(n), "--scans", args.scans, *block],
+                             capture_output=True, text=True, check=True)
         rows.append(json.loads(run.stdout.splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
+    report(rows)
+
+
+def table(args: argparse.Namespace) -> None:
+    """The table and exponents of the JSON rows that earlier ``sizes`` runs printed (one long run split in parts)."""
+    lines = [line for f in args.files for line in Path(f).read_text().splitlines() if line.startswith("{")]
+    report(sorted((json.loads(line) for line in lines), key=lambda r: r["n"]))
+
+
+def report(rows: list[dict]) -> None:
     print("| n | initial PCA assignment (s) | epoch (s) | assignment round (s): decode / cost / LAP | blocked | peak RSS (GB) |")
     print("| ---: | ---: | ---: | --- | --- | ---: |")
     for r in rows:
+        blocks = f"blocks of {r['block_size']:,}" if r["blocked"] else "no"
         print(f"| {r['n']:,} | {r['initial_s']:.1f} | {r['epoch_s']:.1f} | {r['round_s']:.1f}: {r['decode_s']:.1f} / "
-              f"{r['cost_s']:.1f} / {r['lap_s']:.1f} | {'yes' if r['blocked'] else 'no'} | {r['peak_rss_gb']:.2f} |")
+              f"{r['cost_s']:.1f} / {r['lap_s']:.1f} | {blocks} | {r['peak_rss_gb']:.2f} |")
     ns = [r["n"] for r in rows]
     if len(ns) > 1:
         for key in ("epoch_s", "round_s"):
@@ -139,13 +153,17 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     o = sub.add_parser("one")
     o.add_argument("n", type=int)
+    t = sub.add_parser("table")
+    t.add_argument("files", nargs="+")
     for each in (s, p, o):
         each.add_argument("--scans", default="sample_data")
+    for each in (s, o):
+        each.add_argument("--block-size", type=int, default=None, help="assignment.block_size (default: the config's)")
     args = parser.parse_args()
     if args.what == "one":
-        print(json.dumps(one_size(args.n, args.scans)))
+        print(json.dumps(one_size(args.n, args.scans, args.block_size)))
     else:
-        sizes(args) if args.what == "sizes" else processes(args)
+        {"sizes": sizes, "processes": processes, "table": table}[args.what](args)
 
 
 if __name__ == "__main__":
