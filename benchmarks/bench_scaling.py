@@ -1,6 +1,6 @@
 """How a fit grows with n: one epoch and one assignment round at n = 1k ... 64k 2D samples.
 
-    python benchmarks/bench_scaling.py sizes [--sizes 1000 4000 16000 64000] [--block-size B] [--scans sample_data]
+    python benchmarks/bench_scaling.py sizes [--sizes 1000 4000 16000 64000] [--block-size B] [--threads 1]
     python benchmarks/bench_scaling.py processes [--epochs 10] [--scans sample_data]
     python benchmarks/bench_scaling.py table OUTPUT...   # one table from several `sizes` outputs
 
@@ -60,9 +60,9 @@ def augmented(cohort: Cohort, n: int, seed: int = 0) -> Cohort:
     return grown
 
 
-def one_size(n: int, scans: str, block_size: int | None) -> dict:
+def one_size(n: int, scans: str, block_size: int | None, threads: int) -> dict:
     """Start a fit on n samples, one epoch, one round: their seconds and this process's peak RSS."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     cfg = override(stride_one_config(), assignment__block_size=block_size)
     cohort = augmented(load_cohort(scans, cfg.data), n)
     seed_everything(cfg.train.seed)
@@ -78,7 +78,7 @@ def one_size(n: int, scans: str, block_size: int | None) -> dict:
     state.epoch = 1
     row = assignment_round(trainer, state)
     return {
-        "n": n, "block_size": cfg.assignment.block_size, "initial_s": initial, "epoch_s": epoch,
+        "n": n, "threads": threads, "block_size": cfg.assignment.block_size, "initial_s": initial, "epoch_s": epoch,
         "round_s": row["assign_seconds"],
         "decode_s": row["assign_forward_seconds"], "cost_s": row["assign_cost_seconds"],
         "lap_s": row["assign_lap_seconds"], "blocked": bool(row.get("assignment_blocked")),
@@ -97,7 +97,8 @@ def sizes(args: argparse.Namespace) -> None:
     rows = []
     for n in args.sizes:
         block = [] if args.block_size is None else ["--block-size", str(args.block_size)]
-        run = subprocess.run([sys.executable, __file__, "one", str(n), "--scans", args.scans, *block],
+        run = subprocess.run([sys.executable, __file__, "one", str(n), "--scans", args.scans, "--threads",
+                              str(args.threads), *block],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(run.stdout.splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -159,9 +160,10 @@ def main() -> None:
         each.add_argument("--scans", default="sample_data")
     for each in (s, o):
         each.add_argument("--block-size", type=int, default=None, help="assignment.block_size (default: the config's)")
+        each.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on shared cores)")
     args = parser.parse_args()
     if args.what == "one":
-        print(json.dumps(one_size(args.n, args.scans, args.block_size)))
+        print(json.dumps(one_size(args.n, args.scans, args.block_size, args.threads)))
     else:
         {"sizes": sizes, "processes": processes, "table": table}[args.what](args)
 
