@@ -26,6 +26,8 @@ import torch
 from neurosql_med.cli.main import main
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
+from neurosql_med.engine.decoder import Decoder
+from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
 
@@ -236,3 +238,14 @@ def fit_tiny(factory, config: str, *, labels: Callable[[torch.Tensor], torch.Ten
 
 def synthesize_on_cpu(model_dir: Path, out: Path, n: int = 3, **options):
     return synthesize(model_dir, out, n, show_progress=False, device="cpu", **options)
+
+
+def assignment_problem(n: int, labels: bool = False, seed: int = 0):
+    """A small untrained generator, a lattice and n images (with 3-class label maps when asked)."""
+    torch.manual_seed(seed)
+    generator = Decoder(2, 2, (12, 14), [8, 4], num_labels=3 if labels else 0)
+    lattice = torch.tensor(quantile_lattice(n, 2), dtype=torch.float32)
+    with torch.no_grad():
+        images = (generator(lattice[torch.randperm(n)])[:, :1] + 0.05 * torch.randn(n, 1, 12, 14)).clamp(0, 1)
+    maps = (images * 3).long().clamp(max=2) if labels else None
+    return generator, lattice, images, maps

@@ -9,22 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assignment_problem
 from neurosql_med.config import AssignmentConfig
 from neurosql_med.engine.assignment import assign, cost_matrix, initial_assignment, solve_assignment
-from neurosql_med.engine.decoder import Decoder
-from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss
-
-
-def _problem(n: int, labels: bool = False, seed: int = 0):
-    """A small untrained generator, a lattice and n images (with 3-class label maps when asked)."""
-    torch.manual_seed(seed)
-    generator = Decoder(2, 2, (12, 14), [8, 4], num_labels=3 if labels else 0)
-    lattice = torch.tensor(quantile_lattice(n, 2), dtype=torch.float32)
-    with torch.no_grad():
-        images = (generator(lattice[torch.randperm(n)])[:, :1] + 0.05 * torch.randn(n, 1, 12, 14)).clamp(0, 1)
-    maps = (images * 3).long().clamp(max=2) if labels else None
-    return generator, lattice, images, maps
 
 
 def _total(cost: np.ndarray, perm: np.ndarray) -> float:
@@ -33,7 +21,7 @@ def _total(cost: np.ndarray, perm: np.ndarray) -> float:
 
 @pytest.mark.parametrize("kind,labels", [("loss", False), ("mse", False), ("mse", True)])
 def test_blocked_assign_solves_the_same_blocks_as_the_dense_matrix(kind, labels):
-    generator, lattice, images, maps = _problem(40, labels)
+    generator, lattice, images, maps = assignment_problem(40, labels)
     loss = ReconstructionLoss(2, window=5)
     dense, _ = cost_matrix(generator, lattice, images, loss, kind, batch_size=8, device="cpu", labels=maps)
     previous = np.random.default_rng(5).permutation(40)
@@ -47,7 +35,7 @@ def test_blocked_assign_solves_the_same_blocks_as_the_dense_matrix(kind, labels)
 
 
 def test_blocked_rounds_never_raise_the_total_cost():
-    generator, lattice, images, _ = _problem(60)
+    generator, lattice, images, _ = assignment_problem(60)
     loss = ReconstructionLoss(2, window=5)
     dense, _ = cost_matrix(generator, lattice, images, loss, "mse", batch_size=16, device="cpu")
     perm = np.random.default_rng(0).permutation(60)
@@ -62,7 +50,7 @@ def test_blocked_rounds_never_raise_the_total_cost():
 
 
 def test_blocked_initial_assignment_matches_the_dense_blocks():
-    _, lattice, images, _ = _problem(50)
+    _, lattice, images, _ = assignment_problem(50)
     points = lattice.numpy().astype(np.float64)
     blocked = initial_assignment(images, points, block_size=12, seed=4)
     assert sorted(blocked) == list(range(50))

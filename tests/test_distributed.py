@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import relative_files, synthesize_on_cpu, write_subjects
+from conftest import assignment_problem, relative_files, synthesize_on_cpu, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import assign
@@ -23,7 +23,6 @@ from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.io.model import load_model
 from neurosql_med.training.distributed import Group, shard_by_subject
 from neurosql_med.training.train import fit
-from test_blocked_assignment import _problem
 
 EPOCHS = 4
 TIMEOUT_S = 20  # NSQL_MED_DIST_TIMEOUT for these runs
@@ -77,10 +76,10 @@ BLOCK_SIZES = (64, 7)  # one dense problem of 30 images, then blocks of 7 or 8
 
 
 def _sharded_assign(rank: int, world: int, rendezvous: str, out: str) -> None:
-    """One rank of the sharded assignment of ``_problem(30, labels=True)``; rank 0 saves what it returns."""
+    """One rank of the sharded assignment of ``assignment_problem(30, labels=True)``; rank 0 saves what it returns."""
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
-        generator, lattice, images, labels = _problem(30, labels=True)
+        generator, lattice, images, labels = assignment_problem(30, labels=True)
         shard = shard_by_subject(Group(rank, world, torch.device("cpu")), [f"s{i // 4}" for i in range(30)])
         mine = torch.as_tensor(shard.owned)
         previous = np.random.default_rng(1).permutation(30)
@@ -100,7 +99,7 @@ def test_the_sharded_assignment_equals_the_single_process_one(tmp_path):
     out = tmp_path / "rank0.json"
     mp.spawn(_sharded_assign, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2)
     sharded = json.loads(out.read_text())
-    generator, lattice, images, labels = _problem(30, labels=True)
+    generator, lattice, images, labels = assignment_problem(30, labels=True)
     for block_size in BLOCK_SIZES:
         alone = assign(generator, lattice, images, ReconstructionLoss(2, window=5),
                        AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu",

@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_subjects
+from conftest import assignment_problem, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import assign
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
-from test_blocked_assignment import _problem
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -28,7 +27,7 @@ def test_a_cuda_fit_is_reproducible_and_synthesizes(tmp_path, amp):
 
 
 def test_the_blocked_assignment_on_cuda_agrees_with_the_cpu():
-    generator, lattice, images, labels = _problem(48, labels=True)
+    generator, lattice, images, labels = assignment_problem(48, labels=True)
     loss = ReconstructionLoss(2, window=5)
     cfg = AssignmentConfig(cost="mse", block_size=10)
     previous = np.random.default_rng(0).permutation(48)
