@@ -130,6 +130,8 @@ def fit(
     strict: bool = StrictOpt,
     labels: Optional[str] = LabelsOpt,
     threads: int = ThreadsOpt,
+    condition: Optional[str] = typer.Option(None, "--condition", help="Covariates to condition on, e.g. CDR,Age,sex (from participants.tsv, the OASIS-1 CSV or --covariates)."),
+    covariates: Optional[Path] = typer.Option(None, "--covariates", help="A TSV/CSV of covariates with a subject column; takes priority over the dataset's own tables."),
 ) -> None:
     """Train NeuroSQL on a folder of scans and write a model folder."""
     _threads(threads)
@@ -138,11 +140,17 @@ def fit(
     from neurosql_med.training.train import fit_config
 
     cfg = fit_config(
-        config, out, resume, force,
+        config, out, resume, force, condition=None if condition is None else condition.split(","),
         data__mode=mode, data__pattern=pattern, data__labels=labels, train__epochs=epochs, train__max_minutes=max_minutes,
         model__latent_dim=latent_dim, model__lattice=lattice, train__device=device, train__seed=seed,
     )
-    cohort = load_cohort(scans, cfg.data, strict=strict)
+    if cfg.condition is None:
+        cohort = load_cohort(scans, cfg.data, strict=strict)
+    else:
+        from neurosql_med.data.covariates import load_conditioned_cohort
+
+        cohort = load_conditioned_cohort(scans, cfg, strict=strict, covariates=covariates)
+        console.print("conditioned on " + ", ".join(cohort.condition_spec.names))
     console.print(f"{len(cohort.discovery.scans)} scan(s) → {len(cohort)} {cfg.data.mode} sample(s) of shape {cohort.geometry.sample_shape}")
     result = run_fit(cohort, cfg, out, resume=resume, force=force)
     last = result.history[-1] if result.history else {}

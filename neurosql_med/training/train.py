@@ -24,7 +24,8 @@ from torch import Tensor
 
 from neurosql_med.viz import plots
 from neurosql_med.engine.assignment import assign, initial_assignment
-from neurosql_med.config import Config, load_config, override
+from neurosql_med.engine.strata import Strata, assign_stratified, initial_stratified, stratified_lattice
+from neurosql_med.config import Config, load_config, override, with_condition
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
@@ -47,6 +48,7 @@ from neurosql_med.io.model import (
     load_checkpoint,
     save_array,
     save_checkpoint,
+    save_conditions,
     save_label_names,
     write_hashes,
 )
@@ -71,7 +73,10 @@ class FitResult:
 RESUMABLE = ("train__epochs", "train__max_minutes", "train__device")
 
 
-def fit_config(source: str | Path | None, out: Path, resume: bool, force: bool = False, **overrides: object) -> Config:
+def fit_config(
+    source: str | Path | None, out: Path, resume: bool, force: bool = False, condition: list[str] | None = None,
+    **overrides: object,
+) -> Config:
     """The config a fit runs with: a resumed fit continues its own saved config.
 
     Checks ``out`` first, so a refused output folder is reported before scans are loaded.
@@ -87,8 +92,11 @@ def fit_config(source: str | Path | None, out: Path, resume: bool, force: bool =
                        if v is not None and k not in RESUMABLE and recorded[k.split("__")[0]][k.split("__")[1]] != v)
         if fixed:
             raise UserError(f"--resume continues the saved config; it cannot change {', '.join(fixed)}")
+        saved_columns = [] if cfg.condition is None else [c.lower() for c in cfg.condition.columns]
+        if condition is not None and [c.lower() for c in condition] != saved_columns:
+            raise UserError("--resume continues the saved config; it cannot change --condition")
     else:
-        cfg = load_config(source)
+        cfg = with_condition(load_config(source), condition)
     cfg = override(cfg, **overrides)
     check_decoder_size(cfg.model, cfg.data.sample_shape())  # before any scan is loaded
     return cfg
@@ -108,6 +116,13 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     labels: Tensor | None = None  # (n, 1, *sample_shape) int64 tissue classes on the device, voxel for voxel with images
     label_names: list[str] | None = None
+    conditions: Tensor | None = None  # (n, width) encoded condition of each image on the device: G(u, c)
+    strata: Strata | None = None  # a conditional model's images and lattice blocks per categorical stratum
+
+    def inputs(self, perm: Tensor) -> Tensor:
+        """The generator's inputs for image i: its code lattice[perm[i]], beside its condition for a conditional model."""
+        codes = self.lattice[perm.to(self.device)]
+        return codes if self.conditions is None else torch.cat([codes, self.conditions], dim=1)
 
 
 @dataclass
@@ -148,8 +163,14 @@ def _fit(cohort: Cohort, cfg: Config, out: Path, resume: bool, show_progress: bo
     t = cfg.train
     device = resolve_device(t.device)
     seed_everything(t.seed)
-    lattice = quantile_lattice(len(cohort), cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
+    strata = None if cohort.conditions is None else Strata.of(
+        [cohort.condition_spec.stratum(v) for v in cohort.condition_values])
+    if strata is None:
+        lattice = quantile_lattice(len(cohort), cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
+    else:  # each stratum its own lattice of its own size
+        lattice = stratified_lattice(strata, cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
     trainer = _set_up(cohort, cfg, lattice, device)
+    trainer.strata = strata
     state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
 
     deadline = None if t.max_minutes is None else time.monotonic() + t.max_minutes * 60
@@ -214,7 +235,9 @@ def _set_up(cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.devi
     images = cohort.images.to(device)
     labels = None if cohort.labels is None else _checked_labels(cohort).to(device)
     num_labels = 0 if labels is None else len(cohort.label_names)
-    generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels).to(device)
+    conditions = None if cohort.conditions is None else cohort.conditions.float().to(device)
+    width = 0 if conditions is None else conditions.shape[1]
+    generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels, width).to(device)
     generator.init_template(images)
     if labels is not None:
         generator.init_label_template(labels)
@@ -224,7 +247,7 @@ def _set_up(cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.devi
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
     points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
     names = None if labels is None else list(cohort.label_names)
-    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names)
+    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, conditions)
 
 
 def _checked_labels(cohort: Cohort) -> Tensor:
@@ -250,7 +273,12 @@ def _start(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> 
     save_array(out / LATTICE, lattice)
     if trainer.label_names is not None:
         save_label_names(out, trainer.label_names)
-    perm = initial_assignment(trainer.images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
+    if trainer.strata is None:
+        perm = initial_assignment(trainer.images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
+    else:
+        save_conditions(out, cohort.condition_spec.to_json(), cohort.conditions.numpy())
+        perm = initial_stratified(trainer.images, lattice, trainer.strata, cfg.model.lattice, cfg.assignment.block_size,
+                                  cfg.train.seed)
     # the first round waits for one regression epoch on the PCA codes: an untrained generator
     # decodes every code to the same blur, which makes the first cost matrix degenerate and the LAP slow
     return TrainerState(epoch=0, perm=torch.as_tensor(perm), interval=1, next_assign=1)
@@ -281,10 +309,16 @@ def assignment_round(trainer: Trainer, state: TrainerState) -> dict:
     then twice as far apart each time, up to ``assignment.max_interval`` epochs.
     """
     cfg, t = trainer.cfg.assignment, trainer.cfg.train
-    result = assign(
-        trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size, trainer.device,
-        previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
-    )
+    if trainer.strata is None:
+        result = assign(
+            trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size, trainer.device,
+            previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
+        )
+    else:
+        result = assign_stratified(
+            trainer.generator, trainer.lattice, trainer.conditions, trainer.images, trainer.strata, trainer.loss_fn, cfg,
+            t.batch_size, trainer.device, previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
+        )
     state.perm = torch.as_tensor(result.perm)
     changing = result.changed_fraction > cfg.threshold
     state.interval = 1 if changing else min(2 * state.interval, cfg.max_interval)
@@ -302,7 +336,7 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
     n = len(images)
     generator.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-    inputs = trainer.lattice[perm.to(trainer.device)]  # inputs[i]: the lattice point coding image i
+    inputs = trainer.inputs(perm)  # inputs[i]: the lattice point coding image i (and its condition)
     totals = _EpochTotals(trainer.label_names)
     for start in range(0, n, t.batch_size):
         idx = order[start:start + t.batch_size].to(trainer.device)
@@ -382,7 +416,7 @@ def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, st
     n = len(cohort)
     shown = torch.linspace(0, n - 1, min(n, PREVIEW_SAMPLES)).long()
     with torch.no_grad():
-        recon, logits = split_output(trainer.generator(trainer.lattice[state.perm[shown].to(trainer.device)]).float().cpu())
+        recon, logits = split_output(trainer.generator(trainer.inputs(state.perm)[shown.to(trainer.device)]).float().cpu())
     labels = None if logits is None else (cohort.labels[shown], logits.argmax(1, keepdim=True))
     plots.real_vs_reconstruction(cohort.images[shown], recon, out / RECON_PLOT, labels=labels, label_names=trainer.label_names)
     write_model_card(out, state.history, trainer.device.type, None if cohort.label_names is None else len(cohort.label_names))
