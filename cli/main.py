@@ -166,7 +166,7 @@ def fit(
 
 @app.command()
 def synthesize(
-    n: int = typer.Option(..., "--n", help="Number of synthetic images."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of synthetic images (with --condition-table: its rows)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (a BIDS derivative dataset)."),
     model: Path = typer.Option(Path("nsql-model"), "--model", "-m", help="Model folder written by `nsql-med fit`."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latent draws; sample k of a seed never changes."),
@@ -180,13 +180,19 @@ def synthesize(
     drop_copies: bool = typer.Option(False, "--drop-copies", help="With --audit: replace flagged images by new draws."),
     format: str = typer.Option("nifti", "--format", help="nifti, dicom (a DICOM series per sample, marked synthetic) or both."),
     threads: int = ThreadsOpt,
+    condition: Optional[str] = typer.Option(None, "--condition", help="A conditional model's covariates for every sample, e.g. \"CDR=1,Age=80,sex=F\"; those left out are drawn from the training distribution."),
+    condition_table: Optional[Path] = typer.Option(None, "--condition-table", help="TSV/CSV of covariates: one synthetic subject per row."),
+    balance: Optional[str] = typer.Option(None, "--balance", help="A categorical covariate whose levels get equal counts, e.g. CDR."),
 ) -> None:
     """Write a synthetic cohort as NIfTI files (and/or DICOM series) with provenance."""
     _threads(threads)
     from neurosql_med.synthesis.synthesize import synthesize as run
 
     summary = run(model, out, n, seed=seed, typicality=typicality, batch_size=batch_size, device=device,
-                  force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies, format=format)
+                  force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies, format=format,
+                  condition=condition, condition_table=condition_table, balance=balance)
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"{summary.written} image(s) written, {summary.kept} kept, in {summary.seconds:.1f} s → {out}")
     if summary.audit is not None:
         a = summary.audit
