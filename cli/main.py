@@ -85,9 +85,11 @@ def inspect(
     config: str = ConfigOpt,
     preview: Optional[Path] = typer.Option(None, "--preview", help="Also preprocess as training would and save a PNG of the samples."),
     labels: Optional[str] = LabelsOpt,
+    covariates: Optional[Path] = typer.Option(None, "--covariates", help="A TSV/CSV of covariates with a subject column, listed with the dataset's own."),
 ) -> None:
-    """List the scans found, what was skipped and why, and (with --preview) what training will see."""
-    from neurosql_med.viz.tables import discovery_tables
+    """List the scans found, what was skipped and why, the covariates, and (with --preview) what training will see."""
+    from neurosql_med.data.covariates import read_covariates, summary
+    from neurosql_med.viz.tables import covariate_table, discovery_tables
     from neurosql_med.data.discovery import discover
     from neurosql_med.io.files import check_output_file
 
@@ -98,11 +100,14 @@ def inspect(
         check_output_file(preview, ".png", "--preview")
         data = override(load_config(config), data__labels=labels).data
     found = discover(path, pattern=pattern, strict=strict, labels=labels or (data.labels if data else "auto"))
+    found_covariates = summary(read_covariates(found, covariates), found)
     if as_json:
-        print(json.dumps(found.to_json(), indent=2))
+        print(json.dumps(found.to_json() | {"covariates": found_covariates}, indent=2))
     else:
         for table in discovery_tables(found):
             console.print(table)
+        if found_covariates:
+            console.print(covariate_table(found_covariates))
     if preview is not None:
         from neurosql_med.data.cohort import load_cohort
         from neurosql_med.viz.plots import preprocessed_preview

@@ -84,6 +84,7 @@ class ConditionConfig:
     columns: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)  # treat these as categories even when numeric
     continuous: list[str] = field(default_factory=list)  # treat these as numbers even when participants.json lists levels
+    cost_bins: int = 4  # assignment costs per stratum under this many bins of each continuous covariate; 0: each image's own value
 
     def kinds(self) -> dict[str, str]:
         return {**{c: "categorical" for c in self.categorical}, **{c: "continuous" for c in self.continuous}}
@@ -266,6 +267,8 @@ def _check_condition(cfg: Config) -> None:
         _fail("condition.columns", "must list one or more distinct covariate names")
     if set(n.lower() for n in c.categorical) & set(n.lower() for n in c.continuous):
         _fail("condition.categorical", "and 'condition.continuous' must not share a covariate")
+    if c.cost_bins < 0:
+        _fail("condition.cost_bins", "must be >= 0 (0: each image's own value)")
 
 
 def validate(cfg: Config) -> Config:

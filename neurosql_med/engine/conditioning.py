@@ -113,6 +113,11 @@ class ConditionSpec:
         """c as float32, from a parsed condition."""
         return np.array([v for c in self.covariates for v in c.encode(condition[c.name])], dtype=np.float32)
 
+    def continuous_columns(self) -> list[int]:
+        """Where the continuous covariates sit in c."""
+        starts = np.cumsum([0] + [c.width for c in self.covariates])
+        return [int(start) for start, c in zip(starts, self.covariates) if c.kind == "continuous"]
+
     def stratum(self, condition: Mapping[str, str | float]) -> tuple[str, ...]:
         """The categorical levels: images of one stratum share them and are assigned codes among themselves."""
         return tuple(str(condition[c.name]) for c in self.covariates if c.kind == "categorical")

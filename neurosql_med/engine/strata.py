@@ -57,6 +57,27 @@ def initial_stratified(
     return perm
 
 
+def cost_conditions(conditions: Tensor, strata: Strata, continuous: list[int], bins: int) -> Tensor:
+    """The conditions the assignment's costs are computed under.
+
+    With ``bins`` > 0, each continuous column is cut, within each stratum, into that many
+    bins of its distinct values (equal counts), and a value is replaced by its bin's mean:
+    the lattice is then decoded once per bin instead of once per scan. 0 keeps each
+    image's own value (exact, and slower: docs/decisions.md has the figures).
+    """
+    if bins == 0 or not continuous:
+        return conditions
+    binned = conditions.clone()
+    for rows in strata.rows:
+        r = torch.as_tensor(rows)
+        for column in continuous:
+            values = conditions[r, column]
+            for group in np.array_split(np.unique(values.numpy()), min(bins, len(np.unique(values.numpy())))):
+                members = torch.isin(values, torch.as_tensor(group))
+                binned[r[members], column] = float(np.mean(group))
+    return binned
+
+
 def stratum_costs(
     generator: torch.nn.Module, points: Tensor, conditions: Tensor, images: Tensor, loss: ReconstructionLoss,
     cost: str, batch_size: int, device: torch.device | str, labels: Tensor | None = None,

@@ -24,7 +24,9 @@ from torch import Tensor
 
 from neurosql_med.viz import plots
 from neurosql_med.engine.assignment import assign, initial_assignment
-from neurosql_med.engine.strata import Strata, assign_stratified, initial_stratified, stratified_lattice
+from neurosql_med.engine.strata import (
+    Strata, assign_stratified, cost_conditions, initial_stratified, stratified_lattice,
+)
 from neurosql_med.config import Config, load_config, override, with_condition
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
@@ -118,6 +120,7 @@ class Trainer:
     label_names: list[str] | None = None
     conditions: Tensor | None = None  # (n, width) encoded condition of each image on the device: G(u, c)
     strata: Strata | None = None  # a conditional model's images and lattice blocks per categorical stratum
+    cost_conditions: Tensor | None = None  # the conditions its assignment costs use (continuous ones binned)
 
     def inputs(self, perm: Tensor) -> Tensor:
         """The generator's inputs for image i: its code lattice[perm[i]], beside its condition for a conditional model."""
@@ -163,14 +166,12 @@ def _fit(cohort: Cohort, cfg: Config, out: Path, resume: bool, show_progress: bo
     t = cfg.train
     device = resolve_device(t.device)
     seed_everything(t.seed)
-    strata = None if cohort.conditions is None else Strata.of(
-        [cohort.condition_spec.stratum(v) for v in cohort.condition_values])
-    if strata is None:
-        lattice = quantile_lattice(len(cohort), cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
-    else:  # each stratum its own lattice of its own size
-        lattice = stratified_lattice(strata, cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
+    lattice, strata = _lattice(cohort, cfg)
     trainer = _set_up(cohort, cfg, lattice, device)
-    trainer.strata = strata
+    if strata is not None:
+        trainer.strata = strata
+        trainer.cost_conditions = cost_conditions(cohort.conditions, strata, cohort.condition_spec.continuous_columns(),
+                                                  cfg.condition.cost_bins)
     state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
 
     deadline = None if t.max_minutes is None else time.monotonic() + t.max_minutes * 60
@@ -206,6 +207,15 @@ def _fit(cohort: Cohort, cfg: Config, out: Path, resume: bool, show_progress: bo
     if interrupted:
         return FitResult(out, last_good["trainer"]["epoch"], last_good["history"], True, False, None)
     return _finish(out, cohort, trainer, state, stopped_by_budget)
+
+
+def _lattice(cohort: Cohort, cfg: Config) -> tuple[np.ndarray, Strata | None]:
+    """The fixed lattice: one for the cohort, or for a conditional model one per stratum, of its own size."""
+    m, seed = cfg.model, cfg.train.seed
+    if cohort.conditions is None:
+        return quantile_lattice(len(cohort), m.latent_dim, m.lattice, seed=seed), None
+    strata = Strata.of([cohort.condition_spec.stratum(v) for v in cohort.condition_values])
+    return stratified_lattice(strata, m.latent_dim, m.lattice, seed=seed), strata
 
 
 def _continued(saved: Config, cfg: Config) -> Config:
@@ -316,7 +326,7 @@ def assignment_round(trainer: Trainer, state: TrainerState) -> dict:
         )
     else:
         result = assign_stratified(
-            trainer.generator, trainer.lattice, trainer.conditions, trainer.images, trainer.strata, trainer.loss_fn, cfg,
+            trainer.generator, trainer.lattice, trainer.cost_conditions, trainer.images, trainer.strata, trainer.loss_fn, cfg,
             t.batch_size, trainer.device, previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
         )
     state.perm = torch.as_tensor(result.perm)
