@@ -106,8 +106,8 @@ def table_source(path: Path, id_column: str | None = None, session_of: str | Non
     ``session_of``: the subject of a BIDS sessions.tsv, whose rows are keyed subject_session.
     """
     header, rows = read_table(path)
-    spelling = {RENAMED.get(h.strip().lower(), h.strip().lower()): h.strip() for h in header}
     lower = {h: RENAMED.get(h.strip().lower(), h.strip().lower()) for h in header}
+    spelling = {lower[h]: lower[h] if h.strip().lower() in RENAMED else h.strip() for h in header}
     key_column = id_column or next((h for h in header if lower[h] in ID_COLUMNS), header[0])
     keyed: dict[str, dict[str, str]] = {}
     for row in rows:
