@@ -19,6 +19,8 @@ from torch import Tensor
 
 from neurosql_med.config import Config, DataConfig, load_config
 from neurosql_med.data.cohort import Cohort, load_cohort
+from neurosql_med.data.covariates import load_conditioned_cohort
+from neurosql_med.evaluation.conditions import condition_rows, condition_section, synthetic_conditions
 from neurosql_med.data.transforms import preprocess_one
 from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_evaluation
@@ -54,6 +56,7 @@ class Scores(TypedDict):
     holdout: dict | None
     flagged: list[dict]
     labels: NotRequired[dict]  # only when the real scans and the synthetic images both have label maps
+    conditions: NotRequired[dict]  # only for a conditional model's cohort: agreement and effect sizes
 
 
 class Report(Scores):
@@ -100,7 +103,8 @@ def _evaluate(
 ) -> Report:
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
-    train = load_cohort(real, cfg.data)
+    conditional = model is not None and model.condition is not None
+    train = load_conditioned_cohort(real, cfg) if conditional else load_cohort(real, cfg.data)
     if model is not None:
         images, ids = read_synthetic(Path(synth), model.geometry, cfg.data)
         labels, labelled = read_synthetic_labels(Path(synth), ids, model.geometry)
@@ -121,6 +125,10 @@ def _evaluate(
             train, images[labelled], labels, [nearest[i] for i in labelled], held=held,
             names=read_label_names(Path(synth)), epochs=label_epochs,
         )
+    if conditional:
+        report["conditions"] = condition_section(
+            model.condition, train, images, labels if len(labelled) == len(images) else None,
+            synthetic_conditions(Path(synth), ids, model.condition))
     if out is not None:
         write_outputs(out, report, train.images, images)
     if model is not None:  # the model's EVALUATION.md, beside its card: the latest numbers travel with the model
@@ -342,6 +350,7 @@ def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     ]
     rows = _numbers(report, SCORE_ROWS) + shares + _numbers(report, RATIO_ROWS)
     rows += _numbers(report, HOLDOUT_ROWS) if report["holdout"] is not None else []
+    rows += condition_rows(report["conditions"]) if "conditions" in report else []
     return rows + label_rows(report["labels"]) if "labels" in report else rows
 
 
