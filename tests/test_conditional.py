@@ -14,10 +14,12 @@ from conftest import cli, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config
 from neurosql_med.data.covariates import condition_scans, read_covariates
 from neurosql_med.data.discovery import discover
+from neurosql_med.engine.conditioning import ConditionSpec, Covariate
 from neurosql_med.engine.decoder import Decoder
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.engine.strata import Strata, assign_stratified, cost_conditions
 from neurosql_med.errors import UserError
+from neurosql_med.evaluation.conditions import effect_sizes, tissue_fraction
 from neurosql_med.synthesis.dataset import SyntheticDataset
 
 PARTICIPANTS = "participant_id\tage\tsex\tgroup\nsub-00\t60\tF\tA\nsub-01\t70\tM\tA\nsub-02\t65\tF\tB\nsub-03\t80\tM\tB\nsub-04\t75\tF\tB\n"
@@ -185,3 +187,37 @@ def test_condition_errors_dataset_and_unconditional_config(conditional_models, t
 def test_an_unconditional_config_has_no_condition_section():
     cfg = load_config("tiny")
     assert "condition" not in cfg.to_dict() and "condition" not in cfg.to_yaml()
+
+
+def test_tissue_fraction_and_effect_sizes_compare_real_and_synthetic_contrasts():
+    labels = torch.zeros(2, 1, 4, 4, dtype=torch.int64)
+    labels[0, 0, :2] = 1  # 8 CSF voxels, 8 tissue
+    labels[0, 0, 2:] = 3
+    labels[1, 0, 0] = 1  # 4 CSF, 4 tissue, 8 background
+    labels[1, 0, 1] = 2
+    assert np.allclose(tissue_fraction(torch.zeros(2, 1, 4, 4), labels), [0.5, 0.5])
+    spec = ConditionSpec([Covariate("CDR", "categorical", ["0", "1"], [2, 2]),
+                          Covariate("age", "continuous", [], [], 70.0, 10.0, 60.0, 80.0)])
+    conditions = [{"CDR": "0", "age": 60.0}, {"CDR": "0", "age": 70.0}, {"CDR": "1", "age": 70.0}, {"CDR": "1", "age": 80.0}]
+    real = np.array([0.8, 0.8, 0.6, 0.6])
+    synth = np.array([0.75, 0.65, 0.6, 0.6])
+    effects = effect_sizes(spec, (real, conditions), (synth, conditions))
+    cdr = effects["CDR"]["1 - 0"]
+    assert cdr["real"] == pytest.approx(-0.2) and cdr["synthetic"] == pytest.approx(-0.1)
+    assert cdr["same_sign"] and cdr["ratio"] == pytest.approx(0.5)
+    assert effects["age"]["slope"]["real"] < 0 and effects["age"]["slope"]["same_sign"]
+
+
+@pytest.mark.slow
+def test_evaluate_reports_condition_agreement_and_effects(conditional_models, tmp_path, capsys):
+    scans, model = conditional_models["tiny"]
+    if not (model / "hashes.json").is_file():
+        assert _fit(capsys, scans, model, "tiny")[0] == 0
+    assert cli(capsys, "synthesize", "--model", model, "--out", tmp_path / "s", "--n", "6", "--balance", "group",
+               "--device", "cpu")[0] == 0
+    code, out, err = cli(capsys, "evaluate", "--real", scans, "--synth", tmp_path / "s", "--model", model, "--json")
+    assert code == 0, err
+    section = json.loads(out)["conditions"]
+    assert section["agreement"]["group"]["metric"] == "accuracy" and 0 <= section["agreement"]["group"]["synthetic"] <= 1
+    assert section["agreement"]["age"]["metric"] == "mae" and section["agreement"]["age"]["holdout_real"] >= 0
+    assert set(section["effects"]["group"]) == {"B - A"} and "slope" in section["effects"]["age"]
