@@ -221,3 +221,5 @@ def test_evaluate_reports_condition_agreement_and_effects(conditional_models, tm
     assert section["agreement"]["group"]["metric"] == "accuracy" and 0 <= section["agreement"]["group"]["synthetic"] <= 1
     assert section["agreement"]["age"]["metric"] == "mae" and section["agreement"]["age"]["holdout_real"] >= 0
     assert set(section["effects"]["group"]) == {"B - A"} and "slope" in section["effects"]["age"]
+    assert {k: v["synthetic"] for k, v in section["strata"].items()} == {"group=A": 3, "group=B": 3}
+    assert all(0 <= v["fraction_flagged"] <= 1 for v in section["strata"].values())

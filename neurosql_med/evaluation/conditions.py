@@ -24,6 +24,7 @@ from neurosql_med.data.cohort import Cohort
 from neurosql_med.engine.conditioning import ConditionSpec, Covariate
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.splits import split_by_subject
+from neurosql_med.metrics import audit, fidelity
 from neurosql_med.synthesis.sampling import sidecar_of
 
 CHANNELS = (8, 16, 32)
@@ -141,8 +142,26 @@ def agreement(spec: ConditionSpec, real: Cohort, synth: Tensor, synth_conditions
     return section
 
 
+def per_stratum(spec: ConditionSpec, real: Cohort, synth: Tensor, synth_conditions: list[dict], tau: float) -> dict:
+    """Fidelity and the memorization audit within each stratum: a small stratum is where copies happen."""
+    real_keys = [spec.stratum(c) for c in real.condition_values]
+    synth_keys = [spec.stratum(c) for c in synth_conditions]
+    names = [c.name for c in spec.covariates if c.kind == "categorical"]
+    section = {}
+    for key in sorted(set(real_keys)):
+        r = real.images[torch.as_tensor([k == key for k in real_keys])]
+        s = synth[torch.as_tensor([k == key for k in synth_keys])]
+        row: dict = {"real": len(r), "synthetic": len(s)}
+        if len(s) and len(r) >= 2:
+            memo = audit(r, s, tau)
+            row |= {"fidelity_mae": fidelity(s, r)["mae"], "flagged": memo["n_flagged"],
+                    "fraction_flagged": memo["fraction_flagged"]}
+        section[", ".join(f"{n}={v}" for n, v in zip(names, key)) or "all"] = row
+    return section
+
+
 def condition_section(spec: ConditionSpec, real: Cohort, synth: Tensor, synth_labels: Tensor | None,
-                      synth_conditions: list[dict]) -> dict:
+                      synth_conditions: list[dict], tau: float) -> dict:
     """The report's ``conditions`` section."""
     use_labels = real.labels is not None and synth_labels is not None
     measure = "tissue fraction from the label maps" if use_labels else f"share of brain voxels above {TISSUE_LEVEL}"
@@ -151,6 +170,7 @@ def condition_section(spec: ConditionSpec, real: Cohort, synth: Tensor, synth_la
     return {
         "agreement": agreement(spec, real, synth, synth_conditions),
         "effects": effect_sizes(spec, (real_measure, real.condition_values), (synth_measure, synth_conditions)),
+        "strata": per_stratum(spec, real, synth, synth_conditions, tau),
         "measure": measure,
         "predictor": {"networks": "MONAI Classifier / Regressor", "channels": list(CHANNELS), "epochs": EPOCHS,
                       "holdout_fraction": HOLDOUT_FRACTION, "seed": SEED},
@@ -167,4 +187,8 @@ def condition_rows(section: dict) -> list[tuple[str, str, str, str]]:
             value = "n/a" if e["synthetic"] is None or e["real"] is None else f"{e['synthetic']:.3g} / {e['real']:.3g}"
             reading = "same sign" if e["same_sign"] else "opposite sign" if e["same_sign"] is False else ""
             rows.append(("effect", f"tissue fraction {name} {key}: synthetic / real", value, reading))
+    for name, stratum in section["strata"].items():
+        if "flagged" in stratum:
+            rows.append(("stratum", f"{name}: flagged copies, fidelity MAE", f"{stratum['flagged']}, {stratum['fidelity_mae']:.3g}",
+                         f"{stratum['synthetic']} synthetic vs {stratum['real']} real samples"))
     return rows

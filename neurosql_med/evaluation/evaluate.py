@@ -128,7 +128,7 @@ def _evaluate(
     if conditional:
         report["conditions"] = condition_section(
             model.condition, train, images, labels if len(labelled) == len(images) else None,
-            synthetic_conditions(Path(synth), ids, model.condition))
+            synthetic_conditions(Path(synth), ids, model.condition), tau)
     if out is not None:
         write_outputs(out, report, train.images, images)
     if model is not None:  # the model's EVALUATION.md, beside its card: the latest numbers travel with the model
