@@ -271,13 +271,15 @@ def evaluate(
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold: flagged when d_syn < tau * median(d_train)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
     threads: int = ThreadsOpt,
+    covariates: Optional[Path] = typer.Option(None, "--covariates", help="A conditional model's: the covariate table given to fit --covariates."),
 ) -> None:
     """Fidelity, coverage, diversity, distribution and a memorization audit of a synthetic cohort."""
     _threads(threads)
     from neurosql_med.evaluation.evaluate import TAU, report_table
     from neurosql_med.evaluation.evaluate import evaluate as run
 
-    report = run(real, synth, model_dir=model, holdout=holdout, config=config, tau=TAU if tau is None else tau, out=out)
+    report = run(real, synth, model_dir=model, holdout=holdout, config=config, tau=TAU if tau is None else tau, out=out,
+                 covariates=covariates)
     if as_json:
         print(json.dumps(report, indent=2))
     else:

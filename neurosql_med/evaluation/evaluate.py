@@ -75,6 +75,7 @@ def evaluate(
     tau: float = TAU,
     out: str | Path | None = None,
     label_epochs: int = EPOCHS,
+    covariates: str | Path | None = None,
 ) -> Report:
     """Score the images in ``synth`` against the training scans in ``real``; returns the report.
 
@@ -84,27 +85,28 @@ def evaluate(
     ``out`` receives report.json, report.md, nearest.png and distances.png (and tissue.png
     with labels). When the real cohort and the synthetic images both have label maps (a
     ``_dseg`` beside each synthetic image), the report gains a ``labels`` section, its
-    segmenter trained for ``label_epochs``.
+    segmenter trained for ``label_epochs``. For a conditional model's cohort the report gains
+    a ``conditions`` section; ``covariates`` is the table given to ``fit --covariates``, if any.
     """
     check_tau(tau)
     if out is None:
-        return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs)
+        return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs, covariates)
     out = Path(out)
     inputs = [p for p in (real, synth, holdout, model_dir) if p is not None]
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before any scan is read
     with output_lock(out):
         prepare_report_output(out, inputs=inputs)
-        return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs)
+        return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs, covariates)
 
 
 def _evaluate(
     real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
-    config: str | Path | None, tau: float, out: Path | None, label_epochs: int,
+    config: str | Path | None, tau: float, out: Path | None, label_epochs: int, covariates: str | Path | None = None,
 ) -> Report:
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
     conditional = model is not None and model.condition is not None
-    train = load_conditioned_cohort(real, cfg) if conditional else load_cohort(real, cfg.data)
+    train = load_conditioned_cohort(real, cfg, covariates=covariates) if conditional else load_cohort(real, cfg.data)
     if model is not None:
         images, ids = read_synthetic(Path(synth), model.geometry, cfg.data)
         labels, labelled = read_synthetic_labels(Path(synth), ids, model.geometry)
