@@ -141,7 +141,7 @@ def test_conditional_fit_synthesize_and_reproduce(conditional_models, tmp_path, 
                        "--model", model)
     assert code == 0 and out.startswith("identical")
 
-    (tmp_path / "design.tsv").write_text("participant_id\tgroup\tage\nx\tA\t61\ny\tB\t79.5\nz\tA\t\n")
+    (tmp_path / "design.tsv").write_text("participant_id\tgroup\tage\tnWBV\nx\tA\t61\t0.7\ny\tB\t79.5\t0.8\nz\tA\t\t0.7\n")
     code, _, err = cli(capsys, "synthesize", "--model", model, "--out", tmp_path / "table", "--condition-table",
                        tmp_path / "design.tsv", "--device", "cpu")
     assert code == 0, err

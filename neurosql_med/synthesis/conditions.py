@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurosql_med.data.covariates import ID_COLUMNS, read_table
+from neurosql_med.data.covariates import read_table
 from neurosql_med.engine.conditioning import ConditionSpec, is_missing
 from neurosql_med.errors import UserError
 
@@ -69,11 +69,17 @@ def parse_condition(text: str, spec: ConditionSpec) -> Condition:
 
 
 def read_condition_table(path: Path, spec: ConditionSpec) -> list[Condition]:
-    """One condition per row; columns are covariates of the model (an id column is allowed and ignored)."""
+    """One condition per row, from the columns named like the model's covariates.
+
+    Other columns are ignored, so a real cohort's participants.tsv can be mirrored as it is.
+    """
     if not Path(path).is_file():
         raise UserError(f"--condition-table: file not found: {path}")
     header, rows = read_table(Path(path))
-    columns = {h: spec.covariate(h, f"--condition-table {path}").name for h in header if h.strip().lower() not in ID_COLUMNS}
+    known = {c.name.lower(): c.name for c in spec.covariates}
+    columns = {h: known[h.strip().lower()] for h in header if h.strip().lower() in known}
+    if not columns:
+        raise UserError(f"--condition-table {path}: no column names a covariate of the model ({', '.join(spec.names)})")
     if not rows:
         raise UserError(f"--condition-table {path}: no rows")
     table = []
