@@ -84,7 +84,7 @@ class Synthesis:
             "reference": self.model.lattice_kind,
             "mode": self.model.geometry.mode,
             "device": self.model.device.type,
-            "compute_block": COMPUTE_BLOCK,
+            "compute_block": 1 if self.plan is not None else COMPUTE_BLOCK,  # a conditional sample is decoded alone
         }
 
 
