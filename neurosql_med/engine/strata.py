@@ -88,9 +88,9 @@ def stratum_costs(
     timings = {"forward": 0.0, "cost": 0.0}
     for g, condition in enumerate(unique):
         rows = torch.nonzero(group == g).flatten()
-        inputs = torch.cat([points, condition.expand(len(points), -1)], dim=1)
-        block, spent = cost_matrix(generator, inputs, images[rows], loss, cost, batch_size, device,
-                                   None if labels is None else labels[rows])
+        inputs = torch.cat([points, condition.to(points.device).expand(len(points), -1)], dim=1)
+        block, spent = cost_matrix(generator, inputs, images[rows.to(images.device)], loss, cost, batch_size, device,
+                                   None if labels is None else labels[rows.to(labels.device)])
         matrix[rows.numpy()] = block
         timings = {k: timings[k] + spent[k] for k in timings}
     return matrix, timings
