@@ -98,9 +98,11 @@ def inspect(
     config: str = ConfigOpt,
     preview: Optional[Path] = typer.Option(None, "--preview", help="Also preprocess as training would and save a PNG of the samples."),
     labels: Optional[str] = LabelsOpt,
+    covariates: Optional[Path] = typer.Option(None, "--covariates", help="A TSV/CSV of covariates with a subject column, listed with the dataset's own."),
 ) -> None:
-    """List the scans found, what was skipped and why, and (with --preview) what training will see."""
-    from neurosql_med.viz.tables import discovery_tables
+    """List the scans found, what was skipped and why, the covariates, and (with --preview) what training will see."""
+    from neurosql_med.data.covariates import read_covariates, summary
+    from neurosql_med.viz.tables import covariate_table, discovery_tables
     from neurosql_med.data.discovery import discover
     from neurosql_med.io.files import check_output_file
 
@@ -111,11 +113,14 @@ def inspect(
         check_output_file(preview, ".png", "--preview")
         data = override(load_config(config), data__labels=labels).data
     found = discover(path, pattern=pattern, strict=strict, labels=labels or (data.labels if data else "auto"))
+    found_covariates = summary(read_covariates(found, covariates), found)
     if as_json:
-        print(json.dumps(found.to_json(), indent=2))
+        print(json.dumps(found.to_json() | {"covariates": found_covariates}, indent=2))
     else:
         for table in discovery_tables(found):
             console.print(table)
+        if found_covariates:
+            console.print(covariate_table(found_covariates))
     if preview is not None:
         from neurosql_med.data.cohort import load_cohort
         from neurosql_med.viz.plots import preprocessed_preview
@@ -144,6 +149,8 @@ def fit(
     labels: Optional[str] = LabelsOpt,
     threads: int = ThreadsOpt,
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Train data-parallel on N local processes (torchrun; gloo on CPU, nccl on GPUs)."),
+    condition: Optional[str] = typer.Option(None, "--condition", help="Covariates to condition on, e.g. CDR,Age,sex (from participants.tsv, the OASIS-1 CSV or --covariates)."),
+    covariates: Optional[Path] = typer.Option(None, "--covariates", help="A TSV/CSV of covariates with a subject column; takes priority over the dataset's own tables."),
 ) -> None:
     """Train NeuroSQL on a folder of scans and write a model folder."""
     if nproc_per_node > 1:
@@ -158,11 +165,17 @@ def fit(
     from neurosql_med.training.train import fit_config
 
     cfg = fit_config(
-        config, out, resume, force,
+        config, out, resume, force, condition=None if condition is None else condition.split(","),
         data__mode=mode, data__pattern=pattern, data__labels=labels, train__epochs=epochs, train__max_minutes=max_minutes,
         model__latent_dim=latent_dim, model__lattice=lattice, train__device=device, train__seed=seed,
     )
-    cohort = load_cohort(scans, cfg.data, strict=strict)
+    if cfg.condition is None:
+        cohort = load_cohort(scans, cfg.data, strict=strict)
+    else:
+        from neurosql_med.data.covariates import load_conditioned_cohort
+
+        cohort = load_conditioned_cohort(scans, cfg, strict=strict, covariates=covariates)
+        console.print("conditioned on " + ", ".join(cohort.condition_spec.names))
     console.print(f"{len(cohort.discovery.scans)} scan(s) → {len(cohort)} {cfg.data.mode} sample(s) of shape {cohort.geometry.sample_shape}")
     result = run_fit(cohort, cfg, out, resume=resume, force=force)
     if result.rank:  # under torchrun, rank 0 reports
@@ -180,7 +193,7 @@ def fit(
 
 @app.command()
 def synthesize(
-    n: int = typer.Option(..., "--n", help="Number of synthetic images."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of synthetic images (with --condition-table: its rows)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (a BIDS derivative dataset)."),
     model: Path = typer.Option(Path("nsql-model"), "--model", "-m", help="Model folder written by `nsql-med fit`."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latent draws; sample k of a seed never changes."),
@@ -194,13 +207,19 @@ def synthesize(
     drop_copies: bool = typer.Option(False, "--drop-copies", help="With --audit: replace flagged images by new draws."),
     format: str = typer.Option("nifti", "--format", help="nifti, dicom (a DICOM series per sample, marked synthetic) or both."),
     threads: int = ThreadsOpt,
+    condition: Optional[str] = typer.Option(None, "--condition", help="A conditional model's covariates for every sample, e.g. \"CDR=1,Age=80,sex=F\"; those left out are drawn from the training distribution."),
+    condition_table: Optional[Path] = typer.Option(None, "--condition-table", help="TSV/CSV of covariates: one synthetic subject per row."),
+    balance: Optional[str] = typer.Option(None, "--balance", help="A categorical covariate whose levels get equal counts, e.g. CDR."),
 ) -> None:
     """Write a synthetic cohort as NIfTI files (and/or DICOM series) with provenance."""
     _threads(threads)
     from neurosql_med.synthesis.synthesize import synthesize as run
 
     summary = run(model, out, n, seed=seed, typicality=typicality, batch_size=batch_size, device=device,
-                  force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies, format=format)
+                  force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies, format=format,
+                  condition=condition, condition_table=condition_table, balance=balance)
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"{summary.written} image(s) written, {summary.kept} kept, in {summary.seconds:.1f} s → {out}")
     if summary.audit is not None:
         a = summary.audit
@@ -274,13 +293,15 @@ def evaluate(
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold: flagged when d_syn < tau * median(d_train)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
     threads: int = ThreadsOpt,
+    covariates: Optional[Path] = typer.Option(None, "--covariates", help="A conditional model's: the covariate table given to fit --covariates."),
 ) -> None:
     """Fidelity, coverage, diversity, distribution and a memorization audit of a synthetic cohort."""
     _threads(threads)
     from neurosql_med.evaluation.evaluate import TAU, report_table
     from neurosql_med.evaluation.evaluate import evaluate as run
 
-    report = run(real, synth, model_dir=model, holdout=holdout, config=config, tau=TAU if tau is None else tau, out=out)
+    report = run(real, synth, model_dir=model, holdout=holdout, config=config, tau=TAU if tau is None else tau, out=out,
+                 covariates=covariates)
     if as_json:
         print(json.dumps(report, indent=2))
     else:

@@ -78,15 +78,33 @@ class AssignmentConfig:
 
 
 @dataclass
+class ConditionConfig:
+    """The covariates a conditional model is fit on (``fit --condition``); absent for an unconditional model."""
+
+    columns: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)  # treat these as categories even when numeric
+    continuous: list[str] = field(default_factory=list)  # treat these as numbers even when participants.json lists levels
+    cost_bins: int = 4  # assignment costs per stratum under this many bins of each continuous covariate; 0: each image's own value
+
+    def kinds(self) -> dict[str, str]:
+        return {**{c: "categorical" for c in self.categorical}, **{c: "continuous" for c in self.continuous}}
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     assignment: AssignmentConfig = field(default_factory=AssignmentConfig)
+    condition: Optional[ConditionConfig] = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Without a condition section when there is none: an unconditional config keeps its bytes and digest."""
+        raw = dataclasses.asdict(self)
+        if raw["condition"] is None:
+            del raw["condition"]
+        return raw
 
     def to_yaml(self) -> str:
         """The model folder's config.yaml, keys in declaration order so it reads like the built-in files."""
@@ -240,8 +258,22 @@ def _check_training(cfg: Config) -> None:
         raise UserError("config keys 'assignment.max_interval' >= 1 and 'assignment.block_size' >= 2")
 
 
+def _check_condition(cfg: Config) -> None:
+    c = cfg.condition
+    if c is None:
+        return
+    names = [n.strip().lower() for n in c.columns]
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        _fail("condition.columns", "must list one or more distinct covariate names")
+    if set(n.lower() for n in c.categorical) & set(n.lower() for n in c.continuous):
+        _fail("condition.categorical", "and 'condition.continuous' must not share a covariate")
+    if c.cost_bins < 0:
+        _fail("condition.cost_bins", "must be >= 0 (0: each image's own value)")
+
+
 def validate(cfg: Config) -> Config:
     """Reject values that parse but cannot work, naming the key; cheap checks first."""
+    _check_condition(cfg)
     _check_data(cfg.data)
     _check_training(cfg)
     _check_model(cfg)
@@ -280,6 +312,15 @@ def _read_config(path: Path) -> str:
         raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
     except OSError as exc:
         raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+
+
+def with_condition(cfg: Config, columns: list[str] | None) -> Config:
+    """``fit --condition A,B``: the config conditioned on those covariates (None: unchanged)."""
+    if columns is None:
+        return cfg
+    raw = cfg.to_dict()
+    raw["condition"] = {**(raw.get("condition") or {}), "columns": columns}
+    return from_dict(raw)
 
 
 def override(cfg: Config, **changes: Any) -> Config:

@@ -1,6 +1,7 @@
 """Scans on disk → preprocessed tensors held in memory, with their geometry and fingerprint."""
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from neurosql_med.config import DataConfig
 from neurosql_med.data.discovery import Discovery, Scan, discover
 from neurosql_med.data.readers import MAX_SCAN_BYTES
 from neurosql_med.data.transforms import preprocess
+from neurosql_med.engine.conditioning import ConditionSpec
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file
 from neurosql_med.io.geometry import Geometry
@@ -28,6 +30,9 @@ class Cohort:
     discovery: Discovery
     labels: torch.Tensor | None = None  # (N, 1, *sample_shape) int64 class indices, voxel for voxel with images
     label_names: list[str] | None = None  # class index -> name; index 0 is background
+    conditions: torch.Tensor | None = None  # (N, width) float32 encoded condition c of each sample (data/covariates.py)
+    condition_spec: ConditionSpec | None = None  # the covariates behind ``conditions``
+    condition_values: list[dict] | None = None  # per sample: its scan's parsed covariate values
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -45,6 +50,8 @@ class Cohort:
             maps = [sorted(sha256_file(f) for f in scan.label_files) for scan in self.discovery.scans]
             found["labels"] = {str(i): hashes for i, hashes in enumerate(maps)}
             found["label_names"] = self.label_names
+        if self.conditions is not None:  # the same scans with other covariates are other training data
+            found["conditions"] = hashlib.sha256(self.conditions.numpy().tobytes()).hexdigest()
         return found
 
     def subset(self, keep: np.ndarray) -> "Cohort":
@@ -59,6 +66,9 @@ class Cohort:
             discovery=self.discovery,
             labels=None if self.labels is None else self.labels[idx],
             label_names=self.label_names,
+            conditions=None if self.conditions is None else self.conditions[idx],
+            condition_spec=self.condition_spec,
+            condition_values=None if self.condition_values is None else [self.condition_values[i] for i in idx],
         )
 
 

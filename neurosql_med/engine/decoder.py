@@ -105,21 +105,27 @@ def split_output(output: Tensor) -> tuple[Tensor, Tensor | None]:
     return output[:, :1], (output[:, 1:] if output.shape[1] > 1 else None)
 
 
-def build_decoder(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0) -> Decoder:
-    """The generator ``model`` describes for samples of ``sample_shape`` (2D slices or 3D volumes) and K label classes."""
-    check_decoder_size(model, sample_shape, num_labels)
-    return Decoder(len(sample_shape), model.latent_dim, tuple(sample_shape), model.channels, num_labels)
+def build_decoder(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0, condition_dim: int = 0) -> Decoder:
+    """The generator ``model`` describes for samples of ``sample_shape`` (2D slices or 3D volumes) and K label classes.
+
+    A conditional generator G(u, c) reads the encoded condition c (``condition_dim``
+    numbers) beside the latent u: both enter the first Linear layer together, so an
+    unconditional one (``condition_dim`` 0) keeps exactly its parameters.
+    """
+    check_decoder_size(model, sample_shape, num_labels, condition_dim)
+    return Decoder(len(sample_shape), model.latent_dim + condition_dim, tuple(sample_shape), model.channels, num_labels)
 
 
-def decoder_parameters(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0) -> int:
+def decoder_parameters(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0, condition_dim: int = 0) -> int:
     """The generator's size, counted on torch's meta device: no memory, no random draws."""
     with torch.device("meta"):
-        return Decoder(len(sample_shape), model.latent_dim, tuple(sample_shape), model.channels, num_labels).parameter_count()
+        inputs = model.latent_dim + condition_dim
+        return Decoder(len(sample_shape), inputs, tuple(sample_shape), model.channels, num_labels).parameter_count()
 
 
-def check_decoder_size(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0) -> None:
+def check_decoder_size(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0, condition_dim: int = 0) -> None:
     """Refuse a generator too large to allocate before anything tries (a huge first layer used to abort the process)."""
-    count = decoder_parameters(model, sample_shape, num_labels)
+    count = decoder_parameters(model, sample_shape, num_labels, condition_dim)
     if count > MAX_PARAMETERS:
         raise UserError(
             f"config key 'model.channels' with model.latent_dim and data.shape gives a decoder of {count:,} parameters; "

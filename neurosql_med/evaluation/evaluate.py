@@ -19,6 +19,8 @@ from torch import Tensor
 
 from neurosql_med.config import Config, DataConfig, load_config
 from neurosql_med.data.cohort import Cohort, load_cohort
+from neurosql_med.data.covariates import load_conditioned_cohort
+from neurosql_med.evaluation.conditions import condition_rows, condition_section, synthetic_conditions
 from neurosql_med.data.transforms import preprocess_one
 from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_evaluation
@@ -54,6 +56,7 @@ class Scores(TypedDict):
     holdout: dict | None
     flagged: list[dict]
     labels: NotRequired[dict]  # only when the real scans and the synthetic images both have label maps
+    conditions: NotRequired[dict]  # only for a conditional model's cohort: agreement and effect sizes
 
 
 class Report(Scores):
@@ -72,6 +75,7 @@ def evaluate(
     tau: float = TAU,
     out: str | Path | None = None,
     label_epochs: int = EPOCHS,
+    covariates: str | Path | None = None,
 ) -> Report:
     """Score the images in ``synth`` against the training scans in ``real``; returns the report.
 
@@ -81,26 +85,28 @@ def evaluate(
     ``out`` receives report.json, report.md, nearest.png and distances.png (and tissue.png
     with labels). When the real cohort and the synthetic images both have label maps (a
     ``_dseg`` beside each synthetic image), the report gains a ``labels`` section, its
-    segmenter trained for ``label_epochs``.
+    segmenter trained for ``label_epochs``. For a conditional model's cohort the report gains
+    a ``conditions`` section; ``covariates`` is the table given to ``fit --covariates``, if any.
     """
     check_tau(tau)
     if out is None:
-        return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs)
+        return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs, covariates)
     out = Path(out)
     inputs = [p for p in (real, synth, holdout, model_dir) if p is not None]
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before any scan is read
     with output_lock(out):
         prepare_report_output(out, inputs=inputs)
-        return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs)
+        return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs, covariates)
 
 
 def _evaluate(
     real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
-    config: str | Path | None, tau: float, out: Path | None, label_epochs: int,
+    config: str | Path | None, tau: float, out: Path | None, label_epochs: int, covariates: str | Path | None = None,
 ) -> Report:
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
-    train = load_cohort(real, cfg.data)
+    conditional = model is not None and model.condition is not None
+    train = load_conditioned_cohort(real, cfg, covariates=covariates) if conditional else load_cohort(real, cfg.data)
     if model is not None:
         images, ids = read_synthetic(Path(synth), model.geometry, cfg.data)
         labels, labelled = read_synthetic_labels(Path(synth), ids, model.geometry)
@@ -121,6 +127,10 @@ def _evaluate(
             train, images[labelled], labels, [nearest[i] for i in labelled], held=held,
             names=read_label_names(Path(synth)), epochs=label_epochs,
         )
+    if conditional:
+        report["conditions"] = condition_section(
+            model.condition, train, images, labels if len(labelled) == len(images) else None,
+            synthetic_conditions(Path(synth), ids, model.condition), tau)
     if out is not None:
         write_outputs(out, report, train.images, images)
     if model is not None:  # the model's EVALUATION.md, beside its card: the latest numbers travel with the model
@@ -342,6 +352,7 @@ def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     ]
     rows = _numbers(report, SCORE_ROWS) + shares + _numbers(report, RATIO_ROWS)
     rows += _numbers(report, HOLDOUT_ROWS) if report["holdout"] is not None else []
+    rows += condition_rows(report["conditions"]) if "conditions" in report else []
     return rows + label_rows(report["labels"]) if "labels" in report else rows
 
 

@@ -19,7 +19,7 @@ import torch
 from neurosql_med.config import load_config
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.io.model import HISTORY, CONFIG, EVALUATION, FINGERPRINT, GEOMETRY, MODEL_CARD
+from neurosql_med.io.model import CONDITIONS, HISTORY, CONFIG, EVALUATION, FINGERPRINT, GEOMETRY, MODEL_CARD
 from neurosql_med.version import __version__
 
 INTENDED_USE = (
@@ -70,6 +70,11 @@ def _trained_on(folder: Path, label_classes: int | None) -> str:
     ]
     if label_classes is not None:
         lines.append(f"- tissue label maps with {label_classes} class(es), background included")
+    if (folder / CONDITIONS).is_file():  # a conditional model: G(u, c)
+        covariates = json.loads((folder / CONDITIONS).read_text())["covariates"]
+        described = [f"{c['name']} ({', '.join(c['levels'])})" if c["type"] == "categorical"
+                     else f"{c['name']} ({c['min']:g} .. {c['max']:g})" for c in covariates]
+        lines.append(f"- conditioned on {'; '.join(described)}: ask for these with `synthesize --condition`")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from neurosql_med.config import Config, load_config
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file, write_bytes, write_text
 from neurosql_med.io.geometry import Geometry
+from neurosql_med.engine.conditioning import ConditionSpec
 from neurosql_med.engine.decoder import Decoder, build_decoder, split_output
 from neurosql_med.runtime import fast_cpu_math
 
@@ -37,6 +38,7 @@ EVALUATION = "EVALUATION.md"  # the latest `evaluate --model` numbers: rewritten
 HASHES = "hashes.json"  # written last: the folder is complete once it exists
 ARTIFACTS = (CHECKPOINT, CONFIG, LATTICE, ASSIGNMENT, GEOMETRY, FINGERPRINT, MODEL_CARD)  # what HASHES covers, in its order
 LABELS = "labels.json"  # {"names": [...]}: class index -> tissue name, only in a model fit on label maps; hashed too
+CONDITIONS = "conditions.json"  # a conditional model's covariates and each training sample's encoded condition; hashed too
 FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
 
 
@@ -72,6 +74,12 @@ def save_label_names(folder: Path, names: list[str]) -> None:
     write_text(folder / LABELS, json.dumps({"names": names}, indent=2))
 
 
+def save_conditions(folder: Path, spec: dict, encoded: np.ndarray) -> None:
+    """The covariates (types, levels or ranges, training counts) and c of every training sample, in sample order."""
+    rows = [[float(v) for v in row] for row in np.asarray(encoded, dtype=np.float32)]
+    write_text(folder / CONDITIONS, json.dumps({**spec, "training": rows}, indent=2))
+
+
 def write_hashes(folder: Path) -> str:
     """hashes.json, covering labels.json after the ARTIFACTS when the model has one."""
     hashes = {name: sha256_file(folder / name) for name in _artifacts(folder)}
@@ -80,7 +88,7 @@ def write_hashes(folder: Path) -> str:
 
 
 def _artifacts(folder: Path) -> tuple[str, ...]:
-    return ARTIFACTS + ((LABELS,) if (folder / LABELS).is_file() else ())
+    return ARTIFACTS + tuple(name for name in (LABELS, CONDITIONS) if (folder / name).is_file())
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -101,6 +109,8 @@ class NeuroSQLModel:
     sha256: str
     device: torch.device
     label_names: list[str] | None = None  # tissue classes of the label maps it decodes, index 0 background
+    condition: ConditionSpec | None = None  # a conditional model's covariates: it decodes G(u, c)
+    training_conditions: np.ndarray | None = None  # (n, width) float32: c of each training sample
 
     @property
     def latent_dim(self) -> int:
@@ -110,24 +120,30 @@ class NeuroSQLModel:
     def lattice_kind(self) -> str:
         return self.config.model.lattice
 
-    def decode(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Latents (B, d) → images (B, 1, *sample_shape) in [0, 1], float32, on the CPU."""
-        return self.decode_with_labels(z)[0]
+    def decode(self, z: np.ndarray | torch.Tensor, c: np.ndarray | None = None) -> torch.Tensor:
+        """Latents (B, d) (with encoded conditions (B, width) for a conditional model) → images (B, 1, *sample_shape) in [0, 1], float32, on the CPU."""
+        return self.decode_with_labels(z, c)[0]
 
     @torch.no_grad()
-    def decode_with_labels(self, z: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def decode_with_labels(
+        self, z: np.ndarray | torch.Tensor, c: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Latents → (images as `decode`, label maps (B, 1, *sample_shape) int64 argmax, or None when unlabelled)."""
         z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=self.device)
+        if (c is None) != (self.condition is None):
+            raise ValueError("a conditional model decodes latents with their conditions, an unconditional one without")
+        if c is not None:
+            z = torch.cat([z, torch.as_tensor(np.asarray(c), dtype=torch.float32, device=self.device)], dim=1)
         images, logits = split_output(self.generator(z).float().cpu())
         return images, None if logits is None else logits.argmax(1, keepdim=True)
 
     def reconstructions(self) -> torch.Tensor:
         """G(u_σ(i)) for every training sample i: what the model learned for each real image."""
-        return self.decode(self.lattice[self.assignment])
+        return self.decode(self.lattice[self.assignment], self.training_conditions)
 
     def reconstructed_labels(self) -> torch.Tensor | None:
         """The label maps of the reconstructions (int64, (n, 1, *sample_shape)), or None when unlabelled."""
-        return self.decode_with_labels(self.lattice[self.assignment])[1]
+        return self.decode_with_labels(self.lattice[self.assignment], self.training_conditions)[1]
 
 
 def verify(folder: Path) -> dict[str, str]:
@@ -138,9 +154,10 @@ def verify(folder: Path) -> dict[str, str]:
         state = "an unfinished fit (continue it with `nsql-med fit --resume`)" if is_model_folder(folder) else "not a model folder"
         raise UserError(f"{folder}: incomplete model folder, {state}")
     hashes = _json_object(folder / HASHES)
-    if (folder / LABELS).is_file() and LABELS not in hashes:
-        raise UserError(f"{folder / LABELS}: not recorded in {HASHES}; the model folder was modified")
-    for name in ARTIFACTS + ((LABELS,) if LABELS in hashes else ()):
+    for name in (LABELS, CONDITIONS):
+        if (folder / name).is_file() and name not in hashes:
+            raise UserError(f"{folder / name}: not recorded in {HASHES}; the model folder was modified")
+    for name in ARTIFACTS + tuple(name for name in (LABELS, CONDITIONS) if name in hashes):
         path = folder / name
         if not path.is_file():
             raise UserError(f"{folder}: incomplete model folder, {name} is missing")
@@ -169,8 +186,10 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     fingerprint = _json_object(folder / FINGERPRINT)
     label_names = _label_names(folder / LABELS) if LABELS in hashes else None
     num_labels = len(label_names or ())
-    weights = _generator_weights(folder, cfg, geometry, device, num_labels)
-    generator = build_decoder(cfg.model, geometry.sample_shape, num_labels)
+    condition, training = _conditions(folder / CONDITIONS, len(lattice)) if CONDITIONS in hashes else (None, None)
+    width = 0 if condition is None else condition.width
+    weights = _generator_weights(folder, cfg, geometry, device, num_labels, width)
+    generator = build_decoder(cfg.model, geometry.sample_shape, num_labels, width)
     generator.load_state_dict(weights)
     generator.to(device).eval()
     return NeuroSQLModel(
@@ -184,7 +203,22 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
         sha256=hashes[CHECKPOINT],
         device=device,
         label_names=label_names,
+        condition=condition,
+        training_conditions=training,
     )
+
+
+def _conditions(path: Path, n: int) -> tuple[ConditionSpec, np.ndarray]:
+    """The covariates and the (n, width) training conditions, checked against each other and the lattice."""
+    raw = _json_object(path)
+    spec = ConditionSpec.from_json(raw, str(path))
+    try:
+        training = np.asarray(raw.get("training"), dtype=np.float32)
+    except (TypeError, ValueError):
+        training = np.zeros(0, dtype=np.float32)
+    if training.shape != (n, spec.width) or not np.isfinite(training).all():
+        raise UserError(f"{path}: 'training' must hold {n} finite rows of {spec.width} numbers (one per training sample)")
+    return spec, training
 
 
 def _label_names(path: Path) -> list[str]:
@@ -259,7 +293,7 @@ def _lattice_and_assignment(folder: Path, latent_dim: int) -> tuple[np.ndarray, 
 
 
 def _generator_weights(
-    folder: Path, cfg: Config, geometry: Geometry, device: torch.device, num_labels: int,
+    folder: Path, cfg: Config, geometry: Geometry, device: torch.device, num_labels: int, condition_dim: int = 0,
 ) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors, after checking they fit the generator config.yaml describes.
 
@@ -271,7 +305,7 @@ def _generator_weights(
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"{path}: its generator entry is not a set of named tensors")
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in build_decoder(cfg.model, geometry.sample_shape, num_labels).state_dict().items()}
+        expected = {k: v.shape for k, v in build_decoder(cfg.model, geometry.sample_shape, num_labels, condition_dim).state_dict().items()}
     problem = _architecture_problem(expected, weights)
     if problem:
         labels = f" and {LABELS} ({num_labels} classes)" if num_labels else f" (no {LABELS}: no label classes)"

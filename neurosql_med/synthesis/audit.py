@@ -113,7 +113,7 @@ def _record_in_description(out: Path, summary: AuditSummary) -> None:
 
 def _redraw(out: Path, job: Synthesis, test: CopyTest, k: int) -> Replacement:
     for r in range(1, MAX_REDRAWS + 1):
-        draw = decode_one(job, k + r * REDRAW_STRIDE)
+        draw = decode_one(job, k + r * REDRAW_STRIDE, sample=k)
         (ratio,) = test.ratios(draw.image[None])
         if ratio >= test.tau:
             write_formats(out, job, k, draw)

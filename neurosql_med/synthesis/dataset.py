@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from neurosql_med.engine.lattice import check_typicality
 from neurosql_med.io.model import load_model
+from neurosql_med.synthesis.conditions import make_plan
 from neurosql_med.synthesis.sampling import COMPUTE_BLOCK, Draw, Synthesis, decode_block, synthetic_id
 
 
@@ -22,7 +23,8 @@ class SyntheticDataset(Dataset):
     same image ``nsql-med synthesize`` would write for it. A labelled model's items also
     carry ``label``: the channel-first int64 MetaTensor of tissue classes, on the same
     affine, equal to the dseg ``synthesize`` writes, so (image, label) pairs feed a
-    segmentation pipeline.
+    segmentation pipeline. A conditional model's items carry ``condition``: the covariate
+    values asked for (``condition``, ``condition_table``, ``balance`` as in ``synthesize``).
     """
 
     def __init__(
@@ -33,9 +35,14 @@ class SyntheticDataset(Dataset):
         typicality: float = 1.0,
         transform: Callable | None = None,
         device: str = "cpu",
+        condition: str | None = None,
+        condition_table: str | Path | None = None,
+        balance: str | None = None,
     ) -> None:
         check_typicality(typicality, "typicality")
-        self.job = Synthesis(load_model(model_dir, device), n, seed, typicality)
+        model = load_model(model_dir, device)
+        table = None if condition_table is None else Path(condition_table)
+        self.job = Synthesis(model, n, seed, typicality, plan=make_plan(model.condition, seed, condition, table, balance))
         self.n, self.transform = n, transform
         self.affine = torch.as_tensor(self.job.model.geometry.sample_affine())
         self._block: tuple[int, list[Draw]] | None = None
@@ -60,6 +67,8 @@ class SyntheticDataset(Dataset):
             "latent": torch.as_tensor(draw.latent, dtype=torch.float32),
             "typicality": draw.level,
         }
+        if draw.condition is not None:
+            item["condition"] = dict(draw.condition)
         if draw.labels is not None:
             item["label"] = MetaTensor(draw.labels.clone(), affine=self.affine.clone())
         return self.transform(item) if self.transform is not None else item

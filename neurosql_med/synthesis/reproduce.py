@@ -12,10 +12,11 @@ import torch
 from neurosql_med.errors import UserError
 from neurosql_med.io.dicom import read_dicom_provenance, series_files
 from neurosql_med.io.files import sha256_file
-from neurosql_med.io.model import load_model
+from neurosql_med.io.model import NeuroSQLModel, load_model
 from neurosql_med.io.nifti import read_provenance
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import MAX_REDRAWS, REDRAW_STRIDE
+from neurosql_med.synthesis.conditions import ConditionPlan
 from neurosql_med.synthesis.sampling import (
     MAX_SAMPLES, MAX_SEED, Draw, Synthesis, decode_one, dseg_of, sidecar_of, synthetic_id, versions,
     write_dicom_sample, write_dseg, write_sample,
@@ -61,8 +62,18 @@ def _regenerate(record: dict, file: Path, model_dir: str | Path) -> tuple[Synthe
     model = load_model(model_dir, resolve_device(made_on))
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
-    job = Synthesis(model, k, seed, q)
+    job = Synthesis(model, k, seed, q, plan=_recorded_plan(record, file, model, seed))
     return job, decode_one(job, info["latent_index"]), info
+
+
+def _recorded_plan(record: dict, file: Path, model: NeuroSQLModel, seed: int) -> ConditionPlan | None:
+    """A conditional model's image is decoded under the condition its provenance records, checked like a request."""
+    if model.condition is None:
+        return None
+    recorded = record.get("Condition")
+    if not isinstance(recorded, dict):
+        raise UserError(f"{file}: provenance lacks the Condition a conditional model decodes under")
+    return ConditionPlan(model.condition, seed, fixed=model.condition.parse(recorded, f"{file}: Condition"))
 
 
 def _reproduce_series(folder: Path, model_dir: str | Path) -> tuple[bool, str, str]:

@@ -25,6 +25,7 @@ from neurosql_med.io.dicom_seg import write_segmentation
 from neurosql_med.io.files import write_text
 from neurosql_med.io.model import NeuroSQLModel
 from neurosql_med.io.nifti import INTENSITY_MAX, labels_to_nifti, read_sample, to_nifti, write_nifti
+from neurosql_med.synthesis.conditions import ConditionPlan
 
 COMPUTE_BLOCK = 8
 MAX_SAMPLES = 1_000_000  # a cohort larger than this is almost surely a typo (and many hours of writing)
@@ -51,6 +52,7 @@ class Synthesis:
     seed: int
     typicality: float
     formats: tuple[str, ...] = ("nifti",)  # which files a sample gets; not what they hold
+    plan: ConditionPlan | None = None  # a conditional model's: the condition each sample k is asked for
 
     def label(self, k: int) -> str:
         return f"sub-{synthetic_id(k, self.n)}"
@@ -82,7 +84,7 @@ class Synthesis:
             "reference": self.model.lattice_kind,
             "mode": self.model.geometry.mode,
             "device": self.model.device.type,
-            "compute_block": COMPUTE_BLOCK,
+            "compute_block": 1 if self.plan is not None else COMPUTE_BLOCK,  # a conditional sample is decoded alone
         }
 
 
@@ -98,6 +100,7 @@ class Draw:
     level: float
     latent_index: int
     labels: torch.Tensor | None = None  # (1, *sample_shape) int64 tissue classes, for a labelled model
+    condition: dict | None = None  # a conditional model's: the covariate values it was decoded under
 
 
 def versions() -> dict:
@@ -107,14 +110,31 @@ def versions() -> dict:
 def decode_block(job: Synthesis, block: int) -> list[Draw]:
     """The draws of latent indices block*B+1 .. (block+1)*B, decoded together."""
     indices = np.arange(block * COMPUTE_BLOCK + 1, (block + 1) * COMPUTE_BLOCK + 1)
+    if job.plan is not None:
+        return [_decode_conditional(job, int(index), int(index)) for index in indices if index <= job.n]
     z, levels = reference_draws(indices, job.model.latent_dim, job.model.lattice_kind, job.seed, job.typicality)
     images, labels = job.model.decode_with_labels(z)
     return [Draw(images[j], z[j], float(levels[j]), int(index), None if labels is None else labels[j])
             for j, index in enumerate(indices)]
 
 
-def decode_one(job: Synthesis, latent_index: int) -> Draw:
-    """One image, computed inside its own block so its bytes match a full run's."""
+def _decode_conditional(job: Synthesis, latent_index: int, k: int) -> Draw:
+    """Latent ``latent_index`` under sample k's condition, decoded alone.
+
+    Alone, because a batch's neighbours would carry other samples' conditions: one file
+    and its provenance then suffice to reproduce it.
+    """
+    z, levels = reference_draws(np.array([latent_index]), job.model.latent_dim, job.model.lattice_kind, job.seed,
+                                job.typicality)
+    condition = job.plan.condition(k)
+    images, labels = job.model.decode_with_labels(z, job.model.condition.encode(condition)[None])
+    return Draw(images[0], z[0], float(levels[0]), latent_index, None if labels is None else labels[0], condition)
+
+
+def decode_one(job: Synthesis, latent_index: int, sample: int | None = None) -> Draw:
+    """One image, computed inside its own block so its bytes match a full run's; a redraw keeps ``sample``'s condition."""
+    if job.plan is not None:
+        return _decode_conditional(job, latent_index, latent_index if sample is None else sample)
     return decode_block(job, (latent_index - 1) // COMPUTE_BLOCK)[(latent_index - 1) % COMPUTE_BLOCK]
 
 
@@ -125,6 +145,9 @@ def decode_batched(model: NeuroSQLModel, z: np.ndarray) -> torch.Tensor:
 
 def provenance(job: Synthesis, k: int, draw: Draw, software: dict) -> dict:
     model = job.model
+    conditioned = {} if draw.condition is None else {"Condition": draw.condition}
+    if draw.condition is not None and model.condition.extrapolated(draw.condition):
+        conditioned["Extrapolated"] = True
     return {
         "Description": DESCRIPTION,
         "Synthetic": True,
@@ -138,6 +161,7 @@ def provenance(job: Synthesis, k: int, draw: Draw, software: dict) -> dict:
             "typicality": float(draw.level),
             "versions": software,
         },
+        **conditioned,
     }
 
 

@@ -9,7 +9,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -24,6 +24,7 @@ from neurosql_med.io.model import load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_cohort_output
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import AuditReport, audit_cohort
+from neurosql_med.synthesis.conditions import ConditionPlan, extrapolation_warnings, make_plan
 from neurosql_med.viz.preview import cohort_preview
 from neurosql_med.synthesis.sampling import (
     CODE_URL, COMPUTE_BLOCK, FORMATS, MAX_SAMPLES, MAX_SEED, Synthesis, decode_block, sidecar_of, versions,
@@ -64,12 +65,13 @@ class SynthesisSummary:
     kept: int
     seconds: float
     audit: AuditReport | None
+    warnings: list[str] = field(default_factory=list)  # e.g. conditions asked for outside the training range
 
 
 def synthesize(
     model_dir: str | Path,
     out: str | Path,
-    n: int,
+    n: int | None,
     *,
     seed: int = 0,
     typicality: float = 1.0,
@@ -82,24 +84,35 @@ def synthesize(
     tau: float | None = None,
     drop_copies: bool = False,
     format: str = "nifti",
+    condition: str | None = None,
+    condition_table: str | Path | None = None,
+    balance: str | None = None,
 ) -> SynthesisSummary:
     """Write a BIDS-derivative synthetic cohort of samples 1..n of ``seed``, with a preview of synthetic images only.
 
     ``audit``: the training scans; every written sample is then checked for being a
     near-copy of one of them, and with ``drop_copies`` replaced by a fresh draw that is not.
     ``format``: nifti, dicom (one DICOM series per sample under sub-*/dicom/) or both.
+    ``condition``, ``condition_table``, ``balance``: what a conditional model's subjects are
+    asked for (synthesis/conditions.py); with a table, n (None: taken from it) is its number of rows.
     The whole run holds --out's lock, so a second run into the same folder is refused.
     """
+    if n is None and condition_table is None:
+        raise UserError("--n is required (or --condition-table, whose rows say how many)")
     _check_options(n, seed, typicality, batch_size, audit=audit, tau=tau, drop_copies=drop_copies)
     if format not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     out = Path(out)
     inputs = [Path(model_dir)] + ([] if audit is None else [Path(audit)])
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before the model is loaded
-    job = Synthesis(load_model(model_dir, resolve_device(device)), n, seed, typicality, FORMATS[format])
+    model = load_model(model_dir, resolve_device(device))
+    plan = make_plan(model.condition, seed, condition, None if condition_table is None else Path(condition_table), balance)
+    n = _planned_n(plan, n)
+    job = Synthesis(model, n, seed, typicality, FORMATS[format], plan)
+    settings = {**job.run_record(), "n": n} | ({} if plan is None else {"condition": plan.source})
     train = None if audit is None else load_cohort(audit, job.model.config.data).images
     with output_lock(out):
-        prepare_cohort_output(out, resume=resume, force=force, settings={**job.run_record(), "n": n},
+        prepare_cohort_output(out, resume=resume, force=force, settings=settings,
                               inputs=inputs, needed_bytes=n * bytes_per_sample(job))
         write_text(out / "dataset_description.json", json.dumps(dataset_description(job), indent=2))
         write_text(out / "README", README)
@@ -111,7 +124,19 @@ def synthesize(
         report = None if train is None else audit_cohort(out, job, train, tau=TAU if tau is None else tau, drop=drop_copies)
         cohort_preview(out)
         write_tables(out, job)
-    return SynthesisSummary(out, n, written, n - written, time.monotonic() - started, report)
+    return SynthesisSummary(out, n, written, n - written, time.monotonic() - started, report,
+                            extrapolation_warnings(plan, n))
+
+
+def _planned_n(plan: ConditionPlan | None, n: int | None) -> int:
+    """N, which a condition table fixes: --n may repeat its row count but not contradict it."""
+    if plan is None or plan.rows is None:
+        return n
+    if n is not None and n != len(plan.rows):
+        raise UserError(f"--n {n} differs from the {len(plan.rows)} rows of --condition-table (leave --n out)")
+    if len(plan.rows) > MAX_SAMPLES:
+        raise UserError(f"--condition-table has {len(plan.rows):,} rows; at most {MAX_SAMPLES:,} samples are allowed")
+    return len(plan.rows)
 
 
 def bytes_per_sample(job: Synthesis) -> int:
@@ -133,11 +158,11 @@ def dseg_table(names: list[str]) -> str:
 
 
 def _check_options(
-    n: int, seed: int, typicality: float, batch_size: int, *,
+    n: int | None, seed: int, typicality: float, batch_size: int, *,
     audit: str | Path | None, tau: float | None, drop_copies: bool,
 ) -> None:
     """Every refusal that needs no file, so nothing is loaded or written for a mistyped option."""
-    if not 1 <= n <= MAX_SAMPLES:
+    if n is not None and not 1 <= n <= MAX_SAMPLES:
         raise UserError(f"--n must be between 1 and {MAX_SAMPLES:,}, got {n}")
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
@@ -244,11 +269,40 @@ def write_tables(out: Path, job: Synthesis) -> None:
     The manifest lists the files of the formats this run asked for.
     """
     rows = [_table_fields(out, job, k) for k in range(1, job.n + 1)]
-    write_text(out / "participants.tsv", "participant_id\tsynthetic\tseed\tindex\ttypicality\n" + "".join(
-        f"{job.label(k)}\ttrue\t{job.seed}\t{k}\t{level:.6f}\n" for k, (level, _) in enumerate(rows, 1)))
-    write_text(out / "participants.json", json.dumps(PARTICIPANTS_JSON, indent=2))
+    names = [] if job.plan is None else job.plan.spec.names
+    extra = "".join(f"\t{name}" for name in names)
+    write_text(out / "participants.tsv", f"participant_id\tsynthetic\tseed\tindex\ttypicality{extra}\n" + "".join(
+        f"{job.label(k)}\ttrue\t{job.seed}\t{k}\t{level:.6f}" + _condition_cells(out, job, k, names) + "\n"
+        for k, (level, _) in enumerate(rows, 1)))
+    write_text(out / "participants.json", json.dumps(participants_json(job), indent=2))
     write_text(out / "manifest.tsv", "file\tsha256\tseed\tindex\n" + "".join(
         f"{name}\t{sha}\t{job.seed}\t{k}\n" for k, (_, files) in enumerate(rows, 1) for name, sha in files))
+
+
+def participants_json(job: Synthesis) -> dict:
+    """participants.json: the fixed columns, and each covariate a conditional model's subjects were asked for."""
+    described = dict(PARTICIPANTS_JSON)
+    for c in [] if job.plan is None else job.plan.spec.covariates:
+        entry = {"Description": f"{c.name} the synthetic subject was generated for (a condition of the model)"}
+        if c.kind == "categorical":
+            entry["Levels"] = {level: f"{count} training scan(s)" for level, count in zip(c.levels, c.counts)}
+        else:
+            entry["TrainingRange"] = [c.min, c.max]
+        described[c.name] = entry
+    return described
+
+
+def _condition_cells(out: Path, job: Synthesis, k: int, names: list[str]) -> str:
+    """Sample k's covariate values, as its records hold them (a resumed run writes them from its files)."""
+    if not names:
+        return ""
+    path = sidecar_of(job.image_path(out, k)) if "nifti" in job.formats else job.dicom_record(out, k)
+    condition = json.loads(path.read_text())["Condition"]
+    return "".join(f"\t{_cell(condition[name])}" for name in names)
+
+
+def _cell(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _table_fields(out: Path, job: Synthesis, k: int) -> tuple[float, list[tuple[str, str]]]:

@@ -25,7 +25,10 @@ from torch import Tensor
 from neurosql_med.training import distributed
 from neurosql_med.viz import plots
 from neurosql_med.engine.assignment import assign, initial_assignment
-from neurosql_med.config import Config, load_config, override
+from neurosql_med.engine.strata import (
+    Strata, assign_stratified, cost_conditions, initial_stratified, stratified_lattice,
+)
+from neurosql_med.config import Config, load_config, override, with_condition
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
@@ -48,6 +51,7 @@ from neurosql_med.io.model import (
     load_checkpoint,
     save_array,
     save_checkpoint,
+    save_conditions,
     save_label_names,
     write_hashes,
 )
@@ -73,7 +77,10 @@ class FitResult:
 RESUMABLE = ("train__epochs", "train__max_minutes", "train__device")
 
 
-def fit_config(source: str | Path | None, out: Path, resume: bool, force: bool = False, **overrides: object) -> Config:
+def fit_config(
+    source: str | Path | None, out: Path, resume: bool, force: bool = False, condition: list[str] | None = None,
+    **overrides: object,
+) -> Config:
     """The config a fit runs with: a resumed fit continues its own saved config.
 
     Checks ``out`` first, so a refused output folder is reported before scans are loaded.
@@ -89,8 +96,11 @@ def fit_config(source: str | Path | None, out: Path, resume: bool, force: bool =
                        if v is not None and k not in RESUMABLE and recorded[k.split("__")[0]][k.split("__")[1]] != v)
         if fixed:
             raise UserError(f"--resume continues the saved config; it cannot change {', '.join(fixed)}")
+        saved_columns = [] if cfg.condition is None else [c.lower() for c in cfg.condition.columns]
+        if condition is not None and [c.lower() for c in condition] != saved_columns:
+            raise UserError("--resume continues the saved config; it cannot change --condition")
     else:
-        cfg = load_config(source)
+        cfg = with_condition(load_config(source), condition)
     cfg = override(cfg, **overrides)
     check_decoder_size(cfg.model, cfg.data.sample_shape())  # before any scan is loaded
     return cfg
@@ -111,11 +121,20 @@ class Trainer:
     labels: Tensor | None = None  # (n, 1, *sample_shape) int64 tissue classes on the device, voxel for voxel with images
     label_names: list[str] | None = None
     shard: distributed.Shard | None = None  # under torchrun: this rank's samples (images, labels) and its DDP model
+    conditions: Tensor | None = None  # (n, width) encoded condition of each image on the device: G(u, c)
+    strata: Strata | None = None  # a conditional model's images and lattice blocks per categorical stratum
+    cost_conditions: Tensor | None = None  # the conditions its assignment costs use (continuous ones binned)
 
     @property
     def writes(self) -> bool:
         """Whether this process writes the model folder: always alone, rank 0 under torchrun."""
         return self.shard is None or self.shard.rank == 0
+
+    def inputs(self, perm: Tensor) -> Tensor:
+        """The generator's inputs for image i: its code lattice[perm[i]], beside its condition for a conditional model."""
+        codes = self.lattice[perm.to(self.device)]
+        return codes if self.conditions is None else torch.cat([codes, self.conditions], dim=1)
+
 
 
 @dataclass
@@ -149,6 +168,8 @@ def fit(
     """
     out = Path(out)
     with distributed.process_group(cfg.train.device) as group:
+        if group is not None and cohort.conditions is not None:
+            raise UserError("a conditional fit (--condition) runs in one process: drop --nproc-per-node / torchrun for it")
         writes = group is None or group.rank == 0
         with output_lock(out) if writes else contextlib.nullcontext():  # no second run writes into this folder
             if writes:
@@ -167,8 +188,12 @@ def _fit(
     t = cfg.train
     device = resolve_device(t.device) if group is None else group.device
     seed_everything(t.seed)
-    lattice = quantile_lattice(len(cohort), cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
+    lattice, strata = _lattice(cohort, cfg)
     trainer = _set_up(cohort, cfg, lattice, device, group)
+    if strata is not None:
+        trainer.strata = strata
+        trainer.cost_conditions = cost_conditions(cohort.conditions, strata, cohort.condition_spec.continuous_columns(),
+                                                  cfg.condition.cost_bins)
     state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
 
     deadline = None if t.max_minutes is None else time.monotonic() + t.max_minutes * 60
@@ -223,6 +248,15 @@ def _rank(trainer: Trainer) -> int:
     return 0 if trainer.shard is None else trainer.shard.rank
 
 
+def _lattice(cohort: Cohort, cfg: Config) -> tuple[np.ndarray, Strata | None]:
+    """The fixed lattice: one for the cohort, or for a conditional model one per stratum, of its own size."""
+    m, seed = cfg.model, cfg.train.seed
+    if cohort.conditions is None:
+        return quantile_lattice(len(cohort), m.latent_dim, m.lattice, seed=seed), None
+    strata = Strata.of([cohort.condition_spec.stratum(v) for v in cohort.condition_values])
+    return stratified_lattice(strata, m.latent_dim, m.lattice, seed=seed), strata
+
+
 def _continued(saved: Config, cfg: Config) -> Config:
     """The saved config with the RESUMABLE fields (budget and device) taken from ``cfg``."""
     for key in RESUMABLE:
@@ -255,7 +289,9 @@ def _set_up(
     images = to_device(cohort.images[keep], device)
     labels = None if cohort.labels is None else to_device(_checked_labels(cohort)[keep], device)
     num_labels = 0 if labels is None else len(cohort.label_names)
-    generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels).to(device)
+    conditions = None if cohort.conditions is None else cohort.conditions.float().to(device)
+    width = 0 if conditions is None else conditions.shape[1]
+    generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels, width).to(device)
     generator.init_template(images if shard is None else cohort.images)
     if labels is not None:
         generator.init_label_template(labels if shard is None else cohort.labels)
@@ -267,7 +303,7 @@ def _set_up(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
     points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
     names = None if labels is None else list(cohort.label_names)
-    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, shard)
+    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, shard, conditions)
 
 
 def _checked_labels(cohort: Cohort) -> Tensor:
@@ -298,13 +334,23 @@ def _start(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> 
         save_array(out / LATTICE, lattice)
         if trainer.label_names is not None:
             save_label_names(out, trainer.label_names)
-        images = trainer.images if trainer.shard is None else cohort.images
-        perm = initial_assignment(images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
+        perm = _initial_codes(out, cohort, trainer, lattice)
     if trainer.shard is not None:
         perm = trainer.shard.broadcast(perm)
     # the first round waits for one regression epoch on the PCA codes: an untrained generator
     # decodes every code to the same blur, which makes the first cost matrix degenerate and the LAP slow
     return TrainerState(epoch=0, perm=torch.as_tensor(perm), interval=1, next_assign=1)
+
+
+def _initial_codes(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> np.ndarray:
+    """OT of PCA scores to the lattice: for the whole cohort, or per stratum for a conditional model."""
+    cfg = trainer.cfg
+    if trainer.strata is None:
+        images = trainer.images if trainer.shard is None else cohort.images
+        return initial_assignment(images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
+    save_conditions(out, cohort.condition_spec.to_json(), cohort.conditions.numpy())
+    return initial_stratified(trainer.images, lattice, trainer.strata, cfg.model.lattice, cfg.assignment.block_size,
+                              cfg.train.seed)
 
 
 def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
@@ -333,11 +379,17 @@ def assignment_round(trainer: Trainer, state: TrainerState) -> dict:
     then twice as far apart each time, up to ``assignment.max_interval`` epochs.
     """
     cfg, t = trainer.cfg.assignment, trainer.cfg.train
-    solve = assign if trainer.shard is None else trainer.shard.assign
-    result = solve(
-        trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size, trainer.device,
-        previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
-    )
+    if trainer.strata is not None:
+        result = assign_stratified(
+            trainer.generator, trainer.lattice, trainer.cost_conditions, trainer.images, trainer.strata, trainer.loss_fn, cfg,
+            t.batch_size, trainer.device, previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
+        )
+    else:
+        solve = assign if trainer.shard is None else trainer.shard.assign
+        result = solve(
+            trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size, trainer.device,
+            previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
+        )
     state.perm = torch.as_tensor(result.perm)
     changing = result.changed_fraction > cfg.threshold
     state.interval = 1 if changing else min(2 * state.interval, cfg.max_interval)
@@ -361,7 +413,7 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
     model = generator if shard is None else shard.model
     generator.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-    inputs = trainer.lattice[perm.to(trainer.device)]  # inputs[i]: the lattice point coding image i
+    inputs = trainer.inputs(perm)  # inputs[i]: the lattice point coding image i (and its condition)
     totals = _EpochTotals(trainer.label_names)
     for start in range(0, n, t.batch_size):
         batch = order[start:start + t.batch_size]
@@ -445,7 +497,7 @@ def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, st
     n = len(cohort)
     shown = torch.linspace(0, n - 1, min(n, PREVIEW_SAMPLES)).long()
     with torch.no_grad():
-        recon, logits = split_output(trainer.generator(trainer.lattice[state.perm[shown].to(trainer.device)]).float().cpu())
+        recon, logits = split_output(trainer.generator(trainer.inputs(state.perm)[shown.to(trainer.device)]).float().cpu())
     labels = None if logits is None else (cohort.labels[shown], logits.argmax(1, keepdim=True))
     plots.real_vs_reconstruction(cohort.images[shown], recon, out / RECON_PLOT, labels=labels, label_names=trainer.label_names)
     write_model_card(out, state.history, trainer.device.type, None if cohort.label_names is None else len(cohort.label_names))

@@ -46,3 +46,15 @@ def _labels_caption(found: Discovery) -> str | None:
         return f"label maps: used, {len(names)} classes ({', '.join(names)})"
     missing = sum(s.labels_problem is not None for s in found.scans)
     return f"label maps: not used ({missing} of {len(found.scans)} scan(s) have none that fits)"
+
+
+def covariate_table(rows: list[dict]) -> Table:
+    """The covariates found beside the scans (data/covariates.py ``summary``): what ``fit --condition`` can use."""
+    table = Table(title=f"{len(rows)} covariate(s) (fit --condition NAME,...)")
+    for column in ("name", "type", "range or levels (scans)", "scans without a value"):
+        table.add_column(column)
+    for row in rows:
+        missing = row["missing"]
+        shown = "none" if not missing else ", ".join(missing[:4]) + (f" (+{len(missing) - 4})" if len(missing) > 4 else "")
+        table.add_row(row["name"], row["type"], row["values"], shown)
+    return table
