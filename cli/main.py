@@ -247,18 +247,20 @@ def evaluate(
     synth: Path = typer.Option(..., "--synth", help="Folder of synthetic NIfTI images (any generator)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="The model that made --synth: use its preprocessing and geometry."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="Real scans never used for training."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report.json, report.md, nearest.png, distances.png here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report.json, report.md, nearest.png, distances.png, spectrum.png here."),
     config: str = typer.Option("default", "--config", "-c", help="Preprocessing config when no --model is given (path or built-in name)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold: flagged when d_syn < tau * median(d_train)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
+    c2st: bool = typer.Option(True, "--c2st/--no-c2st", help="Run the classifier two-sample test and its controls (tens of seconds on a CPU)."),
     threads: int = ThreadsOpt,
 ) -> None:
-    """Fidelity, coverage, diversity, distribution and a memorization audit of a synthetic cohort."""
+    """Fidelity, coverage, diversity, distribution, texture, a classifier two-sample test and a memorization audit."""
     _threads(threads)
     from neurosql_med.evaluation.evaluate import TAU, report_table
     from neurosql_med.evaluation.evaluate import evaluate as run
 
-    report = run(real, synth, model_dir=model, holdout=holdout, config=config, tau=TAU if tau is None else tau, out=out)
+    report = run(real, synth, model_dir=model, holdout=holdout, config=config, tau=TAU if tau is None else tau, out=out,
+              c2st=c2st)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
