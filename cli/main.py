@@ -119,7 +119,7 @@ def fit(
     out: Path = typer.Option(Path("nsql-model"), "--out", "-o", help="Model folder to write."),
     mode: Optional[str] = typer.Option(None, "--mode", help="2d (slices) or 3d (volumes)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; training stops after the epoch that exceeds it."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget: two timed epochs fix the epoch count that fits it (at most --epochs), so the schedule completes."),
     latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Latent dimension d."),
     lattice: Optional[str] = typer.Option(None, "--lattice", help="gaussian, uniform or center-outward."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
@@ -134,6 +134,7 @@ def fit(
     """Train NeuroSQL on a folder of scans and write a model folder."""
     _threads(threads)
     from neurosql_med.data.cohort import load_cohort
+    from neurosql_med.training.budget import fit_in_budget
     from neurosql_med.training.train import fit as run_fit
     from neurosql_med.training.train import fit_config
 
@@ -144,7 +145,10 @@ def fit(
     )
     cohort = load_cohort(scans, cfg.data, strict=strict)
     console.print(f"{len(cohort.discovery.scans)} scan(s) → {len(cohort)} {cfg.data.mode} sample(s) of shape {cohort.geometry.sample_shape}")
-    result = run_fit(cohort, cfg, out, resume=resume, force=force)
+    if cfg.train.max_minutes is not None and not resume:  # time two epochs, then the epoch count that fits
+        result = fit_in_budget(cohort, cfg, out, force=force)
+    else:
+        result = run_fit(cohort, cfg, out, resume=resume, force=force)
     last = result.history[-1] if result.history else {}
     if result.interrupted:
         console.print(f"interrupted after epoch {result.epochs}; checkpoint saved in {out} (continue with --resume)")

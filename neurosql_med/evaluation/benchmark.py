@@ -42,12 +42,11 @@ from neurosql_med.io.model import load_model
 from neurosql_med.viz.plots import draw_grid, grid_columns, save_figure
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.sampling import decode_batched
-from neurosql_med.training.train import fit
+from neurosql_med.training.budget import fit_in_budget
 
 METHODS = ("neurosql", "vae", "gan", "ddpm")
 N_SAMPLES = 128  # the DDPM's 50 DDIM steps make sampling its slowest part on a CPU
 SHOWN = 8
-PROBE_EPOCHS = 2
 MEMORY_CPU = "peak resident memory (Linux VmHWM, reset before training) minus resident memory at the start of training"
 MEMORY_CPU_FALLBACK = "growth of the process's peak resident memory (ru_maxrss) during training; 0 when an earlier step peaked higher"
 MEMORY_CUDA = "torch.cuda.max_memory_allocated during training"
@@ -88,14 +87,10 @@ REFERENCE = "real held-out"  # the summary row of real held-out samples scored l
 class NeuroSQL:
     """NeuroSQL through `train.fit`, so the benchmark measures exactly what `nsql-med fit` ships.
 
-    The trainer's cosine schedule runs over a number of epochs, so it would end far before
-    or far after a wall-clock budget. The first ``PROBE_EPOCHS`` epochs (warm-up, whose
-    learning rates do not depend on the epoch total) are run and timed, and the fit is
-    resumed, bit for bit as if uninterrupted, with the epoch total that fills what is left
-    of the budget. The trainer checks its ``train.max_minutes`` only between epochs, so
-    that limit is set half an epoch short: the run then ends within half an epoch of the
-    budget either way, where the baselines end within one step. The probe counts against
-    the budget.
+    The fit is `budget.fit_in_budget` with ``fill``: two timed epochs, then the epoch total
+    that fills what is left of the budget, so the cosine schedule ends with it. The run
+    ends within half an epoch of the budget either way, where the baselines end within
+    one step. The probe counts against the budget.
     """
 
     def __init__(self, cfg: Config, cohort: Cohort, folder: Path):
@@ -104,19 +99,10 @@ class NeuroSQL:
     def fit(self, images: Tensor, budget_seconds: float, seed: int, device: torch.device) -> dict:
         cohort = dataclasses.replace(self.cohort, images=images)
         started = time.monotonic()
-        cfg = override(self.cfg, train__seed=seed, train__device=device.type, train__epochs=PROBE_EPOCHS,
-                       train__max_minutes=budget_seconds / 60)
-        result = fit(cohort, cfg, self.folder, force=True, show_progress=False)
+        cfg = override(self.cfg, train__seed=seed, train__device=device.type, train__max_minutes=budget_seconds / 60)
+        result = fit_in_budget(cohort, cfg, self.folder, force=True, show_progress=False, fill=True)
         if result.interrupted:  # fit turns Ctrl-C into a partial model folder; the benchmark stops instead
             raise KeyboardInterrupt
-        per_epoch = sum(r["seconds"] for r in result.history) / len(result.history)
-        left = budget_seconds - (time.monotonic() - started)
-        if not result.stopped_by_budget and left > per_epoch / 2:
-            cfg = override(cfg, train__epochs=PROBE_EPOCHS + round(left / per_epoch),
-                           train__max_minutes=(left - per_epoch / 2) / 60)
-            result = fit(cohort, cfg, self.folder, resume=True, show_progress=False)
-            if result.interrupted:
-                raise KeyboardInterrupt
         self.model = load_model(self.folder, device)
         steps = result.epochs * math.ceil(len(images) / self.cfg.train.batch_size)
         return {"epochs": result.epochs, "steps": steps, "seconds": time.monotonic() - started}

@@ -30,7 +30,7 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
-from neurosql_med.engine.losses import ReconstructionLoss, dice_counts
+from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss
 from neurosql_med.engine.decoder import Decoder, build_decoder, check_decoder_size, split_output
 from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
@@ -151,6 +151,8 @@ def _fit(cohort: Cohort, cfg: Config, out: Path, resume: bool, show_progress: bo
     lattice = quantile_lattice(len(cohort), cfg.model.latent_dim, cfg.model.lattice, seed=t.seed)
     trainer = _set_up(cohort, cfg, lattice, device)
     state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
+    if resume:  # the folder records the epoch total, budget and device this run continues with
+        write_text(out / CONFIG, cfg.to_yaml())
 
     deadline = None if t.max_minutes is None else time.monotonic() + t.max_minutes * 60
     interrupted = stopped_by_budget = False
@@ -311,6 +313,8 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
             pred = generator(inputs[idx])
         image_loss, label_loss = trainer.loss_fn.terms(pred.float(), images[idx], labels)
         per_sample = trainer.loss_fn.combined(image_loss, label_loss)
+        if trainer.cfg.loss.gradient_weight:
+            per_sample = per_sample + trainer.cfg.loss.gradient_weight * gradient_loss(pred[:, :1].float(), images[idx])
         optimizer.zero_grad(set_to_none=True)
         per_sample.mean().backward()
         optimizer.step()
