@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict] = {
     "resize": {"model__upsample": "resize"},
     "gradient": {"loss__gradient_weight": 1.0},
     "resize+gradient": {"model__upsample": "resize", "loss__gradient_weight": 1.0},
+    "ema": {"train__ema": 0.995},
     "wide-last": {"model__channels": [256, 128, 64, 64]},
     "resize+gradient+wide-last": {"model__upsample": "resize", "loss__gradient_weight": 1.0,
                                   "model__channels": [256, 128, 64, 64]},

@@ -69,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    ema: float = 0.0  # decay of an exponential moving average of the generator's weights, used for sampling; 0: off
 
 
 @dataclass
@@ -110,7 +111,9 @@ class Config:
 
 
 # section -> {key: the value that reproduces the behaviour from before the key existed}
-LATER_KEYS: dict[str, dict[str, Any]] = {"model": {"upsample": "transposed"}, "loss": {"gradient_weight": 0.0}}
+LATER_KEYS: dict[str, dict[str, Any]] = {
+    "model": {"upsample": "transposed"}, "loss": {"gradient_weight": 0.0}, "train": {"ema": 0.0},
+}
 
 BUILTIN = ("default", "volume3d", "tiny", "tiny3d")
 
@@ -248,6 +251,8 @@ def _check_training(cfg: Config) -> None:
         _fail("train.lr", "must be positive")
     if t.weight_decay < 0:
         _fail("train.weight_decay", "must be >= 0")
+    if not 0 <= t.ema < 1:
+        _fail("train.ema", "must be in [0, 1) (0: no moving average)")
     if not 0 <= t.seed < SEED_RANGE:
         _fail("train.seed", f"must be between 0 and {SEED_RANGE - 1}, got {t.seed}")
     if not 0 <= a.threshold <= 1:

@@ -72,3 +72,23 @@ def test_a_resize_and_gradient_model_fits_saves_and_reloads(tmp_path):
     assert model.config.model.upsample == "resize" and model.config.loss.gradient_weight == 1.0
     synthesize_on_cpu(model_dir, tmp_path / "synth", n=2)
     assert len(list((tmp_path / "synth").rglob("*_T1w.nii.gz"))) == 2
+
+
+@pytest.mark.slow
+def test_ema_weights_are_what_the_model_samples_and_a_resume_keeps_them(tmp_path):
+    cfg = override(load_config("tiny"), train__ema=0.9, train__epochs=3, train__device="cpu")
+    cohort = load_cohort(write_subjects(tmp_path / "scans", 5), cfg.data)
+    fit(cohort, cfg, tmp_path / "whole", show_progress=False)
+    fit(cohort, override(cfg, train__epochs=1), tmp_path / "resumed", show_progress=False)
+    fit(cohort, cfg, tmp_path / "resumed", resume=True, show_progress=False)
+    saved = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    sampled = load_model(tmp_path / "whole").generator.state_dict()
+    assert all(torch.equal(sampled[k], saved["ema"][k]) for k in sampled)
+    assert not all(torch.equal(saved["generator"][k], saved["ema"][k]) for k in sampled)  # the average lags the live weights
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    assert all(torch.equal(resumed["ema"][k], saved["ema"][k]) for k in sampled)
+
+
+def test_ema_outside_its_range_is_a_user_error():
+    with pytest.raises(UserError, match="train.ema"):
+        override(load_config("tiny"), train__ema=1.0)

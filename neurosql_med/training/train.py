@@ -108,6 +108,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     labels: Tensor | None = None  # (n, 1, *sample_shape) int64 tissue classes on the device, voxel for voxel with images
     label_names: list[str] | None = None
+    ema: dict[str, Tensor] | None = None  # the moving average of the generator's weights (train.ema > 0): what samples
 
 
 @dataclass
@@ -226,7 +227,8 @@ def _set_up(cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.devi
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
     points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
     names = None if labels is None else list(cohort.label_names)
-    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names)
+    ema = {k: v.detach().clone() for k, v in generator.state_dict().items()} if t.ema else None
+    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, ema)
 
 
 def _checked_labels(cohort: Cohort) -> Tensor:
@@ -267,6 +269,8 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
         raise UserError(f"--resume: these scans (or their label maps) differ from the ones {out} was trained on")
     saved = load_checkpoint(out / CHECKPOINT, trainer.device)
     trainer.generator.load_state_dict(saved["generator"])
+    if trainer.ema is not None:
+        trainer.ema = {k: v.clone() for k, v in saved["ema"].items()}
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
     counters = saved["trainer"]
@@ -318,6 +322,8 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         per_sample.mean().backward()
         optimizer.step()
+        if trainer.ema is not None:
+            update_ema(trainer.ema, generator, t.ema)
         totals.add(pred.detach().float(), images[idx], labels, per_sample.detach(), (image_loss, label_loss))
     trainer.scheduler.step()
     return totals.row(n, trainer.cfg.loss.ssim_weight) | {"lr": trainer.scheduler.get_last_lr()[0]}
@@ -357,6 +363,13 @@ class _EpochTotals:
         return row
 
 
+@torch.no_grad()
+def update_ema(ema: dict[str, Tensor], generator: Decoder, decay: float) -> None:
+    """ema ← decay · ema + (1 − decay) · weights: samples from an average of the last ~1/(1 − decay) steps."""
+    for name, value in generator.state_dict().items():
+        ema[name].lerp_(value, 1 - decay)
+
+
 def snapshot(trainer: Trainer, state: TrainerState) -> dict:
     """Everything a resumed run needs, as of the end of the last completed epoch.
 
@@ -369,7 +382,7 @@ def snapshot(trainer: Trainer, state: TrainerState) -> dict:
         "scheduler": copy.deepcopy(trainer.scheduler.state_dict()),
         "trainer": state.counters(),
         "history": list(state.history),
-    }
+    } | ({} if trainer.ema is None else {"ema": {k: v.clone() for k, v in trainer.ema.items()}})
 
 
 def save_snapshot(out: Path, snap: dict) -> None:
