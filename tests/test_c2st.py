@@ -115,3 +115,10 @@ def test_radial_power_of_white_noise_is_flat():
     freqs, power = radial_power(torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
     assert freqs[0] > 0 and freqs[-1] < 0.5 and len(power) == len(freqs)
     assert power[1:].max() / power[1:].min() < 1.3
+
+
+def test_volumes_get_a_3d_classifier_that_sees_blur():
+    smooth = blurred(torch.rand(24, 1, 16, 20, 16, generator=torch.Generator().manual_seed(0)), 1.0)
+    volumes = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    groups = [f"s{i}" for i in range(24)]
+    assert two_sample_test(volumes, groups, blurred(volumes), groups)["auc"] > 0.8
