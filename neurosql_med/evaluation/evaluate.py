@@ -123,7 +123,7 @@ def _evaluate(
     ))
     report["texture"] = texture(train.images, images)
     if c2st:
-        recon = model.reconstructions() if model is not None and model.fingerprint == train.fingerprint() else None
+        recon = model.reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
         report["c2st"] = c2st_section(train.images, train.subjects, images, reconstructions=recon)
     if train.labels is not None and labels is not None:
         nearest = report["memorization"]["nearest"]
@@ -136,6 +136,12 @@ def _evaluate(
     if model is not None:  # the model's EVALUATION.md, beside its card: the latest numbers travel with the model
         write_evaluation(model.folder, report, model.sha256)
     return report
+
+
+def _trained_on(fingerprint: dict, cohort: Cohort) -> bool:
+    """Whether ``cohort``'s images are, sample for sample, the ones the model was fitted to (label maps aside)."""
+    mine = cohort.fingerprint()
+    return all(fingerprint.get(key) == mine[key] for key in ("n_scans", "n_samples", "mode", "scans"))
 
 
 def read_synthetic(folder: Path, geometry: Geometry, data: DataConfig) -> tuple[Tensor, list[str]]:
