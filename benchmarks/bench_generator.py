@@ -86,7 +86,7 @@ def table() -> str:
     rows.sort(key=lambda r: list(VARIANTS).index(r["variant"]))
     head = ("| variant | overrides | epochs | fit s | C2ST AUC | C2ST recon | controls (real/real, blur) | MAE→train | "
             "MAE→held-out | SSIM→held-out | diversity ratio | copies | HF power ratio | gradient ratio |")
-    lines = [head, "|---|" + "---:|" * (head.count("|") - 2)]
+    lines = [head, "|---|---|" + "---:|" * (head.count("|") - 3)]
     for r in rows:
         c = r["c2st"]["controls"]
         lines.append(
