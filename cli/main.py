@@ -137,7 +137,7 @@ def fit(
     out: Path = typer.Option(Path("nsql-model"), "--out", "-o", help="Model folder to write."),
     mode: Optional[str] = typer.Option(None, "--mode", help="2d (slices) or 3d (volumes)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; training stops after the epoch that exceeds it."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget: two timed epochs fix the epoch count that fits it (at most --epochs), so the schedule completes."),
     latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Latent dimension d."),
     lattice: Optional[str] = typer.Option(None, "--lattice", help="gaussian, uniform or center-outward."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
@@ -161,6 +161,7 @@ def fit(
         raise UserError(f"--nproc-per-node must be at least 1, got {nproc_per_node}")
     _threads(threads)
     from neurosql_med.data.cohort import load_cohort
+    from neurosql_med.training.budget import fit_in_budget
     from neurosql_med.training.train import fit as run_fit
     from neurosql_med.training.train import fit_config
 
@@ -177,7 +178,10 @@ def fit(
         cohort = load_conditioned_cohort(scans, cfg, strict=strict, covariates=covariates)
         console.print("conditioned on " + ", ".join(cohort.condition_spec.names))
     console.print(f"{len(cohort.discovery.scans)} scan(s) → {len(cohort)} {cfg.data.mode} sample(s) of shape {cohort.geometry.sample_shape}")
-    result = run_fit(cohort, cfg, out, resume=resume, force=force)
+    if cfg.train.max_minutes is not None and not resume:  # time two epochs, then the epoch count that fits
+        result = fit_in_budget(cohort, cfg, out, force=force)
+    else:
+        result = run_fit(cohort, cfg, out, resume=resume, force=force)
     if result.rank:  # under torchrun, rank 0 reports
         raise typer.Exit(130 if result.interrupted else 0)
     last = result.history[-1] if result.history else {}
@@ -288,20 +292,21 @@ def evaluate(
     synth: Path = typer.Option(..., "--synth", help="Folder of synthetic NIfTI images (any generator)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="The model that made --synth: use its preprocessing and geometry."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="Real scans never used for training."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report.json, report.md, nearest.png, distances.png here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report.json, report.md, nearest.png, distances.png, spectrum.png here."),
     config: str = typer.Option("default", "--config", "-c", help="Preprocessing config when no --model is given (path or built-in name)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold: flagged when d_syn < tau * median(d_train)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
+    c2st: bool = typer.Option(True, "--c2st/--no-c2st", help="Run the classifier two-sample test and its controls (tens of seconds on a CPU)."),
     threads: int = ThreadsOpt,
     covariates: Optional[Path] = typer.Option(None, "--covariates", help="A conditional model's: the covariate table given to fit --covariates."),
 ) -> None:
-    """Fidelity, coverage, diversity, distribution and a memorization audit of a synthetic cohort."""
+    """Fidelity, coverage, diversity, distribution, texture, a classifier two-sample test and a memorization audit."""
     _threads(threads)
     from neurosql_med.evaluation.evaluate import TAU, report_table
     from neurosql_med.evaluation.evaluate import evaluate as run
 
     report = run(real, synth, model_dir=model, holdout=holdout, config=config, tau=TAU if tau is None else tau, out=out,
-                 covariates=covariates)
+                 covariates=covariates, c2st=c2st)
     if as_json:
         print(json.dumps(report, indent=2))
     else:

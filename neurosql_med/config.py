@@ -48,11 +48,13 @@ class ModelConfig:
     latent_dim: int = 16
     lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"
     channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])
+    upsample: Literal["transposed", "resize"] = "transposed"  # resize: nearest x2 then a 3x3 convolution
 
 
 @dataclass
 class LossConfig:
     ssim_weight: float = 0.8
+    gradient_weight: float = 0.0  # weight of an L1 term on image gradients (edges), in generator steps only
     ssim_window: int = 7
     label_weight: float = 1.0  # weight of the label term (cross-entropy + Dice) when the cohort has label maps
 
@@ -67,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    ema: float = 0.0  # decay of an exponential moving average of the generator's weights, used for sampling; 0: off
 
 
 @dataclass
@@ -111,10 +114,24 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON form: what provenance records as the config hash."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON form: what provenance records as the config hash.
+
+        Keys added later are left out at the value that behaves as before they existed, so
+        an older model's samples keep their config hash, and their bytes.
+        """
+        canonical = self.to_dict()
+        for section, keys in LATER_KEYS.items():
+            for key, legacy in keys.items():
+                if canonical[section][key] == legacy:
+                    del canonical[section][key]
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
+
+# section -> {key: the value that reproduces the behaviour from before the key existed}
+LATER_KEYS: dict[str, dict[str, Any]] = {
+    "model": {"upsample": "transposed"}, "loss": {"gradient_weight": 0.0}, "train": {"ema": 0.0},
+}
 
 BUILTIN = ("default", "volume3d", "hires3d", "tiny", "tiny3d")
 
@@ -236,6 +253,8 @@ def _check_training(cfg: Config) -> None:
     t, loss, a = cfg.train, cfg.loss, cfg.assignment
     if loss.ssim_weight < 0:
         _fail("loss.ssim_weight", "must be >= 0")
+    if loss.gradient_weight < 0:
+        _fail("loss.gradient_weight", "must be >= 0")
     if loss.ssim_window < 3 or loss.ssim_window % 2 == 0:
         _fail("loss.ssim_window", "must be an odd number >= 3")
     if min(cfg.data.shape) < loss.ssim_window:
@@ -250,6 +269,8 @@ def _check_training(cfg: Config) -> None:
         _fail("train.lr", "must be positive")
     if t.weight_decay < 0:
         _fail("train.weight_decay", "must be >= 0")
+    if not 0 <= t.ema < 1:
+        _fail("train.ema", "must be in [0, 1) (0: no moving average)")
     if not 0 <= t.seed < SEED_RANGE:
         _fail("train.seed", f"must be between 0 and {SEED_RANGE - 1}, got {t.seed}")
     if not 0 <= a.threshold <= 1:

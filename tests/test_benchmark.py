@@ -77,6 +77,9 @@ def test_every_method_is_trained_and_scored_against_train_and_holdout(outcome):
             assert 0 <= scores["distribution"]["precision"] <= 1 and 0 <= scores["distribution"]["recall"] <= 1
             assert scores["counts"]["synthetic"] == N_SAMPLES
             assert "ratios" not in scores["memorization"] and scores["memorization"]["n_flagged"] >= 0
+        assert 0 <= run["c2st"]["auc"] <= 1 and run["texture"]["high_frequency_ratio"] > 0, name
+        assert ("c2st_reconstruction" in run) == (name == "neurosql"), name
+    assert 0 <= result["runs"]["neurosql"][0]["c2st_reconstruction"]["auc"] <= 1
     assert result["settings"]["memory"] and result["settings"]["budget_minutes"] == BUDGET_MINUTES
 
 
@@ -89,6 +92,8 @@ def test_reference_row_scores_the_real_held_out_samples(outcome):
     row = result["summary"][REFERENCE]
     assert 0 < row["train.fidelity.mae"]["mean"] < 1 and row["parameters"]["mean"] is None
     assert row["holdout.fidelity.mae"]["mean"] is None  # the held-out samples are not scored against themselves
+    assert reference["c2st"] is None  # one held-out subject: no fold split keeps it out of the classifier's training
+    assert 0 <= row["c2st_blur.auc"]["mean"] <= 1 and row["c2st.auc"]["mean"] is None
 
 
 @pytest.mark.slow

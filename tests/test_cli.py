@@ -101,6 +101,9 @@ def test_fit_synthesize_reproduce_evaluate(capsys, tmp_path):
     code, out, err = cli(capsys, "evaluate", "--real", scans, "--synth", synth, "--model", model, "--out", report, "--json")
     assert code == 0, err
     assert json.loads(out) == json.loads((report / "report.json").read_text())
+    assert json.loads(out)["c2st"]["reconstruction"] is not None  # --real is the model's own training set
+    code, out, err = cli(capsys, "evaluate", "--real", scans, "--synth", synth, "--model", model, "--no-c2st", "--json")
+    assert code == 0 and "c2st" not in json.loads(out), err
     code, _, err = cli(capsys, "synthesize", "--n", "0", "--out", tmp_path / "s2", "--model", model)
     assert code == 2 and "--n" in err and not (tmp_path / "s2").exists()
 

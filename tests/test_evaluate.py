@@ -41,7 +41,7 @@ def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Pa
 
     report = evaluate(real, synth, holdout=holdout, config="tiny", out=out)
 
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "nearest.png", "distances.png"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "nearest.png", "distances.png", "spectrum.png"}
     assert json.loads((out / "report.json").read_text()) == report
     assert "| fidelity | MAE to nearest real |" in (out / "report.md").read_text()
     counts = report["counts"]
@@ -53,6 +53,10 @@ def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Pa
     assert report["holdout"]["coverage"]["covered"] == pytest.approx(covered_by_hand(holdout, synth))
     assert report["settings"]["feature_extractor"] == "random-conv-v1"
     assert report_table(report).row_count == len(report_table(report).rows) > 15
+    assert "| c2st | AUC synthetic vs real |" in (out / "report.md").read_text()
+    assert report["c2st"]["synthetic"]["folds"] >= 2 and report["c2st"]["reconstruction"] is None  # no model given
+    assert report["c2st"]["controls"]["blur"]["auc"] > report["c2st"]["controls"]["real_vs_real"]["auc"]
+    assert report["texture"]["high_frequency_ratio"] > 0 and report["texture"]["gradient_ratio"] > 0
 
 
 def covered_by_hand(real_folder: Path, synth_folder: Path) -> float:
@@ -79,12 +83,14 @@ def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_p
 
     report = evaluate(real, synth, model_dir=tmp_path / "model")
     assert report["counts"]["synthetic"] == 5
+    assert 0 <= report["c2st"]["reconstruction"]["auc"] <= 1  # the real scans are the model's training set
     assert report["inputs"]["config"] is None
 
     # a raw training scan dropped among the synthetic files is resampled onto the model's grid and caught as a copy
     raw = real / "scan00.nii.gz"
     shutil.copy(raw, synth / "raw-copy.nii.gz")
-    report = evaluate(real, synth, model_dir=tmp_path / "model")
+    report = evaluate(real, synth, model_dir=tmp_path / "model", c2st=False)
+    assert "c2st" not in report and "texture" in report
     copies = [f["id"] for f in report["flagged"] if f["id"].startswith("raw-copy.nii.gz [resampled, slice")]
     assert report["counts"]["synthetic"] > 5 and copies, report["flagged"]
     assert all(f["ratio"] < 1e-3 for f in report["flagged"] if f["id"] in copies)

@@ -38,6 +38,7 @@ class Decoder(nn.Module):
 
     def __init__(
         self, spatial_dims: int, latent_dim: int, out_shape: Sequence[int], channels: Sequence[int], num_labels: int = 0,
+        upsample: str = "transposed",
     ):
         super().__init__()
         if spatial_dims not in (2, 3) or len(out_shape) != spatial_dims:
@@ -56,12 +57,7 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = []
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             layers.append(Convolution(spatial_dims, c_in, c_out, kernel_size=3, act=ACT, norm=None))
-            layers.append(
-                Convolution(
-                    spatial_dims, c_out, c_out, strides=2, kernel_size=2, is_transposed=True,
-                    act=ACT, norm=None, padding=0, output_padding=0,
-                )
-            )
+            layers.append(upsampler(spatial_dims, c_out, upsample))
         layers.append(Convolution(spatial_dims, channels[-1], 1 + num_labels, kernel_size=3, conv_only=True))
         self.body = nn.Sequential(*layers)
         self.template = nn.Parameter(torch.zeros(1, 1, *self.out_shape))
@@ -100,6 +96,24 @@ class Decoder(nn.Module):
         return tuple(slice((g - o) // 2, (g - o) // 2 + o) for g, o in zip(grid, self.out_shape))
 
 
+def upsampler(spatial_dims: int, channels: int, how: str) -> nn.Module:
+    """The x2 upsampling of a stage: a stride-2 transposed convolution, or nearest resize then a 3x3 convolution.
+
+    A kernel-2 stride-2 transposed convolution paints each output 2x2 block from one input
+    voxel with the same four weights: a known source of checkerboard texture. Resizing
+    first and convolving after costs a full-resolution convolution instead.
+    """
+    if how == "resize":
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            Convolution(spatial_dims, channels, channels, kernel_size=3, act=ACT, norm=None),
+        )
+    return Convolution(
+        spatial_dims, channels, channels, strides=2, kernel_size=2, is_transposed=True,
+        act=ACT, norm=None, padding=0, output_padding=0,
+    )
+
+
 def split_output(output: Tensor) -> tuple[Tensor, Tensor | None]:
     """A generator output as (images (B, 1, ...), label logits (B, K, ...) or None for an unlabelled model)."""
     return output[:, :1], (output[:, 1:] if output.shape[1] > 1 else None)
@@ -113,14 +127,17 @@ def build_decoder(model: ModelConfig, sample_shape: Sequence[int], num_labels: i
     unconditional one (``condition_dim`` 0) keeps exactly its parameters.
     """
     check_decoder_size(model, sample_shape, num_labels, condition_dim)
-    return Decoder(len(sample_shape), model.latent_dim + condition_dim, tuple(sample_shape), model.channels, num_labels)
+    return Decoder(len(sample_shape), model.latent_dim + condition_dim, tuple(sample_shape), model.channels, num_labels,
+                   model.upsample)
 
 
 def decoder_parameters(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0, condition_dim: int = 0) -> int:
     """The generator's size, counted on torch's meta device: no memory, no random draws."""
     with torch.device("meta"):
         inputs = model.latent_dim + condition_dim
-        return Decoder(len(sample_shape), inputs, tuple(sample_shape), model.channels, num_labels).parameter_count()
+        return Decoder(
+            len(sample_shape), inputs, tuple(sample_shape), model.channels, num_labels, model.upsample,
+        ).parameter_count()
 
 
 def check_decoder_size(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0, condition_dim: int = 0) -> None:

@@ -26,6 +26,8 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_evaluation
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
+from neurosql_med.evaluation.c2st import c2st_section
+from neurosql_med.evaluation.texture import spectrum_picture, texture
 from neurosql_med.evaluation.labels import (
     EPOCHS, label_markdown, label_rows, label_section, read_label_names, tissue_picture,
 )
@@ -57,6 +59,8 @@ class Scores(TypedDict):
     flagged: list[dict]
     labels: NotRequired[dict]  # only when the real scans and the synthetic images both have label maps
     conditions: NotRequired[dict]  # only for a conditional model's cohort: agreement and effect sizes
+    c2st: NotRequired[dict]  # classifier two-sample test with its controls (see evaluation/c2st.py)
+    texture: NotRequired[dict]  # high-frequency power and sharpness, synthetic over real
 
 
 class Report(Scores):
@@ -76,32 +80,35 @@ def evaluate(
     out: str | Path | None = None,
     label_epochs: int = EPOCHS,
     covariates: str | Path | None = None,
+    c2st: bool = True,
 ) -> Report:
     """Score the images in ``synth`` against the training scans in ``real``; returns the report.
 
     With ``model_dir`` the model's own config preprocesses the scans (``config`` is then
     not used) and the synthetic files must have the model's sample shape; without it the
     synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
-    ``out`` receives report.json, report.md, nearest.png and distances.png (and tissue.png
-    with labels). When the real cohort and the synthetic images both have label maps (a
+    ``out`` receives report.json, report.md, nearest.png, distances.png and spectrum.png
+    (and tissue.png with labels). The report's ``c2st`` section trains small classifiers
+    (see evaluation/c2st.py): with ``c2st=False`` it is left out, saving their time. When the real cohort and the synthetic images both have label maps (a
     ``_dseg`` beside each synthetic image), the report gains a ``labels`` section, its
     segmenter trained for ``label_epochs``. For a conditional model's cohort the report gains
     a ``conditions`` section; ``covariates`` is the table given to ``fit --covariates``, if any.
     """
     check_tau(tau)
     if out is None:
-        return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs, covariates)
+        return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs, covariates, c2st)
     out = Path(out)
     inputs = [p for p in (real, synth, holdout, model_dir) if p is not None]
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before any scan is read
     with output_lock(out):
         prepare_report_output(out, inputs=inputs)
-        return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs, covariates)
+        return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs, covariates, c2st)
 
 
 def _evaluate(
     real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
     config: str | Path | None, tau: float, out: Path | None, label_epochs: int, covariates: str | Path | None = None,
+    c2st: bool = True,
 ) -> Report:
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
@@ -121,6 +128,10 @@ def _evaluate(
     report = Report(inputs=inputs, **score(
         train.images, sample_ids(train), images, ids, held=None if held is None else held.images, tau=tau,
     ))
+    report["texture"] = texture(train.images, images)
+    if c2st:
+        recon = model.reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
+        report["c2st"] = c2st_section(train.images, train.subjects, images, reconstructions=recon)
     if train.labels is not None and labels is not None:
         nearest = report["memorization"]["nearest"]
         report["labels"] = label_section(
@@ -136,6 +147,12 @@ def _evaluate(
     if model is not None:  # the model's EVALUATION.md, beside its card: the latest numbers travel with the model
         write_evaluation(model.folder, report, model.sha256)
     return report
+
+
+def _trained_on(fingerprint: dict, cohort: Cohort) -> bool:
+    """Whether ``cohort``'s images are, sample for sample, the ones the model was fitted to (label maps aside)."""
+    mine = cohort.fingerprint()
+    return all(fingerprint.get(key) == mine[key] for key in ("n_scans", "n_samples", "mode", "scans"))
 
 
 def read_synthetic(folder: Path, geometry: Geometry, data: DataConfig) -> tuple[Tensor, list[str]]:
@@ -353,7 +370,37 @@ def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     rows = _numbers(report, SCORE_ROWS) + shares + _numbers(report, RATIO_ROWS)
     rows += _numbers(report, HOLDOUT_ROWS) if report["holdout"] is not None else []
     rows += condition_rows(report["conditions"]) if "conditions" in report else []
+    rows += realism_rows(report)
     return rows + label_rows(report["labels"]) if "labels" in report else rows
+
+
+def _auc(test: dict | None) -> str:
+    return "n/a (fewer than 2 subjects a side)" if test is None else f"{test['auc']:.3f} ± {test['auc_std']:.2g}"
+
+
+def realism_rows(report: Scores) -> list[tuple[str, str, str, str]]:
+    """The texture ratios and, when run, the C2ST with its two controls (read the AUC only if they pass)."""
+    rows = [
+        ("texture", "high-frequency power ratio", _fmt(value_at(report, "texture.high_frequency_ratio")),
+         f"synthetic / real above {report['texture']['cutoff']:g} cycles/px; <1 blurred, >1 noisy"),
+        ("texture", "gradient magnitude ratio", _fmt(value_at(report, "texture.gradient_ratio")), "synthetic / real; <1 soft edges"),
+    ] if "texture" in report else []
+    if "c2st" not in report:
+        return rows
+    c, controls = report["c2st"], report["c2st"]["controls"]
+    accuracy = "n/a" if c["synthetic"] is None else f"{c['synthetic']['accuracy']:.3f}"
+    verdict = {True: "passed", False: "FAILED: the C2ST says nothing", None: "not run (too few subjects)"}[controls["passed"]]
+    rows += [
+        ("c2st", "AUC synthetic vs real", _auc(c["synthetic"]), "0.5: indistinguishable; 1: always told apart"),
+        ("c2st", "balanced accuracy", accuracy, "0.5: chance"),
+    ]
+    if c["reconstruction"] is not None:
+        rows.append(("c2st", "AUC reconstructions vs real", _auc(c["reconstruction"]), "G(u_σ(i)) vs x_i: the decoder's share"))
+    return rows + [
+        ("c2st", "control: real vs real", _auc(controls["real_vs_real"]), f"two halves by subject; must be ≤ {controls['null_max']}"),
+        ("c2st", f"control: real vs blurred σ={controls['blur_sigma']:g} px", _auc(controls["blur"]), f"must be ≥ {controls['blur_min']}"),
+        ("c2st", "controls", verdict, ""),
+    ]
 
 
 def _numbers(report: Report, specs: tuple[tuple[str, str, str, str], ...]) -> list[tuple[str, str, str, str]]:
@@ -401,9 +448,19 @@ def report_markdown(report: Report) -> str:
         f"- MS-SSIM: {s['ms_ssim']['scales']} scales, window {s['ms_ssim']['window']}; pairs: "
         f"{s['diversity_pairs']['synthetic']} synthetic, {s['diversity_pairs']['real']} real",
         f"- SSIM window {s['ssim_window']}; PSNR capped at {s['psnr_cap_db']:g} dB",
+        *_c2st_settings(report),
         "",
     ]
     return "\n".join(lines + (label_markdown(report["labels"]) if "labels" in report else []))
+
+
+def _c2st_settings(report: Report) -> list[str]:
+    if "c2st" not in report:
+        return []
+    c = report["c2st"]["settings"]
+    return [f"- C2ST: {c['classifier']}; {c['folds']}-fold cross-validation grouped by {c['grouped_by']}, "
+            f"{c['repeats']} seeds (AUC mean ± sd), at most {c['max_per_side']} images a side; "
+            f"accuracy {c['accuracy']}; {c['quantised']}"]
 
 
 def write_outputs(out: Path, report: Report, real: Tensor, synth: Tensor) -> None:
@@ -411,6 +468,7 @@ def write_outputs(out: Path, report: Report, real: Tensor, synth: Tensor) -> Non
     write_text(out / "report.md", report_markdown(report))
     nearest_picture(out / "nearest.png", report["memorization"], real, synth)
     distance_histogram(out / "distances.png", report["memorization"])
+    spectrum_picture(out / "spectrum.png", report["texture"])
     if "labels" in report:
         tissue_picture(out / "tissue.png", report["labels"])
 

@@ -301,7 +301,8 @@ def _generator_weights(
     random draws, so a config edited to a huge width is refused without allocating it.
     """
     path = folder / CHECKPOINT
-    weights = load_checkpoint(path, device)["generator"]
+    saved = load_checkpoint(path, device)
+    weights = saved.get("ema", saved["generator"])  # a fit with train.ema samples from the moving average
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"{path}: its generator entry is not a set of named tensors")
     with torch.device("meta"):

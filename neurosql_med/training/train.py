@@ -34,7 +34,7 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
-from neurosql_med.engine.losses import ReconstructionLoss, dice_counts
+from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss
 from neurosql_med.engine.decoder import Decoder, build_decoder, check_decoder_size, split_output
 from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
@@ -124,6 +124,7 @@ class Trainer:
     conditions: Tensor | None = None  # (n, width) encoded condition of each image on the device: G(u, c)
     strata: Strata | None = None  # a conditional model's images and lattice blocks per categorical stratum
     cost_conditions: Tensor | None = None  # the conditions its assignment costs use (continuous ones binned)
+    ema: dict[str, Tensor] | None = None  # the moving average of the generator's weights (train.ema > 0): what samples
 
     @property
     def writes(self) -> bool:
@@ -195,6 +196,8 @@ def _fit(
         trainer.cost_conditions = cost_conditions(cohort.conditions, strata, cohort.condition_spec.continuous_columns(),
                                                   cfg.condition.cost_bins)
     state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
+    if resume:  # the folder records the epoch total, budget and device this run continues with
+        write_text(out / CONFIG, cfg.to_yaml())
 
     deadline = None if t.max_minutes is None else time.monotonic() + t.max_minutes * 60
     interrupted = stopped_by_budget = False
@@ -303,7 +306,9 @@ def _set_up(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
     points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
     names = None if labels is None else list(cohort.label_names)
-    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, shard, conditions)
+    ema = {k: v.detach().clone() for k, v in generator.state_dict().items()} if t.ema else None
+    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, shard, conditions,
+                   ema=ema)
 
 
 def _checked_labels(cohort: Cohort) -> Tensor:
@@ -362,6 +367,8 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
         raise UserError(f"--resume: these scans (or their label maps) differ from the ones {out} was trained on")
     saved = load_checkpoint(out / CHECKPOINT, trainer.device)
     trainer.generator.load_state_dict(saved["generator"])
+    if trainer.ema is not None:
+        trainer.ema = {k: v.clone() for k, v in saved["ema"].items()}
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
     counters = saved["trainer"]
@@ -424,9 +431,13 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
             pred = model(inputs[idx])
         image_loss, label_loss = trainer.loss_fn.terms(pred.float(), images[rows], labels)
         per_sample = trainer.loss_fn.combined(image_loss, label_loss)
+        if trainer.cfg.loss.gradient_weight:
+            per_sample = per_sample + trainer.cfg.loss.gradient_weight * gradient_loss(pred[:, :1].float(), images[rows])
         optimizer.zero_grad(set_to_none=True)
         (per_sample.mean() if shard is None else shard.batch_loss(per_sample, len(batch))).backward()
         optimizer.step()
+        if trainer.ema is not None:
+            update_ema(trainer.ema, generator, t.ema)
         totals.add(pred.detach().float(), images[rows], labels, per_sample.detach(), (image_loss, label_loss))
     trainer.scheduler.step()
     if shard is not None:
@@ -468,6 +479,13 @@ class _EpochTotals:
         return row
 
 
+@torch.no_grad()
+def update_ema(ema: dict[str, Tensor], generator: Decoder, decay: float) -> None:
+    """ema ← decay · ema + (1 − decay) · weights: samples from an average of the last ~1/(1 − decay) steps."""
+    for name, value in generator.state_dict().items():
+        ema[name].lerp_(value, 1 - decay)
+
+
 def snapshot(trainer: Trainer, state: TrainerState) -> dict:
     """Everything a resumed run needs, as of the end of the last completed epoch.
 
@@ -480,7 +498,7 @@ def snapshot(trainer: Trainer, state: TrainerState) -> dict:
         "scheduler": copy.deepcopy(trainer.scheduler.state_dict()),
         "trainer": state.counters(),
         "history": list(state.history),
-    }
+    } | ({} if trainer.ema is None else {"ema": {k: v.clone() for k, v in trainer.ema.items()}})
 
 
 def save_snapshot(out: Path, snap: dict) -> None:

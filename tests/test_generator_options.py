@@ -1,0 +1,94 @@
+"""Generator options from issue 15: resize-convolution upsampling and the gradient loss term, and what stays as before."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from conftest import synthesize_on_cpu, write_subjects
+
+from neurosql_med.config import LATER_KEYS, load_config, override
+from neurosql_med.data.cohort import load_cohort
+from neurosql_med.engine.decoder import Decoder, build_decoder
+from neurosql_med.engine.losses import gradient_loss
+from neurosql_med.errors import UserError
+from neurosql_med.io.model import load_model
+from neurosql_med.training.train import fit
+
+
+@pytest.mark.parametrize(("dims", "shape"), [(2, (20, 26)), (3, (12, 14, 10))])
+def test_resize_upsampling_decodes_any_shape_in_unit_range(dims, shape):
+    torch.manual_seed(0)
+    decoder = Decoder(dims, 4, shape, [16, 8, 8], upsample="resize")
+    out = decoder(torch.randn(3, 4))
+    assert out.shape == (3, 1, *shape) and 0 <= out.min() and out.max() <= 1
+    out.mean().backward()
+    assert all(p.grad is not None for p in decoder.parameters())
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d | torch.nn.ConvTranspose3d) for m in decoder.modules())
+
+
+def test_the_transposed_default_is_the_decoder_older_models_were_saved_with():
+    cfg = load_config("default")
+    assert cfg.model.upsample == "transposed" and cfg.loss.gradient_weight == 0.0
+    torch.manual_seed(0)
+    old = build_decoder(cfg.model, [64, 80])
+    names = [name for name, _ in old.named_parameters()]
+    assert "body.1.conv.weight" in names and "body.3.conv.weight" in names  # the checkpoint keys stay
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in old.modules()) == 3
+
+
+def test_later_keys_at_their_legacy_value_leave_the_config_hash_as_it_was():
+    cfg = load_config("default")
+    before = json.loads(json.dumps(cfg.to_dict()))
+    for section, keys in LATER_KEYS.items():
+        for key in keys:
+            del before[section][key]
+    expected = hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert cfg.digest() == expected
+    assert override(cfg, model__upsample="resize").digest() != expected
+    assert override(cfg, loss__gradient_weight=0.5).digest() != expected
+
+
+def test_negative_gradient_weight_is_a_user_error():
+    with pytest.raises(UserError, match="loss.gradient_weight"):
+        override(load_config("tiny"), loss__gradient_weight=-1.0)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 9, 11), (2, 1, 6, 7, 5)])
+def test_gradient_loss_is_zero_for_equal_images_and_sees_a_shifted_edge(shape):
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(gradient_loss(image, image), torch.zeros(2))
+    flat = torch.full(shape, 0.5)
+    assert (gradient_loss(flat, image) > 0).all() and gradient_loss(flat + 0.2, flat).abs().max() < 1e-6  # offsets cost nothing
+
+
+@pytest.mark.slow
+def test_a_resize_and_gradient_model_fits_saves_and_reloads(tmp_path):
+    cfg = override(load_config("tiny"), model__upsample="resize", loss__gradient_weight=1.0, train__epochs=2)
+    model_dir = tmp_path / "model"
+    fit(load_cohort(write_subjects(tmp_path / "scans", 5), cfg.data), cfg, model_dir, show_progress=False)
+    model = load_model(model_dir)
+    assert model.config.model.upsample == "resize" and model.config.loss.gradient_weight == 1.0
+    synthesize_on_cpu(model_dir, tmp_path / "synth", n=2)
+    assert len(list((tmp_path / "synth").rglob("*_T1w.nii.gz"))) == 2
+
+
+@pytest.mark.slow
+def test_ema_weights_are_what_the_model_samples_and_a_resume_keeps_them(tmp_path):
+    cfg = override(load_config("tiny"), train__ema=0.9, train__epochs=3, train__device="cpu")
+    cohort = load_cohort(write_subjects(tmp_path / "scans", 5), cfg.data)
+    fit(cohort, cfg, tmp_path / "whole", show_progress=False)
+    fit(cohort, override(cfg, train__epochs=1), tmp_path / "resumed", show_progress=False)
+    fit(cohort, cfg, tmp_path / "resumed", resume=True, show_progress=False)
+    saved = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    sampled = load_model(tmp_path / "whole").generator.state_dict()
+    assert all(torch.equal(sampled[k], saved["ema"][k]) for k in sampled)
+    assert not all(torch.equal(saved["generator"][k], saved["ema"][k]) for k in sampled)  # the average lags the live weights
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    assert all(torch.equal(resumed["ema"][k], saved["ema"][k]) for k in sampled)
+
+
+def test_ema_outside_its_range_is_a_user_error():
+    with pytest.raises(UserError, match="train.ema"):
+        override(load_config("tiny"), train__ema=1.0)
