@@ -98,7 +98,7 @@ class Config:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-BUILTIN = ("default", "volume3d", "tiny", "tiny3d")
+BUILTIN = ("default", "volume3d", "tiny", "tiny3d", "utility")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
