@@ -190,10 +190,11 @@ class Display:
 def _grid(study: Study, splits: dict[int, SeedSplit], ks: list[int], result: dict, show_progress: bool) -> None:
     done = {(r["arm"], r["k"], r["seed"]) for r in result["runs"]}
     todo = [(splits[s], k, [a for a in ARMS if (a, k, s) not in done]) for s in splits for k in ks]
+    total = sum(len(arms) for *_, arms in todo)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), disable=not show_progress)
+                        TimeRemainingColumn(), disable=not show_progress or total == 0)
     with progress:
-        display = Display(progress, sum(len(arms) for *_, arms in todo))
+        display = Display(progress, total)
         for split, k, arms in todo:
             if arms:
                 _cell(study, split, k, arms, result, display)
