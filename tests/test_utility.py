@@ -233,3 +233,14 @@ def test_design_refuses_k_below_the_number_of_levels():
     with pytest.raises(UserError, match="cannot hold all 3 levels"):
         check_design(subjects, [2, 4], holdout_fraction=0.25, fixed_test=None, targets=targets)
     check_design(subjects, [3, 4], holdout_fraction=0.25, fixed_test=None, targets=targets)
+
+
+@pytest.mark.slow
+def test_a_holdout_folder_is_the_test_set(scans, tmp_path):
+    held = write_subjects(tmp_path / "held", 3, first=8)
+    (held / "participants.tsv").write_text("participant_id\tage\nsub-08\t70\nsub-09\t55\nsub-10\t80\n")
+    result = run_utility(scans, task="regress:age", out=tmp_path / "out", holdout=held, **(TINY | {"train_subjects": [7]}))
+    assert result["splits"]["0"]["test"] == ["sub-08", "sub-09", "sub-10"]
+    assert {r["test_subjects"] for r in result["runs"]} == {3} and len(result["runs"]) == len(ARMS)
+    with pytest.raises(UserError, match="fewer than k = 9"):
+        run_utility(scans, task="regress:age", out=tmp_path / "more", holdout=held, **(TINY | {"train_subjects": [9]}))

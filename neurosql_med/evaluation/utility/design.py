@@ -79,10 +79,12 @@ def check_design(subjects: Sequence[str], ks: Sequence[int], *, holdout_fraction
         if shared := set(pool) & set(fixed_test):
             raise UserError(f"subject(s) {', '.join(sorted(shared))} are in both the scans and the --holdout folder")
     left, k = len(pool) - sum(tested), max(ks)
+    if k > left and fixed_test is not None:
+        raise UserError(f"{len(pool)} subjects to train on (the test set is the --holdout folder): fewer than "
+                        f"k = {k}; lower --train-subjects")
     if k > left:
-        test = "the --holdout folder" if fixed_test is not None else f"a test set of {sum(tested)}"
-        raise UserError(f"{len(pool)} subjects: k = {k} training subjects and {test} need {k + sum(tested)}; "
-                        f"lower --train-subjects or --holdout-fraction")
+        raise UserError(f"{len(pool)} subjects: k = {k} training subjects and a test set of {sum(tested)} need "
+                        f"{k + sum(tested)}; lower --train-subjects or --holdout-fraction")
     if targets is not None and targets.levels is not None and min(ks) < len(targets.levels):
         raise UserError(f"k = {min(ks)} training subjects cannot hold all {len(targets.levels)} levels of "
                         f"{targets.column!r} ({', '.join(targets.levels)}); use k >= {len(targets.levels)}")
