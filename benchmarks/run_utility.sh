@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `nsql-med utility` on the sample cohort, in chunks of one (seed, k) cell, so the grid runs in
-# pieces of a few minutes that each take the shared CPU lock (/tmp/nsql-cpu.lock, when flock is
-# installed) and release it between cells. Several tasks run side by side inside a chunk, one
+# `nsql-med utility` on the sample cohort, in chunks of one seed (every k), so the grid runs in
+# pieces of under 10 minutes that each take the shared CPU lock (/tmp/nsql-cpu.lock, when flock
+# is installed) and release it between seeds. Several tasks run side by side inside a chunk, one
 # process and one thread each (2 tasks on 2 cores). `--resume` skips what earlier chunks
 # finished; the last call per task (the whole grid, nothing left to run) writes utility.md/.png.
 #
@@ -18,7 +18,7 @@ nsql="${NSQL_MED:-nsql-med}"
 read -ra extra <<< "${EXTRA:-}"
 lock=(); command -v flock >/dev/null && lock=(flock /tmp/nsql-cpu.lock)
 out_of() { echo "utility-${1//:/-}"; }
-cell() {  # seed k task: one cell of one task's grid
+cell() {  # seed ks task: one seed of one task's grid
   local start; start=$(date +%s)
   "$nsql" utility sample_data --task "$3" --train-subjects "$2" --seeds "$1" --out "$(out_of "$3")" \
     --resume --threads 1 "${extra[@]}" > /dev/null
@@ -26,11 +26,9 @@ cell() {  # seed k task: one cell of one task's grid
 }
 export -f cell out_of; export nsql; export EXTRA
 for seed in $SEEDS; do
-  for k in $KS; do
-    "${lock[@]}" bash -c 'read -ra extra <<< "${EXTRA:-}"; for t in "${@:3}"; do cell "$1" "$2" "$t" & done; wait' \
-      _ "$seed" "$k" "$@"
-    echo "$(date +%T) seed $seed k $k done"
-  done
+  "${lock[@]}" bash -c 'read -ra extra <<< "${EXTRA:-}"; for t in "${@:3}"; do cell "$1" "$2" "$t" & done; wait' \
+    _ "$seed" "${KS// /,}" "$@"
+  echo "$(date +%T) seed $seed done"
 done
 for task in "$@"; do
   "$nsql" utility sample_data --task "$task" --train-subjects "${KS// /,}" --seeds "${SEEDS// /,}" \

@@ -39,8 +39,8 @@ ARMS = {
     "neurosql-only": (False, False, True),
 }
 RESULT, MARKDOWN, FIGURE = "utility.json", "utility.md", "utility.png"
-STEPS = 600  # downstream optimiser steps per run
-NSQL_STEPS = 1200  # NeuroSQL generator steps per training set (shared by its strata)
+STEPS = 400  # downstream optimiser steps per run
+NSQL_STEPS = 800  # NeuroSQL generator steps per training set (shared by its strata)
 CONFIG = "utility"
 # What decides every run's result: a resumed grid must share them (k values and seeds may be added).
 FIXED = ("scans", "task", "holdout", "holdout_fraction", "synthetic_per_real", "steps", "nsql_steps", "config", "mode")
