@@ -64,7 +64,7 @@ class SyntheticCases:
 
 
 def plan_strata(task: Task, targets: Targets | None, train: Cohort, per_real: float) -> list[Stratum]:
-    """The strata and how many cases each draws: ``per_real`` per real training sample in all.
+    """The strata and how many cases each draws (at least one): ``per_real`` per real training sample in all.
 
     Regression bins draw in proportion to their real samples (the targets keep the training
     set's distribution); classification levels draw equally (balanced classes).
@@ -72,15 +72,15 @@ def plan_strata(task: Task, targets: Targets | None, train: Cohort, per_real: fl
     subjects = sorted(set(train.subjects))
     samples = {s: train.subjects.count(s) for s in subjects}
     if task.kind == "segment" or targets is None:
-        return [Stratum(subjects, None, round(per_real * len(train)))]
+        return [Stratum(subjects, None, max(1, round(per_real * len(train))))]
     if task.kind == "regress":
         ranked = sorted(subjects, key=lambda s: (targets.values[s], s))
         bins = [list(b) for b in np.array_split(np.array(ranked), min(REGRESSION_STRATA, len(ranked)))]
-        return [Stratum(b, float(np.mean([targets.values[s] for s in b])), round(per_real * sum(samples[s] for s in b)))
-                for b in bins]
+        return [Stratum(b, float(np.mean([targets.values[s] for s in b])),
+                        max(1, round(per_real * sum(samples[s] for s in b)))) for b in bins]
     levels = sorted({targets.values[s] for s in subjects})
-    return [Stratum([s for s in subjects if targets.values[s] == level], level, round(per_real * len(train) / len(levels)))
-            for level in levels]
+    return [Stratum([s for s in subjects if targets.values[s] == level], level,
+                    max(1, round(per_real * len(train) / len(levels)))) for level in levels]
 
 
 def synthetic_cases(task: Task, train: Cohort, strata: Sequence[Stratum], nsql: NeuroSQLFit, folder: Path, seed: int,
@@ -114,15 +114,12 @@ def fit_neurosql(cohort: Cohort, nsql: NeuroSQLFit, steps: int, folder: Path, se
 
 
 def draw(model: NeuroSQLModel, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``n`` fresh samples and their label maps (zeros for an unlabelled model), decoded in bounded batches."""
+    """``n`` (>= 1) fresh samples and their label maps (zeros for an unlabelled model), decoded in bounded batches."""
     z, _ = reference_draws(np.arange(n), model.latent_dim, model.lattice_kind, seed)
     images, labels = [], []
     for i in range(0, n, SAMPLE_BATCH):
         decoded, maps = model.decode_with_labels(z[i:i + SAMPLE_BATCH])
         images.append(decoded)
         labels.append(torch.zeros_like(decoded, dtype=torch.long) if maps is None else maps)
-    if not images:
-        shape = (0, 1, *model.geometry.sample_shape)
-        return torch.zeros(shape), torch.zeros(shape, dtype=torch.long)
     return torch.cat(images), torch.cat(labels)
 
