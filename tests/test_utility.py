@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -242,5 +243,8 @@ def test_a_holdout_folder_is_the_test_set(scans, tmp_path):
     result = run_utility(scans, task="regress:age", out=tmp_path / "out", holdout=held, **(TINY | {"train_subjects": [7]}))
     assert result["splits"]["0"]["test"] == ["sub-08", "sub-09", "sub-10"]
     assert {r["test_subjects"] for r in result["runs"]} == {3} and len(result["runs"]) == len(ARMS)
+    mean = np.mean([AGES[int(s[4:])] for s in result["splits"]["0"]["train"]["7"]])
+    yardstick = np.mean([abs(age - mean) for age in (70, 55, 80)])
+    assert result["summary"]["reference"]["mae"]["7"]["values"] == [pytest.approx(yardstick)]
     with pytest.raises(UserError, match="fewer than k = 9"):
         run_utility(scans, task="regress:age", out=tmp_path / "more", holdout=held, **(TINY | {"train_subjects": [9]}))

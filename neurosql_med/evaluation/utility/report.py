@@ -23,6 +23,7 @@ from neurosql_med.evaluation.utility.tasks import parse_task
 from neurosql_med.viz.plots import save_figure
 
 REFERENCE_ARM = "real+classic"
+MEAN_PREDICTOR = "*training mean, no image*"  # regression's yardstick row
 NEUROSQL_ARMS = ("real+neurosql", "real+classic+neurosql", "neurosql-only")
 LABELS = {
     "real": "real", "real+classic": "real + classic", "real+neurosql": "real + NeuroSQL",
@@ -41,7 +42,7 @@ def summarize(runs: Sequence[dict], arms: Sequence[str], ks: Sequence[int], metr
     """{metric: {arm: {k: mean, sd (0 for one seed), values by seed}}}, plus each NeuroSQL arm's paired difference."""
     summary: dict = {"scores": {}, "against_classic": {}}
     for metric in metrics:
-        summary["scores"][metric] = {arm: {str(k): _stat(list(_values(runs, arm, k, metric).values())) for k in ks}
+        summary["scores"][metric] = {arm: {str(k): stat(list(_values(runs, arm, k, metric).values())) for k in ks}
                                      for arm in arms}
         if REFERENCE_ARM in arms:
             summary["against_classic"][metric] = {
@@ -50,7 +51,7 @@ def summarize(runs: Sequence[dict], arms: Sequence[str], ks: Sequence[int], metr
     return summary
 
 
-def _stat(values: list[float]) -> dict:
+def stat(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)) if values else None,
             "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "values": values}
 
@@ -100,6 +101,8 @@ def score_table(summary: dict, metric: str, higher: bool, digits: int) -> list[s
     for arm, by_k in scores.items():
         cells = [f"**{_cell(by_k[k], digits)}**" if best.get(k) == arm else _cell(by_k[k], digits) for k in ks]
         lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
+    if reference := summary.get("reference", {}).get(metric):
+        lines.append(f"| {MEAN_PREDICTOR} | " + " | ".join(_cell(reference[k], digits) for k in ks) + " |")
     return lines
 
 
@@ -132,6 +135,9 @@ def utility_figure(path: Path, result: dict) -> None:
             ks = [k for k, s in by_k.items() if s["mean"] is not None]
             ax.errorbar([int(k) for k in ks], [by_k[k]["mean"] for k in ks], yerr=[by_k[k]["sd"] for k in ks],
                         marker="o", capsize=3, label=LABELS[arm])
+        if reference := result["summary"].get("reference", {}).get(metric):
+            ax.plot([int(k) for k in reference], [r["mean"] for r in reference.values()], color="0.5", linestyle="--",
+                    label=MEAN_PREDICTOR.strip("*"))
         ax.set_xscale("log", base=2)
         ax.set_xticks([int(k) for k in result["settings"]["train_subjects"]])
         ax.get_xaxis().set_major_formatter(plt.ScalarFormatter())
@@ -182,7 +188,10 @@ def _how(result: dict) -> list[str]:
         f"- NeuroSQL: config {s['config']}, {s['nsql_steps']} generator steps per training set, fitted on the k "
         f"training subjects only: {strata}; {s['synthetic_per_real']:g} synthetic cases per real training sample.",
         "- Regression and classification are scored per subject (mean prediction over its samples); "
-        "segmentation by Dice per class over the test samples (background excluded), then their mean.",
+        "segmentation by Dice per class over the test samples (background excluded), then their mean."
+        + (f" {MEAN_PREDICTOR.strip('*').capitalize()}: the MAE of predicting every test subject as the mean of "
+           "the k training subjects, what a network that learned nothing from the images scores." if kind == "regress"
+           else ""),
         f"- Time: {sum(r['seconds'] for r in runs) / 60:.1f} min of downstream training over {len(runs)} runs, "
         f"{fit_seconds / 60:.1f} min of NeuroSQL fits, on {s['device']}.",
         "",

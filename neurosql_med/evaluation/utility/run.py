@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -23,7 +24,7 @@ from neurosql_med.errors import UserError
 from neurosql_med.evaluation.utility.augment import ClassicAugmentation
 from neurosql_med.evaluation.utility.design import SeedSplit, check_design, split_seed, training_cohort
 from neurosql_med.evaluation.utility.networks import TrainingSet, network_name, score, target_scale, train_network
-from neurosql_med.evaluation.utility.report import LABELS, summarize, utility_figure, utility_markdown
+from neurosql_med.evaluation.utility.report import LABELS, stat, summarize, utility_figure, utility_markdown
 from neurosql_med.evaluation.utility.synthetic import NeuroSQLFit, SyntheticCases, plan_strata, synthetic_cases
 from neurosql_med.evaluation.utility.tasks import Targets, Task, parse_task, read_targets
 from neurosql_med.io.files import write_text
@@ -92,6 +93,8 @@ def run_utility(
         _grid(study, splits, ks, result, show_progress)
         metrics = list(dict.fromkeys(m for r in result["runs"] for m in r["scores"]))
         result["summary"] = summarize(result["runs"], list(ARMS), ks, metrics)
+        if parsed.kind == "regress":
+            result["summary"]["reference"] = {"mae": _mean_predictor(study, splits, ks)}
         _save(out, result)
         write_text(out / MARKDOWN, utility_markdown(result))
         utility_figure(out / FIGURE, result)
@@ -167,6 +170,18 @@ def _splits(study: Study, seeds: list[int], holdout_fraction: float, ks: list[in
     check_design(study.pool.subjects, ks, holdout_fraction=holdout_fraction, fixed_test=fixed, targets=study.targets)
     return {s: split_seed(study.pool.subjects, s, holdout_fraction=holdout_fraction, fixed_test=fixed,
                           targets=study.targets) for s in seeds}
+
+
+def _mean_predictor(study: Study, splits: dict[int, SeedSplit], ks: list[int]) -> dict:
+    """Regression's yardstick per k: the MAE of calling every test subject the training subjects' mean (no image)."""
+    values = study.targets.values  # type: ignore[union-attr]
+    found: dict[str, list[float]] = {}
+    for split in splits.values():
+        test = sorted(set(study.holdout.subjects)) if study.holdout is not None else split.test
+        for k in ks:
+            mean = float(np.mean([values[s] for s in split.training(k)]))
+            found.setdefault(str(k), []).append(float(np.mean([abs(values[s] - mean) for s in test])))
+    return {k: stat(v) for k, v in found.items()}
 
 
 class Display:
