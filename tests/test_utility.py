@@ -188,6 +188,8 @@ def test_resume_skips_finished_runs_and_adds_new_seeds(scans, tmp_path):
     assert {r["scores"]["mae"] >= 0 for r in first["runs"]} == {True}
     second = run_utility(scans, task="regress:Age", out=out, resume=True, **(TINY | {"seeds": [0, 1]}))
     assert second["runs"][:5] == first["runs"] and {r["seed"] for r in second["runs"][5:]} == {1}
+    again = run_utility(scans, task="regress:Age", out=out, resume=True, **TINY)  # summarises the seeds asked for
+    assert {len(by_k["2"]["values"]) for by_k in again["summary"]["scores"]["mae"].values()} == {1}
     with pytest.raises(UserError, match="other settings .*steps"):
         run_utility(scans, task="regress:Age", out=out, resume=True, **(TINY | {"steps": 4}))
 

@@ -91,8 +91,9 @@ def run_utility(
         splits = _splits(study, seed_list, holdout_fraction, ks)
         result["splits"] |= {str(s): {"test": sp.test, "train": {str(k): sp.training(k) for k in ks}} for s, sp in splits.items()}
         _grid(study, splits, ks, result, show_progress)
-        metrics = list(dict.fromkeys(m for r in result["runs"] for m in r["scores"]))
-        result["summary"] = summarize(result["runs"], list(ARMS), ks, metrics)
+        shown = [r for r in result["runs"] if r["seed"] in seed_list]  # a resumed --out may hold other seeds' runs
+        metrics = list(dict.fromkeys(m for r in shown for m in r["scores"]))
+        result["summary"] = summarize(shown, list(ARMS), ks, metrics)
         if parsed.kind == "regress":
             result["summary"]["reference"] = {"mae": _mean_predictor(study, splits, ks)}
         _save(out, result)
