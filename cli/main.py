@@ -347,3 +347,45 @@ def benchmark(
     )
     console.print(benchmark_table(result))
     console.print(f"written: {out / 'benchmark.json'}, {out / 'benchmark.md'}, {out / 'benchmark.png'}")
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+def utility(
+    scans: Path = typer.Argument(..., help="Folder of real scans (BIDS with participants.tsv for regress/classify)."),
+    task: str = typer.Option(..., "--task", help="segment (the scans' label maps), regress:COLUMN or classify:COLUMN."),
+    train_subjects: str = typer.Option("4,8,16", "--train-subjects", help="Comma-separated training-set sizes k (subjects)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds: each draws its own split."),
+    synthetic_per_real: float = typer.Option(4.0, "--synthetic-per-real", help="NeuroSQL cases per real training sample."),
+    holdout: Optional[Path] = typer.Option(None, "--holdout", help="Folder of test subjects' scans (default: drawn per seed)."),
+    holdout_fraction: Optional[float] = typer.Option(None, "--holdout-fraction", help="Share of subjects tested when no --holdout (0.25)."),
+    steps: int = typer.Option(400, "--steps", help="Optimiser steps of the downstream network, the same in every arm."),
+    nsql_steps: int = typer.Option(800, "--nsql-steps", help="Generator steps of each NeuroSQL fit (per training set)."),
+    config: str = typer.Option("utility", "--config", "-c", help="Preprocessing and NeuroSQL config (path or built-in name)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="2d or 3d."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    out: Path = typer.Option(Path("utility-out"), "--out", "-o", help="Where utility.json/.md/.png (and the NeuroSQL models) go."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the grid in --out, skipping finished runs."),
+    threads: int = ThreadsOpt,
+) -> None:
+    """Does adding NeuroSQL scans make a small-data model better, and better than classic augmentation?"""
+    _threads(threads)
+    from neurosql_med.evaluation.utility.report import utility_table
+    from neurosql_med.evaluation.utility.run import run_utility
+
+    if holdout is not None and holdout_fraction is not None:
+        raise UserError("--holdout and --holdout-fraction exclude each other: test on a folder or on a drawn share")
+    result = run_utility(
+        scans, task=task, train_subjects=_int_list(train_subjects, "--train-subjects"), seeds=_int_list(seeds, "--seeds"),
+        synthetic_per_real=synthetic_per_real, holdout=holdout,
+        holdout_fraction=0.25 if holdout_fraction is None else holdout_fraction, steps=steps, nsql_steps=nsql_steps,
+        config=config, mode=mode, device=device, out=out, resume=resume,
+    )
+    console.print(utility_table(result))
+    console.print(f"written: {out / 'utility.json'}, {out / 'utility.md'}, {out / 'utility.png'}")

@@ -133,7 +133,7 @@ LATER_KEYS: dict[str, dict[str, Any]] = {
     "model": {"upsample": "transposed"}, "loss": {"gradient_weight": 0.0}, "train": {"ema": 0.0},
 }
 
-BUILTIN = ("default", "volume3d", "hires3d", "tiny", "tiny3d")
+BUILTIN = ("default", "volume3d", "hires3d", "tiny", "tiny3d", "utility")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

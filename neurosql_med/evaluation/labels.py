@@ -71,20 +71,25 @@ def class_names(named: list[str] | None, real: Cohort, synth_labels: Tensor) -> 
     return list(names) + [f"class {i}" for i in range(len(names), used)]
 
 
-def _pad(x: Tensor) -> Tensor:
+def pad_to_stride(x: Tensor) -> Tensor:
     """Zero-pad the spatial axes to a multiple of the UNet's total stride (its skip connections need it)."""
     step = int(np.prod(STRIDES))
     pads = [p for n in reversed(x.shape[2:]) for p in (0, -n % step)]
     return F.pad(x, pads)
 
 
+def build_segmenter(spatial_dims: int, n_classes: int) -> UNet:
+    """The small UNet every segmentation score in nsql-med uses (label agreement and `utility`)."""
+    return UNet(spatial_dims=spatial_dims, in_channels=1, out_channels=n_classes,
+                channels=CHANNELS, strides=STRIDES, num_res_units=1)
+
+
 def train_segmenter(images: Tensor, labels: Tensor, n_classes: int, epochs: int = EPOCHS, seed: int = SEED) -> UNet:
     """A small UNet fitted to real image-label pairs: a fixed seed and epoch count, so the same inputs give the same net."""
-    x, y = _pad(images.float()), _pad(labels.long())
+    x, y = pad_to_stride(images.float()), pad_to_stride(labels.long())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = UNet(spatial_dims=images.ndim - 2, in_channels=1, out_channels=n_classes,
-                   channels=CHANNELS, strides=STRIDES, num_res_units=1)
+        net = build_segmenter(images.ndim - 2, n_classes)
         loss = DiceCELoss(to_onehot_y=True, softmax=True)
         optimiser = torch.optim.Adam(net.parameters(), lr=LR)
         order = torch.Generator().manual_seed(seed)
@@ -100,7 +105,7 @@ def train_segmenter(images: Tensor, labels: Tensor, n_classes: int, epochs: int 
 def segment(net: UNet, images: Tensor) -> Tensor:
     """Class indices (N, 1, *spatial), cropped back from the padded grid."""
     crop = (slice(None), slice(None), *(slice(0, n) for n in images.shape[2:]))
-    return torch.cat([net(_pad(images[i:i + CHUNK].float())).argmax(1, keepdim=True)[crop]
+    return torch.cat([net(pad_to_stride(images[i:i + CHUNK].float())).argmax(1, keepdim=True)[crop]
                       for i in range(0, len(images), CHUNK)])
 
 

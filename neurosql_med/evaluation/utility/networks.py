@@ -1,0 +1,147 @@
+"""The downstream network every arm trains, and how it is scored on the held-out real subjects.
+
+Arms differ only in their training data. The network, its initial weights (seeded), the
+optimiser, the batch size, the order generator and the number of optimiser steps are the
+same in every arm, so a difference between arms is a difference their data made. A
+fixed step count, not a wall-clock budget, keeps every run reproducible and the budget
+equal even where augmentation makes one arm's steps slower.
+
+Segmentation uses the label-agreement UNet (`evaluation.labels`); regression and
+classification a small MONAI ``Regressor`` / ``Classifier``. Regression and
+classification are scored per subject (the mean prediction over a subject's slices).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.metrics import compute_roc_auc
+from monai.networks.nets import Classifier, Regressor
+from torch import Tensor, nn
+
+from neurosql_med.evaluation.labels import CHUNK, build_segmenter, dice_per_class, pad_to_stride, segment
+from neurosql_med.evaluation.utility.augment import ClassicAugmentation
+from neurosql_med.evaluation.utility.tasks import Task
+
+BATCH_SIZE = 16
+LR = {"segment": 1e-2, "regress": 1e-3, "classify": 1e-3}
+CNN_CHANNELS = (8, 16, 32, 64)
+CNN_STRIDES = (2, 2, 2, 2)
+# The score each task is ranked by, and which way is better.
+PRIMARY = {"segment": ("dice", "higher"), "regress": ("mae", "lower"), "classify": ("auc", "higher")}
+HEADLINE = {"segment": ("dice",), "regress": ("mae",), "classify": ("auc", "balanced_accuracy")}
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Images and what the network learns from them: label maps (segment), standardised values or class indices."""
+
+    images: Tensor
+    targets: Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class Trained:
+    net: nn.Module
+    steps: int
+    parameters: int
+
+
+def network_name(task: Task) -> str:
+    return {"segment": "MONAI UNet (channels 8/16/32, strides 2/2, 1 residual unit)",
+            "regress": "MONAI Regressor (channels 8/16/32/64, strides 2)",
+            "classify": "MONAI Classifier (channels 8/16/32/64, strides 2)"}[task.kind]
+
+
+def build_network(task: Task, sample_shape: Sequence[int], outputs: int) -> nn.Module:
+    """``outputs``: label classes (segment), 1 (regress) or the column's levels (classify)."""
+    if task.kind == "segment":
+        return build_segmenter(len(sample_shape), outputs)
+    if task.kind == "regress":
+        return Regressor((1, *sample_shape), (1,), CNN_CHANNELS, CNN_STRIDES)
+    return Classifier((1, *sample_shape), outputs, CNN_CHANNELS, CNN_STRIDES)
+
+
+def train_network(task: Task, data: TrainingSet, outputs: int, *, steps: int, seed: int,
+                  augment: ClassicAugmentation | None, device: torch.device,
+                  advance: Callable[[], None] = lambda: None) -> Trained:
+    """``steps`` Adam steps on batches drawn without replacement, epoch after epoch, from ``data``."""
+    loss = _loss(task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network(task, data.images.shape[2:], outputs).to(device)
+        optimiser = torch.optim.Adam(net.parameters(), lr=LR[task.kind])
+        order = torch.Generator().manual_seed(seed)
+        done = 0
+        while done < steps:
+            for batch in torch.randperm(len(data), generator=order).split(BATCH_SIZE)[: steps - done]:
+                x, y = _batch(task, data, batch, augment)
+                optimiser.zero_grad()
+                loss(net(x.to(device)), y.to(device)).backward()
+                optimiser.step()
+                done += 1
+                advance()
+    return Trained(net.eval(), done, sum(p.numel() for p in net.parameters()))
+
+
+def _batch(task: Task, data: TrainingSet, batch: Tensor, augment: ClassicAugmentation | None) -> tuple[Tensor, Tensor]:
+    x, y = data.images[batch], data.targets[batch]
+    if augment is not None:
+        x, labels = augment(x, y if task.kind == "segment" else None)
+        y = y if labels is None else labels
+    if task.kind == "segment":
+        return pad_to_stride(x), pad_to_stride(y)
+    return x, y
+
+
+def _loss(task: Task) -> Callable[[Tensor, Tensor], Tensor]:
+    if task.kind == "segment":
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+    if task.kind == "regress":
+        return lambda pred, y: F.l1_loss(pred[:, 0], y)
+    return F.cross_entropy
+
+
+@torch.no_grad()
+def score(task: Task, trained: Trained, images: Tensor, truth: Tensor, subjects: Sequence[str],
+          names: Sequence[str], scale: tuple[float, float]) -> dict[str, float]:
+    """Scores on the test subjects. ``truth``: label maps (segment) or each sample's target value or level index;
+    ``names``: the label classes (segment) or the column's levels (classify); ``scale``: regress's (mean, sd)."""
+    net = trained.net.cpu()
+    if task.kind == "segment":
+        dice = dice_per_class(segment(net, images), truth, len(names))
+        found = {f"dice_{name}": value for name, value in zip(names[1:], dice) if value is not None}
+        return {"dice": float(np.mean(list(found.values()))), **found}
+    outputs = torch.cat([net(images[i:i + CHUNK].float()) for i in range(0, len(images), CHUNK)])
+    if task.kind == "regress":
+        predicted = _per_subject(outputs[:, 0] * scale[1] + scale[0], subjects)
+        return {"mae": float((predicted - _per_subject(truth.double(), subjects)).abs().mean())}
+    return _classification(_per_subject(outputs.softmax(1), subjects), _per_subject(truth.double(), subjects).long(),
+                           len(names))
+
+
+def _per_subject(values: Tensor, subjects: Sequence[str]) -> Tensor:
+    """The mean over each subject's samples, subjects in sorted order."""
+    order = sorted(set(subjects))
+    return torch.stack([values[[i for i, s in enumerate(subjects) if s == who]].double().mean(0) for who in order])
+
+
+def _classification(probabilities: Tensor, levels: Tensor, n_levels: int) -> dict[str, float]:
+    """One-vs-rest AUC averaged over the levels, and balanced accuracy (mean recall over the levels present)."""
+    auc = compute_roc_auc(probabilities, F.one_hot(levels, n_levels).double(), average="macro")
+    guessed = probabilities.argmax(1)
+    recalls = [float((guessed[levels == c] == c).double().mean()) for c in range(n_levels) if (levels == c).any()]
+    return {"auc": float(auc), "balanced_accuracy": float(np.mean(recalls))}
+
+
+def target_scale(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sd) that standardise regression targets; sd 1 when the training subjects share one value."""
+    sd = float(np.std(values))
+    return float(np.mean(values)), sd if sd > 0 else 1.0
