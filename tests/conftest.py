@@ -249,3 +249,13 @@ def assignment_problem(n: int, labels: bool = False, seed: int = 0):
         images = (generator(lattice[torch.randperm(n)])[:, :1] + 0.05 * torch.randn(n, 1, 12, 14)).clamp(0, 1)
     maps = (images * 3).long().clamp(max=2) if labels else None
     return generator, lattice, images, maps
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors gain nothing from intra-op threads, and on a CPU shared with other jobs
+    OpenMP's waiting workers made small steps 10-20x slower (the DDPM's, the C2ST's)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

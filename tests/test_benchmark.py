@@ -21,14 +21,7 @@ BUDGET_MINUTES = 0.01
 N_SAMPLES = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a CPU shared with other jobs
-    OpenMP's waiting workers made the DDPM's steps 10-20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

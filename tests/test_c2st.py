@@ -17,15 +17,7 @@ from neurosql_med.io.geometry import Geometry
 from neurosql_med.io.nifti import to_nifti
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions gain nothing from intra-op threads, and on a shared CPU waiting workers spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
