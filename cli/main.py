@@ -153,10 +153,6 @@ def fit(
     covariates: Optional[Path] = typer.Option(None, "--covariates", help="A TSV/CSV of covariates with a subject column; takes priority over the dataset's own tables."),
 ) -> None:
     """Train NeuroSQL on a folder of scans and write a model folder."""
-    if nproc_per_node > 1:
-        from neurosql_med.training.distributed import launch
-
-        raise typer.Exit(launch(nproc_per_node, _without_option(sys.argv[1:], "--nproc-per-node")))
     if nproc_per_node < 1:
         raise UserError(f"--nproc-per-node must be at least 1, got {nproc_per_node}")
     _threads(threads)
@@ -170,6 +166,10 @@ def fit(
         data__mode=mode, data__pattern=pattern, data__labels=labels, train__epochs=epochs, train__max_minutes=max_minutes,
         model__latent_dim=latent_dim, model__lattice=lattice, train__device=device, train__seed=seed,
     )
+    if nproc_per_node > 1:  # the config and --out are checked here, once, before any process starts
+        from neurosql_med.training.distributed import launch
+
+        raise typer.Exit(launch(nproc_per_node, _without_option(sys.argv[1:], "--nproc-per-node"), cfg))
     if cfg.condition is None:
         cohort = load_cohort(scans, cfg.data, strict=strict)
     else:

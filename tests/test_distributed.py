@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import assignment_problem, relative_files, synthesize_on_cpu, write_subjects
+from conftest import assignment_problem, cli, relative_files, synthesize_on_cpu, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import assign
@@ -174,3 +174,11 @@ def test_a_killed_rank_ends_the_run_with_an_error_within_the_timeout(tmp_path, s
     assert run.returncode != 0
     assert "error" in output.lower() or "failed" in output.lower(), output[-2000:]
     assert _rank_pid(run.pid, 0) is None
+
+
+def test_a_conditional_fit_on_several_processes_is_refused_before_any_starts(capsys, tmp_path):
+    code, _, err = cli(capsys, "fit", Path(__file__).resolve().parents[1] / "sample_data", "--config", "tiny", "--condition", "CDR", "--nproc-per-node", "2",
+                       "--out", tmp_path / "model")
+    assert code == 2
+    assert err.strip().splitlines() == ["error: a conditional fit (--condition) runs in one process: drop --nproc-per-node for it"]
+    assert not (tmp_path / "model").exists()

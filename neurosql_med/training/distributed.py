@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from neurosql_med.config import AssignmentConfig
+from neurosql_med.config import AssignmentConfig, Config
 from neurosql_med.engine.assignment import (
     AssignResult,
     assignment_blocks,
@@ -277,8 +277,13 @@ def shard_by_subject(group: Group, subjects: Sequence[str]) -> Shard:
     return Shard(group.rank, group.world, owner, local_of)
 
 
-def launch(processes: int, args: Sequence[str]) -> int:
-    """``nsql-med fit ARGS`` on ``processes`` local processes through torchrun; its exit status."""
+def launch(processes: int, args: Sequence[str], cfg: Config) -> int:
+    """``nsql-med fit ARGS`` on ``processes`` local processes through torchrun; its exit status.
+
+    ``cfg`` is the fit's checked config: what every process would refuse is refused here, once.
+    """
+    if cfg.condition is not None:
+        raise UserError("a conditional fit (--condition) runs in one process: drop --nproc-per-node for it")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "neurosql_med.cli", *args]
     return subprocess.run(command, check=False).returncode
