@@ -57,21 +57,24 @@ def read_targets(task: Task, discoveries: list[Discovery]) -> Targets:
     A subject's value is its first scan's (a session row before a subject row, as in a conditional fit).
     """
     assert task.column is not None
-    raw: dict[str, str | None] = {}
+    found: dict[str, str] = {}
+    lacking: set[str] = set()  # a subject with any scan lacking a value: the conditional fit needs every scan's
     tables = []
     for discovery in discoveries:
         table = read_covariates(discovery)
         column = table.find(task.column, f"--task {task.name}")
         tables.append((table, column))
         for scan in sorted(discovery.scans, key=lambda s: s.id):
-            if raw.get(scan.subject) is None:
-                raw[scan.subject] = table.value(scan, column)
+            value = table.value(scan, column)
+            if value is None:
+                lacking.add(scan.subject)
+            else:
+                found.setdefault(scan.subject, value)
     table, column = tables[0]
     name = table.spelled(column)
-    lacking = sorted(s for s, v in raw.items() if v is None)
     if lacking:
-        raise UserError(f"the covariate tables have no value of {name!r} for {len(lacking)} subject(s): {_names(lacking)}")
-    found: dict[str, str] = {s: str(v) for s, v in raw.items()}
+        raise UserError(f"the covariate tables have no value of {name!r} for {len(lacking)} subject(s): "
+                        f"{_names(sorted(lacking))}")
     levels = None
     if task.kind == "regress":
         values = {s: _number(v, name, s) for s, v in found.items()}
