@@ -46,7 +46,7 @@ def parse_task(text: str) -> Task:
         return Task("segment")
     if kind in KINDS:
         if not column:
-            raise UserError(f"--task {kind} needs a covariate column (e.g. of participants.tsv): --task {kind}:COLUMN")
+            raise UserError(f"--task {kind} needs a column (a covariate, e.g. of participants.tsv): --task {kind}:COLUMN")
         return Task(kind, column)
     raise UserError(f"unknown --task {text!r}; use segment, regress:COLUMN or classify:COLUMN")
 
