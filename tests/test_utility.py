@@ -21,10 +21,9 @@ from neurosql_med.evaluation.utility.augment import ClassicAugmentation
 from neurosql_med.evaluation.utility.networks import TrainingSet, build_network, train_network
 from neurosql_med.evaluation.utility.report import paired_difference
 from neurosql_med.evaluation.utility.run import ARMS, run_utility
-from neurosql_med.evaluation.utility.synthetic import plan_strata
 from neurosql_med.evaluation.utility.tasks import Targets, Task, parse_task
 from neurosql_med.io.files import sha256_file
-from neurosql_med.io.model import FINGERPRINT
+from neurosql_med.io.model import CONDITIONS, FINGERPRINT
 
 SUBJECTS = 8
 AGES = [50, 81, 63, 72, 58, 90, 67, 45]
@@ -161,17 +160,42 @@ def test_classification_split_tests_and_trains_every_level():
         assert {targets.values[s] for s in split.training(3)} == {0.0, 1.0, 2.0}
 
 
-def test_strata_for_regression_bins_and_balanced_classes(tmp_path):
-    cohort = load_cohort(write_cohort(tmp_path / "c", labels=False), load_config("tiny").data)
-    train = training_cohort(cohort, ["sub-00", "sub-01", "sub-02", "sub-03", "sub-04"])
-    ages = Targets("age", {f"sub-{i:02d}": float(a) for i, a in enumerate(AGES)})
-    bins = plan_strata(Task("regress", "age"), ages, train, 2.0)
-    assert [b.subjects for b in bins] == [["sub-00", "sub-04"], ["sub-02", "sub-03"], ["sub-01"]]
-    assert [b.value for b in bins] == [54.0, 67.5, 81.0]
-    assert sum(b.draws for b in bins) == 2 * len(train)
-    groups = Targets("group", {f"sub-{i:02d}": float(g == "b") for i, g in enumerate(GROUPS)}, ["a", "b"])
-    levels = plan_strata(Task("classify", "group"), groups, train, 2.0)
-    assert [lv.value for lv in levels] == [0.0, 1.0] and levels[0].draws == levels[1].draws
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["classify:group", "regress:Age"])
+def test_regress_and_classify_fit_one_conditional_model_on_the_training_subjects_only(scans, tmp_path, task):
+    """One fit per training set, conditioned on the column; its conditions.json knows only the training subjects."""
+    seen: dict = {"fits": [], "synthetic": []}
+    fit, training_set = synthetic.fit, utility_run._training_set
+
+    def watch_fit(cohort, cfg, *args, **kwargs):
+        seen["fits"].append((set(cohort.subjects), cfg.condition.columns, len(cohort)))
+        return fit(cohort, cfg, *args, **kwargs)
+
+    def watch_training_set(study, train, synth, scale):
+        if train is None:
+            seen["synthetic"].append(synth.targets.clone())
+        return training_set(study, train, synth, scale)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synthetic, "fit", watch_fit)
+        patch.setattr(utility_run, "_training_set", watch_training_set)
+        out = tmp_path / "out"
+        result = run_utility(scans, task=task, out=out, **(TINY | {"train_subjects": [4]}))
+    train = result["splits"]["0"]["train"]["4"]
+    column = task.split(":")[1].lower()
+    assert [(s, [c.lower() for c in cols]) for s, cols, _ in seen["fits"]] == [(set(train), [column])]
+    saved = json.loads(next((out / "models").rglob(CONDITIONS)).read_text())
+    assert len(saved["training"]) == seen["fits"][0][2]  # one encoded condition per training sample, nobody else's
+    (covariate,) = saved["covariates"]
+    (targets,) = seen["synthetic"]
+    if task.startswith("classify"):
+        mine = [GROUPS[int(s[4:])] for s in train]
+        assert covariate["levels"] == ["a", "b"] and covariate["counts"] == [mine.count("a"), mine.count("b")]
+        assert torch.bincount(targets.long()).tolist() == [len(targets) // 2] * 2  # balanced over the levels
+    else:
+        ages = [AGES[int(s[4:])] for s in train]  # the range of the training subjects, not of the whole cohort
+        assert (covariate["min"], covariate["max"]) == (min(ages), max(ages)) != (min(AGES), max(AGES))
+        assert min(ages) <= targets.min() < targets.max() <= max(ages)
 
 
 def test_paired_difference_interval():
@@ -203,7 +227,7 @@ def _refused(capsys, out: Path, *args) -> str:
 
 
 @pytest.mark.parametrize("task, message", [
-    ("regress:height", "no column 'height'"),
+    ("regress:height", "no covariate 'height'"),
     ("regress:site", "constant"),
     ("regress:group", "not numeric"),
     ("classify:site", "constant"),

@@ -67,12 +67,12 @@ class CovariateTable:
                     return raw.strip()
         return None
 
-    def find(self, column: str) -> str:
+    def find(self, column: str, where: str = "--condition") -> str:
         """The lower-case column for a requested name; an unknown one is an error listing those there are."""
         wanted = RENAMED.get(column.strip().lower(), column.strip().lower())
         if wanted not in self.columns:
             there = ", ".join(self.spelled(c) for c in self.columns) or "none"
-            raise UserError(f"--condition: no covariate {column!r} (covariates found: {there})")
+            raise UserError(f"{where}: no covariate {column!r} (covariates found: {there})")
         return wanted
 
 

@@ -18,7 +18,6 @@ from scipy import stats
 
 from neurosql_med.evaluation.utility.augment import TRANSFORMS
 from neurosql_med.evaluation.utility.networks import BATCH_SIZE, HEADLINE, LR, PRIMARY
-from neurosql_med.evaluation.utility.synthetic import REGRESSION_STRATA
 from neurosql_med.evaluation.utility.tasks import parse_task
 from neurosql_med.viz.plots import save_figure
 
@@ -174,10 +173,10 @@ def _how(result: dict) -> list[str]:
     test = f"the --holdout folder {s['holdout']}" if s["holdout"] else \
         f"{len(split['test'])} subjects drawn per seed ({s['holdout_fraction']:g} of them)"
     strata = {"segment": "one labelled model on the k subjects (each case comes with its label map)",
-              "regress": f"one model per rank bin of the k subjects ({REGRESSION_STRATA} bins), its cases labelled "
-                         "with the bin's mean",
-              "classify": "one model per level, on that level's training subjects; levels drawn equally"}[kind]
-    fit_seconds = sum(st["seconds"] for f in result["fits"] for st in f["strata"])
+              "regress": "one model conditioned on the column, its cases asked for values drawn uniformly over "
+                         "the k subjects' range",
+              "classify": "one model conditioned on the column, its cases cycling through the levels (balanced)"}[kind]
+    fit_seconds = sum(f["seconds"] for f in result["fits"])
     return [
         "## How it was run", "",
         f"- Test subjects: {test}; never in a training set or a NeuroSQL fit. Training subjects: the first k of "

@@ -25,7 +25,7 @@ from neurosql_med.evaluation.utility.augment import ClassicAugmentation
 from neurosql_med.evaluation.utility.design import SeedSplit, check_design, split_seed, training_cohort
 from neurosql_med.evaluation.utility.networks import TrainingSet, network_name, score, target_scale, train_network
 from neurosql_med.evaluation.utility.report import LABELS, stat, summarize, utility_figure, utility_markdown
-from neurosql_med.evaluation.utility.synthetic import NeuroSQLFit, SyntheticCases, plan_strata, synthetic_cases
+from neurosql_med.evaluation.utility.synthetic import NeuroSQLFit, SyntheticCases, synthetic_cases
 from neurosql_med.evaluation.utility.tasks import Targets, Task, parse_task, read_targets
 from neurosql_med.io.files import write_text
 from neurosql_med.io.outputs import check_output_path, output_lock
@@ -41,10 +41,12 @@ ARMS = {
 }
 RESULT, MARKDOWN, FIGURE = "utility.json", "utility.md", "utility.png"
 STEPS = 400  # downstream optimiser steps per run
-NSQL_STEPS = 800  # NeuroSQL generator steps per training set (shared by its strata)
+NSQL_STEPS = 800  # NeuroSQL generator steps per training set (one fit, conditional for regress/classify)
 CONFIG = "utility"
 # What decides every run's result: a resumed grid must share them (k values and seeds may be added).
-FIXED = ("scans", "task", "holdout", "holdout_fraction", "synthetic_per_real", "steps", "nsql_steps", "config", "mode")
+FIXED = ("scans", "task", "holdout", "holdout_fraction", "synthetic_per_real", "steps", "nsql_steps", "config", "mode",
+         "synthesis")
+SYNTHESIS = "conditional"  # how regress/classify cases get their targets; grids of the earlier per-stratum fits differ
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def run_utility(
     settings = {
         "scans": str(scans), "task": parsed.name, "holdout": None if holdout is None else str(holdout),
         "holdout_fraction": None if holdout is not None else holdout_fraction, "synthetic_per_real": synthetic_per_real,
-        "steps": steps, "nsql_steps": nsql_steps, "config": str(config), "mode": mode,
+        "steps": steps, "nsql_steps": nsql_steps, "config": str(config), "mode": mode, "synthesis": SYNTHESIS,
         "train_subjects": ks, "seeds": seed_list, "arms": list(ARMS), "device": str(resolve_device(device)),
     }
     with output_lock(out):
@@ -145,9 +147,7 @@ def load_study(scans: str | Path, task: Task, holdout: str | Path | None, *, con
     if task.kind == "segment":
         names = _label_classes(pool, held)
     else:
-        subjects = sorted(set(pool.subjects) | set(held.subjects if held else []))
-        roots = [pool.discovery.root] + ([held.discovery.root] if held else [])
-        targets = read_targets(task, roots, subjects)
+        targets = read_targets(task, [pool.discovery] + ([held.discovery] if held else []))
         names = targets.levels or []
     dev = resolve_device(device)
     return Study(task, pool, held, targets, names, NeuroSQLFit(cfg, nsql_steps, dev.type), steps, per_real, dev, out)
@@ -232,11 +232,10 @@ def _cell(study: Study, split: SeedSplit, k: int, arms: list[str], result: dict,
 
 def _synthesize(study: Study, train: Cohort, k: int, seed: int, result: dict, display: Display) -> SyntheticCases:
     display.start(f"k={k} seed {seed}: fitting NeuroSQL on the {k} training subjects (epochs)", None)
-    strata = plan_strata(study.task, study.targets, train, study.per_real)
-    cases = synthetic_cases(study.task, train, strata, study.nsql, study.out / "models" / f"k{k}-seed{seed}", seed,
-                            on_epoch=display.advance)
+    cases = synthetic_cases(study.task, study.targets, train, study.per_real, study.nsql,
+                            study.out / "models" / f"k{k}-seed{seed}", seed, on_epoch=display.advance)
     result["fits"] = [f for f in result["fits"] if (f["k"], f["seed"]) != (k, seed)]
-    result["fits"].append({"k": k, "seed": seed, "strata": cases.fits})
+    result["fits"].append({"k": k, "seed": seed, **cases.fit})
     return cases
 
 

@@ -1,25 +1,25 @@
-"""What a utility run predicts, and the per-subject targets read from the cohort's participants.tsv.
+"""What a utility run predicts, and the per-subject targets: one covariate read by data/covariates.py.
 
-The reader here is deliberately minimal (one column, every subject must have a value): a
-full covariate reader for conditional synthesis will replace it.
+The column is found where a conditional fit finds it (BIDS participants.tsv/json and
+sessions.tsv, the OASIS-1 CSV; any case), so ``classify:CDR`` means the same covariate
+the conditional NeuroSQL model of its synthetic arms is fitted on.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 
+from neurosql_med.data.covariates import build_spec, read_covariates
+from neurosql_med.data.discovery import Discovery
+from neurosql_med.engine.conditioning import level_name
 from neurosql_med.errors import UserError
 
 KINDS = ("segment", "regress", "classify")
-PARTICIPANTS = "participants.tsv"  # BIDS: one row per subject, keyed by participant_id
-MISSING = frozenset({"", "n/a", "na", "nan"})
 SHOWN = 5  # subjects named in an error before "…"
 
 
 @dataclass(frozen=True)
 class Task:
-    """``segment`` (the scans' tissue label maps), or ``regress``/``classify`` one participants.tsv column."""
+    """``segment`` (the scans' tissue label maps), or ``regress``/``classify`` one covariate column."""
 
     kind: str
     column: str | None = None
@@ -46,56 +46,46 @@ def parse_task(text: str) -> Task:
         return Task("segment")
     if kind in KINDS:
         if not column:
-            raise UserError(f"--task {kind} needs a column of participants.tsv: --task {kind}:COLUMN")
+            raise UserError(f"--task {kind} needs a column (a covariate, e.g. of participants.tsv): --task {kind}:COLUMN")
         return Task(kind, column)
     raise UserError(f"unknown --task {text!r}; use segment, regress:COLUMN or classify:COLUMN")
 
 
-def read_column(root: Path, column: str) -> tuple[str, dict[str, str]]:
-    """(the column's name as spelled in the file, participant_id -> raw value) from ``root``/participants.tsv."""
-    path = Path(root) / PARTICIPANTS
-    if not path.is_file():
-        raise UserError(f"{root}: no {PARTICIPANTS}; a regress/classify task reads its column from the cohort's "
-                        f"BIDS {PARTICIPANTS} (participant_id and one column per covariate)")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        rows, header = list(reader), reader.fieldnames or []
-    if "participant_id" not in header:
-        raise UserError(f"{path}: needs a participant_id column")
-    matches = [h for h in header if h == column] or [h for h in header if h.lower() == column.lower()]
-    if len(matches) != 1:
-        raise UserError(f"{path} has no column {column!r} (columns: {', '.join(h for h in header if h != 'participant_id')})")
-    return matches[0], {(row["participant_id"] or "").strip(): (row[matches[0]] or "").strip() for row in rows}
+def read_targets(task: Task, discoveries: list[Discovery]) -> Targets:
+    """Every subject's target, checked: present for each subject, numeric to regress, not constant.
 
-
-def read_targets(task: Task, roots: list[Path], subjects: list[str]) -> Targets:
-    """Every subject's target, checked: present for each subject, numeric to regress, not constant."""
+    A subject's value is its first scan's (a session row before a subject row, as in a conditional fit).
+    """
     assert task.column is not None
-    raw: dict[str, str] = {}
-    name = task.column
-    for root in roots:
-        name, table = read_column(root, task.column)
-        raw |= {s: v for s in subjects if (v := _lookup(table, s)) is not None}
-    lacking = sorted(s for s in subjects if raw.get(s, "").lower() in MISSING)
+    found: dict[str, str] = {}
+    lacking: set[str] = set()  # a subject with any scan lacking a value: the conditional fit needs every scan's
+    tables = []
+    for discovery in discoveries:
+        table = read_covariates(discovery)
+        column = table.find(task.column, f"--task {task.name}")
+        tables.append((table, column))
+        for scan in sorted(discovery.scans, key=lambda s: s.id):
+            value = table.value(scan, column)
+            if value is None:
+                lacking.add(scan.subject)
+            else:
+                found.setdefault(scan.subject, value)
+    table, column = tables[0]
+    name = table.spelled(column)
     if lacking:
-        raise UserError(f"{PARTICIPANTS} has no value of {name!r} for {len(lacking)} subject(s): {_names(lacking)}")
+        raise UserError(f"the covariate tables have no value of {name!r} for {len(lacking)} subject(s): "
+                        f"{_names(sorted(lacking))}")
+    levels = None
     if task.kind == "regress":
-        values = {s: _number(raw[s], name, s) for s in subjects}
-        levels = None
+        values = {s: _number(v, name, s) for s, v in found.items()}
     else:
-        levels = sorted(set(raw.values()), key=_level_order)
-        values = {s: float(levels.index(raw[s])) for s in subjects}
+        rows = [{column: v} for v in found.values()]
+        levels = build_spec(table, [column], rows, {column: "categorical"}).covariates[0].levels
+        values = {s: float(levels.index(level_name(v))) for s, v in found.items()}
     if len(set(values.values())) < 2:
-        raise UserError(f"column {name!r} is constant ({raw[subjects[0]]}) over the {len(subjects)} subjects: nothing to predict")
+        shown = next(iter(found.values()))
+        raise UserError(f"column {name!r} is constant ({shown}) over the {len(found)} subjects: nothing to predict")
     return Targets(name, values, levels)
-
-
-def _lookup(table: dict[str, str], subject: str) -> str | None:
-    """A subject's value whether or not the file (or the scans) spell its id with BIDS's ``sub-`` prefix."""
-    for key in (subject, f"sub-{subject}", subject.removeprefix("sub-")):
-        if key in table:
-            return table[key]
-    return None
 
 
 def _number(text: str, column: str, subject: str) -> float:
@@ -104,14 +94,6 @@ def _number(text: str, column: str, subject: str) -> float:
     except ValueError:
         raise UserError(f"column {column!r} is not numeric ({text!r} for {subject}); regress needs numbers, "
                         f"use classify:{column} for categories") from None
-
-
-def _level_order(level: str) -> tuple[int, float, str]:
-    """Numbers in numeric order (0, 0.5, 1, 2), then text in alphabetical order."""
-    try:
-        return (0, float(level), "")
-    except ValueError:
-        return (1, 0.0, level)
 
 
 def _names(subjects: list[str]) -> str:
