@@ -30,13 +30,7 @@ AGES = [50, 81, 63, 72, 58, 90, 67, 45]
 GROUPS = ["a", "b", "a", "b", "a", "b", "a", "b"]
 TINY = dict(train_subjects=[2], seeds=[0], steps=3, nsql_steps=4, config="tiny", device="cpu", show_progress=False)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_cohort(root: Path, labels: bool = True, ages: list = AGES) -> Path:
