@@ -242,8 +242,11 @@ def test_fit_resume_removes_a_killed_runs_temporaries(capsys, model, scans, tmp_
 # -- real processes: kill -9, SIGINT, two writers -------------------------------------------------
 
 def start(*args) -> subprocess.Popen:
+    """``nsql-med ARGS`` as a child that reacts to Ctrl-C as in a terminal, even when the test run itself
+    was started in the background (which makes a shell ignore SIGINT in it and in its children)."""
     return subprocess.Popen([sys.executable, "-m", "neurosql_med.cli", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 60) -> None:
