@@ -49,6 +49,8 @@ class ModelConfig:
     lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"
     channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])
     upsample: Literal["transposed", "resize"] = "transposed"  # resize: nearest x2 then a 3x3 convolution
+    texture: float = 0.0  # strength of the residual texture fresh samples get (engine/residual.py); 0: none, G(u) alone
+    texture_cutoff: float = 0.15  # cycles per voxel: the residual texture keeps the residual's spectrum above this
 
 
 @dataclass
@@ -130,7 +132,7 @@ class Config:
 
 # section -> {key: the value that reproduces the behaviour from before the key existed}
 LATER_KEYS: dict[str, dict[str, Any]] = {
-    "model": {"upsample": "transposed"}, "loss": {"gradient_weight": 0.0}, "train": {"ema": 0.0},
+    "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15}, "loss": {"gradient_weight": 0.0}, "train": {"ema": 0.0},
 }
 
 BUILTIN = ("default", "volume3d", "hires3d", "tiny", "tiny3d", "utility")
@@ -196,6 +198,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 MAX_LATENT_DIM = 1024
 MAX_CHANNELS = 4096  # each width in model.channels
 MAX_STAGES = 8  # entries of model.channels; every stage doubles the grid
+MAX_TEXTURE = 4.0  # model.texture: past a few times the residual it measures, it is noise, not texture
 MAX_SIDE = 1024  # each of data.shape
 MAX_SAMPLE_VOXELS = 256**3  # one training sample (a 3D volume, or a 2D slice)
 MAX_SPACING = 100.0  # mm
@@ -245,6 +248,10 @@ def _check_model(cfg: Config) -> None:
     m = cfg.model
     if not 1 <= m.latent_dim <= MAX_LATENT_DIM:
         _fail("model.latent_dim", f"must be between 1 and {MAX_LATENT_DIM}")
+    if not 0 <= m.texture <= MAX_TEXTURE:
+        _fail("model.texture", f"must be between 0 (no residual texture) and {MAX_TEXTURE}")
+    if not 0 <= m.texture_cutoff < 0.5:
+        _fail("model.texture_cutoff", "must be in [0, 0.5) cycles per voxel (0.5: the Nyquist frequency)")
     if not 1 <= len(m.channels) <= MAX_STAGES or any(not 1 <= c <= MAX_CHANNELS for c in m.channels):
         _fail("model.channels", f"must list 1 to {MAX_STAGES} widths, each between 1 and {MAX_CHANNELS}")
 

@@ -130,7 +130,7 @@ def _evaluate(
     ))
     report["texture"] = texture(train.images, images)
     if c2st:
-        recon = model.reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
+        recon = model.sampled_reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
         report["c2st"] = c2st_section(train.images, train.subjects, images, reconstructions=recon)
     if train.labels is not None and labels is not None:
         nearest = report["memorization"]["nearest"]

@@ -19,7 +19,7 @@ import torch
 from neurosql_med.config import load_config
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.io.model import CONDITIONS, HISTORY, CONFIG, EVALUATION, FINGERPRINT, GEOMETRY, MODEL_CARD
+from neurosql_med.io.model import CONDITIONS, HISTORY, CONFIG, EVALUATION, FINGERPRINT, GEOMETRY, MODEL_CARD, TEXTURE
 from neurosql_med.version import __version__
 
 INTENDED_USE = (
@@ -86,6 +86,9 @@ def _how(folder: Path, history: Sequence[Mapping], device: str) -> str:
         f"- NeuroSQL: exact optimal-transport assignment of the training samples to a fixed `{cfg.model.lattice}` "
         f"lattice of quantiles of N(0, I_{cfg.model.latent_dim}), alternating with generator regression "
         f"on the assigned pairs (L1 + {cfg.loss.ssim_weight:g} x (1 - SSIM))",
+        *([f"- samples are G(u) plus a residual texture ({TEXTURE}, strength {cfg.model.texture:g}): a Gaussian field "
+           f"with the spectrum of the training residuals above {cfg.model.texture_cutoff:g} cycles/voxel, scaled by "
+           f"their rms at each decoded intensity and edge strength"] if (folder / TEXTURE).is_file() else []),
         f"- config sha256 {cfg.digest()} ({CONFIG}); seed {cfg.train.seed}",
         f"- {len(history)} of {cfg.train.epochs} epoch(s) on {device} (nsql-med {__version__}, torch {torch.__version__}); "
         f"wall-clock times are in {HISTORY}, outside the hashed files, so the same seed gives the same card",

@@ -11,7 +11,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from neurosql_med.io.files import sha256_file, write_bytes, write_text
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.engine.conditioning import ConditionSpec
 from neurosql_med.engine.decoder import Decoder, build_decoder, split_output
+from neurosql_med.engine.residual import RECONSTRUCTION_STREAM, ResidualTexture, texture_seeds
 from neurosql_med.runtime import fast_cpu_math
 
 CHECKPOINT = "model.pt"  # weights, optimiser, schedule and trainer counters
@@ -39,6 +40,8 @@ HASHES = "hashes.json"  # written last: the folder is complete once it exists
 ARTIFACTS = (CHECKPOINT, CONFIG, LATTICE, ASSIGNMENT, GEOMETRY, FINGERPRINT, MODEL_CARD)  # what HASHES covers, in its order
 LABELS = "labels.json"  # {"names": [...]}: class index -> tissue name, only in a model fit on label maps; hashed too
 CONDITIONS = "conditions.json"  # a conditional model's covariates and each training sample's encoded condition; hashed too
+TEXTURE = "texture.pt"  # the residual texture samples get (model.texture > 0); hashed too
+OPTIONAL = (LABELS, CONDITIONS, TEXTURE)  # artifacts only some models have: HASHES covers each one present
 FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
 
 
@@ -81,14 +84,14 @@ def save_conditions(folder: Path, spec: dict, encoded: np.ndarray) -> None:
 
 
 def write_hashes(folder: Path) -> str:
-    """hashes.json, covering labels.json after the ARTIFACTS when the model has one."""
+    """hashes.json, covering the OPTIONAL artifacts the model has after the ARTIFACTS."""
     hashes = {name: sha256_file(folder / name) for name in _artifacts(folder)}
     write_text(folder / HASHES, json.dumps(hashes, indent=2))
     return hashes[CHECKPOINT]
 
 
 def _artifacts(folder: Path) -> tuple[str, ...]:
-    return ARTIFACTS + tuple(name for name in (LABELS, CONDITIONS) if (folder / name).is_file())
+    return ARTIFACTS + tuple(name for name in OPTIONAL if (folder / name).is_file())
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -111,6 +114,7 @@ class NeuroSQLModel:
     label_names: list[str] | None = None  # tissue classes of the label maps it decodes, index 0 background
     condition: ConditionSpec | None = None  # a conditional model's covariates: it decodes G(u, c)
     training_conditions: np.ndarray | None = None  # (n, width) float32: c of each training sample
+    texture: ResidualTexture | None = None  # what fresh samples add to G(u) (engine/residual.py); None: nothing
 
     @property
     def latent_dim(self) -> int:
@@ -137,9 +141,28 @@ class NeuroSQLModel:
         images, logits = split_output(self.generator(z).float().cpu())
         return images, None if logits is None else logits.argmax(1, keepdim=True)
 
+    def sample(
+        self, z: np.ndarray | torch.Tensor, seeds: Sequence[int], c: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fresh samples: `decode_with_labels`, then the residual texture, image b's drawn from ``seeds[b]``.
+
+        Labels stay those of G(u, c): the texture is detail inside tissue, not a change of anatomy.
+        """
+        images, labels = self.decode_with_labels(z, c)
+        return (images if self.texture is None else self.texture.apply(images, seeds)), labels
+
     def reconstructions(self) -> torch.Tensor:
         """G(u_σ(i)) for every training sample i: what the model learned for each real image."""
         return self.decode(self.lattice[self.assignment], self.training_conditions)
+
+    def sampled_reconstructions(self) -> torch.Tensor:
+        """Each training code through the sampler, residual texture included: what the reconstruction C2ST compares,
+        so that it measures the model's images and leaves only the draws of u to the samples' own C2ST."""
+        n = len(self.assignment)
+        seeds = texture_seeds(0, range(n), stream=RECONSTRUCTION_STREAM)
+        return torch.cat([self.sample(self.lattice[self.assignment[i:i + 64]], seeds[i:i + 64],
+                                      None if self.training_conditions is None else self.training_conditions[i:i + 64])[0]
+                          for i in range(0, n, 64)])
 
     def reconstructed_labels(self) -> torch.Tensor | None:
         """The label maps of the reconstructions (int64, (n, 1, *sample_shape)), or None when unlabelled."""
@@ -154,10 +177,10 @@ def verify(folder: Path) -> dict[str, str]:
         state = "an unfinished fit (continue it with `nsql-med fit --resume`)" if is_model_folder(folder) else "not a model folder"
         raise UserError(f"{folder}: incomplete model folder, {state}")
     hashes = _json_object(folder / HASHES)
-    for name in (LABELS, CONDITIONS):
+    for name in OPTIONAL:
         if (folder / name).is_file() and name not in hashes:
             raise UserError(f"{folder / name}: not recorded in {HASHES}; the model folder was modified")
-    for name in ARTIFACTS + tuple(name for name in (LABELS, CONDITIONS) if name in hashes):
+    for name in ARTIFACTS + tuple(name for name in OPTIONAL if name in hashes):
         path = folder / name
         if not path.is_file():
             raise UserError(f"{folder}: incomplete model folder, {name} is missing")
@@ -188,6 +211,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     num_labels = len(label_names or ())
     condition, training = _conditions(folder / CONDITIONS, len(lattice)) if CONDITIONS in hashes else (None, None)
     width = 0 if condition is None else condition.width
+    texture = _texture(folder / TEXTURE, geometry.sample_shape) if TEXTURE in hashes else None
     weights = _generator_weights(folder, cfg, geometry, device, num_labels, width)
     generator = build_decoder(cfg.model, geometry.sample_shape, num_labels, width)
     generator.load_state_dict(weights)
@@ -205,7 +229,25 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
         label_names=label_names,
         condition=condition,
         training_conditions=training,
+        texture=texture,
     )
+
+
+def save_texture(folder: Path, texture: ResidualTexture) -> None:
+    buffer = io.BytesIO()
+    torch.save(texture.state(), buffer)
+    write_bytes(folder / TEXTURE, buffer.getvalue())
+
+
+def _texture(path: Path, sample_shape: Sequence[int]) -> ResidualTexture:
+    """The residual texture, tensors and numbers only (a pickled object is refused), checked against the grid."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: holds pickled objects; refusing to load it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
+    return ResidualTexture.from_state(state, sample_shape, str(path))
 
 
 def _conditions(path: Path, n: int) -> tuple[ConditionSpec, np.ndarray]:

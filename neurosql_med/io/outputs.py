@@ -20,13 +20,13 @@ from pathlib import Path
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import make_folder, write_text
 from neurosql_med.io.model import (
-    ARTIFACTS, CHECKPOINT, CONDITIONS, EVALUATION, HASHES, HISTORY, LABELS, LOSS_PLOT, RECON_PLOT, is_model_folder,
+    ARTIFACTS, CHECKPOINT, EVALUATION, HASHES, HISTORY, LOSS_PLOT, OPTIONAL, RECON_PLOT, is_model_folder,
 )
 from neurosql_med.version import __version__
 
 LOCK = ".nsql-med.lock"
 MARKER = ".nsql-med.json"
-MODEL_FILES = frozenset({*ARTIFACTS, LABELS, CONDITIONS, HASHES, EVALUATION, HISTORY, LOSS_PLOT, RECON_PLOT})
+MODEL_FILES = frozenset({*ARTIFACTS, *OPTIONAL, HASHES, EVALUATION, HISTORY, LOSS_PLOT, RECON_PLOT})
 COHORT_FILES = frozenset({
     "dataset_description.json", "README", ".bidsignore", "participants.tsv", "participants.json",
     "manifest.tsv", "preview.png", "audit.json", "dseg.tsv",

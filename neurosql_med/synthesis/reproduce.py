@@ -62,7 +62,7 @@ def _regenerate(record: dict, file: Path, model_dir: str | Path) -> tuple[Synthe
     model = load_model(model_dir, resolve_device(made_on))
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
-    job = Synthesis(model, k, seed, q, plan=_recorded_plan(record, file, model, seed))
+    job = Synthesis(model, k, seed, q, plan=_recorded_plan(record, file, model, seed), texture=info["texture"])
     return job, decode_one(job, info["latent_index"]), info
 
 
@@ -134,7 +134,7 @@ def _image_and_record(path: Path) -> tuple[Path, dict]:
 def checked_provenance(record: object, file: Path) -> dict:
     """The NeuroSQL fields reproduce decodes from, each checked: a sidecar is text anyone can edit.
 
-    Returns them with defaults filled in for fields older files lack (latent_index, device, versions).
+    Returns them with defaults filled in for fields older files lack (latent_index, device, versions, texture).
     """
     info = record.get("NeuroSQL") if isinstance(record, dict) else None
     if not isinstance(info, dict):
@@ -154,4 +154,6 @@ def checked_provenance(record: object, file: Path) -> dict:
         raise UserError(f"{file}: NeuroSQL.versions must be an object of version strings naming nsql-med")
     if fields["device"] not in ("cpu", "cuda"):
         raise UserError(f"{file}: NeuroSQL.device must be cpu or cuda, got {fields['device']!r}")
+    if not isinstance(fields.setdefault("texture", True), bool):
+        raise UserError(f"{file}: NeuroSQL.texture must be true or false, got {fields['texture']!r}")
     return {**fields, "max_typicality": float(q)}

@@ -1,8 +1,8 @@
 """Fresh draws of a trained model, decoded and written one sample at a time.
 
-Sample k of seed S is a pure function of (model, S, k, typicality): its latent comes
-from a generator seeded with (S, k), and it is decoded in the fixed block of
-``COMPUTE_BLOCK`` consecutive indices it belongs to, because a network's floating-point
+Sample k of seed S is a pure function of (model, S, k, typicality, texture): its latent
+and its residual texture (`engine/residual.py`) come from generators seeded with (S, k),
+and it is decoded in the fixed block of ``COMPUTE_BLOCK`` consecutive indices it belongs to, because a network's floating-point
 result for one input can change with the batch it is computed in. So the bytes of a
 file never depend on N, the batch size, or which files a resumed run had left to do.
 The cohort writer, the copy audit, `reproduce` and `SyntheticDataset` all decode here.
@@ -10,6 +10,7 @@ The cohort writer, the copy audit, `reproduce` and `SyntheticDataset` all decode
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from neurosql_med.version import __version__
 from neurosql_med.engine.lattice import reference_draws
+from neurosql_med.engine.residual import texture_seeds
 from neurosql_med.io.dicom import read_series, series_instances, write_series
 from neurosql_med.io.dicom_seg import write_segmentation
 from neurosql_med.io.files import write_text
@@ -53,6 +55,7 @@ class Synthesis:
     typicality: float
     formats: tuple[str, ...] = ("nifti",)  # which files a sample gets; not what they hold
     plan: ConditionPlan | None = None  # a conditional model's: the condition each sample k is asked for
+    texture: bool = True  # add the model's residual texture (if it has one); False: G(u) alone
 
     def label(self, k: int) -> str:
         return f"sub-{synthetic_id(k, self.n)}"
@@ -85,7 +88,13 @@ class Synthesis:
             "mode": self.model.geometry.mode,
             "device": self.model.device.type,
             "compute_block": 1 if self.plan is not None else COMPUTE_BLOCK,  # a conditional sample is decoded alone
-        }
+        } | ({} if self.model.texture is None else {"texture": self.texture})  # models before textures: as before
+
+    def decode(self, z: np.ndarray, indices: Sequence[int], c: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images and label maps of latents ``z`` drawn at latent ``indices``, with the texture the run asks for."""
+        if not self.texture:
+            return self.model.decode_with_labels(z, c)
+        return self.model.sample(z, texture_seeds(self.seed, indices), c)
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,7 @@ def decode_block(job: Synthesis, block: int) -> list[Draw]:
     if job.plan is not None:
         return [_decode_conditional(job, int(index), int(index)) for index in indices if index <= job.n]
     z, levels = reference_draws(indices, job.model.latent_dim, job.model.lattice_kind, job.seed, job.typicality)
-    images, labels = job.model.decode_with_labels(z)
+    images, labels = job.decode(z, indices)
     return [Draw(images[j], z[j], float(levels[j]), int(index), None if labels is None else labels[j])
             for j, index in enumerate(indices)]
 
@@ -127,7 +136,7 @@ def _decode_conditional(job: Synthesis, latent_index: int, k: int) -> Draw:
     z, levels = reference_draws(np.array([latent_index]), job.model.latent_dim, job.model.lattice_kind, job.seed,
                                 job.typicality)
     condition = job.plan.condition(k)
-    images, labels = job.model.decode_with_labels(z, job.model.condition.encode(condition)[None])
+    images, labels = job.decode(z, [latent_index], job.model.condition.encode(condition)[None])
     return Draw(images[0], z[0], float(levels[0]), latent_index, None if labels is None else labels[0], condition)
 
 
@@ -138,9 +147,9 @@ def decode_one(job: Synthesis, latent_index: int, sample: int | None = None) -> 
     return decode_block(job, (latent_index - 1) // COMPUTE_BLOCK)[(latent_index - 1) % COMPUTE_BLOCK]
 
 
-def decode_batched(model: NeuroSQLModel, z: np.ndarray) -> torch.Tensor:
-    """Images of any number of latents with bounded memory, where no file's bytes depend on the batches."""
-    return torch.cat([model.decode(z[i:i + SAMPLE_BATCH]) for i in range(0, len(z), SAMPLE_BATCH)])
+def decode_batched(model: NeuroSQLModel, z: np.ndarray, seeds: list[int]) -> torch.Tensor:
+    """Samples of any number of latents (texture from ``seeds``) with bounded memory, where no file's bytes depend on the batches."""
+    return torch.cat([model.sample(z[i:i + SAMPLE_BATCH], seeds[i:i + SAMPLE_BATCH])[0] for i in range(0, len(z), SAMPLE_BATCH)])
 
 
 def provenance(job: Synthesis, k: int, draw: Draw, software: dict) -> dict:

@@ -87,6 +87,7 @@ def synthesize(
     condition: str | None = None,
     condition_table: str | Path | None = None,
     balance: str | None = None,
+    texture: bool = True,
 ) -> SynthesisSummary:
     """Write a BIDS-derivative synthetic cohort of samples 1..n of ``seed``, with a preview of synthetic images only.
 
@@ -95,6 +96,7 @@ def synthesize(
     ``format``: nifti, dicom (one DICOM series per sample under sub-*/dicom/) or both.
     ``condition``, ``condition_table``, ``balance``: what a conditional model's subjects are
     asked for (synthesis/conditions.py); with a table, n (None: taken from it) is its number of rows.
+    ``texture``: False writes G(u) alone, without the model's residual texture (recorded in provenance).
     The whole run holds --out's lock, so a second run into the same folder is refused.
     """
     if n is None and condition_table is None:
@@ -108,7 +110,7 @@ def synthesize(
     model = load_model(model_dir, resolve_device(device))
     plan = make_plan(model.condition, seed, condition, None if condition_table is None else Path(condition_table), balance)
     n = _planned_n(plan, n)
-    job = Synthesis(model, n, seed, typicality, FORMATS[format], plan)
+    job = Synthesis(model, n, seed, typicality, FORMATS[format], plan, texture)
     settings = {**job.run_record(), "n": n} | ({} if plan is None else {"condition": plan.source})
     train = None if audit is None else load_cohort(audit, job.model.config.data).images
     with output_lock(out):

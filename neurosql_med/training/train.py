@@ -36,6 +36,7 @@ from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss
 from neurosql_med.engine.decoder import Decoder, build_decoder, check_decoder_size, split_output
+from neurosql_med.engine.residual import fit_texture
 from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
     ASSIGNMENT,
@@ -48,11 +49,13 @@ from neurosql_med.io.model import (
     LATTICE,
     LOSS_PLOT,
     RECON_PLOT,
+    TEXTURE,
     load_checkpoint,
     save_array,
     save_checkpoint,
     save_conditions,
     save_label_names,
+    save_texture,
     write_hashes,
 )
 from neurosql_med.io.outputs import check_model_output, output_lock, prepare_model_output
@@ -61,6 +64,7 @@ from neurosql_med.runtime import autocast, resolve_device, seed_everything, to_d
 EpochHook = Callable[[dict], None]
 WARMUP_EPOCHS = 5
 PREVIEW_SAMPLES = 8  # training images shown beside their reconstructions in recon.png
+TEXTURE_BATCH = 64  # training images decoded at once when the residual texture is fitted
 
 
 @dataclass
@@ -518,9 +522,27 @@ def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, st
         recon, logits = split_output(trainer.generator(trainer.inputs(state.perm)[shown.to(trainer.device)]).float().cpu())
     labels = None if logits is None else (cohort.labels[shown], logits.argmax(1, keepdim=True))
     plots.real_vs_reconstruction(cohort.images[shown], recon, out / RECON_PLOT, labels=labels, label_names=trainer.label_names)
+    _write_texture(out, cohort, trainer, state)
     write_model_card(out, state.history, trainer.device.type, None if cohort.label_names is None else len(cohort.label_names))
     sha = write_hashes(out)
     return FitResult(out, state.epoch, state.history, False, stopped_by_budget, sha)
+
+
+def _write_texture(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState) -> None:
+    """texture.pt from the residuals of the weights samples come from (the moving average under train.ema)."""
+    model = trainer.cfg.model
+    if not model.texture:
+        (out / TEXTURE).unlink(missing_ok=True)  # a refit without texture leaves no stale one to be hashed
+        return
+    generator = trainer.generator
+    if trainer.ema is not None:
+        generator = copy.deepcopy(generator)
+        generator.load_state_dict(trainer.ema)
+    inputs = trainer.inputs(state.perm)
+    with torch.no_grad():
+        recon = torch.cat([split_output(generator(inputs[i:i + TEXTURE_BATCH]).float().cpu())[0]
+                           for i in range(0, len(inputs), TEXTURE_BATCH)])
+    save_texture(out, fit_texture(cohort.images, recon, model.texture, model.texture_cutoff))
 
 
 def _progress(labelled: bool) -> Progress:

@@ -28,6 +28,7 @@ from neurosql_med.config import Config, override, with_condition
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.data.covariates import attach, condition_scans, read_covariates
 from neurosql_med.engine.lattice import reference_draws
+from neurosql_med.engine.residual import texture_seeds
 from neurosql_med.evaluation.utility.tasks import Targets, Task
 from neurosql_med.io.model import NeuroSQLModel, load_model
 from neurosql_med.synthesis.conditions import ConditionPlan, make_plan
@@ -107,8 +108,9 @@ def draw(model: NeuroSQLModel, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """``n`` (>= 1) fresh samples and their label maps (zeros for an unlabelled model), decoded in bounded batches."""
     z, _ = reference_draws(np.arange(n), model.latent_dim, model.lattice_kind, seed)
     images, labels = [], []
+    seeds = texture_seeds(seed, np.arange(n))
     for i in range(0, n, SAMPLE_BATCH):
-        decoded, maps = model.decode_with_labels(z[i:i + SAMPLE_BATCH])
+        decoded, maps = model.sample(z[i:i + SAMPLE_BATCH], seeds[i:i + SAMPLE_BATCH])
         images.append(decoded)
         labels.append(torch.zeros_like(decoded, dtype=torch.long) if maps is None else maps)
     return torch.cat(images), torch.cat(labels)
@@ -121,5 +123,7 @@ def draw_conditioned(model: NeuroSQLModel, plan: ConditionPlan, n: int, seed: in
     values = [plan.condition(k) for k in range(1, n + 1)]
     assert model.condition is not None
     c = np.stack([model.condition.encode(v) for v in values])
-    images = [model.decode(z[i:i + SAMPLE_BATCH], c[i:i + SAMPLE_BATCH]) for i in range(0, n, SAMPLE_BATCH)]
+    seeds = texture_seeds(seed, np.arange(n))
+    images = [model.sample(z[i:i + SAMPLE_BATCH], seeds[i:i + SAMPLE_BATCH], c[i:i + SAMPLE_BATCH])[0]
+              for i in range(0, n, SAMPLE_BATCH)]
     return torch.cat(images), values
