@@ -132,7 +132,9 @@ class Config:
 
 # section -> {key: the value that reproduces the behaviour from before the key existed}
 LATER_KEYS: dict[str, dict[str, Any]] = {
-    "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15}, "loss": {"gradient_weight": 0.0}, "train": {"ema": 0.0},
+    "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15},
+    "loss": {"gradient_weight": 0.0},
+    "train": {"ema": 0.0},
 }
 
 BUILTIN = ("default", "volume3d", "hires3d", "tiny", "tiny3d", "utility")

@@ -3,7 +3,7 @@
 G is fitted by L1 + SSIM, so G(u) is the conditional mean of the images coded near u:
 smoother than any real scan, and a classifier two-sample test tells every sample and
 every reconstruction from a real image (AUC 1.0, `evaluation/c2st.py`). After a fit the
-training residuals r_i = x_i - G(u_σ(i)) are summarised by two statistics:
+training residuals r_i = x_i - G(u_σ(i)) are summarised by two statistics (and a level, below):
 
 - their power spectrum above ``cutoff`` cycles per voxel: below it the residual is
   anatomy the decoder placed differently, which a random field would only turn into blobs;
@@ -14,13 +14,15 @@ training residuals r_i = x_i - G(u_σ(i)) are summarised by two statistics:
 
 A sample is G(u) plus ``strength`` times a Gaussian field with that spectrum, scaled
 voxel by voxel by the amplitude looked up on G(u). Where G(u) is darker than
-``background`` it stays G(u): skull-stripped scans are exactly 0 outside the brain, and a
-high-passed residual rings out of the brain's border into that background, where a
-classifier sees any noise at once. ``background`` is measured too: the decoded intensity
-below which the training images are exactly 0 at least ``ZERO_SHARE`` of the time (0 for
-scans whose background is not zeroed, so their texture covers every voxel). Only these summaries are kept, never a
-residual image, so no training subject's detail reaches a sample. Each image's field
-comes from its own seed and its own FFT: its bytes never depend on the batch.
+``background`` it stays G(u): skull-stripped scans are exactly 0 outside the brain, a
+high-passed residual rings out of the brain's border into that background, and a
+classifier sees any noise there at once. ``background`` is measured too: the decoded
+intensity below which the training images are exactly 0 at least ``ZERO_SHARE`` of the
+time (0 for scans whose background is not zeroed: their texture covers every voxel).
+
+Only these summaries are kept, never a residual image, so no training subject's detail
+reaches a sample. Each image's field comes from its own seed and its own FFT: its bytes
+never depend on the batch.
 """
 from __future__ import annotations
 
@@ -130,7 +132,7 @@ def fit_texture(
     """
     shape = tuple(images.shape[2:])
     keep = (frequency_radius(shape) > cutoff).float()
-    edges = _gradient_edges(reconstructions)
+    edges = _gradient_edges(reconstructions, batch)
     power = torch.zeros(shape, dtype=torch.float64)
     cells = (len(INTENSITY_EDGES) + 1) * (len(GRADIENT_LEVELS) + 1)
     total, count = torch.zeros(cells, dtype=torch.float64), torch.zeros(cells, dtype=torch.float64)
@@ -164,10 +166,10 @@ def _background(zeros: Tensor, dark: Tensor) -> float:
     return run * BACKGROUND_STEP
 
 
-def _gradient_edges(reconstructions: Tensor) -> Tensor:
+def _gradient_edges(reconstructions: Tensor, batch: int) -> Tensor:
     """Quantiles of the reconstructions' gradient magnitude, on an evenly strided subset of the voxels."""
-    magnitudes = torch.cat([gradient_magnitude(reconstructions[i:i + 64]).flatten()
-                            for i in range(0, len(reconstructions), 64)])
+    magnitudes = torch.cat([gradient_magnitude(reconstructions[i:i + batch]).flatten()
+                            for i in range(0, len(reconstructions), batch)])
     subset = magnitudes[:: max(1, len(magnitudes) // QUANTILE_POINTS)]
     return torch.quantile(subset, torch.tensor(GRADIENT_LEVELS)).float()
 

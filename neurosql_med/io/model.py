@@ -43,6 +43,7 @@ CONDITIONS = "conditions.json"  # a conditional model's covariates and each trai
 TEXTURE = "texture.pt"  # the residual texture samples get (model.texture > 0); hashed too
 OPTIONAL = (LABELS, CONDITIONS, TEXTURE)  # artifacts only some models have: HASHES covers each one present
 FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
+DECODE_BATCH = 64  # training codes decoded at once for the textured reconstructions
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -158,11 +159,11 @@ class NeuroSQLModel:
     def sampled_reconstructions(self) -> torch.Tensor:
         """Each training code through the sampler, residual texture included: what the reconstruction C2ST compares,
         so that it measures the model's images and leaves only the draws of u to the samples' own C2ST."""
-        n = len(self.assignment)
+        n, b = len(self.assignment), DECODE_BATCH
         seeds = texture_seeds(0, range(n), stream=RECONSTRUCTION_STREAM)
-        return torch.cat([self.sample(self.lattice[self.assignment[i:i + 64]], seeds[i:i + 64],
-                                      None if self.training_conditions is None else self.training_conditions[i:i + 64])[0]
-                          for i in range(0, n, 64)])
+        conditions = self.training_conditions
+        return torch.cat([self.sample(self.lattice[self.assignment[i:i + b]], seeds[i:i + b],
+                                      None if conditions is None else conditions[i:i + b])[0] for i in range(0, n, b)])
 
     def reconstructed_labels(self) -> torch.Tensor | None:
         """The label maps of the reconstructions (int64, (n, 1, *sample_shape)), or None when unlabelled."""

@@ -2,9 +2,10 @@
 
 Sample k of seed S is a pure function of (model, S, k, typicality, texture): its latent
 and its residual texture (`engine/residual.py`) come from generators seeded with (S, k),
-and it is decoded in the fixed block of ``COMPUTE_BLOCK`` consecutive indices it belongs to, because a network's floating-point
-result for one input can change with the batch it is computed in. So the bytes of a
-file never depend on N, the batch size, or which files a resumed run had left to do.
+and it is decoded in the fixed block of ``COMPUTE_BLOCK`` consecutive indices it belongs
+to, because a network's floating-point result for one input can change with the batch it
+is computed in. So the bytes of a file never depend on N, the batch size, or which files
+a resumed run had left to do.
 The cohort writer, the copy audit, `reproduce` and `SyntheticDataset` all decode here.
 """
 from __future__ import annotations
@@ -90,7 +91,9 @@ class Synthesis:
             "compute_block": 1 if self.plan is not None else COMPUTE_BLOCK,  # a conditional sample is decoded alone
         } | ({} if self.model.texture is None else {"texture": self.texture})  # models before textures: as before
 
-    def decode(self, z: np.ndarray, indices: Sequence[int], c: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def decode(
+        self, z: np.ndarray, indices: Sequence[int], c: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images and label maps of latents ``z`` drawn at latent ``indices``, with the texture the run asks for."""
         if not self.texture:
             return self.model.decode_with_labels(z, c)
@@ -148,8 +151,9 @@ def decode_one(job: Synthesis, latent_index: int, sample: int | None = None) -> 
 
 
 def decode_batched(model: NeuroSQLModel, z: np.ndarray, seeds: list[int]) -> torch.Tensor:
-    """Samples of any number of latents (texture from ``seeds``) with bounded memory, where no file's bytes depend on the batches."""
-    return torch.cat([model.sample(z[i:i + SAMPLE_BATCH], seeds[i:i + SAMPLE_BATCH])[0] for i in range(0, len(z), SAMPLE_BATCH)])
+    """Samples of any number of latents, textured from ``seeds``, with bounded memory (no file's bytes depend on it)."""
+    return torch.cat([model.sample(z[i:i + SAMPLE_BATCH], seeds[i:i + SAMPLE_BATCH])[0]
+                      for i in range(0, len(z), SAMPLE_BATCH)])
 
 
 def provenance(job: Synthesis, k: int, draw: Draw, software: dict) -> dict:
