@@ -7,8 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 DEMO_OUT ?= demo-out
+OUT ?= realistic-cohort
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean realistic-cohort
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,12 @@ demo: install
 	$(BIN)/nsql-med fit sample_data --out $(DEMO_OUT)/model --force
 	$(BIN)/nsql-med synthesize --n 16 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/synth --force
 	@echo "preview of the synthetic cohort: $(DEMO_OUT)/synth/preview.png"
+
+# The benchmark cohort of real brains from packages (nilearn's MNI ICBM 152, Debian's Colin27):
+# the sources are fetched into ~/.cache/nsql-med, the cohort written to $(OUT) (git-ignored by default).
+realistic-cohort: install
+	$(BIN)/python -m pip install -q -e ".[benchmark]"
+	$(BIN)/python benchmarks/realistic_cohort.py --out $(OUT)
 
 test: install
 	$(BIN)/python -m pytest

@@ -351,10 +351,19 @@ def benchmark(
 
 
 def _int_list(text: str, option: str) -> list[int]:
+    return _number_list(text, option, int)
+
+
+def _float_list(text: str, option: str) -> list[float]:
+    return _number_list(text, option, float)
+
+
+def _number_list(text: str, option: str, kind: type) -> list:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"{option} must be comma-separated integers, got {text!r}") from None
+        what = "integers" if kind is int else "numbers"
+        raise UserError(f"{option} must be comma-separated {what}, got {text!r}") from None
 
 
 @app.command()
@@ -363,7 +372,10 @@ def utility(
     task: str = typer.Option(..., "--task", help="segment (the scans' label maps), regress:COLUMN or classify:COLUMN."),
     train_subjects: str = typer.Option("4,8,16", "--train-subjects", help="Comma-separated training-set sizes k (subjects)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds: each draws its own split."),
-    synthetic_per_real: float = typer.Option(4.0, "--synthetic-per-real", help="NeuroSQL cases per real training sample."),
+    synthetic_per_real: str = typer.Option("4", "--synthetic-per-real", help="NeuroSQL cases per real training sample; "
+                                           "comma-separated ratios (e.g. 1,2,4,8) run each NeuroSQL arm once per ratio."),
+    schedule: str = typer.Option("constant", "--schedule", help="Synthetic share of each batch over training: constant, "
+                                 "or decay (from twice the data's share down to 0, so training ends on real scans)."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="Folder of test subjects' scans (default: drawn per seed)."),
     holdout_fraction: Optional[float] = typer.Option(None, "--holdout-fraction", help="Share of subjects tested when no --holdout (0.25)."),
     steps: int = typer.Option(400, "--steps", help="Optimiser steps of the downstream network, the same in every arm."),
@@ -384,7 +396,7 @@ def utility(
         raise UserError("--holdout and --holdout-fraction exclude each other: test on a folder or on a drawn share")
     result = run_utility(
         scans, task=task, train_subjects=_int_list(train_subjects, "--train-subjects"), seeds=_int_list(seeds, "--seeds"),
-        synthetic_per_real=synthetic_per_real, holdout=holdout,
+        synthetic_per_real=_float_list(synthetic_per_real, "--synthetic-per-real"), schedule=schedule, holdout=holdout,
         holdout_fraction=0.25 if holdout_fraction is None else holdout_fraction, steps=steps, nsql_steps=nsql_steps,
         config=config, mode=mode, device=device, out=out, resume=resume,
     )
