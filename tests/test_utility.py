@@ -80,7 +80,7 @@ def test_tiny_grid_writes_all_three_outputs(watched):
     assert sorted(r["arm"] for r in saved["runs"]) == sorted(ARMS)
     assert all(0 <= r["scores"]["dice"] <= 1 for r in saved["runs"])
     markdown = (out / "utility.md").read_text()
-    assert "real + classic + NeuroSQL" in markdown and "Elasticd" in markdown and "**" in markdown
+    assert "real + classic + NeuroSQL" in markdown and "elastic" in markdown and "**" in markdown
     assert (out / "utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
