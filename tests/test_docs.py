@@ -89,3 +89,7 @@ def test_a_builtin_value_is_shown_beside_the_schema_default():
 def test_every_builtin_config_says_what_it_is_for():
     assert all(header for _, header, _ in GEN["builtin_configs"]())
 
+
+
+def test_the_readme_stays_short():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
