@@ -38,7 +38,7 @@ def cli_commands() -> list[tuple[str, object]]:
 
 def _cell(text: object) -> str:
     """Text safe inside a Markdown table cell."""
-    return str(text).replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+    return str(text).replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;").replace("\n", " ")
 
 
 def is_argument(param) -> bool:

@@ -18,7 +18,8 @@ GEN = runpy.run_path(str(ROOT / "docs/gen_ref.py"), run_name="gen_ref")
 
 
 def _parameters():
-    return [(name, param) for name, command in GEN["cli_commands"]() for param in command.params]
+    root = [("", param) for param in GEN["cli_group"]().params]  # --version
+    return root + [(name, param) for name, command in GEN["cli_commands"]() for param in command.params]
 
 
 def test_every_command_says_what_it_does():
