@@ -43,8 +43,9 @@ $(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[docs]"
 	@touch $@
 
+# pyproject pins mkdocs < 2, so the plugins' banners about MkDocs 2 are silenced.
 docs: $(VENV)/.docs-installed
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) nsql-model synth site .pytest_cache
