@@ -11,6 +11,7 @@ from rich.console import Console
 from typer.exceptions import Abort, Exit, TyperException
 
 from neurosql_med import __version__
+from neurosql_med.config import BUILTIN
 from neurosql_med.errors import UserError
 
 console = Console()
@@ -60,7 +61,7 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-ConfigOpt = typer.Option("default", "--config", "-c", help="YAML config file, or a built-in name: default, volume3d, tiny, tiny3d.")
+ConfigOpt = typer.Option("default", "--config", "-c", help=f"YAML config file, or a built-in name: {', '.join(BUILTIN)}.")
 PatternOpt = typer.Option(None, "--pattern", help="Glob (relative to the folder) choosing the images; overrides the layout's choice.")
 StrictOpt = typer.Option(False, "--strict", help="Treat any skipped (unreadable or invalid) scan as an error.")
 LabelsOpt = typer.Option(

@@ -23,16 +23,16 @@ from neurosql_med.errors import UserError
 
 @dataclass
 class DataConfig:
-    mode: Literal["2d", "3d"] = "2d"
-    pattern: Optional[str] = None
-    spacing: list[float] = field(default_factory=lambda: [2.5, 2.5, 2.5])
-    shape: list[int] = field(default_factory=lambda: [64, 80, 64])
-    fit: Literal["pad_crop", "resize"] = "pad_crop"
-    intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    foreground_margin: int = 2
-    slice_axis: int = 2
-    slice_range: list[float] = field(default_factory=lambda: [0.2, 0.8])
-    slice_stride: int = 3
+    mode: Literal["2d", "3d"] = "2d"  # 2d: the model learns axial (slice_axis) slices; 3d: whole volumes
+    pattern: Optional[str] = None  # glob (relative to the scan folder) choosing the images; overrides the layout's choice
+    spacing: list[float] = field(default_factory=lambda: [2.5, 2.5, 2.5])  # target voxel size in mm (RAS), resampled by MONAI Spacingd
+    shape: list[int] = field(default_factory=lambda: [64, 80, 64])  # volume grid in voxels after cropping to the brain
+    fit: Literal["pad_crop", "resize"] = "pad_crop"  # pad_crop keeps the physical size; resize stretches the brain's box to the grid
+    intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])  # [low, high] percentiles mapped to 0 and 1
+    foreground_margin: int = 2  # voxels kept around the brain when cropping to the foreground
+    slice_axis: int = 2  # 2d: 0 sagittal, 1 coronal, 2 axial
+    slice_range: list[float] = field(default_factory=lambda: [0.2, 0.8])  # 2d: the fraction of the brain's own extent along slice_axis that slices are cut from
+    slice_stride: int = 3  # 2d: every n-th slice of that range
     skull_stripped: bool = True  # recorded in synthetic sidecars (BIDS SkullStripped)
     labels: str = "auto"  # tissue label maps: "auto" (used when every scan has one), "none", or a glob
 
@@ -45,9 +45,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = 16
-    lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"
-    channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])
+    latent_dim: int = 16  # dimension d of the latent codes u (the quantile lattice's points)
+    lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"  # reference distribution the lattice's quantiles come from
+    channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])  # decoder widths, one stage each; every stage doubles the grid
     upsample: Literal["transposed", "resize"] = "transposed"  # resize: nearest x2 then a 3x3 convolution
     texture: float = 0.0  # strength of the residual texture fresh samples get (engine/residual.py); 0: none, G(u) alone
     texture_cutoff: float = 0.15  # cycles per voxel: the residual texture keeps the residual's spectrum above this
@@ -55,38 +55,38 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    ssim_weight: float = 0.8
+    ssim_weight: float = 0.8  # loss = L1 + ssim_weight x (1 - SSIM)
     gradient_weight: float = 0.0  # weight of an L1 term on image gradients (edges), in generator steps only
-    ssim_window: int = 7
+    ssim_window: int = 7  # SSIM window side in voxels (odd)
     label_weight: float = 1.0  # weight of the label term (cross-entropy + Dice) when the cohort has label maps
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 110
-    max_minutes: Optional[float] = None
-    batch_size: int = 16
-    lr: float = 0.005
-    weight_decay: float = 0.0001
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
+    epochs: int = 110  # training epochs (with a budget, at most this many)
+    max_minutes: Optional[float] = None  # wall-clock budget: two timed epochs fix the epoch count that fits it
+    batch_size: int = 16  # samples per generator step
+    lr: float = 0.005  # peak learning rate of the warm-up + cosine schedule (AdamW)
+    weight_decay: float = 0.0001  # AdamW weight decay
+    seed: int = 0  # seeds the whole fit: the same seed and thread count give the same bytes
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU is visible, else cpu
+    amp: bool = True  # bf16 autocast for the generator on a GPU (assignment costs stay float32)
     ema: float = 0.0  # decay of an exponential moving average of the generator's weights, used for sampling; 0: off
 
 
 @dataclass
 class AssignmentConfig:
-    cost: Literal["auto", "loss", "mse"] = "auto"
-    threshold: float = 0.02
-    max_interval: int = 8
-    block_size: int = 16384
+    cost: Literal["auto", "loss", "mse"] = "auto"  # assignment cost: the training loss, squared error, or auto (the loss while it is cheap)
+    threshold: float = 0.02  # assign every epoch while more than this fraction of the codes moves, then back off
+    max_interval: int = 8  # at most this many epochs between assignment rounds
+    block_size: int = 16384  # above this many samples, solve the assignment in random blocks of this size
 
 
 @dataclass
 class ConditionConfig:
     """The covariates a conditional model is fit on (``fit --condition``); absent for an unconditional model."""
 
-    columns: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)  # covariates to condition on, e.g. [CDR, Age]
     categorical: list[str] = field(default_factory=list)  # treat these as categories even when numeric
     continuous: list[str] = field(default_factory=list)  # treat these as numbers even when participants.json lists levels
     cost_bins: int = 4  # assignment costs per stratum under this many bins of each continuous covariate; 0: each image's own value
@@ -196,14 +196,14 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 # Upper limits, so a typo cannot ask for more memory than any machine has (a 100000^3 grid
-# used to crash the interpreter when the decoder was built). Documented in the README.
-MAX_LATENT_DIM = 1024
+# used to crash the interpreter when the decoder was built). Listed in the docs' config reference.
+MAX_LATENT_DIM = 1024  # model.latent_dim
 MAX_CHANNELS = 4096  # each width in model.channels
 MAX_STAGES = 8  # entries of model.channels; every stage doubles the grid
 MAX_TEXTURE = 4.0  # model.texture: past a few times the residual it measures, it is noise, not texture
 MAX_SIDE = 1024  # each of data.shape
 MAX_SAMPLE_VOXELS = 256**3  # one training sample (a 3D volume, or a 2D slice)
-MAX_SPACING = 100.0  # mm
+MAX_SPACING = 100.0  # each of data.spacing, in mm
 SEED_RANGE = 2**32  # numpy's seed range: 0 <= seed < 2**32
 
 

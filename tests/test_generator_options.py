@@ -1,4 +1,4 @@
-"""Generator options from issue 15: resize-convolution upsampling and the gradient loss term, and what stays as before."""
+"""Generator options: resize-convolution upsampling and the gradient loss term, and what stays as before."""
 from __future__ import annotations
 
 import hashlib
