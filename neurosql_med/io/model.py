@@ -21,7 +21,7 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file, write_bytes, write_text
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.engine.conditioning import ConditionSpec
-from neurosql_med.engine.decoder import Decoder, build_decoder, split_output
+from neurosql_med.engine.decoder import TemplateOutput, build_decoder, split_output
 from neurosql_med.engine.residual import RECONSTRUCTION_STREAM, ResidualTexture, texture_seeds
 from neurosql_med.runtime import fast_cpu_math
 
@@ -106,7 +106,7 @@ class NeuroSQLModel:
     folder: Path
     config: Config
     geometry: Geometry
-    generator: Decoder
+    generator: TemplateOutput
     lattice: np.ndarray
     assignment: np.ndarray
     fingerprint: dict

@@ -191,7 +191,7 @@ class Shard:
     ) -> AssignResult:
         """``engine.assignment.assign`` across ranks, with this rank's ``images`` (and ``labels``) only."""
         n = len(self.owner)
-        kind = cost_kind(cfg.cost, n, images[0].numel())
+        kind = cost_kind(cfg.cost, n, images[0].numel(), loss.laplacian_weight > 0)
         blocked = n > cfg.block_size
         blocks = assignment_blocks(n, cfg.block_size, seed, previous) if blocked else [(np.arange(n), np.arange(n))]
         timings = {"forward": 0.0, "cost": 0.0, "lap": 0.0}

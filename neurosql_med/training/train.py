@@ -34,8 +34,8 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
-from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss
-from neurosql_med.engine.decoder import Decoder, build_decoder, check_decoder_size, split_output
+from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss, laplacian_l1
+from neurosql_med.engine.decoder import TemplateOutput, build_decoder, check_decoder_size, split_output
 from neurosql_med.engine.residual import fit_texture
 from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
@@ -118,7 +118,7 @@ class Trainer:
     device: torch.device
     images: Tensor  # (n, 1, *sample_shape) on the device
     lattice: Tensor  # the fixed quantile lattice on the device; lattice[perm[i]] is image i's input
-    generator: Decoder
+    generator: TemplateOutput
     loss_fn: ReconstructionLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -305,7 +305,8 @@ def _set_up(
     if shard is not None:
         shard.wrap(generator, device)
     loss_fn = ReconstructionLoss(
-        images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window, label_weight=cfg.loss.label_weight).to(device)
+        images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window, label_weight=cfg.loss.label_weight,
+        laplacian_weight=cfg.loss.laplacian_weight, laplacian_levels=cfg.loss.laplacian_levels).to(device)
     optimizer = torch.optim.AdamW(generator.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
     points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
@@ -442,7 +443,7 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
         optimizer.step()
         if trainer.ema is not None:
             update_ema(trainer.ema, generator, t.ema)
-        totals.add(pred.detach().float(), images[rows], labels, per_sample.detach(), (image_loss, label_loss))
+        totals.add(pred.detach().float(), images[rows], labels, per_sample.detach(), (image_loss, label_loss), trainer.loss_fn)
     trainer.scheduler.step()
     if shard is not None:
         shard.reduce(totals)
@@ -457,16 +458,22 @@ class _EpochTotals:
     loss: float = 0.0
     image_loss: float = 0.0
     l1: float = 0.0
+    laplacian: float = 0.0  # the weighted Laplacian-pyramid term, so that SSIM can be read off the image loss
     label_loss: float = 0.0
     agree: Tensor | float = 0.0  # per class: voxels where reconstruction and label map agree
     sizes: Tensor | float = 0.0  # per class: both maps' voxel counts
 
-    def add(self, pred: Tensor, images: Tensor, labels: Tensor | None, loss: Tensor, terms: tuple) -> None:
+    def add(
+        self, pred: Tensor, images: Tensor, labels: Tensor | None, loss: Tensor, terms: tuple, loss_fn: ReconstructionLoss,
+    ) -> None:
         """One batch: its detached predictions, targets, per-sample loss and (image, label) loss terms."""
         image_loss, label_loss = terms
         self.loss += float(loss.sum())
         self.image_loss += float(image_loss.detach().sum())
         self.l1 += float((pred[:, :1] - images).abs().flatten(1).mean(1).sum())
+        if loss_fn.laplacian_weight:
+            self.laplacian += loss_fn.laplacian_weight * float(
+                laplacian_l1(pred[:, :1], images, loss_fn.laplacian_levels).sum())
         if labels is not None:
             self.label_loss += float(label_loss.detach().sum())
             agree, sizes = dice_counts(pred[:, 1:], labels)
@@ -474,7 +481,7 @@ class _EpochTotals:
 
     def row(self, n: int, ssim_weight: float) -> dict:
         """loss, l1, ssim; with labels also label_loss and the reconstructions' Dice (mean over non-background classes, per class)."""
-        ssim = 1 - (self.image_loss - self.l1) / n / ssim_weight if ssim_weight else float("nan")
+        ssim = 1 - (self.image_loss - self.l1 - self.laplacian) / n / ssim_weight if ssim_weight else float("nan")
         row: dict = {"loss": self.loss / n, "l1": self.l1 / n, "ssim": ssim}
         if self.label_names is not None:
             dice = [1.0 if s == 0 else 2 * a / s for a, s in zip(self.agree.tolist(), self.sizes.tolist())]
@@ -484,7 +491,7 @@ class _EpochTotals:
 
 
 @torch.no_grad()
-def update_ema(ema: dict[str, Tensor], generator: Decoder, decay: float) -> None:
+def update_ema(ema: dict[str, Tensor], generator: TemplateOutput, decay: float) -> None:
     """ema ← decay · ema + (1 − decay) · weights: samples from an average of the last ~1/(1 − decay) steps."""
     for name, value in generator.state_dict().items():
         ema[name].lerp_(value, 1 - decay)
