@@ -282,8 +282,9 @@ def launch(processes: int, args: Sequence[str], cfg: Config) -> int:
 
     ``cfg`` is the fit's checked config: what every process would refuse is refused here, once.
     """
-    if cfg.condition is not None:
-        raise UserError("a conditional fit (--condition) runs in one process: drop --nproc-per-node for it")
+    if cfg.condition is not None or cfg.model.slice_levels:
+        raise UserError("a conditional or slice-aware fit (--condition, model.slice_levels) runs in one process: "
+                        "drop --nproc-per-node for it")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "neurosql_med.cli", *args]
     return subprocess.run(command, check=False).returncode

@@ -25,9 +25,8 @@ from torch import Tensor
 from neurosql_med.training import distributed
 from neurosql_med.viz import plots
 from neurosql_med.engine.assignment import assign, initial_assignment
-from neurosql_med.engine.strata import (
-    Strata, assign_stratified, cost_conditions, initial_stratified, stratified_lattice,
-)
+from neurosql_med.engine.strata import Strata, assign_stratified, initial_stratified, stratified_lattice
+from neurosql_med.training.conditions import TrainingConditions, training_conditions
 from neurosql_med.config import Config, load_config, override, with_condition
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
@@ -55,6 +54,7 @@ from neurosql_med.io.model import (
     save_checkpoint,
     save_conditions,
     save_label_names,
+    save_levels,
     save_texture,
     write_hashes,
 )
@@ -129,6 +129,7 @@ class Trainer:
     strata: Strata | None = None  # a conditional model's images and lattice blocks per categorical stratum
     cost_conditions: Tensor | None = None  # the conditions its assignment costs use (continuous ones binned)
     ema: dict[str, Tensor] | None = None  # the moving average of the generator's weights (train.ema > 0): what samples
+    conditioned: TrainingConditions | None = None  # what ``conditions`` is made of: covariates and slice levels
 
     @property
     def writes(self) -> bool:
@@ -173,8 +174,9 @@ def fit(
     """
     out = Path(out)
     with distributed.process_group(cfg.train.device) as group:
-        if group is not None and cohort.conditions is not None:
-            raise UserError("a conditional fit (--condition) runs in one process: drop --nproc-per-node / torchrun for it")
+        if group is not None and (cohort.conditions is not None or cfg.model.slice_levels):
+            raise UserError("a conditional or slice-aware fit (--condition, model.slice_levels) runs in one process: "
+                            "drop --nproc-per-node / torchrun for it")
         writes = group is None or group.rank == 0
         with output_lock(out) if writes else contextlib.nullcontext():  # no second run writes into this folder
             if writes:
@@ -193,12 +195,9 @@ def _fit(
     t = cfg.train
     device = resolve_device(t.device) if group is None else group.device
     seed_everything(t.seed)
-    lattice, strata = _lattice(cohort, cfg)
-    trainer = _set_up(cohort, cfg, lattice, device, group)
-    if strata is not None:
-        trainer.strata = strata
-        trainer.cost_conditions = cost_conditions(cohort.conditions, strata, cohort.condition_spec.continuous_columns(),
-                                                  cfg.condition.cost_bins)
+    conditioned = training_conditions(cohort, cfg)
+    lattice = _lattice(len(cohort), cfg, conditioned)
+    trainer = _set_up(cohort, cfg, lattice, device, group, conditioned)
     state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
     if resume:  # the folder records the epoch total, budget and device this run continues with
         write_text(out / CONFIG, cfg.to_yaml())
@@ -255,13 +254,12 @@ def _rank(trainer: Trainer) -> int:
     return 0 if trainer.shard is None else trainer.shard.rank
 
 
-def _lattice(cohort: Cohort, cfg: Config) -> tuple[np.ndarray, Strata | None]:
-    """The fixed lattice: one for the cohort, or for a conditional model one per stratum, of its own size."""
+def _lattice(n: int, cfg: Config, conditioned: TrainingConditions | None) -> np.ndarray:
+    """The fixed lattice: one for the cohort, or for a conditional or slice-aware model one per stratum, of its own size."""
     m, seed = cfg.model, cfg.train.seed
-    if cohort.conditions is None:
-        return quantile_lattice(len(cohort), m.latent_dim, m.lattice, seed=seed), None
-    strata = Strata.of([cohort.condition_spec.stratum(v) for v in cohort.condition_values])
-    return stratified_lattice(strata, m.latent_dim, m.lattice, seed=seed), strata
+    if conditioned is None:
+        return quantile_lattice(n, m.latent_dim, m.lattice, seed=seed)
+    return stratified_lattice(conditioned.strata, m.latent_dim, m.lattice, seed=seed)
 
 
 def _continued(saved: Config, cfg: Config) -> Config:
@@ -282,7 +280,8 @@ def epoch_lr(total: int) -> Callable[[int], float]:
 
 
 def _set_up(
-    cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.device, group: distributed.Group | None = None
+    cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.device, group: distributed.Group | None = None,
+    conditioned: TrainingConditions | None = None,
 ) -> Trainer:
     """The same objects for a fresh and a resumed fit (a resume then loads their saved state).
 
@@ -296,7 +295,7 @@ def _set_up(
     images = to_device(cohort.images[keep], device)
     labels = None if cohort.labels is None else to_device(_checked_labels(cohort)[keep], device)
     num_labels = 0 if labels is None else len(cohort.label_names)
-    conditions = None if cohort.conditions is None else cohort.conditions.float().to(device)
+    conditions = None if conditioned is None else conditioned.values.to(device)
     width = 0 if conditions is None else conditions.shape[1]
     generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels, width).to(device)
     generator.init_template(images if shard is None else cohort.images)
@@ -313,7 +312,8 @@ def _set_up(
     names = None if labels is None else list(cohort.label_names)
     ema = {k: v.detach().clone() for k, v in generator.state_dict().items()} if t.ema else None
     return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, shard, conditions,
-                   ema=ema)
+                   None if conditioned is None else conditioned.strata, None if conditioned is None else conditioned.cost,
+                   ema=ema, conditioned=conditioned)
 
 
 def _checked_labels(cohort: Cohort) -> Tensor:
@@ -358,7 +358,10 @@ def _initial_codes(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndar
     if trainer.strata is None:
         images = trainer.images if trainer.shard is None else cohort.images
         return initial_assignment(images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
-    save_conditions(out, cohort.condition_spec.to_json(), cohort.conditions.numpy())
+    if cohort.conditions is not None:
+        save_conditions(out, cohort.condition_spec.to_json(), cohort.conditions.numpy())
+    if trainer.conditioned.levels is not None:
+        save_levels(out, trainer.conditioned.levels.to_json(), trainer.conditioned.training_levels)
     return initial_stratified(trainer.images, lattice, trainer.strata, cfg.model.lattice, cfg.assignment.block_size,
                               cfg.train.seed)
 
