@@ -24,6 +24,7 @@ from neurosql_med.engine.conditioning import ConditionSpec
 from neurosql_med.engine.levels import SliceLevels
 from neurosql_med.engine.decoder import TemplateOutput, build_decoder, split_output
 from neurosql_med.engine.residual import RECONSTRUCTION_STREAM, ResidualTexture, texture_seeds
+from neurosql_med.engine.tissue_texture import FORMAT as TISSUE_FORMAT, TissueTexture
 from neurosql_med.runtime import fast_cpu_math
 
 CHECKPOINT = "model.pt"  # weights, optimiser, schedule and trainer counters
@@ -122,7 +123,7 @@ class NeuroSQLModel:
     label_names: list[str] | None = None  # tissue classes of the label maps it decodes, index 0 background
     condition: ConditionSpec | None = None  # a conditional model's covariates: it decodes G(u, c)
     training_conditions: np.ndarray | None = None  # (n, width) float32: c of each training sample
-    texture: ResidualTexture | None = None  # what fresh samples add to G(u) (engine/residual.py); None: nothing
+    texture: ResidualTexture | TissueTexture | None = None  # what fresh samples add to G(u) (engine/residual.py); None: nothing
     levels: SliceLevels | None = None  # a slice-aware model's: it decodes G(u, c, p) (engine/levels.py)
     training_levels: np.ndarray | None = None  # (n,) p of each training sample
 
@@ -173,7 +174,7 @@ class NeuroSQLModel:
         Labels stay those of G(u, c): the texture is detail inside tissue, not a change of anatomy.
         """
         images, labels = self.decode_with_labels(z, c, levels)
-        return (images if self.texture is None else self.texture.apply(images, seeds)), labels
+        return (images if self.texture is None else self.texture.apply(images, seeds, labels)), labels
 
     def reconstructions(self) -> torch.Tensor:
         """G(u_σ(i)) for every training sample i: what the model learned for each real image."""
@@ -237,7 +238,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     condition, training = _conditions(folder / CONDITIONS, len(lattice)) if CONDITIONS in hashes else (None, None)
     levels, training_levels = _levels(folder / LEVELS, len(lattice)) if LEVELS in hashes else (None, None)
     width = (0 if condition is None else condition.width) + (0 if levels is None else 1)
-    texture = _texture(folder / TEXTURE, geometry.sample_shape) if TEXTURE in hashes else None
+    texture = _texture(folder / TEXTURE, geometry.sample_shape, num_labels) if TEXTURE in hashes else None
     weights = _generator_weights(folder, cfg, geometry, device, num_labels, width)
     generator = build_decoder(cfg.model, geometry.sample_shape, num_labels, width)
     generator.load_state_dict(weights)
@@ -261,13 +262,13 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     )
 
 
-def save_texture(folder: Path, texture: ResidualTexture) -> None:
+def save_texture(folder: Path, texture: ResidualTexture | TissueTexture) -> None:
     buffer = io.BytesIO()
     torch.save(texture.state(), buffer)
     write_bytes(folder / TEXTURE, buffer.getvalue())
 
 
-def _texture(path: Path, sample_shape: Sequence[int]) -> ResidualTexture:
+def _texture(path: Path, sample_shape: Sequence[int], num_labels: int) -> ResidualTexture | TissueTexture:
     """The residual texture, tensors and numbers only (a pickled object is refused), checked against the grid."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -275,6 +276,8 @@ def _texture(path: Path, sample_shape: Sequence[int]) -> ResidualTexture:
         raise UserError(f"{path}: holds pickled objects; refusing to load it") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise UserError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
+    if isinstance(state, dict) and state.get("format") == TISSUE_FORMAT:
+        return TissueTexture.from_state(state, sample_shape, num_labels, str(path))
     return ResidualTexture.from_state(state, sample_shape, str(path))
 
 

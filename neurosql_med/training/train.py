@@ -36,6 +36,7 @@ from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss, laplacian_l1
 from neurosql_med.engine.decoder import TemplateOutput, build_decoder, check_decoder_size, split_output
 from neurosql_med.engine.residual import fit_texture
+from neurosql_med.engine.tissue_texture import fit_tissue_texture
 from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
     ASSIGNMENT,
@@ -550,9 +551,15 @@ def _write_texture(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerSt
         generator.load_state_dict(trainer.ema)
     inputs = trainer.inputs(state.perm)
     with torch.no_grad():
-        recon = torch.cat([split_output(generator(inputs[i:i + TEXTURE_BATCH]).float().cpu())[0]
-                           for i in range(0, len(inputs), TEXTURE_BATCH)])
-    save_texture(out, fit_texture(cohort.images, recon, model.texture, model.texture_cutoff))
+        outputs = [split_output(generator(inputs[i:i + TEXTURE_BATCH]).float().cpu())
+                   for i in range(0, len(inputs), TEXTURE_BATCH)]
+    recon = torch.cat([image for image, _ in outputs])
+    if model.texture_mode == "global":
+        save_texture(out, fit_texture(cohort.images, recon, model.texture, model.texture_cutoff))
+        return
+    decoded = None if cohort.labels is None else torch.cat([logits.argmax(1, keepdim=True) for _, logits in outputs])
+    save_texture(out, fit_tissue_texture(cohort.images, recon, model.texture, model.texture_cutoff, cohort.labels, decoded,
+                                         len(trainer.label_names or ())))
 
 
 def _progress(labelled: bool) -> Progress:
