@@ -48,7 +48,7 @@ class ModelConfig:
     latent_dim: int = 16
     lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"
     channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])
-    upsample: Literal["transposed", "resize"] = "transposed"  # resize: nearest x2 then a 3x3 convolution
+    upsample: Literal["transposed", "resize"] = "transposed"  # plain decoder: resize = nearest x2 then a 3x3 convolution
     texture: float = 0.0  # strength of the residual texture fresh samples get (engine/residual.py); 0: none, G(u) alone
     texture_cutoff: float = 0.15  # cycles per voxel: the residual texture keeps the residual's spectrum above this
     decoder: Literal["plain", "residual"] = "plain"  # residual: modulated residual blocks at every resolution
