@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from neurosql_med.config import load_config, override
 from neurosql_med.engine.assignment import LOSS_COST_LIMIT, PYRAMID_COST_LIMIT, cost_kind, pair_costs
 from neurosql_med.engine.losses import ReconstructionLoss, laplacian_l1, laplacian_pyramid, pairwise_laplacian
+from neurosql_med.errors import UserError
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 16, 20), (2, 1, 9, 13), (1, 1, 8, 10, 6)])
@@ -54,3 +56,10 @@ def test_auto_cost_keeps_the_pyramid_term_above_the_full_loss_limit():
     loss = ReconstructionLoss(2, window=5, laplacian_weight=1.0, laplacian_levels=3)
     outputs, images = torch.rand(3, 1, 12, 14), torch.rand(4, 1, 12, 14)
     torch.testing.assert_close(pair_costs(outputs, images, loss, "pyramid"), pairwise_laplacian(outputs, images, 3))
+
+
+def test_laplacian_keys_are_checked():
+    with pytest.raises(UserError, match="loss.laplacian_weight"):
+        override(load_config("tiny"), loss__laplacian_weight=-1.0)
+    with pytest.raises(UserError, match="loss.laplacian_levels"):
+        override(load_config("tiny"), loss__laplacian_levels=0)

@@ -88,3 +88,10 @@ def test_levels_need_a_slice_aware_model(scans, tmp_path):
     fit(load_cohort(scans, cfg.data), cfg, tmp_path / "m", show_progress=False)
     with pytest.raises(UserError, match="--levels"):
         synthesize(tmp_path / "m", tmp_path / "s", 2, show_progress=False, device="cpu", levels="0.5")
+
+
+def test_slice_levels_are_for_2d_and_bounded():
+    with pytest.raises(UserError, match="model.slice_levels"):
+        override(load_config("tiny3d"), model__slice_levels=4)
+    with pytest.raises(UserError, match="model.slice_levels"):
+        override(load_config("tiny"), model__slice_levels=-1)
