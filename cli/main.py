@@ -216,6 +216,7 @@ def synthesize(
     condition_table: Optional[Path] = typer.Option(None, "--condition-table", help="TSV/CSV of covariates: one synthetic subject per row."),
     balance: Optional[str] = typer.Option(None, "--balance", help="A categorical covariate whose levels get equal counts, e.g. CDR."),
     texture: bool = typer.Option(True, "--texture/--no-texture", help="Add the model's residual texture to G(u); --no-texture writes the decoder's smooth mean images."),
+    levels: Optional[str] = typer.Option(None, "--levels", help="A slice-aware model's relative slice levels in [0, 1], e.g. 0.3,0.5,0.7, which the samples cycle through (default: drawn from the training levels)."),
 ) -> None:
     """Write a synthetic cohort as NIfTI files (and/or DICOM series) with provenance."""
     _threads(threads)
@@ -223,7 +224,8 @@ def synthesize(
 
     summary = run(model, out, n, seed=seed, typicality=typicality, batch_size=batch_size, device=device,
                   force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies, format=format,
-                  condition=condition, condition_table=condition_table, balance=balance, texture=texture)
+                  condition=condition, condition_table=condition_table, balance=balance, texture=texture,
+                  levels=levels)
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"{summary.written} image(s) written, {summary.kept} kept, in {summary.seconds:.1f} s → {out}")

@@ -48,9 +48,12 @@ class ModelConfig:
     latent_dim: int = 16  # dimension d of the latent codes u (the quantile lattice's points)
     lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"  # reference distribution the lattice's quantiles come from
     channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])  # decoder widths, one stage each; every stage doubles the grid
-    upsample: Literal["transposed", "resize"] = "transposed"  # resize: nearest x2 then a 3x3 convolution
+    upsample: Literal["transposed", "resize"] = "transposed"  # plain decoder: resize = nearest x2 then a 3x3 convolution
     texture: float = 0.0  # strength of the residual texture fresh samples get (engine/residual.py); 0: none, G(u) alone
     texture_cutoff: float = 0.15  # cycles per voxel: the residual texture keeps the residual's spectrum above this
+    decoder: Literal["plain", "residual"] = "plain"  # residual: modulated residual blocks at every resolution
+    slice_levels: int = 0  # 2d: strata of the relative slice level p, which G also reads; 0: slices know no level
+    texture_mode: Literal["global", "tissue"] = "global"  # tissue: residual statistics per tissue class (or intensity bin)
 
 
 @dataclass
@@ -59,6 +62,8 @@ class LossConfig:
     gradient_weight: float = 0.0  # weight of an L1 term on image gradients (edges), in generator steps only
     ssim_window: int = 7  # SSIM window side in voxels (odd)
     label_weight: float = 1.0  # weight of the label term (cross-entropy + Dice) when the cohort has label maps
+    laplacian_weight: float = 0.0  # weight of a Laplacian-pyramid L1 term, in generator steps and assignment costs
+    laplacian_levels: int = 4  # levels of that pyramid (each half the resolution of the last)
 
 
 @dataclass
@@ -76,7 +81,7 @@ class TrainConfig:
 
 @dataclass
 class AssignmentConfig:
-    cost: Literal["auto", "loss", "mse"] = "auto"  # assignment cost: the training loss, squared error, or auto (the loss while it is cheap)
+    cost: Literal["auto", "loss", "pyramid", "mse"] = "auto"  # assignment cost: the training loss, squared error, the Laplacian-pyramid L1 alone, or auto (the loss while it is cheap)
     threshold: float = 0.02  # assign every epoch while more than this fraction of the codes moves, then back off
     max_interval: int = 8  # at most this many epochs between assignment rounds
     block_size: int = 16384  # above this many samples, solve the assignment in random blocks of this size
@@ -132,8 +137,9 @@ class Config:
 
 # section -> {key: the value that reproduces the behaviour from before the key existed}
 LATER_KEYS: dict[str, dict[str, Any]] = {
-    "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15},
-    "loss": {"gradient_weight": 0.0},
+    "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15, "decoder": "plain", "slice_levels": 0,
+              "texture_mode": "global"},
+    "loss": {"gradient_weight": 0.0, "laplacian_weight": 0.0, "laplacian_levels": 4},
     "train": {"ema": 0.0},
 }
 
@@ -200,6 +206,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 MAX_LATENT_DIM = 1024  # model.latent_dim
 MAX_CHANNELS = 4096  # each width in model.channels
 MAX_STAGES = 8  # entries of model.channels; every stage doubles the grid
+MAX_SLICE_LEVELS = 64  # model.slice_levels: more strata than this leave a handful of slices each
 MAX_TEXTURE = 4.0  # model.texture: past a few times the residual it measures, it is noise, not texture
 MAX_SIDE = 1024  # each of data.shape
 MAX_SAMPLE_VOXELS = 256**3  # one training sample (a 3D volume, or a 2D slice)
@@ -256,6 +263,10 @@ def _check_model(cfg: Config) -> None:
         _fail("model.texture_cutoff", "must be in [0, 0.5) cycles per voxel (0.5: the Nyquist frequency)")
     if not 1 <= len(m.channels) <= MAX_STAGES or any(not 1 <= c <= MAX_CHANNELS for c in m.channels):
         _fail("model.channels", f"must list 1 to {MAX_STAGES} widths, each between 1 and {MAX_CHANNELS}")
+    if not 0 <= m.slice_levels <= MAX_SLICE_LEVELS:
+        _fail("model.slice_levels", f"must be between 0 (no slice level) and {MAX_SLICE_LEVELS}")
+    if m.slice_levels and cfg.data.mode != "2d":
+        _fail("model.slice_levels", "applies to 2d slices only (set it to 0 for data.mode 3d)")
 
 
 def _check_training(cfg: Config) -> None:
@@ -264,6 +275,10 @@ def _check_training(cfg: Config) -> None:
         _fail("loss.ssim_weight", "must be >= 0")
     if loss.gradient_weight < 0:
         _fail("loss.gradient_weight", "must be >= 0")
+    if loss.laplacian_weight < 0:
+        _fail("loss.laplacian_weight", "must be >= 0")
+    if not 1 <= loss.laplacian_levels <= MAX_STAGES:
+        _fail("loss.laplacian_levels", f"must be between 1 and {MAX_STAGES}")
     if loss.ssim_window < 3 or loss.ssim_window % 2 == 0:
         _fail("loss.ssim_window", "must be an odd number >= 3")
     if min(cfg.data.shape) < loss.ssim_window:

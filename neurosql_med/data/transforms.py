@@ -49,6 +49,10 @@ class SliceSamplesd(MapTransform):
         self.axis, self.fraction, self.stride = axis, fraction, stride
 
     def slice_indices(self, volume: torch.Tensor) -> list[int]:
+        return [index for index, _ in self.slices(volume)]
+
+    def slices(self, volume: torch.Tensor) -> list[tuple[int, float]]:
+        """Each slice taken, with its relative level: its centre's position within the brain's extent, in (0, 1)."""
         other = tuple(i for i in range(1, 4) if i != self.axis + 1)
         present = torch.nonzero(is_foreground(volume).any(dim=0).any(dim=tuple(o - 1 for o in other))).flatten()
         if present.numel() == 0:
@@ -57,17 +61,18 @@ class SliceSamplesd(MapTransform):
         extent = last - first
         start = first + int(round(self.fraction[0] * extent))
         stop = max(first + int(round(self.fraction[1] * extent)), start + 1)
-        return list(range(start, stop, self.stride))
+        return [(index, (index + 0.5 - first) / extent) for index in range(start, stop, self.stride)]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         keys = list(self.key_iterator(dict(data)))
         volume = data[keys[0]]
         samples = []
-        for index in self.slice_indices(volume):
+        for index, level in self.slices(volume):
             sample = {k: v for k, v in data.items() if k not in keys}
             for key in keys:
                 sample[key] = data[key].select(self.axis + 1, index).as_tensor().clone()
             sample["slice_index"] = index
+            sample["slice_level"] = level
             sample["affine"] = volume.affine.clone()
             samples.append(sample)
         return samples

@@ -62,7 +62,8 @@ def _regenerate(record: dict, file: Path, model_dir: str | Path) -> tuple[Synthe
     model = load_model(model_dir, resolve_device(made_on))
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
-    job = Synthesis(model, k, seed, q, plan=_recorded_plan(record, file, model, seed), texture=info["texture"])
+    job = Synthesis(model, k, seed, q, plan=_recorded_plan(record, file, model, seed), texture=info["texture"],
+                    levels=_recorded_level(info, file, model))
     return job, decode_one(job, info["latent_index"]), info
 
 
@@ -74,6 +75,16 @@ def _recorded_plan(record: dict, file: Path, model: NeuroSQLModel, seed: int) ->
     if not isinstance(recorded, dict):
         raise UserError(f"{file}: provenance lacks the Condition a conditional model decodes under")
     return ConditionPlan(model.condition, seed, fixed=model.condition.parse(recorded, f"{file}: Condition"))
+
+
+def _recorded_level(info: dict, file: Path, model: NeuroSQLModel) -> tuple[float] | None:
+    """A slice-aware model's image is decoded at the slice level its provenance records."""
+    if model.levels is None:
+        return None
+    level = info.get("slice_level")
+    if type(level) not in (int, float) or not 0 <= level <= 1:
+        raise UserError(f"{file}: NeuroSQL.slice_level must be a number in [0, 1] for a slice-aware model, got {level!r}")
+    return (float(level),)
 
 
 def _reproduce_series(folder: Path, model_dir: str | Path) -> tuple[bool, str, str]:
