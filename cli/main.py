@@ -13,6 +13,7 @@ from typer.exceptions import Abort, Exit, TyperException
 from neurosql_med import __version__
 from neurosql_med.config import BUILTIN
 from neurosql_med.errors import UserError
+from neurosql_med.evaluation.utility import arms as utility_arms
 
 console = Console()
 app = typer.Typer(
@@ -381,8 +382,8 @@ def utility(
                                  "or decay (from twice the data's share down to 0, so training ends on real scans)."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="Folder of test subjects' scans (default: drawn per seed)."),
     holdout_fraction: Optional[float] = typer.Option(None, "--holdout-fraction", help="Share of subjects tested when no --holdout (0.25)."),
-    steps: int = typer.Option(400, "--steps", help="Optimiser steps of the downstream network, the same in every arm."),
-    nsql_steps: int = typer.Option(800, "--nsql-steps", help="Generator steps of each NeuroSQL fit (per training set)."),
+    steps: int = typer.Option(utility_arms.STEPS, "--steps", help="Optimiser steps of the downstream network, the same in every arm."),
+    nsql_steps: int = typer.Option(utility_arms.NSQL_STEPS, "--nsql-steps", help="Generator steps of each NeuroSQL fit (per training set)."),
     config: str = typer.Option("utility", "--config", "-c", help="Preprocessing and NeuroSQL config (path or built-in name)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="2d or 3d."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),

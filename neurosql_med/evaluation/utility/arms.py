@@ -1,4 +1,4 @@
-"""The arms of a utility grid: what each one trains on, and its name at each synthetic-to-real ratio.
+"""The arms of a utility grid: what each one trains on, its name at each synthetic-to-real ratio, and its budget.
 
 With one ``--synthetic-per-real`` ratio an arm is named as in ``ARMS``; with several, each
 arm that uses NeuroSQL cases runs once per ratio and carries it in its name
@@ -7,6 +7,9 @@ arm that uses NeuroSQL cases runs once per ratio and carries it in its name
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+STEPS = 1000  # downstream optimiser steps per run: classic augmentation needs them, the real arm does not lose by them
+NSQL_STEPS = 800  # NeuroSQL generator steps per training set (one fit, conditional for regress/classify)
 
 # arm: (trains on the real subjects, with classic augmentation, with NeuroSQL cases)
 ARMS = {

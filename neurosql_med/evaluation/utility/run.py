@@ -22,7 +22,7 @@ from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.utility import arms as arm_names
-from neurosql_med.evaluation.utility.arms import ARMS
+from neurosql_med.evaluation.utility.arms import ARMS, NSQL_STEPS, STEPS
 from neurosql_med.evaluation.utility.augment import STRENGTH, ClassicAugmentation, transforms_text
 from neurosql_med.evaluation.utility.design import SeedSplit, check_design, split_seed, training_cohort
 from neurosql_med.evaluation.utility.networks import TrainingSet, network_name, score, target_scale, train_network
@@ -34,8 +34,6 @@ from neurosql_med.io.outputs import check_output_path, output_lock
 from neurosql_med.runtime import resolve_device
 
 RESULT, MARKDOWN, FIGURE = "utility.json", "utility.md", "utility.png"
-STEPS = 400  # downstream optimiser steps per run
-NSQL_STEPS = 800  # NeuroSQL generator steps per training set (one fit, conditional for regress/classify)
 CONFIG = "utility"
 # What decides every run's result: a resumed grid must share them (k values and seeds may be added).
 FIXED = ("scans", "task", "holdout", "holdout_fraction", "synthetic_per_real", "schedule", "classic", "steps",
