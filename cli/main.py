@@ -179,7 +179,7 @@ def fit(
         cohort = load_conditioned_cohort(scans, cfg, strict=strict, covariates=covariates)
         console.print("conditioned on " + ", ".join(cohort.condition_spec.names))
     for line in skipped_lines(cohort.discovery):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"{len(cohort.discovery.scans)} scan(s) → {len(cohort)} {cfg.data.mode} sample(s) of shape {cohort.geometry.sample_shape}")
     if cfg.train.max_minutes is not None and not resume:  # time two epochs, then the epoch count that fits
         result = fit_in_budget(cohort, cfg, out, force=force)

@@ -108,10 +108,10 @@ class _BoundedLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, "uses a YAML alias (*name); write the value out instead",
                                               self.peek_event().start_mark)
         self._nodes += 1
-        if self._depth >= MAX_DEPTH or self._nodes > MAX_NODES:
-            raise yaml.composer.ComposerError(
-                None, None, f"nests deeper than {MAX_DEPTH} levels or holds more than {MAX_NODES:,} values",
-                self.peek_event().start_mark)
+        too_much = (f"nests deeper than {MAX_DEPTH} levels" if self._depth >= MAX_DEPTH
+                    else f"holds more than {MAX_NODES:,} values" if self._nodes > MAX_NODES else None)
+        if too_much:
+            raise yaml.composer.ComposerError(None, None, too_much, self.peek_event().start_mark)
         self._depth += 1
         try:
             return super().compose_node(parent, index)
