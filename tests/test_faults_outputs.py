@@ -54,16 +54,19 @@ def scans(tmp_path_factory) -> Path:
     return write_subjects(tmp_path_factory.mktemp("faults") / "scans", 5)
 
 
-@pytest.fixture(scope="module")
-def model(scans) -> Path:
-    """The uninterrupted reference fit, through the real entry point."""
-    out = scans.parent / "model"
-    sys.argv = ["nsql-med", "fit", str(scans), "--config", "tiny", "--epochs", EPOCHS, "--out", str(out)]
+def reference_fit(scans: Path, out: Path, epochs: str) -> Path:
+    """An uninterrupted fit through the real entry point."""
+    sys.argv = ["nsql-med", "fit", str(scans), "--config", "tiny", "--epochs", epochs, "--out", str(out)]
     from neurosql_med.cli.main import main
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code in (0, None)
     return out
+
+
+@pytest.fixture(scope="module")
+def model(scans) -> Path:
+    return reference_fit(scans, scans.parent / "model", EPOCHS)
 
 
 # -- --force deletes only what nsql-med wrote ---------------------------------------------
@@ -351,13 +354,7 @@ STAGES = [(".nsql-med.json", 1), ("model.pt", 1), ("history.jsonl", 2), ("recon.
 
 @pytest.fixture(scope="module")
 def short_model(scans) -> Path:
-    out = scans.parent / "short"
-    sys.argv = ["nsql-med", "fit", str(scans), "--config", "tiny", "--epochs", SHORT, "--out", str(out)]
-    from neurosql_med.cli.main import main
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code in (0, None)
-    return out
+    return reference_fit(scans, scans.parent / "short", SHORT)
 
 
 def disk_full_at(path: Path, nth: int):

@@ -90,7 +90,7 @@ def fit_config(
     """The config a fit runs with: a resumed fit continues its own saved config.
 
     Checks ``out`` first, so a refused output folder is reported before scans are loaded,
-    and the config it returns with `check_fit`.
+    then whatever else `check_fit` can check without them.
 
     Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
     """
@@ -127,9 +127,9 @@ def check_fit(cohort: Cohort | None, cfg: Config, out: Path, *, resume: bool, fo
     if cohort is None:
         check_decoder_size(cfg.model, cfg.data.sample_shape())
         return
-    num_labels = 0 if cohort.labels is None else len(cohort.label_names or ())
     if cohort.labels is not None:
         _checked_labels(cohort)
+    num_labels = 0 if cohort.labels is None else len(cohort.label_names)
     width = 0 if cohort.conditions is None else cohort.conditions.shape[1]
     check_decoder_size(cfg.model, cfg.data.sample_shape(), num_labels, width)
     check_free_space(out, folder_bytes(cfg, len(cohort), num_labels, width), reclaimable=resume or force)
