@@ -20,7 +20,7 @@ from neurosql_med.errors import UserError
 
 MAX_BYTES = 64 * 2**20  # the largest JSON file read (a conditional model's conditions.json is the largest written)
 MAX_YAML_BYTES = 2**20  # a config is a few hundred bytes
-MAX_DEPTH = 32  # nesting levels; the deepest file nsql-med writes has 4
+MAX_DEPTH = 32  # nesting levels; the deepest file nsql-med writes (utility.json) has 7
 MAX_NODES = 100_000  # YAML nodes in one document
 
 
@@ -68,7 +68,7 @@ def parse_json(text: str | bytes, where: str | Path, limit: int = MAX_BYTES) -> 
     except UnicodeDecodeError as exc:
         raise DocumentError(f"{where}: not UTF-8 text (byte {exc.start})") from None
     except ValueError as exc:
-        raise DocumentError(f"{where}: not JSON ({str(exc).splitlines()[0]})") from None
+        raise DocumentError(f"{where}: not JSON ({_first_line(exc)})") from None
     _check_depth(value, where)
     return value
 
@@ -82,6 +82,13 @@ def read_json_lines(path: str | Path, limit: int = MAX_BYTES) -> list[Any]:
     """One JSON value per non-blank line (history.jsonl)."""
     lines = read_bytes(path, limit).splitlines()
     return [parse_json(line, f"{path} line {i}", limit) for i, line in enumerate(lines, 1) if line.strip()]
+
+
+def _first_line(exc: Exception, limit: int = 120) -> str:
+    """An exception's message, on one line and cut short: parsers quote the input they stopped at."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_depth(value: Any, where: str | Path) -> None:
@@ -128,6 +135,8 @@ def parse_yaml(text: str, where: str | Path, limit: int = MAX_YAML_BYTES) -> Any
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise DocumentError(f"{where} is not valid YAML: {_yaml_reason(exc)}") from None
+    except ValueError as exc:  # a value PyYAML cannot build: a 5000-digit integer, the 13th month
+        raise DocumentError(f"{where} is not valid YAML: {_first_line(exc)}") from None
     finally:
         loader.dispose()
 
@@ -138,7 +147,7 @@ def _yaml_reason(exc: yaml.YAMLError) -> str:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         return f"{exc.problem}{where}"
-    return str(exc).splitlines()[0]
+    return _first_line(exc)
 
 
 def read_yaml(path: str | Path, limit: int = MAX_YAML_BYTES) -> Any:
