@@ -90,11 +90,14 @@ def fit_config(
     """The config a fit runs with: a resumed fit continues its own saved config.
 
     Checks ``out`` first, so a refused output folder is reported before scans are loaded,
-    then whatever else `check_fit` can check without them.
+    then whatever else `check_fit` can check without them. Under torchrun only rank 0, which
+    writes the folder, checks it: the others could find it already locked by rank 0.
 
     Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
     """
-    check_model_output(Path(out), resume=resume, force=force)
+    writer = Path(out) if distributed.writes_folder() else None
+    if writer is not None:
+        check_model_output(writer, resume=resume, force=force)
     saved = Path(out) / CONFIG
     if resume and saved.is_file():
         cfg = load_config(saved)
@@ -109,20 +112,21 @@ def fit_config(
     else:
         cfg = with_condition(load_config(source), condition)
     cfg = override(cfg, **overrides)
-    check_fit(None, cfg, Path(out), resume=resume, force=force)  # before any scan is loaded
+    check_fit(None, cfg, writer, resume=resume, force=force)  # before any scan is loaded
     return cfg
 
 
-def check_fit(cohort: Cohort | None, cfg: Config, out: Path, *, resume: bool, force: bool) -> None:
+def check_fit(cohort: Cohort | None, cfg: Config, out: Path | None, *, resume: bool, force: bool) -> None:
     """Every refusal a fit can make before it writes: --out, the device, the generator's size and,
     once the scans are loaded (``cohort``), their label maps and the disk space the model folder needs.
+    ``out`` is None in a process that does not write the folder (a torchrun rank other than 0).
 
     `fit_config` runs it before the scans are loaded, `fit` again with them before it takes --out.
     What can only fail later (a disk filled meanwhile, a killed process) leaves a folder that
     `--resume` continues or, before the first checkpoint, the same command starts again (io/outputs.py).
     """
-    inputs = [] if cohort is None else [cohort.discovery.root]
-    check_model_output(out, resume=resume, force=force, inputs=inputs)
+    if out is not None:
+        check_model_output(out, resume=resume, force=force, inputs=[] if cohort is None else [cohort.discovery.root])
     resolve_device(cfg.train.device)
     if cohort is None:
         check_decoder_size(cfg.model, cfg.data.sample_shape())
@@ -132,7 +136,8 @@ def check_fit(cohort: Cohort | None, cfg: Config, out: Path, *, resume: bool, fo
     num_labels = 0 if cohort.labels is None else len(cohort.label_names)
     width = 0 if cohort.conditions is None else cohort.conditions.shape[1]
     check_decoder_size(cfg.model, cfg.data.sample_shape(), num_labels, width)
-    check_free_space(out, folder_bytes(cfg, len(cohort), num_labels, width), reclaimable=resume or force)
+    if out is not None:
+        check_free_space(out, folder_bytes(cfg, len(cohort), num_labels, width), reclaimable=resume or force)
 
 
 @dataclass
