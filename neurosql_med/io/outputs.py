@@ -4,7 +4,10 @@
 user owns there must survive any mistake: ``--force`` only ever replaces a folder that
 nsql-med itself wrote (a model folder or a cohort, recognised file by file), never an
 input, ``/`` or the home folder. Each check runs before any scan is loaded or image
-decoded, so a refused folder costs nothing and is left untouched.
+decoded, so a refused folder costs nothing and is left untouched. A run that fails once
+it has started writing leaves a folder to continue: a model folder with a checkpoint
+resumes with --resume; one whose fit stopped before its first checkpoint holds no
+training, and the same command starts it again.
 """
 from __future__ import annotations
 
