@@ -162,6 +162,7 @@ def fit(
     from neurosql_med.training.budget import fit_in_budget
     from neurosql_med.training.train import fit as run_fit
     from neurosql_med.training.train import fit_config
+    from neurosql_med.viz.tables import skipped_lines
 
     cfg = fit_config(
         config, out, resume, force, condition=None if condition is None else condition.split(","),
@@ -179,6 +180,8 @@ def fit(
 
         cohort = load_conditioned_cohort(scans, cfg, strict=strict, covariates=covariates)
         console.print("conditioned on " + ", ".join(cohort.condition_spec.names))
+    for line in skipped_lines(cohort.discovery):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"{len(cohort.discovery.scans)} scan(s) → {len(cohort)} {cfg.data.mode} sample(s) of shape {cohort.geometry.sample_shape}")
     if cfg.train.max_minutes is not None and not resume:  # time two epochs, then the epoch count that fits
         result = fit_in_budget(cohort, cfg, out, force=force)

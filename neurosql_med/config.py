@@ -18,6 +18,7 @@ from typing import Any, Literal, NoReturn, Optional, get_args, get_origin
 
 import yaml
 
+from neurosql_med.bounded import parse_yaml, preview, read_yaml
 from neurosql_med.errors import UserError
 
 
@@ -156,30 +157,30 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(str(a) for a in get_args(tp))
-            raise UserError(f"config key '{key}' must be one of {choices}, got {value!r}")
+            raise UserError(f"config key '{key}' must be one of {choices}, got {preview(value)}")
         return value
     if origin is list:
         (item,) = get_args(tp)
         if not isinstance(value, list):
-            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+            raise UserError(f"config key '{key}' must be a list, got {preview(value)}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+            raise UserError(f"config key '{key}' must be true or false, got {preview(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+            raise UserError(f"config key '{key}' must be an integer, got {preview(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+            raise UserError(f"config key '{key}' must be a number, got {preview(value)}")
         if not math.isfinite(value):  # NaN passes every `x <= 0` check, so it is refused here
-            raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
+            raise UserError(f"config key '{key}' must be a finite number, got {preview(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise UserError(f"config key '{key}' must be a string, got {value!r}")
+            raise UserError(f"config key '{key}' must be a string, got {preview(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
@@ -196,7 +197,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else str(key)
-            raise UserError(f"unknown config key '{where}'")
+            raise UserError(f"unknown config key '{where[:80]}'")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
     return cls(**kwargs)
 
@@ -227,7 +228,7 @@ def check_labels(value: str, name: str = "config key 'data.labels'") -> None:
         return
     if not value.strip() or value.startswith("/") or "\0" in value or not value.lower().endswith((*LABEL_FILES, "*")):
         raise UserError(f"{name} must be auto, none, or a glob relative to each scan's folder naming NIfTI/Analyze "
-                        f"label maps (e.g. '*_seg.nii.gz'), got {value!r}")
+                        f"label maps (e.g. '*_seg.nii.gz'), got {preview(value)}")
 
 
 def _check_data(d: DataConfig) -> None:
@@ -336,25 +337,12 @@ def load_config(source: str | Path | None = None) -> Config:
     name = str(source)
     if name in BUILTIN:
         text = resources.files("neurosql_med.configs").joinpath(f"{name}.yaml").read_text()
-        where = f"built-in config '{name}'"
-    else:
-        path = Path(name)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        text = _read_config(path)
-        where = str(path)
+        return from_dict(parse_yaml(text, f"built-in config '{name}'"))
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return from_dict(raw)
-
-
-def _read_config(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+        return from_dict(read_yaml(path))
     except OSError as exc:
         raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
 

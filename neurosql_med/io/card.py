@@ -9,13 +9,13 @@ scores only, never a path, a file name or a scan id.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from neurosql_med.bounded import read_json
 from neurosql_med.config import Config, load_config
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
@@ -60,7 +60,7 @@ def write_model_card(folder: Path, history: Sequence[Mapping], device: str, labe
 
 
 def _trained_on(folder: Path, label_classes: int | None) -> str:
-    fingerprint = json.loads((folder / FINGERPRINT).read_text())
+    fingerprint = read_json(folder / FINGERPRINT)
     geometry = Geometry.load(folder / GEOMETRY)
     lines = [
         "## What it was trained on",
@@ -73,12 +73,12 @@ def _trained_on(folder: Path, label_classes: int | None) -> str:
     if label_classes is not None:
         lines.append(f"- tissue label maps with {label_classes} class(es), background included")
     if (folder / CONDITIONS).is_file():  # a conditional model: G(u, c)
-        covariates = json.loads((folder / CONDITIONS).read_text())["covariates"]
+        covariates = read_json(folder / CONDITIONS)["covariates"]
         described = [f"{c['name']} ({', '.join(c['levels'])})" if c["type"] == "categorical"
                      else f"{c['name']} ({c['min']:g} .. {c['max']:g})" for c in covariates]
         lines.append(f"- conditioned on {'; '.join(described)}: ask for these with `synthesize --condition`")
     if (folder / LEVELS).is_file():  # a slice-aware model: G(u, c, p)
-        levels = json.loads((folder / LEVELS).read_text())
+        levels = read_json(folder / LEVELS)
         lines.append(f"- slice-aware: the relative slice level ({levels['low']:.2f} .. {levels['high']:.2f} of the brain's "
                      f"extent) is an input, codes are assigned within {levels['bins']} level strata; ask for levels "
                      f"with `synthesize --levels`")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from neurosql_med.bounded import read_json
 from neurosql_med.config import Config, load_config
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file, write_bytes, write_text
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.engine.conditioning import ConditionSpec
 from neurosql_med.engine.levels import SliceLevels
-from neurosql_med.engine.decoder import TemplateOutput, build_decoder, split_output
+from neurosql_med.engine.decoder import TemplateOutput, build_decoder, decoder_parameters, split_output
 from neurosql_med.engine.residual import RECONSTRUCTION_STREAM, ResidualTexture, texture_seeds
 from neurosql_med.engine.tissue_texture import FORMAT as TISSUE_FORMAT, TissueTexture
 from neurosql_med.runtime import fast_cpu_math
@@ -47,6 +49,21 @@ LEVELS = "levels.json"  # a slice-aware model's level strata and each training s
 OPTIONAL = (LABELS, CONDITIONS, TEXTURE, LEVELS)  # artifacts only some models have: HASHES covers each one present
 FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
 DECODE_BATCH = 64  # training codes decoded at once for the textured reconstructions
+SMALL_FILES_BYTES = 8 * 2**20  # the pictures, the model card, the history and the JSON records, generously
+
+
+def folder_bytes(cfg: Config, n: int, num_labels: int = 0, condition_width: int = 0) -> int:
+    """An upper bound on the disk a fit of ``n`` samples needs for its model folder, known before it writes.
+
+    The checkpoint holds the weights, AdamW's two moments and (train.ema) their average;
+    it counts twice, because an atomic write keeps the last one until the new one is whole.
+    """
+    shape = cfg.data.sample_shape()
+    weights = 4 * decoder_parameters(cfg.model, shape, num_labels, condition_width)
+    checkpoint = weights * (4 if cfg.train.ema else 3) + 8 * n
+    arrays = 8 * n * (cfg.model.latent_dim + 1)  # lattice.npy and assignment.npy
+    texture = 8 * math.prod(shape) if cfg.model.texture else 0
+    return 2 * checkpoint + arrays + texture + 32 * n * condition_width + SMALL_FILES_BYTES
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -317,10 +334,7 @@ def _label_names(path: Path) -> list[str]:
 
 
 def _json_object(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except ValueError:
-        raise UserError(f"{path}: damaged (not JSON)") from None
+    value = read_json(path)
     if not isinstance(value, dict):
         raise UserError(f"{path}: must hold a JSON object, not a {type(value).__name__}")
     return value
@@ -330,8 +344,6 @@ def _saved_config(path: Path) -> Config:
     """The config, with the file named in every complaint (the schema's own messages name only the key)."""
     try:
         return load_config(path)
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
     except UserError as exc:
         message = str(exc)
         raise UserError(message if str(path) in message else f"{path}: {message}") from None

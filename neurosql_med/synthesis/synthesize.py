@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from neurosql_med.bounded import read_json
 from neurosql_med.version import __version__
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.lattice import check_typicality
@@ -234,7 +235,7 @@ def is_complete(job: Synthesis, out: Path, k: int) -> bool:
 def complete_dicom(job: Synthesis, out: Path, k: int) -> dict[str, str] | None:
     """The instance hashes of sample k's DICOM series if its record names them all and every file matches."""
     try:
-        record = json.loads(job.dicom_record(out, k).read_text())
+        record = read_json(job.dicom_record(out, k))
         hashes = record["DicomSha256"]
         folder = job.dicom_record(out, k).parent
         ok = record["NeuroSQL"]["index"] == k and bool(hashes) and all(
@@ -256,7 +257,7 @@ def _complete_file(path: Path, k: int) -> str | None:
     if not (path.is_file() and side.is_file()):
         return None
     try:
-        record = json.loads(side.read_text())
+        record = read_json(side)
         sha = sha256_file(path)
     except (OSError, ValueError):
         return None
@@ -315,7 +316,7 @@ def _condition_cells(out: Path, job: Synthesis, k: int, names: list[str]) -> str
     if not names:
         return ""
     path = sidecar_of(job.image_path(out, k)) if "nifti" in job.formats else job.dicom_record(out, k)
-    condition = json.loads(path.read_text())["Condition"]
+    condition = read_json(path)["Condition"]
     return "".join(f"\t{_cell(condition[name])}" for name in names)
 
 
@@ -328,11 +329,11 @@ def _table_fields(out: Path, job: Synthesis, k: int) -> tuple[float, list[tuple[
     files, level = [], 0.0
     if "nifti" in job.formats:
         for path in job.files(out, k):  # the T1w, and a labelled model's dseg
-            record = json.loads(sidecar_of(path).read_text())
+            record = read_json(sidecar_of(path))
             files.append((path.relative_to(out).as_posix(), str(record["ImageSha256"])))
         level = float(record["NeuroSQL"]["typicality"])
     if "dicom" in job.formats:
-        record = json.loads(job.dicom_record(out, k).read_text())
+        record = read_json(job.dicom_record(out, k))
         folder = job.dicom_record(out, k).parent.relative_to(out).as_posix()
         files += [(f"{folder}/{name}", str(sha)) for name, sha in record["DicomSha256"].items()]
         level = float(record["NeuroSQL"]["typicality"])

@@ -57,6 +57,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def writes_folder() -> bool:
+    """Whether this process writes the model folder: alone, or as torchrun's rank 0 (its RANK), before the group forms."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class Group:
     """This process's place in a torchrun job."""

@@ -22,6 +22,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
+from neurosql_med.bounded import read_json, read_json_lines
 from neurosql_med.training import distributed
 from neurosql_med.viz import plots
 from neurosql_med.engine.assignment import assign, initial_assignment
@@ -50,6 +51,7 @@ from neurosql_med.io.model import (
     LOSS_PLOT,
     RECON_PLOT,
     TEXTURE,
+    folder_bytes,
     load_checkpoint,
     save_array,
     save_checkpoint,
@@ -59,7 +61,7 @@ from neurosql_med.io.model import (
     save_texture,
     write_hashes,
 )
-from neurosql_med.io.outputs import check_model_output, output_lock, prepare_model_output
+from neurosql_med.io.outputs import check_free_space, check_model_output, output_lock, prepare_model_output
 from neurosql_med.runtime import autocast, resolve_device, seed_everything, to_device
 
 EpochHook = Callable[[dict], None]
@@ -88,11 +90,15 @@ def fit_config(
 ) -> Config:
     """The config a fit runs with: a resumed fit continues its own saved config.
 
-    Checks ``out`` first, so a refused output folder is reported before scans are loaded.
+    Checks ``out`` first, so a refused output folder is reported before scans are loaded,
+    then whatever else `check_fit` can check without them. Under torchrun only rank 0, which
+    writes the folder, checks it: the others could find it already locked by rank 0.
 
     Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
     """
-    check_model_output(Path(out), resume=resume, force=force)
+    writer = Path(out) if distributed.writes_folder() else None
+    if writer is not None:
+        check_model_output(writer, resume=resume, force=force)
     saved = Path(out) / CONFIG
     if resume and saved.is_file():
         cfg = load_config(saved)
@@ -107,8 +113,32 @@ def fit_config(
     else:
         cfg = with_condition(load_config(source), condition)
     cfg = override(cfg, **overrides)
-    check_decoder_size(cfg.model, cfg.data.sample_shape())  # before any scan is loaded
+    check_fit(None, cfg, writer, resume=resume, force=force)  # before any scan is loaded
     return cfg
+
+
+def check_fit(cohort: Cohort | None, cfg: Config, out: Path | None, *, resume: bool, force: bool) -> None:
+    """Every refusal a fit can make before it writes: --out, the device, the generator's size and,
+    once the scans are loaded (``cohort``), their label maps and the disk space the model folder needs.
+    ``out`` is None in a process that does not write the folder (a torchrun rank other than 0).
+
+    `fit_config` runs it before the scans are loaded, `fit` again with them before it takes --out.
+    What can only fail later (a disk filled meanwhile, a killed process) leaves a folder that
+    `--resume` continues or, before the first checkpoint, the same command starts again (io/outputs.py).
+    """
+    if out is not None:
+        check_model_output(out, resume=resume, force=force, inputs=[] if cohort is None else [cohort.discovery.root])
+    resolve_device(cfg.train.device)
+    if cohort is None:
+        check_decoder_size(cfg.model, cfg.data.sample_shape())
+        return
+    if cohort.labels is not None:
+        _checked_labels(cohort)
+    num_labels = 0 if cohort.labels is None else len(cohort.label_names)
+    width = 0 if cohort.conditions is None else cohort.conditions.shape[1]
+    check_decoder_size(cfg.model, cfg.data.sample_shape(), num_labels, width)
+    if out is not None:
+        check_free_space(out, folder_bytes(cfg, len(cohort), num_labels, width), reclaimable=resume or force)
 
 
 @dataclass
@@ -179,6 +209,8 @@ def fit(
             raise UserError("a conditional or slice-aware fit (--condition, model.slice_levels) runs in one process: "
                             "drop --nproc-per-node / torchrun for it")
         writes = group is None or group.rank == 0
+        if writes:
+            check_fit(cohort, cfg, out, resume=resume, force=force)
         with output_lock(out) if writes else contextlib.nullcontext():  # no second run writes into this folder
             if writes:
                 prepare_model_output(out, resume=resume, force=force, inputs=[cohort.discovery.root])
@@ -372,7 +404,7 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
     missing = [f for f in (FINGERPRINT, HISTORY) if not (out / f).is_file()]
     if missing:
         raise UserError(f"--resume: {out} is damaged ({', '.join(missing)} missing); start again with --force")
-    if json.loads((out / FINGERPRINT).read_text()) != cohort.fingerprint():  # label maps and class names included
+    if read_json(out / FINGERPRINT) != cohort.fingerprint():  # label maps and class names included
         raise UserError(f"--resume: these scans (or their label maps) differ from the ones {out} was trained on")
     saved = load_checkpoint(out / CHECKPOINT, trainer.device)
     trainer.generator.load_state_dict(saved["generator"])
@@ -382,7 +414,7 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
     trainer.scheduler.load_state_dict(saved["scheduler"])
     counters = saved["trainer"]
     counters["perm"] = counters["perm"].cpu()  # loaded onto the device; rounds and assignment.npy read it with numpy
-    history = [json.loads(line) for line in (out / HISTORY).read_text().splitlines()][: counters["epoch"]]
+    history = read_json_lines(out / HISTORY)[: counters["epoch"]]
     if trainer.writes:
         (out / HASHES).unlink(missing_ok=True)  # the folder is in progress again
     return TrainerState(**counters, history=history)
@@ -517,10 +549,14 @@ def snapshot(trainer: Trainer, state: TrainerState) -> dict:
 
 
 def save_snapshot(out: Path, snap: dict) -> None:
-    """What ``resume`` reads: model.pt, with the assignment and the history beside it."""
-    save_checkpoint(out / CHECKPOINT, {k: v for k, v in snap.items() if k != "history"})
+    """What ``resume`` reads: model.pt, with the assignment and the history beside it.
+
+    model.pt comes last: a write that fails before it leaves the last checkpoint whole, and
+    a history running ahead of it is cut to the checkpoint's epochs when resumed.
+    """
     save_array(out / ASSIGNMENT, snap["trainer"]["perm"].numpy())
     write_text(out / HISTORY, "".join(json.dumps(r) + "\n" for r in snap["history"]))
+    save_checkpoint(out / CHECKPOINT, {k: v for k, v in snap.items() if k != "history"})
 
 
 def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, stopped_by_budget: bool) -> FitResult:

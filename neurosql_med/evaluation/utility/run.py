@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from neurosql_med.bounded import read_json
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
@@ -126,10 +127,10 @@ def _start(out: Path, settings: dict, resume: bool) -> dict:
     if not resume:
         raise UserError(f"{out} already holds {RESULT}; use --resume to continue that grid, or choose another --out")
     try:
-        saved = json.loads(path.read_text())
+        saved = read_json(path)
         changed = [key for key in FIXED if saved["settings"].get(key) != settings[key]]
         kept = {"fits": list(saved["fits"]), "runs": list(saved["runs"]), "splits": dict(saved["splits"])}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"--resume: {path} is not a utility.json nsql-med wrote") from None
     if changed:
         raise UserError(f"--resume: {out} was run with other settings ({', '.join(changed)}); use another --out")
