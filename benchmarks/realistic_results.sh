@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Re-make every figure of docs/results/realistic.md, step by step (each step resumable):
+#   1. the cohort (make realistic-cohort);
+#   2. the classic arm's strength and the downstream step count, chosen on the real arm of bids/;
+#   3. `nsql-med utility` for segment, classify:CDR and regress:age, tested on heldout/;
+#   4. a default fit on bids/, 500 samples, and `evaluate --c2st strong` against heldout/;
+#   5. `nsql-med benchmark` against VAE, GAN and DDPM at an equal budget.
+# STEPS="1 2" runs only those steps. One intra-op thread per process; two processes at a time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS="${STEPS:-1 2 3 4 5}"
+nsql="${NSQL_MED:-.venv/bin/nsql-med}"
+py="${PYTHON:-.venv/bin/python}"
+cohort="${COHORT:-realistic-cohort}"
+runs="${RUNS:-realistic-runs}"
+mkdir -p "$runs"
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+if has 1; then make realistic-cohort OUT="$cohort"; fi
+if has 2; then
+  OMP_NUM_THREADS=1 "$py" benchmarks/tune_classic.py "$cohort/bids" --out "$runs/tune-400" --steps 400 --strengths 0,0.5,1,1.5 &
+  OMP_NUM_THREADS=1 "$py" benchmarks/tune_classic.py "$cohort/bids" --out "$runs/tune-1000" --steps 1000 --strengths 0,0.5,1 &
+  wait
+fi
+if has 3; then
+  SCANS="$cohort/bids" HOLDOUT="$cohort/heldout" PREFIX="$runs/" NSQL_MED="$nsql" \
+    benchmarks/run_utility.sh segment classify:CDR regress:age
+fi
+if has 4; then
+  "$nsql" fit "$cohort/bids" --out "$runs/model" --resume --threads 2 || "$nsql" fit "$cohort/bids" --out "$runs/model" --threads 2
+  "$nsql" synthesize --model "$runs/model" --n 500 --out "$runs/synth" --force
+  "$nsql" evaluate --real "$cohort/heldout" --synth "$runs/synth" --model "$runs/model" --out "$runs/report" --c2st strong
+fi
+if has 5; then
+  "$nsql" benchmark "$cohort/bids" --holdout "$cohort/heldout" --seeds 0,1,2 --out "$runs/benchmark"
+fi
