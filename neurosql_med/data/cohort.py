@@ -33,6 +33,7 @@ class Cohort:
     conditions: torch.Tensor | None = None  # (N, width) float32 encoded condition c of each sample (data/covariates.py)
     condition_spec: ConditionSpec | None = None  # the covariates behind ``conditions``
     condition_values: list[dict] | None = None  # per sample: its scan's parsed covariate values
+    slice_level: list[float] | None = None  # 2d, per sample: relative position within its brain's extent (0..1)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -69,6 +70,7 @@ class Cohort:
             conditions=None if self.conditions is None else self.conditions[idx],
             condition_spec=self.condition_spec,
             condition_values=None if self.condition_values is None else [self.condition_values[i] for i in idx],
+            slice_level=None if self.slice_level is None else [self.slice_level[i] for i in idx],
         )
 
 
@@ -124,7 +126,7 @@ def load_cohort(
     check_resampling(found.scans, cfg)
     records = [scan_record(s, use_labels) for s in found.scans]
     cached = CacheDataset(records, transform=preprocess(cfg, use_labels), num_workers=workers, progress=False)
-    images, labels, scan_ids, subjects, slices, affines = [], [], [], [], [], []
+    images, labels, scan_ids, subjects, slices, levels, affines = [], [], [], [], [], [], []
     for item in cached:
         samples = item if isinstance(item, list) else [item]
         for sample in samples:
@@ -135,6 +137,7 @@ def load_cohort(
             scan_ids.append(sample["id"])
             subjects.append(sample["subject"])
             slices.append(sample.get("slice_index"))
+            levels.append(sample.get("slice_level"))
             affines.append(torch.as_tensor(sample["affine"] if "affine" in sample else image.affine))
     if len(images) < min_samples:
         raise UserError(
@@ -149,4 +152,5 @@ def load_cohort(
         discovery=found,
         labels=torch.stack(labels).as_subclass(torch.Tensor) if use_labels else None,
         label_names=list(found.label_names) if use_labels and found.label_names else None,
+        slice_level=levels if cfg.mode == "2d" else None,
     )

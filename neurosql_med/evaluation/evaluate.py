@@ -7,7 +7,8 @@ other generator go through the real data's pipeline so both sides are compared a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
@@ -26,7 +27,8 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_evaluation
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.evaluation.c2st import c2st_section
+from neurosql_med.evaluation.c2st import CLASSIFIERS, c2st_section
+from neurosql_med.evaluation.slices import coherence_section, group_stacks, slice_mixing
 from neurosql_med.evaluation.texture import spectrum_picture, texture
 from neurosql_med.evaluation.labels import (
     EPOCHS, label_markdown, label_rows, label_section, read_label_names, tissue_picture,
@@ -43,6 +45,8 @@ __all__ = ["TAU", "Report", "Scores", "audit", "evaluate", "report_table"]
 
 NEAREST_SHOWN = 8
 DISTANCE = "mean absolute pixel difference, images scaled to [0, 1]"
+C2ST_CHOICES = (*CLASSIFIERS, "off")
+SLICE_AT = re.compile(r"^(?P<source>.*) \[(?:resampled, )?slice (?P<index>\d+)\]$")  # a 2D sample id's slice
 
 
 class Scores(TypedDict):
@@ -60,6 +64,8 @@ class Scores(TypedDict):
     labels: NotRequired[dict]  # only when the real scans and the synthetic images both have label maps
     conditions: NotRequired[dict]  # only for a conditional model's cohort: agreement and effect sizes
     c2st: NotRequired[dict]  # classifier two-sample test with its controls (see evaluation/c2st.py)
+    mixing: NotRequired[dict]  # 2d: level spread of each sample's nearest real slices (see evaluation/slices.py)
+    coherence: NotRequired[dict]  # stacks: adjacent-slice correlation and label continuity against real stacks
     texture: NotRequired[dict]  # high-frequency power and sharpness, synthetic over real
 
 
@@ -80,7 +86,7 @@ def evaluate(
     out: str | Path | None = None,
     label_epochs: int = EPOCHS,
     covariates: str | Path | None = None,
-    c2st: bool = True,
+    c2st: str = "fast",
 ) -> Report:
     """Score the images in ``synth`` against the training scans in ``real``; returns the report.
 
@@ -88,13 +94,18 @@ def evaluate(
     not used) and the synthetic files must have the model's sample shape; without it the
     synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
     ``out`` receives report.json, report.md, nearest.png, distances.png and spectrum.png
-    (and tissue.png with labels). The report's ``c2st`` section trains small classifiers
-    (see evaluation/c2st.py): with ``c2st=False`` it is left out, saving their time. When the real cohort and the synthetic images both have label maps (a
+    (and tissue.png with labels). The report's ``c2st`` section trains classifiers
+    (see evaluation/c2st.py): ``c2st`` is "fast" (seconds), "strong" (the judge; minutes
+    on a CPU) or "off" (left out). In 2d the report has a slice-mixing section, and where
+    the synthetic files are stacks (or volumes) an inter-slice coherence section; both
+    are read against real slices and stacks. When the real cohort and the synthetic images both have label maps (a
     ``_dseg`` beside each synthetic image), the report gains a ``labels`` section, its
     segmenter trained for ``label_epochs``. For a conditional model's cohort the report gains
     a ``conditions`` section; ``covariates`` is the table given to ``fit --covariates``, if any.
     """
     check_tau(tau)
+    if c2st not in C2ST_CHOICES:
+        raise UserError(f"--c2st must be one of {', '.join(C2ST_CHOICES)}, got {c2st!r}")
     if out is None:
         return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs, covariates, c2st)
     out = Path(out)
@@ -108,7 +119,7 @@ def evaluate(
 def _evaluate(
     real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
     config: str | Path | None, tau: float, out: Path | None, label_epochs: int, covariates: str | Path | None = None,
-    c2st: bool = True,
+    c2st: str = "fast",
 ) -> Report:
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
@@ -129,9 +140,10 @@ def _evaluate(
         train.images, sample_ids(train), images, ids, held=None if held is None else held.images, tau=tau,
     ))
     report["texture"] = texture(train.images, images)
-    if c2st:
+    if c2st != "off":
         recon = model.sampled_reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
-        report["c2st"] = c2st_section(train.images, train.subjects, images, reconstructions=recon)
+        report["c2st"] = c2st_section(train.images, train.subjects, images, reconstructions=recon, spec=CLASSIFIERS[c2st])
+    report.update(slice_sections(train, images, ids, _per_sample(labels, labelled, len(images)), cfg.data))
     if train.labels is not None and labels is not None:
         nearest = report["memorization"]["nearest"]
         report["labels"] = label_section(
@@ -147,6 +159,51 @@ def _evaluate(
     if model is not None:  # the model's EVALUATION.md, beside its card: the latest numbers travel with the model
         write_evaluation(model.folder, report, model.sha256)
     return report
+
+
+def _per_sample(labels: Tensor | None, labelled: list[int], n: int) -> list[Tensor | None] | None:
+    """Each sample's label map, None for the samples without one; None when no sample has one."""
+    if labels is None:
+        return None
+    found: list[Tensor | None] = [None] * n
+    for map_, i in zip(labels, labelled):
+        found[i] = map_
+    return found
+
+
+def slice_place(sample_id: str) -> tuple[str, int] | None:
+    """The source file and slice index of a 2D sample cut from a volume (see `sample_ids`, `read_synthetic`)."""
+    match = SLICE_AT.match(sample_id)
+    return None if match is None else (match["source"], int(match["index"]))
+
+
+def slice_sections(
+    train: Cohort, images: Tensor, ids: list[str], labels: Sequence[Tensor | None] | None, data: DataConfig,
+) -> dict:
+    """Slice mixing (2d) and inter-slice coherence, each where its inputs exist.
+
+    In 2d the real stacks are each scan's slices and the synthetic ones the files holding
+    several slices (a synthetic subject written as a stack); in 3d every volume is a stack
+    along the configured slice axis.
+    """
+    sections = {}
+    real_labels = None if train.labels is None else list(train.labels)
+    if data.mode == "2d":
+        mixing = slice_mixing(train.images, train.slice_level, train.subjects, images)
+        if mixing is not None:
+            sections["mixing"] = mixing
+        subject_of = dict(zip(train.scan_ids, train.subjects))
+        real, scans, real_stack_labels = group_stacks(train.images, list(zip(train.scan_ids, train.slice_index)), real_labels)
+        synth, _, synth_labels = group_stacks(images, [slice_place(i) for i in ids], labels)
+        coherence = coherence_section(real, [subject_of[s] for s in scans], synth,
+                                      real_labels=real_stack_labels, synth_labels=synth_labels)
+    else:
+        synth_labels = None if labels is None or any(m is None for m in labels) else list(labels)
+        coherence = coherence_section(list(train.images), train.subjects, list(images), real_labels=real_labels,
+                                      synth_labels=synth_labels, axis=data.slice_axis)
+    if coherence is not None:
+        sections["coherence"] = coherence
+    return sections
 
 
 def _trained_on(fingerprint: dict, cohort: Cohort) -> bool:
@@ -370,12 +427,16 @@ def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     rows = _numbers(report, SCORE_ROWS) + shares + _numbers(report, RATIO_ROWS)
     rows += _numbers(report, HOLDOUT_ROWS) if report["holdout"] is not None else []
     rows += condition_rows(report["conditions"]) if "conditions" in report else []
-    rows += realism_rows(report)
+    rows += realism_rows(report) + anatomy_rows(report)
     return rows + label_rows(report["labels"]) if "labels" in report else rows
 
 
 def _auc(test: dict | None) -> str:
-    return "n/a (fewer than 2 subjects a side)" if test is None else f"{test['auc']:.3f} ± {test['auc_std']:.2g}"
+    """Mean ± sd over the classifier's seeds, and their range: one classifier run can swing by 0.15."""
+    if test is None:
+        return "n/a (fewer than 2 subjects a side)"
+    low, high = test["auc_range"]
+    return f"{test['auc']:.3f} ± {test['auc_std']:.2g} ({low:.2f}–{high:.2f})"
 
 
 def realism_rows(report: Scores) -> list[tuple[str, str, str, str]]:
@@ -390,17 +451,42 @@ def realism_rows(report: Scores) -> list[tuple[str, str, str, str]]:
     c, controls = report["c2st"], report["c2st"]["controls"]
     accuracy = "n/a" if c["synthetic"] is None else f"{c['synthetic']['accuracy']:.3f}"
     verdict = {True: "passed", False: "FAILED: the C2ST says nothing", None: "not run (too few subjects)"}[controls["passed"]]
+    seeds = f"{c['settings']['name']} classifier, mean ± sd (range) of {c['settings']['repeats']} seeds"
     rows += [
-        ("c2st", "AUC synthetic vs real", _auc(c["synthetic"]), "0.5: indistinguishable; 1: always told apart"),
+        ("c2st", "AUC synthetic vs real", _auc(c["synthetic"]), f"0.5: indistinguishable; 1: always told apart ({seeds})"),
         ("c2st", "balanced accuracy", accuracy, "0.5: chance"),
     ]
-    if c["reconstruction"] is not None:
-        rows.append(("c2st", "AUC reconstructions vs real", _auc(c["reconstruction"]), "G(u_σ(i)) vs x_i: the decoder's share"))
+    recon = "n/a (needs --model and its own training scans as --real)" if c["reconstruction"] is None else _auc(c["reconstruction"])
+    rows.append(("c2st", "AUC reconstructions vs real", recon, "G(u_σ(i)) vs x_i: the decoder's share"))
     return rows + [
         ("c2st", "control: real vs real", _auc(controls["real_vs_real"]), f"two halves by subject; must be ≤ {controls['null_max']}"),
         ("c2st", f"control: real vs blurred σ={controls['blur_sigma']:g} px", _auc(controls["blur"]), f"must be ≥ {controls['blur_min']}"),
         ("c2st", "controls", verdict, ""),
     ]
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def anatomy_rows(report: Scores) -> list[tuple[str, str, str, str]]:
+    """Slice mixing and inter-slice coherence, each ratio beside its real-vs-real control."""
+    rows = []
+    if "mixing" in report:
+        m = report["mixing"]
+        for key, where in (("median", "median sample"), ("p90", "worst tenth (90th percentile)")):
+            rows.append(("mixing", f"level spread of {m['k']} nearest real, {where}", _ratio(m["ratio"][key]),
+                         f"synthetic / held-out real ({m['synthetic'][key]:.3f} vs {m['real'][key]:.3f}); "
+                         f"real vs real {_ratio(m['control']['ratio'][key])}; >1: levels mixed"))
+    if "coherence" in report:
+        c = report["coherence"]
+        control = c["control"]["ratio"] if c["control"] is not None else {}
+        for key, what in (("correlation", "adjacent-slice correlation"), ("label_dice", "adjacent label-slice Dice")):
+            if key in c["ratio"]:
+                rows.append(("coherence", what, _ratio(c["ratio"][key]),
+                             f"synthetic / real stacks ({c['synthetic'][key]:.3f} vs {c['real'][key]:.3f}, "
+                             f"{c['synthetic']['stacks']} vs {c['real']['stacks']} stacks); real vs real {_ratio(control.get(key))}"))
+    return rows
 
 
 def _numbers(report: Report, specs: tuple[tuple[str, str, str, str], ...]) -> list[tuple[str, str, str, str]]:
@@ -458,7 +544,7 @@ def _c2st_settings(report: Report) -> list[str]:
     if "c2st" not in report:
         return []
     c = report["c2st"]["settings"]
-    return [f"- C2ST: {c['classifier']}; {c['folds']}-fold cross-validation grouped by {c['grouped_by']}, "
+    return [f"- C2ST ({c['classifier']}); {c['folds']}-fold cross-validation grouped by {c['grouped_by']}, "
             f"{c['repeats']} seeds (AUC mean ± sd), at most {c['max_per_side']} images a side; "
             f"accuracy {c['accuracy']}; {c['quantised']}"]
 
