@@ -335,6 +335,9 @@ def benchmark(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds; reports mean ± spread."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     out: Path = typer.Option(Path("benchmark-out"), "--out", "-o", help="Where benchmark.json/.md/.png go."),
+    c2st: str = typer.Option(
+        "strong", "--c2st",
+        help="The C2ST's classifier, for every method and control: strong (the judge; minutes per test on a CPU) or fast (a first look)."),
     threads: int = ThreadsOpt,
 ) -> None:
     """Train NeuroSQL, a VAE, a GAN and a DDPM for the same budget on your scans and compare them."""
@@ -349,7 +352,7 @@ def benchmark(
         scans, methods=[m.strip() for m in methods.split(",") if m.strip()], budget_minutes=budget_minutes,
         n_samples=N_SAMPLES if n_samples is None else n_samples, holdout=holdout, holdout_fraction=holdout_fraction,
         mode=mode, config=config, seed=seed, seeds=seed_list,
-        device=device, out=out, log=console.print,
+        device=device, out=out, log=console.print, c2st=c2st,
     )
     console.print(benchmark_table(result))
     console.print(f"written: {out / 'benchmark.json'}, {out / 'benchmark.md'}, {out / 'benchmark.png'}")

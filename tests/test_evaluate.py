@@ -125,6 +125,22 @@ def test_synthetic_files_are_read_at_the_model_scale_and_hidden_files_are_left_o
     assert np.allclose(images[:, 0].numpy(), samples, atol=1 / 4095)
 
 
+def test_a_stack_of_the_model_slices_is_read_slice_by_slice_with_its_label_map(tmp_path: Path):
+    from neurosql_med.evaluation.evaluate import read_synthetic_labels
+
+    stack = (np.random.default_rng(0).random((24, 32, 6)) * 4095).astype(np.int16)
+    stack[..., 0] = 0  # outside the brain: not a sample
+    labels = np.broadcast_to(np.arange(6, dtype=np.int16), (24, 32, 6))
+    write_nifti(tmp_path / "sub-1" / "sub-1_T1w.nii.gz", stack, SPACING)
+    write_nifti(tmp_path / "sub-1" / "sub-1_dseg.nii.gz", labels, SPACING)
+
+    images, ids = read_synthetic(tmp_path, geometry_2d(), load_config("tiny").data)
+    assert ids == [f"sub-1/sub-1_T1w.nii.gz [slice {k}]" for k in range(1, 6)]
+    assert np.allclose(images[:, 0].numpy(), np.moveaxis(stack[..., 1:], -1, 0) / 4095)
+    maps, labelled = read_synthetic_labels(tmp_path, ids, geometry_2d())
+    assert labelled == list(range(5)) and maps[:, 0, 0, 0].tolist() == [1, 2, 3, 4, 5]
+
+
 def test_an_unknown_classifier_is_a_user_error(tmp_path: Path):
     with pytest.raises(UserError, match="--c2st must be one of fast, strong, off, got 'medium'"):
         evaluate(tmp_path / "real", tmp_path / "synth", c2st="medium")

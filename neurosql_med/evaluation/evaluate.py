@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
@@ -22,7 +23,7 @@ from neurosql_med.config import Config, DataConfig, load_config
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.data.covariates import load_conditioned_cohort
 from neurosql_med.evaluation.conditions import condition_rows, condition_section, synthetic_conditions
-from neurosql_med.data.transforms import preprocess_one
+from neurosql_med.data.transforms import is_foreground, preprocess_one
 from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_evaluation
 from neurosql_med.io.files import write_text
@@ -36,7 +37,7 @@ from neurosql_med.evaluation.labels import (
 from neurosql_med.metrics import (
     PSNR_CAP, TAU, audit, check_tau, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
-from neurosql_med.io.model import load_model
+from neurosql_med.io.model import NeuroSQLModel, load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_report_output
 from neurosql_med.io.nifti import INTENSITY_MAX, read_affine, read_image
 from neurosql_med.viz.plots import image_grid, save_figure
@@ -116,11 +117,24 @@ def evaluate(
         return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs, covariates, c2st)
 
 
-def _evaluate(
-    real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
-    config: str | Path | None, tau: float, out: Path | None, label_epochs: int, covariates: str | Path | None = None,
-    c2st: str = "fast",
-) -> Report:
+@dataclass
+class Sides:
+    """The two cohorts an evaluation compares, read as the model (or the config) sees them."""
+
+    model: NeuroSQLModel | None
+    cfg: Config
+    train: Cohort
+    images: Tensor  # (N, 1, *sample_shape) synthetic samples
+    ids: list[str]  # per synthetic sample: its file (and slice)
+    labels: Tensor | None  # label maps of the samples at ``labelled``
+    labelled: list[int]
+
+
+def read_sides(
+    real: str | Path, synth: str | Path, model_dir: str | Path | None = None, config: str | Path | None = None,
+    covariates: str | Path | None = None,
+) -> Sides:
+    """The real scans and the synthetic folder, each preprocessed as `evaluate` compares them (see its docstring)."""
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
     conditional = model is not None and model.condition is not None
@@ -131,7 +145,29 @@ def _evaluate(
     else:
         images, ids, labels = _synthetic_cohort(Path(synth), cfg)
         labelled = list(range(len(images)))
-    held = load_cohort(holdout, cfg.data) if holdout is not None else None
+    return Sides(model, cfg, train, images, ids, labels, labelled)
+
+
+def realism_sections(sides: Sides, c2st: str = "fast") -> dict:
+    """Texture, the C2ST (samples and, for the model's own training scans, reconstructions), slice mixing, coherence."""
+    train, model = sides.train, sides.model
+    sections: dict = {"texture": texture(train.images, sides.images)}
+    if c2st != "off":
+        recon = model.sampled_reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
+        sections["c2st"] = c2st_section(train.images, train.subjects, sides.images, reconstructions=recon,
+                                        spec=CLASSIFIERS[c2st])
+    labels = _per_sample(sides.labels, sides.labelled, len(sides.images))
+    return sections | slice_sections(train, sides.images, sides.ids, labels, sides.cfg.data)
+
+
+def _evaluate(
+    real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
+    config: str | Path | None, tau: float, out: Path | None, label_epochs: int, covariates: str | Path | None = None,
+    c2st: str = "fast",
+) -> Report:
+    sides = read_sides(real, synth, model_dir, config, covariates)
+    model, train, images, ids, labels, labelled = sides.model, sides.train, sides.images, sides.ids, sides.labels, sides.labelled
+    held = load_cohort(holdout, sides.cfg.data) if holdout is not None else None
     inputs = {
         "real": str(real), "synthetic": str(synth), "holdout": None if holdout is None else str(holdout),
         "model": None if model_dir is None else str(model_dir), "config": None if model is not None else str(config or "default"),
@@ -139,18 +175,14 @@ def _evaluate(
     report = Report(inputs=inputs, **score(
         train.images, sample_ids(train), images, ids, held=None if held is None else held.images, tau=tau,
     ))
-    report["texture"] = texture(train.images, images)
-    if c2st != "off":
-        recon = model.sampled_reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
-        report["c2st"] = c2st_section(train.images, train.subjects, images, reconstructions=recon, spec=CLASSIFIERS[c2st])
-    report.update(slice_sections(train, images, ids, _per_sample(labels, labelled, len(images)), cfg.data))
+    report.update(realism_sections(sides, c2st))
     if train.labels is not None and labels is not None:
         nearest = report["memorization"]["nearest"]
         report["labels"] = label_section(
             train, images[labelled], labels, [nearest[i] for i in labelled], held=held,
             names=read_label_names(Path(synth)), epochs=label_epochs,
         )
-    if conditional:
+    if model is not None and model.condition is not None:
         report["conditions"] = condition_section(
             model.condition, train, images, labels if len(labelled) == len(images) else None,
             synthetic_conditions(Path(synth), ids, model.condition), tau)
@@ -245,16 +277,32 @@ def _nifti_files(folder: Path) -> list[Path]:
 
 
 def _read_one(path: Path, geometry: Geometry, data: DataConfig) -> list[tuple[np.ndarray, str | None]]:
-    """The samples in one file: itself when on the model's grid, else what preprocessing makes of it."""
+    """The samples in one file: itself when on the model's grid, its brain slices when a stack of the
+    model's slices (a synthetic subject), else what preprocessing makes of it."""
     image = read_image(path)
     if list(image.shape) == list(geometry.as_volume(np.zeros(geometry.sample_shape)).shape) and _same_affine(path, geometry):
         sample = image / INTENSITY_MAX
         return [(sample.reshape(geometry.sample_shape), None)]
+    if _is_stack(path, image.shape, geometry):
+        slices = np.moveaxis(image / INTENSITY_MAX, geometry.slice_axis, 0).astype(np.float32)
+        found = [(s, f"slice {k}") for k, s in enumerate(slices) if is_foreground(torch.from_numpy(s)).any()]
+        if not found:
+            raise UserError(f"{path}: blank image (no slice of the stack holds brain)")
+        return found
     record = {"image": path, "format": "nifti", "id": path.name, "subject": path.name}
     samples = preprocess_one(data, record)
     if not samples:
         raise UserError(f"{path}: no brain found after resampling it onto the model's grid")
     return [(np.asarray(s["image"][0], dtype=np.float32), _resampled_where(s)) for s in samples]
+
+
+def _is_stack(path: Path, shape: tuple[int, ...], geometry: Geometry) -> bool:
+    """Whether a 2d model's file is a stack of its slices: several of them, same in-plane grid, voxel size and axes."""
+    if geometry.mode != "2d" or len(shape) != 3 or shape[geometry.slice_axis] < 2:
+        return False
+    in_plane = [n for i, n in enumerate(shape) if i != geometry.slice_axis]
+    return in_plane == geometry.sample_shape and bool(
+        np.allclose(read_affine(path)[:3, :3], np.asarray(geometry.affine)[:3, :3], atol=1e-3))
 
 
 def _same_affine(path: Path, geometry: Geometry) -> bool:
@@ -287,22 +335,30 @@ def label_map_path(image: Path) -> Path:
 def read_synthetic_labels(folder: Path, ids: list[str], geometry: Geometry) -> tuple[Tensor | None, list[int]]:
     """The label map beside every synthetic image, as class indices, and which samples they belong to.
 
-    None when the folder has no label map at all. Images resampled from foreign files have none.
+    None when the folder has no label map at all. Images resampled from foreign files have
+    none; a slice of a stack has its stack's label map's slice.
 
     A cohort with label maps must have one per image, voxel for voxel: a missing or
     misshapen one would silently drop or misalign samples from the label scores.
     """
     if not any(_is_label_map(p) for p in _nifti_files(folder)):
         return None, []
-    maps, labelled = [], []
+    maps, labelled, read = [], [], {}
     for i, name in enumerate(ids):
-        if name.endswith("]"):  # resampled from a foreign image (see read_synthetic): no label map of ours
+        if "[resampled" in name:  # resampled from a foreign image (see read_synthetic): no label map of ours
             continue
         labelled.append(i)
-        path = label_map_path(folder / name)
+        file, index = slice_place(name) or (name, None)
+        path = label_map_path(folder / file)
         if not path.is_file():
-            raise UserError(f"{folder / name}: no label map beside it (expected {path.name}), while the folder has label maps for other images")
-        data = _as_sample(read_image(path), geometry)
+            raise UserError(f"{folder / file}: no label map beside it (expected {path.name}), while the folder has label maps for other images")
+        if path not in read:
+            read[path] = read_image(path)
+        whole = read[path]
+        if index is not None and not (whole.ndim == 3 and index < whole.shape[geometry.slice_axis]):
+            raise UserError(f"{path}: label map shape {tuple(whole.shape)} has no slice {index} along axis {geometry.slice_axis}, "
+                            "which its image has")
+        data = _as_sample(whole, geometry) if index is None else np.take(whole, index, axis=geometry.slice_axis)
         if list(data.shape) != geometry.sample_shape:
             raise UserError(f"{path}: label map shape {tuple(data.shape)} does not match its image's "
                             f"{tuple(geometry.sample_shape)}")
