@@ -293,7 +293,7 @@ def evaluate(
     synth: Path = typer.Option(..., "--synth", help="Folder of synthetic NIfTI images (any generator)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="The model that made --synth: use its preprocessing and geometry."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="Real scans never used for training."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report.json, report.md, nearest.png, distances.png, spectrum.png here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report.json, report.md and its pictures (nearest, distances, spectrum, mixing; tissue with labels) here."),
     config: str = typer.Option("default", "--config", "-c", help="Preprocessing config when no --model is given (path or built-in name)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Copy threshold: flagged when d_syn < tau * median(d_train)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),

@@ -41,7 +41,8 @@ def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Pa
 
     report = evaluate(real, synth, holdout=holdout, config="tiny", out=out)
 
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "nearest.png", "distances.png", "spectrum.png"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "nearest.png", "distances.png", "spectrum.png",
+                                               "mixing.png"}
     assert json.loads((out / "report.json").read_text()) == report
     assert "| fidelity | MAE to nearest real |" in (out / "report.md").read_text()
     counts = report["counts"]

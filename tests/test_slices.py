@@ -60,6 +60,10 @@ def test_blends_of_distant_levels_are_caught_in_the_worst_tenth(cohort):
     one_in_five = torch.cat([cohort.images[held], blends[: len(held) // 5]])  # most samples fine, a tail mixed
     result = mixing(cohort, train, one_in_five)
     assert result["ratio"]["median"] < 1.4 and result["ratio"]["p90"] > 2, result["ratio"]
+    shown = result["most_mixed"]
+    assert len(shown) == 8 and all(s["sample"] >= len(held) for s in shown)  # the blends, most mixed first
+    assert all(len(s["nearest_real"]) == len(s["levels"]) == 5 for s in shown)
+    assert shown[0]["spread"] == pytest.approx(float(np.std(shown[0]["levels"])))
 
 
 def test_too_few_subjects_give_no_mixing_figure():

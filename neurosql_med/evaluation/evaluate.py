@@ -95,7 +95,7 @@ def evaluate(
     not used) and the synthetic files must have the model's sample shape; without it the
     synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
     ``out`` receives report.json, report.md, nearest.png, distances.png and spectrum.png
-    (and tissue.png with labels). The report's ``c2st`` section trains classifiers
+    (and tissue.png with labels, mixing.png in 2d). The report's ``c2st`` section trains classifiers
     (see evaluation/c2st.py): ``c2st`` is "fast" (seconds), "strong" (the judge; minutes
     on a CPU) or "off" (left out). In 2d the report has a slice-mixing section, and where
     the synthetic files are stacks (or volumes) an inter-slice coherence section; both
@@ -611,6 +611,8 @@ def write_outputs(out: Path, report: Report, real: Tensor, synth: Tensor) -> Non
     nearest_picture(out / "nearest.png", report["memorization"], real, synth)
     distance_histogram(out / "distances.png", report["memorization"])
     spectrum_picture(out / "spectrum.png", report["texture"])
+    if "mixing" in report:
+        mixing_picture(out / "mixing.png", report["mixing"], real, synth)
     if "labels" in report:
         tissue_picture(out / "tissue.png", report["labels"])
 
@@ -622,6 +624,16 @@ def nearest_picture(path: Path, memo: dict, real: Tensor, synth: Tensor) -> None
     rows = [("synthetic", synth[shown]), ("nearest real", real[[memo["nearest"][i] for i in shown]])]
     title = f"synthetic samples closest to a training sample (red: ratio < τ = {memo['tau']}, a suspected copy)"
     image_grid(rows, path, title=title, marked=[flags, flags])
+
+
+def mixing_picture(path: Path, mixing: dict, real: Tensor, synth: Tensor) -> None:
+    """The most level-mixed samples above their nearest real slices: a blend of two levels shows as unlike neighbours."""
+    worst = mixing["most_mixed"]
+    rows = [("synthetic", synth[[w["sample"] for w in worst]])]
+    rows += [(f"nearest real {r + 1}", real[[w["nearest_real"][r] for w in worst]]) for r in range(mixing["k"])]
+    spreads = ", ".join(f"{w['spread']:.2f}" for w in worst)
+    image_grid(rows, path, title=f"samples whose {mixing['k']} nearest real slices lie furthest apart in level "
+                                 f"(sd of level: {spreads})")
 
 
 def distance_histogram(path: Path, memo: dict) -> None:

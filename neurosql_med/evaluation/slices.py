@@ -27,6 +27,7 @@ from torch import Tensor
 from neurosql_med.evaluation.c2st import real_halves
 
 MIXING_K = 5
+SHOWN = 8  # most-mixed samples kept in the report, with their nearest real slices, for the picture
 THUMBNAIL = 24  # px on the longer side: slices are compared as area-averaged thumbnails
 WORST = 90  # percentile: the worst tenth of samples
 FOREGROUND = 0.01  # as in data.transforms: a slice with no voxel above it is outside the brain
@@ -41,8 +42,8 @@ def thumbnails(images: Tensor, side: int = THUMBNAIL) -> Tensor:
 
 def neighbour_spread(
     query: Tensor, pool: Tensor, pool_levels: Sequence[float], k: int = MIXING_K, excluded: Tensor | None = None,
-) -> np.ndarray:
-    """Per query thumbnail, the sd of the levels of its ``k`` nearest pool thumbnails.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query thumbnail, the sd of the levels of its ``k`` nearest pool thumbnails, and which those are.
 
     ``excluded`` (queries x pool, bool) marks pairs that may not be neighbours: a real
     slice's own subject.
@@ -52,14 +53,15 @@ def neighbour_spread(
         distance[excluded] = float("inf")
     k = min(k, int((~excluded).sum(1).min()) if excluded is not None else pool.shape[0])
     nearest = distance.topk(k, dim=1, largest=False).indices
-    return torch.as_tensor(np.asarray(pool_levels, dtype=np.float64))[nearest].std(dim=1, unbiased=False).numpy()
+    spread = torch.as_tensor(np.asarray(pool_levels, dtype=np.float64))[nearest].std(dim=1, unbiased=False)
+    return spread.numpy(), nearest.numpy()
 
 
 def held_out_spread(features: Tensor, levels: Sequence[float], subjects: Sequence[str], k: int = MIXING_K) -> np.ndarray:
     """Per real slice, the level spread of its nearest slices among the *other* subjects (held out, one at a time)."""
     names = np.asarray(subjects)
     same = torch.from_numpy(names[:, None] == names[None, :])
-    return neighbour_spread(features, features, levels, k, excluded=same)
+    return neighbour_spread(features, features, levels, k, excluded=same)[0]
 
 
 def _summary(spread: np.ndarray) -> dict:
@@ -81,13 +83,17 @@ def slice_mixing(
     if len(set(subjects)) < 4:
         return None
     features = thumbnails(real)
-    synthetic = _summary(neighbour_spread(thumbnails(synth), features, levels, k))
+    spread, nearest = neighbour_spread(thumbnails(synth), features, levels, k)
+    synthetic = _summary(spread)
     reference = _summary(held_out_spread(features, levels, subjects, k))
+    worst = np.argsort(-spread, kind="stable")[:SHOWN]
     return {
         "k": k, "spread": "sd of the relative levels p of the k nearest real slices",
         "features": f"area-averaged thumbnails, {THUMBNAIL} px on the longer side, Euclidean",
         "synthetic": synthetic, "real": reference, "ratio": _ratios(synthetic, reference),
         "control": _mixing_control(features, levels, subjects, k, seed),
+        "most_mixed": [{"sample": int(i), "spread": float(spread[i]), "nearest_real": nearest[i].tolist(),
+                        "levels": [float(levels[j]) for j in nearest[i]]} for i in worst],
     }
 
 
@@ -95,7 +101,7 @@ def _mixing_control(features: Tensor, levels: Sequence[float], subjects: Sequenc
     """One half of the real subjects scored as the samples are, against the other half: the ratio noise gives."""
     one, two = real_halves(subjects, seed)
     pool_levels = [levels[i] for i in two]
-    as_samples = _summary(neighbour_spread(features[one], features[two], pool_levels, k))
+    as_samples = _summary(neighbour_spread(features[one], features[two], pool_levels, k)[0])
     reference = _summary(held_out_spread(features[two], pool_levels, [subjects[i] for i in two], k))
     return {"ratio": _ratios(as_samples, reference), "subjects": [len({subjects[i] for i in one}), len({subjects[i] for i in two})]}
 
