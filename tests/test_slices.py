@@ -109,3 +109,13 @@ def test_real_stacks_match_real_stacks_and_shuffled_ones_do_not(cohort):
     shuffled = coherence_section(stacks[:15], subjects[:15], [s[..., o] for s, o in zip(stacks[15:], order)],
                                  real_labels=labels[:15], synth_labels=[m[..., o] for m, o in zip(labels[15:], order)])
     assert shuffled["ratio"]["correlation"] < 0.95 and shuffled["ratio"]["label_dice"] < 0.9, shuffled
+
+
+def test_volumes_with_a_channel_are_stacks_along_any_axis():
+    y, z = torch.meshgrid(torch.arange(16.0), torch.arange(10.0), indexing="ij")
+    moving = torch.stack([torch.exp(-((y - 2 - k) ** 2 + (z - 5) ** 2) / 8) for k in range(12)])  # a blob drifting in y
+    volume = (moving + 0.02 * torch.rand(12, 16, 10, generator=torch.Generator().manual_seed(1)))[None]  # (1, X, Y, Z)
+    along_x = stack_coherence(volume, axis=0)
+    assert along_x["slices"] == 12 and along_x["correlation"] > 0.7
+    shuffled = stack_coherence(volume[:, torch.randperm(12, generator=torch.Generator().manual_seed(2))], axis=0)
+    assert shuffled["correlation"] < along_x["correlation"] - 0.3, (shuffled, along_x)
