@@ -92,7 +92,8 @@ def evaluate(
     """Score the images in ``synth`` against the training scans in ``real``; returns the report.
 
     With ``model_dir`` the model's own config preprocesses the scans (``config`` is then
-    not used) and the synthetic files must have the model's sample shape; without it the
+    not used) and the synthetic files have the model's sample shape or are stacks of its
+    slices (others are resampled onto its grid); without it the
     synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
     ``out`` receives report.json, report.md, nearest.png, distances.png and spectrum.png
     (and tissue.png with labels, mixing.png in 2d). The report's ``c2st`` section trains classifiers
