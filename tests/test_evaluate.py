@@ -142,6 +142,12 @@ def test_a_stack_of_the_model_slices_is_read_slice_by_slice_with_its_label_map(t
     assert labelled == list(range(5)) and maps[:, 0, 0, 0].tolist() == [1, 2, 3, 4, 5]
 
 
+def test_volumes_are_stacks_and_have_no_slice_mixing(tmp_path: Path, real: Path):
+    report = evaluate(real, write_scans(tmp_path / "synth", [10, 11, 12]), config="tiny3d", c2st="off")
+    assert "mixing" not in report and report["coherence"]["synthetic"]["stacks"] == 3
+    assert 0.9 < report["coherence"]["ratio"]["correlation"] < 1.1  # the same kind of volume on both sides
+
+
 def test_an_unknown_classifier_is_a_user_error(tmp_path: Path):
     with pytest.raises(UserError, match="--c2st must be one of fast, strong, off, got 'medium'"):
         evaluate(tmp_path / "real", tmp_path / "synth", c2st="medium")
