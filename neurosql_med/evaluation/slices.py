@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from neurosql_med.data.transforms import is_foreground
 from neurosql_med.evaluation.c2st import real_halves
 
 MIXING_K = 5
 SHOWN = 8  # most-mixed samples kept in the report, with their nearest real slices, for the picture
 THUMBNAIL = 24  # px on the longer side: slices are compared as area-averaged thumbnails
 WORST = 90  # percentile: the worst tenth of samples
-FOREGROUND = 0.01  # as in data.transforms: a slice with no voxel above it is outside the brain
 
 
 def thumbnails(images: Tensor, side: int = THUMBNAIL) -> Tensor:
@@ -150,7 +150,7 @@ def stack_coherence(volume: Tensor, labels: Tensor | None = None, axis: int = -1
     """
     volume = torch.as_tensor(volume).float().squeeze(0) if volume.ndim == 4 else torch.as_tensor(volume).float()
     slices = volume.movedim(axis, 0).flatten(1)
-    inside = torch.nonzero((slices > FOREGROUND).any(1)).flatten()
+    inside = torch.nonzero(is_foreground(slices).any(1)).flatten()
     if len(inside) < 2:
         return None
     span = slice(int(inside[0]), int(inside[-1]) + 1)
