@@ -1,4 +1,4 @@
-# The two commands the README leads with: `make demo` and `make test`.
+# The two commands the README leads with: `make demo` and `make test` (and `make docs`).
 # Both create .venv when missing and install the project into it. On a machine
 # without an NVIDIA GPU the CPU build of torch is installed first, so pip never
 # pulls the multi-GB CUDA build.
@@ -7,8 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 DEMO_OUT ?= demo-out
+OUT ?= realistic-cohort
 
-.PHONY: demo test install clean
+.PHONY: demo test install docs clean realistic-cohort
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +34,25 @@ demo: install
 	$(BIN)/nsql-med synthesize --n 16 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/synth --force
 	@echo "preview of the synthetic cohort: $(DEMO_OUT)/synth/preview.png"
 
+# The benchmark cohort of real brains from packages (nilearn's MNI ICBM 152, Debian's Colin27):
+# the sources are fetched into ~/.cache/nsql-med, the cohort written to $(OUT) (git-ignored by default).
+realistic-cohort: install
+	$(BIN)/python -m pip install -q -e ".[benchmark]"
+	$(BIN)/python benchmarks/realistic_cohort.py --out $(OUT)
+
 test: install
 	$(BIN)/python -m pytest
 
+# The documentation site (MkDocs + Material) into site/. --strict turns every warning,
+# a broken link or a page missing from the nav included, into a failure. The CLI and
+# config reference pages are generated from the code at each build (docs/gen_ref.py).
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	@touch $@
+
+# pyproject pins mkdocs < 2, so the plugins' banners about MkDocs 2 are silenced.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) nsql-model synth .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) nsql-model synth site .pytest_cache

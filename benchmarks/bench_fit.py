@@ -1,4 +1,4 @@
-"""Fit timings and quality on the sample cohort (issue figures for the README).
+"""Fit timings and quality on the sample cohort (figures for docs/results/timings.md).
 
     python benchmarks/bench_fit.py --config default [--minutes 3] [--scans sample_data]
 

@@ -1,4 +1,4 @@
-"""The README's picture of conditional synthesis: the same latents asked for at each level of a covariate.
+"""The docs' picture of conditional synthesis: the same latents asked for at each level of a covariate.
 
     python benchmarks/condition_figure.py MODEL [--covariate CDR] [--fixed age=75] [--n 8] [--out docs/conditional-cdr.png]
 

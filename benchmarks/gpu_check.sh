@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue #16, in one go on a machine with a CUDA GPU (about 10 minutes
+# The GPU check, in one go on a machine with a CUDA GPU (about 10 minutes
 # on one recent GPU): the `gpu` tests, then fits of the default 2D config, volume3d and
 # hires3d with and without bf16 autocast, and the synthesis of 500 volumes. Each
 # measurement prints one JSON line (seconds per epoch, total seconds, peak GPU memory).

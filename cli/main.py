@@ -11,7 +11,9 @@ from rich.console import Console
 from typer.exceptions import Abort, Exit, TyperException
 
 from neurosql_med import __version__
+from neurosql_med.config import BUILTIN
 from neurosql_med.errors import UserError
+from neurosql_med.evaluation.utility import arms as utility_arms
 
 console = Console()
 app = typer.Typer(
@@ -60,7 +62,7 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-ConfigOpt = typer.Option("default", "--config", "-c", help="YAML config file, or a built-in name: default, volume3d, tiny, tiny3d.")
+ConfigOpt = typer.Option("default", "--config", "-c", help=f"YAML config file, or a built-in name: {', '.join(BUILTIN)}.")
 PatternOpt = typer.Option(None, "--pattern", help="Glob (relative to the folder) choosing the images; overrides the layout's choice.")
 StrictOpt = typer.Option(False, "--strict", help="Treat any skipped (unreadable or invalid) scan as an error.")
 LabelsOpt = typer.Option(
@@ -160,6 +162,7 @@ def fit(
     from neurosql_med.training.budget import fit_in_budget
     from neurosql_med.training.train import fit as run_fit
     from neurosql_med.training.train import fit_config
+    from neurosql_med.viz.tables import skipped_lines
 
     cfg = fit_config(
         config, out, resume, force, condition=None if condition is None else condition.split(","),
@@ -177,6 +180,8 @@ def fit(
 
         cohort = load_conditioned_cohort(scans, cfg, strict=strict, covariates=covariates)
         console.print("conditioned on " + ", ".join(cohort.condition_spec.names))
+    for line in skipped_lines(cohort.discovery):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"{len(cohort.discovery.scans)} scan(s) → {len(cohort)} {cfg.data.mode} sample(s) of shape {cohort.geometry.sample_shape}")
     if cfg.train.max_minutes is not None and not resume:  # time two epochs, then the epoch count that fits
         result = fit_in_budget(cohort, cfg, out, force=force)
@@ -215,6 +220,7 @@ def synthesize(
     condition_table: Optional[Path] = typer.Option(None, "--condition-table", help="TSV/CSV of covariates: one synthetic subject per row."),
     balance: Optional[str] = typer.Option(None, "--balance", help="A categorical covariate whose levels get equal counts, e.g. CDR."),
     texture: bool = typer.Option(True, "--texture/--no-texture", help="Add the model's residual texture to G(u); --no-texture writes the decoder's smooth mean images."),
+    levels: Optional[str] = typer.Option(None, "--levels", help="A slice-aware model's relative slice levels in [0, 1], e.g. 0.3,0.5,0.7, which the samples cycle through (default: drawn from the training levels)."),
 ) -> None:
     """Write a synthetic cohort as NIfTI files (and/or DICOM series) with provenance."""
     _threads(threads)
@@ -222,7 +228,8 @@ def synthesize(
 
     summary = run(model, out, n, seed=seed, typicality=typicality, batch_size=batch_size, device=device,
                   force=force, resume=resume, audit=audit, tau=tau, drop_copies=drop_copies, format=format,
-                  condition=condition, condition_table=condition_table, balance=balance, texture=texture)
+                  condition=condition, condition_table=condition_table, balance=balance, texture=texture,
+                  levels=levels)
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"{summary.written} image(s) written, {summary.kept} kept, in {summary.seconds:.1f} s → {out}")
@@ -359,10 +366,19 @@ def benchmark(
 
 
 def _int_list(text: str, option: str) -> list[int]:
+    return _number_list(text, option, int)
+
+
+def _float_list(text: str, option: str) -> list[float]:
+    return _number_list(text, option, float)
+
+
+def _number_list(text: str, option: str, kind: type) -> list:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"{option} must be comma-separated integers, got {text!r}") from None
+        what = "integers" if kind is int else "numbers"
+        raise UserError(f"{option} must be comma-separated {what}, got {text!r}") from None
 
 
 @app.command()
@@ -371,11 +387,14 @@ def utility(
     task: str = typer.Option(..., "--task", help="segment (the scans' label maps), regress:COLUMN or classify:COLUMN."),
     train_subjects: str = typer.Option("4,8,16", "--train-subjects", help="Comma-separated training-set sizes k (subjects)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds: each draws its own split."),
-    synthetic_per_real: float = typer.Option(4.0, "--synthetic-per-real", help="NeuroSQL cases per real training sample."),
+    synthetic_per_real: str = typer.Option("4", "--synthetic-per-real", help="NeuroSQL cases per real training sample; "
+                                           "comma-separated ratios (e.g. 1,2,4,8) run each NeuroSQL arm once per ratio."),
+    schedule: str = typer.Option("constant", "--schedule", help="Synthetic share of each batch over training: constant, "
+                                 "or decay (from twice the data's share down to 0, so training ends on real scans)."),
     holdout: Optional[Path] = typer.Option(None, "--holdout", help="Folder of test subjects' scans (default: drawn per seed)."),
     holdout_fraction: Optional[float] = typer.Option(None, "--holdout-fraction", help="Share of subjects tested when no --holdout (0.25)."),
-    steps: int = typer.Option(400, "--steps", help="Optimiser steps of the downstream network, the same in every arm."),
-    nsql_steps: int = typer.Option(800, "--nsql-steps", help="Generator steps of each NeuroSQL fit (per training set)."),
+    steps: int = typer.Option(utility_arms.STEPS, "--steps", help="Optimiser steps of the downstream network, the same in every arm."),
+    nsql_steps: int = typer.Option(utility_arms.NSQL_STEPS, "--nsql-steps", help="Generator steps of each NeuroSQL fit (per training set)."),
     config: str = typer.Option("utility", "--config", "-c", help="Preprocessing and NeuroSQL config (path or built-in name)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="2d or 3d."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -392,7 +411,7 @@ def utility(
         raise UserError("--holdout and --holdout-fraction exclude each other: test on a folder or on a drawn share")
     result = run_utility(
         scans, task=task, train_subjects=_int_list(train_subjects, "--train-subjects"), seeds=_int_list(seeds, "--seeds"),
-        synthetic_per_real=synthetic_per_real, holdout=holdout,
+        synthetic_per_real=_float_list(synthetic_per_real, "--synthetic-per-real"), schedule=schedule, holdout=holdout,
         holdout_fraction=0.25 if holdout_fraction is None else holdout_fraction, steps=steps, nsql_steps=nsql_steps,
         config=config, mode=mode, device=device, out=out, resume=resume,
     )

@@ -18,21 +18,22 @@ from typing import Any, Literal, NoReturn, Optional, get_args, get_origin
 
 import yaml
 
+from neurosql_med.bounded import parse_yaml, preview, read_yaml
 from neurosql_med.errors import UserError
 
 
 @dataclass
 class DataConfig:
-    mode: Literal["2d", "3d"] = "2d"
-    pattern: Optional[str] = None
-    spacing: list[float] = field(default_factory=lambda: [2.5, 2.5, 2.5])
-    shape: list[int] = field(default_factory=lambda: [64, 80, 64])
-    fit: Literal["pad_crop", "resize"] = "pad_crop"
-    intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    foreground_margin: int = 2
-    slice_axis: int = 2
-    slice_range: list[float] = field(default_factory=lambda: [0.2, 0.8])
-    slice_stride: int = 3
+    mode: Literal["2d", "3d"] = "2d"  # 2d: the model learns axial (slice_axis) slices; 3d: whole volumes
+    pattern: Optional[str] = None  # glob (relative to the scan folder) choosing the images; overrides the layout's choice
+    spacing: list[float] = field(default_factory=lambda: [2.5, 2.5, 2.5])  # target voxel size in mm (RAS), resampled by MONAI Spacingd
+    shape: list[int] = field(default_factory=lambda: [64, 80, 64])  # volume grid in voxels after cropping to the brain
+    fit: Literal["pad_crop", "resize"] = "pad_crop"  # pad_crop keeps the physical size; resize stretches the brain's box to the grid
+    intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])  # [low, high] percentiles mapped to 0 and 1
+    foreground_margin: int = 2  # voxels kept around the brain when cropping to the foreground
+    slice_axis: int = 2  # 2d: 0 sagittal, 1 coronal, 2 axial
+    slice_range: list[float] = field(default_factory=lambda: [0.2, 0.8])  # 2d: the fraction of the brain's own extent along slice_axis that slices are cut from
+    slice_stride: int = 3  # 2d: every n-th slice of that range
     skull_stripped: bool = True  # recorded in synthetic sidecars (BIDS SkullStripped)
     labels: str = "auto"  # tissue label maps: "auto" (used when every scan has one), "none", or a glob
 
@@ -45,48 +46,53 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = 16
-    lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"
-    channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])
-    upsample: Literal["transposed", "resize"] = "transposed"  # resize: nearest x2 then a 3x3 convolution
+    latent_dim: int = 16  # dimension d of the latent codes u (the quantile lattice's points)
+    lattice: Literal["gaussian", "uniform", "center-outward"] = "gaussian"  # reference distribution the lattice's quantiles come from
+    channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32])  # decoder widths, one stage each; every stage doubles the grid
+    upsample: Literal["transposed", "resize"] = "transposed"  # plain decoder: resize = nearest x2 then a 3x3 convolution
     texture: float = 0.0  # strength of the residual texture fresh samples get (engine/residual.py); 0: none, G(u) alone
     texture_cutoff: float = 0.15  # cycles per voxel: the residual texture keeps the residual's spectrum above this
+    decoder: Literal["plain", "residual"] = "plain"  # residual: modulated residual blocks at every resolution
+    slice_levels: int = 0  # 2d: strata of the relative slice level p, which G also reads; 0: slices know no level
+    texture_mode: Literal["global", "tissue"] = "global"  # tissue: residual statistics per tissue class (or intensity bin)
 
 
 @dataclass
 class LossConfig:
-    ssim_weight: float = 0.8
+    ssim_weight: float = 0.8  # loss = L1 + ssim_weight x (1 - SSIM)
     gradient_weight: float = 0.0  # weight of an L1 term on image gradients (edges), in generator steps only
-    ssim_window: int = 7
+    ssim_window: int = 7  # SSIM window side in voxels (odd)
     label_weight: float = 1.0  # weight of the label term (cross-entropy + Dice) when the cohort has label maps
+    laplacian_weight: float = 0.0  # weight of a Laplacian-pyramid L1 term, in generator steps and assignment costs
+    laplacian_levels: int = 4  # levels of that pyramid (each half the resolution of the last)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 110
-    max_minutes: Optional[float] = None
-    batch_size: int = 16
-    lr: float = 0.005
-    weight_decay: float = 0.0001
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
+    epochs: int = 110  # training epochs (with a budget, at most this many)
+    max_minutes: Optional[float] = None  # wall-clock budget: two timed epochs fix the epoch count that fits it
+    batch_size: int = 16  # samples per generator step
+    lr: float = 0.005  # peak learning rate of the warm-up + cosine schedule (AdamW)
+    weight_decay: float = 0.0001  # AdamW weight decay
+    seed: int = 0  # seeds the whole fit: the same seed and thread count give the same bytes
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU is visible, else cpu
+    amp: bool = True  # bf16 autocast for the generator on a GPU (assignment costs stay float32)
     ema: float = 0.0  # decay of an exponential moving average of the generator's weights, used for sampling; 0: off
 
 
 @dataclass
 class AssignmentConfig:
-    cost: Literal["auto", "loss", "mse"] = "auto"
-    threshold: float = 0.02
-    max_interval: int = 8
-    block_size: int = 16384
+    cost: Literal["auto", "loss", "pyramid", "mse"] = "auto"  # assignment cost: the training loss, squared error, the Laplacian-pyramid L1 alone, or auto (the loss while it is cheap)
+    threshold: float = 0.02  # assign every epoch while more than this fraction of the codes moves, then back off
+    max_interval: int = 8  # at most this many epochs between assignment rounds
+    block_size: int = 16384  # above this many samples, solve the assignment in random blocks of this size
 
 
 @dataclass
 class ConditionConfig:
     """The covariates a conditional model is fit on (``fit --condition``); absent for an unconditional model."""
 
-    columns: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)  # covariates to condition on, e.g. [CDR, Age]
     categorical: list[str] = field(default_factory=list)  # treat these as categories even when numeric
     continuous: list[str] = field(default_factory=list)  # treat these as numbers even when participants.json lists levels
     cost_bins: int = 4  # assignment costs per stratum under this many bins of each continuous covariate; 0: each image's own value
@@ -132,8 +138,9 @@ class Config:
 
 # section -> {key: the value that reproduces the behaviour from before the key existed}
 LATER_KEYS: dict[str, dict[str, Any]] = {
-    "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15},
-    "loss": {"gradient_weight": 0.0},
+    "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15, "decoder": "plain", "slice_levels": 0,
+              "texture_mode": "global"},
+    "loss": {"gradient_weight": 0.0, "laplacian_weight": 0.0, "laplacian_levels": 4},
     "train": {"ema": 0.0},
 }
 
@@ -150,30 +157,30 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(str(a) for a in get_args(tp))
-            raise UserError(f"config key '{key}' must be one of {choices}, got {value!r}")
+            raise UserError(f"config key '{key}' must be one of {choices}, got {preview(value)}")
         return value
     if origin is list:
         (item,) = get_args(tp)
         if not isinstance(value, list):
-            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+            raise UserError(f"config key '{key}' must be a list, got {preview(value)}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+            raise UserError(f"config key '{key}' must be true or false, got {preview(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+            raise UserError(f"config key '{key}' must be an integer, got {preview(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+            raise UserError(f"config key '{key}' must be a number, got {preview(value)}")
         if not math.isfinite(value):  # NaN passes every `x <= 0` check, so it is refused here
-            raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
+            raise UserError(f"config key '{key}' must be a finite number, got {preview(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise UserError(f"config key '{key}' must be a string, got {value!r}")
+            raise UserError(f"config key '{key}' must be a string, got {preview(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
@@ -190,20 +197,21 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else str(key)
-            raise UserError(f"unknown config key '{where}'")
+            raise UserError(f"unknown config key '{where[:80]}'")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
     return cls(**kwargs)
 
 
 # Upper limits, so a typo cannot ask for more memory than any machine has (a 100000^3 grid
-# used to crash the interpreter when the decoder was built). Documented in the README.
-MAX_LATENT_DIM = 1024
+# used to crash the interpreter when the decoder was built). Listed in the docs' config reference.
+MAX_LATENT_DIM = 1024  # model.latent_dim
 MAX_CHANNELS = 4096  # each width in model.channels
 MAX_STAGES = 8  # entries of model.channels; every stage doubles the grid
+MAX_SLICE_LEVELS = 64  # model.slice_levels: more strata than this leave a handful of slices each
 MAX_TEXTURE = 4.0  # model.texture: past a few times the residual it measures, it is noise, not texture
 MAX_SIDE = 1024  # each of data.shape
 MAX_SAMPLE_VOXELS = 256**3  # one training sample (a 3D volume, or a 2D slice)
-MAX_SPACING = 100.0  # mm
+MAX_SPACING = 100.0  # each of data.spacing, in mm
 SEED_RANGE = 2**32  # numpy's seed range: 0 <= seed < 2**32
 
 
@@ -220,7 +228,7 @@ def check_labels(value: str, name: str = "config key 'data.labels'") -> None:
         return
     if not value.strip() or value.startswith("/") or "\0" in value or not value.lower().endswith((*LABEL_FILES, "*")):
         raise UserError(f"{name} must be auto, none, or a glob relative to each scan's folder naming NIfTI/Analyze "
-                        f"label maps (e.g. '*_seg.nii.gz'), got {value!r}")
+                        f"label maps (e.g. '*_seg.nii.gz'), got {preview(value)}")
 
 
 def _check_data(d: DataConfig) -> None:
@@ -256,6 +264,10 @@ def _check_model(cfg: Config) -> None:
         _fail("model.texture_cutoff", "must be in [0, 0.5) cycles per voxel (0.5: the Nyquist frequency)")
     if not 1 <= len(m.channels) <= MAX_STAGES or any(not 1 <= c <= MAX_CHANNELS for c in m.channels):
         _fail("model.channels", f"must list 1 to {MAX_STAGES} widths, each between 1 and {MAX_CHANNELS}")
+    if not 0 <= m.slice_levels <= MAX_SLICE_LEVELS:
+        _fail("model.slice_levels", f"must be between 0 (no slice level) and {MAX_SLICE_LEVELS}")
+    if m.slice_levels and cfg.data.mode != "2d":
+        _fail("model.slice_levels", "applies to 2d slices only (set it to 0 for data.mode 3d)")
 
 
 def _check_training(cfg: Config) -> None:
@@ -264,6 +276,10 @@ def _check_training(cfg: Config) -> None:
         _fail("loss.ssim_weight", "must be >= 0")
     if loss.gradient_weight < 0:
         _fail("loss.gradient_weight", "must be >= 0")
+    if loss.laplacian_weight < 0:
+        _fail("loss.laplacian_weight", "must be >= 0")
+    if not 1 <= loss.laplacian_levels <= MAX_STAGES:
+        _fail("loss.laplacian_levels", f"must be between 1 and {MAX_STAGES}")
     if loss.ssim_window < 3 or loss.ssim_window % 2 == 0:
         _fail("loss.ssim_window", "must be an odd number >= 3")
     if min(cfg.data.shape) < loss.ssim_window:
@@ -321,25 +337,12 @@ def load_config(source: str | Path | None = None) -> Config:
     name = str(source)
     if name in BUILTIN:
         text = resources.files("neurosql_med.configs").joinpath(f"{name}.yaml").read_text()
-        where = f"built-in config '{name}'"
-    else:
-        path = Path(name)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        text = _read_config(path)
-        where = str(path)
+        return from_dict(parse_yaml(text, f"built-in config '{name}'"))
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return from_dict(raw)
-
-
-def _read_config(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+        return from_dict(read_yaml(path))
     except OSError as exc:
         raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
 

@@ -180,5 +180,6 @@ def test_a_conditional_fit_on_several_processes_is_refused_before_any_starts(cap
     code, _, err = cli(capsys, "fit", Path(__file__).resolve().parents[1] / "sample_data", "--config", "tiny", "--condition", "CDR", "--nproc-per-node", "2",
                        "--out", tmp_path / "model")
     assert code == 2
-    assert err.strip().splitlines() == ["error: a conditional fit (--condition) runs in one process: drop --nproc-per-node for it"]
+    assert err.strip().splitlines() == ["error: a conditional or slice-aware fit (--condition, model.slice_levels) runs in one process: "
+                                            "drop --nproc-per-node for it"]
     assert not (tmp_path / "model").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -188,6 +189,64 @@ def test_huge_declared_scan_is_refused_before_its_data_is_read(capfd, bad_scans)
     finally:
         tracemalloc.stop()
     assert peak < 50 * 2**20  # reading the 432 MB of voxels would show here
+
+
+def test_fit_names_each_unusable_scan_it_skips_and_checks_the_disk_before_writing(capfd, bad_scans, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10**4, 10**4))
+    for name in ("zero_pixdim.nii.gz", "damaged.dcm"):
+        folder, out = shutil.copytree(bad_scans / name, tmp_path / name), tmp_path / f"{name}.model"
+        write_nifti(folder / "good2.nii.gz", brain_volume(8))  # two good scans: enough samples for the tiny config
+        code, stdout, stderr = cli(capfd, "fit", folder, "--config", "tiny", "--out", out)
+        assert code == 2 and stderr.startswith("error: ") and "GB" in stderr and not out.exists(), stderr
+        _, inspected, _ = cli(capfd, "inspect", folder, "--json")
+        (reason,) = [s["reason"] for s in json.loads(inspected)["skipped"]]
+        assert f"skipped {folder / name}: {reason}" in stdout.splitlines(), stdout
+
+
+def test_fit_on_a_missing_device_writes_nothing(capfd, scans, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "m"
+    refused(capfd, "fit", scans, "--config", "tiny", "--device", "cuda", "--out", out, culprit="--device cuda", out=out)
+
+
+# -- files that would cost unbounded memory or recursion ----------------------------------
+
+ALIAS_BOMB = "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9 if p else ['lol'] * 9)}]\n"
+                     for p, c in zip(["", *"abcdefg"], "abcdefgh")) + "train: {lr: *h}\n"
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(capfd, scans, tmp_path):
+    config = tmp_path / "bomb.yaml"
+    config.write_text(ALIAS_BOMB)
+    tracemalloc.start()
+    try:
+        line = refused(capfd, "fit", scans, "--config", config, "--out", tmp_path / "m", culprit=str(config), out=tmp_path / "m")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "alias" in line and peak < 50 * 2**20
+
+
+@pytest.mark.parametrize("text, culprit", [
+    ("# padding\n" * 200_000, "larger than 1 MiB"),
+    ("train:\n  lr: " + "[" * 100 + "]" * 100 + "\n", "deeper than 32"),
+    ("train:\n  lr: [" + "1, " * 100_000 + "]\n", "more than 100,000 values"),
+    ("train:\n  seed: " + "1" * 5000 + "\n", "not valid YAML"),
+    ("train:\n  lr: [" + ", ".join(map(str, range(20_000))) + "]\n", "train.lr"),
+    ("model:\n  lattice: " + "x" * 100_000 + "\n", "model.lattice"),
+])
+def test_config_read_within_limits_and_its_values_shown_short(capfd, scans, tmp_path, text, culprit):
+    config = tmp_path / "big.yaml"
+    config.write_text(text)
+    line = refused(capfd, "fit", scans, "--config", config, "--out", tmp_path / "m", culprit=culprit, out=tmp_path / "m")
+    assert len(line) < 300, line  # a type and a preview, never the value's whole repr
+
+
+def test_deep_participants_sidecar_is_one_line(capfd, tmp_path):
+    root = write_subjects(tmp_path / "bids", 2)
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-00\t70\nsub-01\t80\n")
+    (root / "participants.json").write_text("[" * 200_000 + "]" * 200_000)
+    refused(capfd, "inspect", root, culprit="participants.json: nested deeper than 32 levels")
 
 
 # -- outputs that cannot be written ------------------------------------------------------

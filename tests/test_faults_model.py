@@ -69,6 +69,11 @@ def as_objects(array):
     return np.array(list(array), dtype=object)
 
 
+DEEP = b"[" * 200_000 + b"]" * 200_000  # past the interpreter's recursion limit
+ALIAS_BOMB = "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9 if p else ['lol'] * 9)}]\n"
+                     for p, c in zip(["", *"abcdefg"], "abcdefgh")) + "train: {lr: *h}\n"  # 9**8 strings once expanded
+
+
 CASES = {
     "config other channels": (edit_yaml(lambda c: c["model"].update(channels=[8, 8])), ["model.pt", "config.yaml"]),
     "config other latent_dim": (edit_yaml(lambda c: c["model"].update(latent_dim=3)), ["lattice.npy", "config.yaml"]),
@@ -102,6 +107,10 @@ CASES = {
     "assignment repeats": (edit_array("assignment.npy", lambda a: np.zeros_like(a)), ["assignment.npy", "permutation"]),
     "fingerprint not json": (write("data_fingerprint.json", b"{not json"), ["data_fingerprint.json"]),
     "fingerprint not an object": (write("data_fingerprint.json", b"[1, 2]"), ["data_fingerprint.json", "object"]),
+    "fingerprint nested deeply": (write("data_fingerprint.json", DEEP), ["data_fingerprint.json", "nested deeper"]),
+    "geometry nested deeply": (write("geometry.json", DEEP), ["geometry.json", "nested deeper"]),
+    "config alias bomb": (write("config.yaml", ALIAS_BOMB.encode()), ["config.yaml", "alias"]),
+    "config huge value": (edit_yaml(lambda c: c["model"].update(lattice=list(range(20_000)))), ["config.yaml", "list [0, 1, 2, 3, ...]"]),
 }
 
 
@@ -128,7 +137,7 @@ def test_rehashed_tampered_model_is_refused_before_writing(capsys, model, tmp_pa
     assert not out.exists()
 
 
-@pytest.mark.parametrize("hashes", [b"[]", b'{"model.pt": 1}', b"not json"], ids=["list", "not strings", "not json"])
+@pytest.mark.parametrize("hashes", [b"[]", b'{"model.pt": 1}', b"not json", DEEP], ids=["list", "not strings", "not json", "deep"])
 def test_damaged_hashes_are_refused(capsys, model, tmp_path, hashes):
     folder = shutil.copytree(model, tmp_path / "model")
     (folder / "hashes.json").write_bytes(hashes)

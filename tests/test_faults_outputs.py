@@ -7,6 +7,7 @@ left on disk resumes to the very bytes of an uninterrupted run.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import cli, write_subjects
 from neurosql_med.io.outputs import LOCK, output_lock
@@ -52,16 +54,19 @@ def scans(tmp_path_factory) -> Path:
     return write_subjects(tmp_path_factory.mktemp("faults") / "scans", 5)
 
 
-@pytest.fixture(scope="module")
-def model(scans) -> Path:
-    """The uninterrupted reference fit, through the real entry point."""
-    out = scans.parent / "model"
-    sys.argv = ["nsql-med", "fit", str(scans), "--config", "tiny", "--epochs", EPOCHS, "--out", str(out)]
+def reference_fit(scans: Path, out: Path, epochs: str) -> Path:
+    """An uninterrupted fit through the real entry point."""
+    sys.argv = ["nsql-med", "fit", str(scans), "--config", "tiny", "--epochs", epochs, "--out", str(out)]
     from neurosql_med.cli.main import main
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code in (0, None)
     return out
+
+
+@pytest.fixture(scope="module")
+def model(scans) -> Path:
+    return reference_fit(scans, scans.parent / "model", EPOCHS)
 
 
 # -- --force deletes only what nsql-med wrote ---------------------------------------------
@@ -98,6 +103,26 @@ def test_absurd_n_or_seed_is_refused_before_anything(capsys, tmp_path, option, v
     n = [] if option == "--n" else ["--n", "2"]
     refused(cli(capsys, "synthesize", *n, option, value, "--out", out, "--model", tmp_path / "none"), option, needle)
     assert not out.exists()
+
+
+def test_fit_force_refuses_a_synthetic_cohort(capsys, scans, tmp_path):
+    cohort = tmp_path / "cohort"
+    (cohort / "sub-synth1/anat").mkdir(parents=True)
+    (cohort / ".nsql-med.json").write_text(json.dumps({"kind": "cohort", "nsql-med": "0.1.0"}))
+    (cohort / "dataset_description.json").write_text(json.dumps({"GeneratedBy": [{"Name": "nsql-med"}]}))
+    before = listing(cohort)
+    for force in ([], ["--force"]):
+        refused(cli(capsys, "fit", scans, "--config", "tiny", "--out", cohort, *force),
+                "is an nsql-med synthetic cohort, not a model folder")
+    assert listing(cohort) == before
+
+
+def test_a_fit_into_a_folder_another_run_holds_is_refused_first(capsys, scans, tmp_path):
+    out = tmp_path / "busy"
+    with output_lock(out):
+        for extra in ([], ["--force"], ["--resume"]):
+            refused(cli(capsys, "fit", scans, "--config", "tiny", "--out", out, *extra), "in use by another nsql-med run")
+        assert [p.name for p in out.iterdir()] == [LOCK]
 
 
 # -- evaluate --out ------------------------------------------------------------------------
@@ -137,6 +162,17 @@ def test_reproduce_of_random_bytes_is_one_error_line(capsys, tmp_path):
     for name in ("x.nii.gz", "y.json", "z.bin"):
         (tmp_path / name).write_bytes(junk)
         refused(cli(capsys, "reproduce", tmp_path / name, "--model", tmp_path / "none"), name.split(".")[0])
+
+
+def test_reproduce_of_a_missing_file_says_so(capsys, tmp_path):
+    for name in ("no/such/file.nii.gz", "sub-synth0001_desc-nsql_T1w.json", "dicom/x.dcm"):
+        refused(cli(capsys, "reproduce", tmp_path / name, "--model", tmp_path / "none"), tmp_path / name, "does not exist")
+
+
+def test_reproduce_of_a_deeply_nested_sidecar_is_one_line(capsys, tmp_path):
+    side = tmp_path / "sub-synth0001_desc-nsql_T1w.json"
+    side.write_text("[" * 200_000 + "]" * 200_000)
+    refused(cli(capsys, "reproduce", side, "--model", tmp_path / "none"), side.name, "nested deeper")
 
 
 @pytest.mark.parametrize("edit, field", [
@@ -306,6 +342,67 @@ def test_synthesize_killed_with_sigkill_resumes_to_the_same_bytes(capsys, model,
     assert len(images) == N_RACE and images == {p.relative_to(reference) for p in reference.rglob("*.nii.gz")}
     assert all((out / p).read_bytes() == (reference / p).read_bytes() for p in images)
     assert (out / "manifest.tsv").read_text() == (reference / "manifest.tsv").read_text()
+
+
+# -- a fit that fails after it started writing: the disk fills up at each stage -------------------
+
+SHORT = "3"  # epochs: checkpoints after epochs 2 and 3, then the final one
+# (file, which write of it) at which the disk is full: the marker, the first checkpoint (nothing to resume yet),
+# between two checkpoints, and the finished model's pictures
+STAGES = [(".nsql-med.json", 1), ("model.pt", 1), ("history.jsonl", 2), ("recon.png", 1)]
+
+
+@pytest.fixture(scope="module")
+def short_model(scans) -> Path:
+    return reference_fit(scans, scans.parent / "short", SHORT)
+
+
+def disk_full_at(path: Path, nth: int):
+    """os.replace, failing with ENOSPC the ``nth`` time a finished file is moved into ``path``."""
+    real, seen = os.replace, [0]
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst) == path:
+            seen[0] += 1
+            if seen[0] == nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst, *args, **kwargs)
+    return replace
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, nth", STAGES, ids=[f"{n}#{k}" for n, k in STAGES])
+def test_a_fit_failing_at_any_stage_is_finished_by_the_same_command_or_resume(
+        capsys, monkeypatch, scans, short_model, tmp_path, name, nth):
+    out = tmp_path / "model"
+    command = ["fit", scans, "--config", "tiny", "--epochs", SHORT, "--out", out]
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", disk_full_at(out / name, nth))
+        refused(cli(capsys, *command), "no space left on device", out / name)
+    left = listing(out) if out.exists() else {}
+    assert not [p for p in left if ".tmp" in p], left
+    resume = ["--resume"] if (out / "model.pt").is_file() else []
+    if resume:
+        refused(cli(capsys, *command), "already holds a model", "--resume")
+    with monkeypatch.context() as patch:  # and the device asked for is missing: refused before anything changes
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        refused(cli(capsys, *command, *resume, "--device", "cuda"), "--device cuda")
+    assert (listing(out) if out.exists() else {}) == left
+    code, _, err = cli(capsys, *command, *resume)
+    assert code == 0, err
+    assert_same_model(out, short_model) and (out / "hashes.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_fits_into_one_folder_one_wins_whole(scans, short_model, tmp_path):
+    out = tmp_path / "model"
+    procs = [start("fit", scans, "--config", "tiny", "--epochs", SHORT, "--out", out) for _ in range(2)]
+    results = [(*proc.communicate(timeout=300), proc.returncode) for proc in procs]
+    results = [(code, out_text, err) for out_text, err, code in results]
+    assert sorted(code for code, _, _ in results) == [0, 2], results
+    _, _, loser_err = next(r for r in results if r[0] == 2)
+    assert loser_err.startswith("error: ") and loser_err.count("\n") == 1, loser_err
+    assert_same_model(out, short_model) and (out / "hashes.json").is_file()
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Generator options from issue 15: resize-convolution upsampling and the gradient loss term, and what stays as before."""
+"""Generator options: resize-convolution upsampling and the gradient loss term, and what stays as before."""
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +29,7 @@ def test_resize_upsampling_decodes_any_shape_in_unit_range(dims, shape):
 
 
 def test_the_transposed_default_is_the_decoder_older_models_were_saved_with():
-    cfg = load_config("default")
+    cfg = override(load_config("default"), model__decoder="plain")  # the default decoder before model.decoder existed
     assert cfg.model.upsample == "transposed" and cfg.loss.gradient_weight == 0.0
     torch.manual_seed(0)
     old = build_decoder(cfg.model, [64, 80])
@@ -39,7 +39,8 @@ def test_the_transposed_default_is_the_decoder_older_models_were_saved_with():
 
 
 def test_later_keys_at_their_legacy_value_leave_the_config_hash_as_it_was():
-    cfg = override(load_config("default"), model__texture=0.0)  # the built-in configs turn the texture on
+    cfg = override(load_config("default"), model__texture=0.0, model__decoder="plain", model__slice_levels=0,
+                   model__texture_mode="global", loss__laplacian_weight=0.0)  # the built-in default turns these on
     before = json.loads(json.dumps(cfg.to_dict()))
     for section, keys in LATER_KEYS.items():
         for key in keys:
@@ -48,6 +49,8 @@ def test_later_keys_at_their_legacy_value_leave_the_config_hash_as_it_was():
     assert cfg.digest() == expected
     assert override(cfg, model__upsample="resize").digest() != expected
     assert override(cfg, loss__gradient_weight=0.5).digest() != expected
+    assert override(cfg, model__decoder="residual").digest() != expected
+    assert override(cfg, loss__laplacian_weight=1.0).digest() != expected
     assert load_config("default").digest() != expected
 
 

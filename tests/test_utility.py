@@ -18,7 +18,7 @@ from neurosql_med.evaluation.utility import synthetic
 from neurosql_med.evaluation.utility.design import check_design, split_seed, training_cohort
 from neurosql_med.evaluation.utility import networks
 from neurosql_med.evaluation.utility.augment import ClassicAugmentation
-from neurosql_med.evaluation.utility.networks import TrainingSet, build_network, train_network
+from neurosql_med.evaluation.utility.networks import BATCH_SIZE, TrainingSet, batches, build_network, train_network
 from neurosql_med.evaluation.utility.report import paired_difference
 from neurosql_med.evaluation.utility.run import ARMS, run_utility
 from neurosql_med.evaluation.utility.tasks import Targets, Task, parse_task
@@ -80,7 +80,7 @@ def test_tiny_grid_writes_all_three_outputs(watched):
     assert sorted(r["arm"] for r in saved["runs"]) == sorted(ARMS)
     assert all(0 <= r["scores"]["dice"] <= 1 for r in saved["runs"])
     markdown = (out / "utility.md").read_text()
-    assert "real + classic + NeuroSQL" in markdown and "RandAffined" in markdown and "**" in markdown
+    assert "real + classic + NeuroSQL" in markdown and "elastic" in markdown and "**" in markdown
     assert (out / "utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -268,3 +268,47 @@ def test_a_holdout_folder_is_the_test_set(scans, tmp_path):
     assert result["summary"]["reference"]["mae"]["7"]["values"] == [pytest.approx(yardstick)]
     with pytest.raises(UserError, match="fewer than k = 9"):
         run_utility(scans, task="regress:age", out=tmp_path / "more", holdout=held, **(TINY | {"train_subjects": [9]}))
+
+
+def test_a_ratio_sweep_runs_each_neurosql_arm_per_ratio_on_nested_cases(scans, tmp_path):
+    result = run_utility(scans, task="segment", out=tmp_path / "out", synthetic_per_real=[1, 2],
+                         **(TINY | {"train_subjects": [3]}))
+    arms = {r["arm"]: r for r in result["runs"]}
+    assert set(arms) == {"real", "real+classic", "real+neurosql@1", "real+neurosql@2", "real+classic+neurosql@1",
+                         "real+classic+neurosql@2", "neurosql-only@1", "neurosql-only@2"}
+    real = arms["real"]["real_samples"]
+    assert arms["real"]["synthetic_samples"] == 0 and real > 0
+    assert arms["real+neurosql@1"]["synthetic_samples"] == real
+    assert arms["neurosql-only@2"]["synthetic_samples"] == 2 * real and arms["neurosql-only@2"]["real_samples"] == 0
+    against = result["summary"]["against_classic"]["dice"]
+    assert set(against) == {a for a in arms if "@" in a}
+    assert "(×2)" in (tmp_path / "out" / "utility.md").read_text()
+
+
+def test_decay_schedule_spends_synthetic_cases_early_and_ends_on_real_scans():
+    steps, real, fake = 40, 30, 30
+    drawn = list(batches(real, fake, steps, torch.Generator().manual_seed(0), "decay"))
+    shares = [float((b >= real).double().mean()) for b in drawn]
+    assert len(drawn) == steps and all(len(b) == BATCH_SIZE for b in drawn)
+    assert shares[0] == 1.0 and shares[-1] == 0.0 and all(a >= b for a, b in zip(shares, shares[1:]))
+    assert abs(np.mean(shares) - 0.5) < 0.05  # the same synthetic exposure as the constant schedule
+    constant = torch.cat(list(batches(real, fake, steps, torch.Generator().manual_seed(0), "constant")))
+    assert abs(float((constant >= real).double().mean()) - 0.5) < 0.05
+
+
+def test_constant_schedule_is_a_shuffled_pass_per_epoch():
+    drawn = list(batches(20, 0, 3, torch.Generator().manual_seed(1), "constant"))
+    assert [len(b) for b in drawn] == [16, 4, 16]
+    assert sorted(torch.cat(drawn[:2]).tolist()) == list(range(20))
+
+
+def test_classic_augmentation_moves_labels_with_the_image():
+    torch.manual_seed(0)
+    image = torch.zeros(8, 1, 32, 40)
+    image[:, :, 8:24, 10:30] = 1.0
+    labels = (image > 0.5).long()
+    out, moved = ClassicAugmentation(2, seed=3, strength=1.5)(image, labels)
+    assert out.shape == image.shape and moved.shape == labels.shape and set(moved.unique().tolist()) <= {0, 1}
+    assert not torch.equal(out, image)  # something was transformed
+    agree = ((out > 0.5).long() == moved).double().mean()
+    assert agree > 0.93  # geometry moved both the same way: the label follows the bright square

@@ -33,7 +33,7 @@ class Cohort:
     conditions: torch.Tensor | None = None  # (N, width) float32 encoded condition c of each sample (data/covariates.py)
     condition_spec: ConditionSpec | None = None  # the covariates behind ``conditions``
     condition_values: list[dict] | None = None  # per sample: its scan's parsed covariate values
-    slice_level: list[float] | None = None  # 2d, per sample: relative position within its brain's extent (0..1)
+    slice_levels: list[float] | None = None  # 2d, per sample: its relative level within its brain (data/transforms.py)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -70,7 +70,7 @@ class Cohort:
             conditions=None if self.conditions is None else self.conditions[idx],
             condition_spec=self.condition_spec,
             condition_values=None if self.condition_values is None else [self.condition_values[i] for i in idx],
-            slice_level=None if self.slice_level is None else [self.slice_level[i] for i in idx],
+            slice_levels=None if self.slice_levels is None else [self.slice_levels[i] for i in idx],
         )
 
 
@@ -152,5 +152,5 @@ def load_cohort(
         discovery=found,
         labels=torch.stack(labels).as_subclass(torch.Tensor) if use_labels else None,
         label_names=list(found.label_names) if use_labels and found.label_names else None,
-        slice_level=levels if cfg.mode == "2d" else None,
+        slice_levels=levels if cfg.mode == "2d" else None,
     )

@@ -10,13 +10,13 @@ one part of a dataset. Column names match case-insensitively.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from neurosql_med.bounded import read_json
 from neurosql_med.config import Config
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.data.discovery import Discovery, Scan, Skipped, discover
@@ -123,8 +123,8 @@ def table_source(path: Path, id_column: str | None = None, session_of: str | Non
 def _with_levels(source: Source, sidecar: Path) -> Source:
     """participants.json's ``Levels`` fix a column as categorical, in the order it lists them."""
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = read_json(sidecar)
+    except OSError:
         raise UserError(f"{sidecar}: not readable JSON") from None
     if isinstance(meta, dict):
         for name, entry in meta.items():
@@ -234,7 +234,7 @@ def condition_scans(
             reason = f"no value for covariate {', '.join(absent)}"
             if strict:
                 raise UserError(f"{scan.id}: {reason}")
-            skipped.append(Skipped(scan.path, reason))
+            skipped.append(Skipped(scan.path, reason, unusable=True))
             continue
         kept.append(scan)
         raw.append({c: table.value(scan, c) for c in columns})

@@ -73,6 +73,7 @@ class Scan:
 class Skipped:
     path: Path
     reason: str
+    unusable: bool = False  # a scan the run would have used, set aside as unreadable or invalid: what --strict refuses
 
 
 @dataclass
@@ -155,7 +156,7 @@ def discover(
         except ScanError as exc:
             if strict:
                 raise UserError(f"{exc.path}: {exc.reason}") from None
-            skipped.append(Skipped(exc.path, exc.reason))
+            skipped.append(Skipped(exc.path, exc.reason, unusable=True))
             continue
         scans.append(scan)
         names.append(_name(vol, detected))
@@ -240,7 +241,7 @@ class _LabelPairing:
         if self.strict:
             culprit = scan.labels if scan.labels is not None else scan.path
             raise UserError(f"{culprit}: label map {scan.labels_problem} (scan {scan.path.name})")
-        self.skipped.append(Skipped(scan.path, f"label map {scan.labels_problem}"))
+        self.skipped.append(Skipped(scan.path, f"label map {scan.labels_problem}", unusable=True))
 
     def _names(self) -> list[str]:
         """One naming for the cohort: the tables found must agree; without any, the classes are numbered."""

@@ -40,42 +40,39 @@ class SliceSamplesd(MapTransform):
 
     Slices are taken from a fraction range of the brain's own extent along the axis
     (not of the padded grid), so "the central 60 %" means the same anatomy for large
-    and small brains. Each sample keeps its source scan id, slice index and level: its
-    relative position within the brain's extent (0: first brain slice, 1: last), the
-    same anatomy in every brain whatever its size. The first key (the image) chooses
-    the slices; every other key (its label map) is cut the same.
+    and small brains. Each sample keeps its source scan id and slice index. The first
+    key (the image) chooses the slices; every other key (its label map) is cut the same.
     """
 
     def __init__(self, keys: KeysCollection, axis: int, fraction: tuple[float, float], stride: int) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.axis, self.fraction, self.stride = axis, fraction, stride
 
-    def brain_extent(self, volume: torch.Tensor) -> tuple[int, int] | None:
-        """The first and one-past-last slice holding brain along the axis; None for an empty volume."""
+    def slice_indices(self, volume: torch.Tensor) -> list[int]:
+        return [index for index, _ in self.slices(volume)]
+
+    def slices(self, volume: torch.Tensor) -> list[tuple[int, float]]:
+        """Each slice taken, with its relative level: its centre's position within the brain's extent, in (0, 1)."""
         other = tuple(i for i in range(1, 4) if i != self.axis + 1)
         present = torch.nonzero(is_foreground(volume).any(dim=0).any(dim=tuple(o - 1 for o in other))).flatten()
-        return None if present.numel() == 0 else (int(present[0]), int(present[-1]) + 1)
-
-    def slice_indices(self, volume: torch.Tensor) -> list[int]:
-        extent = self.brain_extent(volume)
-        if extent is None:
+        if present.numel() == 0:
             return []
-        first, size = extent[0], extent[1] - extent[0]
-        start = first + int(round(self.fraction[0] * size))
-        stop = max(first + int(round(self.fraction[1] * size)), start + 1)
-        return list(range(start, stop, self.stride))
+        first, last = int(present[0]), int(present[-1]) + 1
+        extent = last - first
+        start = first + int(round(self.fraction[0] * extent))
+        stop = max(first + int(round(self.fraction[1] * extent)), start + 1)
+        return [(index, (index + 0.5 - first) / extent) for index in range(start, stop, self.stride)]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         keys = list(self.key_iterator(dict(data)))
         volume = data[keys[0]]
-        extent = self.brain_extent(volume)
         samples = []
-        for index in self.slice_indices(volume):
+        for index, level in self.slices(volume):
             sample = {k: v for k, v in data.items() if k not in keys}
             for key in keys:
                 sample[key] = data[key].select(self.axis + 1, index).as_tensor().clone()
             sample["slice_index"] = index
-            sample["slice_level"] = (index - extent[0]) / max(extent[1] - extent[0] - 1, 1)
+            sample["slice_level"] = level
             sample["affine"] = volume.affine.clone()
             samples.append(sample)
         return samples

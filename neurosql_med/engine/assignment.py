@@ -21,11 +21,15 @@ from torch import Tensor
 
 from neurosql_med.config import AssignmentConfig
 from neurosql_med.engine.lattice import to_gaussian
-from neurosql_med.engine.losses import ReconstructionLoss, pairwise_label_loss, pairwise_mse
+from neurosql_med.engine.losses import ReconstructionLoss, pairwise_label_loss, pairwise_laplacian, pairwise_mse
 
 # "auto" cost: the full loss while images x lattice points x voxels stays below this, which
 # keeps a round near 1-1.5 s on one CPU thread; squared error above it (docs/decisions.md).
 LOSS_COST_LIMIT = 1 << 26
+# "auto" cost of a loss with a Laplacian-pyramid term, above LOSS_COST_LIMIT: the pyramid L1 alone (one
+# torch.cdist over 1.33 x the voxels, no SSIM: ~1.7 ns per pair-voxel on one CPU thread, so ~1.8 s at the
+# limit) while images x lattice points x voxels stays below this; 64x80 slices: n <= 457.
+PYRAMID_COST_LIMIT = 1 << 30
 # Rows of a block whose costs are computed at once: bounds the temporaries of the matrix
 # products (a chunk of images against the block's decoded lattice points).
 COST_ROW_CHUNK = 2048
@@ -138,7 +142,7 @@ def cost_matrix(
     training loss), "mse" (squared error via matrix products) or "auto" (LOSS_COST_LIMIT);
     either way, with ``labels`` y the label term of the loss is added (matrix products too).
     """
-    cost = cost_kind(cost, len(images), images[0].numel())
+    cost = cost_kind(cost, len(images), images[0].numel(), loss.laplacian_weight > 0)
     start = time.perf_counter()
     outputs = decode(generator, lattice, batch_size, device)
     decoded = time.perf_counter()
@@ -146,19 +150,32 @@ def cost_matrix(
     return matrix.double().cpu().numpy(), {"forward": decoded - start, "cost": time.perf_counter() - decoded}
 
 
-def cost_kind(cost: str, n: int, voxels: int) -> str:
-    """"loss" or "mse": "auto" is the training loss while n x n x voxels stays below LOSS_COST_LIMIT."""
+def cost_kind(cost: str, n: int, voxels: int, multiscale: bool = False) -> str:
+    """"loss", "pyramid" or "mse".
+
+    "auto" is the training loss while n x n x voxels stays below LOSS_COST_LIMIT; above
+    it, a ``multiscale`` loss (one with a Laplacian-pyramid term) keeps that term up to
+    PYRAMID_COST_LIMIT, and squared error takes over after that.
+    """
     if cost == "auto":
-        return "loss" if n * n * voxels < LOSS_COST_LIMIT else "mse"
-    if cost not in ("loss", "mse"):
+        size = n * n * voxels
+        if size < LOSS_COST_LIMIT:
+            return "loss"
+        return "pyramid" if multiscale and size < PYRAMID_COST_LIMIT else "mse"
+    if cost not in ("loss", "pyramid", "mse"):
         raise ValueError(f"unknown assignment cost {cost!r}")
     return cost
 
 
 def pair_costs(outputs: Tensor, images: Tensor, loss: ReconstructionLoss, kind: str, labels: Tensor | None = None) -> Tensor:
-    """Float32 costs of every (image i, decoded output j) pair, on the tensors' device; ``kind`` "loss" or "mse"."""
+    """Float32 costs of every (image i, decoded output j) pair, on the tensors' device; ``kind`` as `cost_kind`'s."""
     with torch.no_grad():
-        matrix = loss.pairwise(outputs[:, :1], images) if kind == "loss" else pairwise_mse(outputs[:, :1], images)
+        if kind == "loss":
+            matrix = loss.pairwise(outputs[:, :1], images)
+        elif kind == "pyramid":
+            matrix = pairwise_laplacian(outputs[:, :1], images, loss.laplacian_levels)
+        else:
+            matrix = pairwise_mse(outputs[:, :1], images)
         if labels is not None:
             matrix += loss.label_weight * pairwise_label_loss(outputs[:, 1:], labels)
     return matrix
@@ -239,7 +256,7 @@ def assign_blocked(
     given ``previous`` the total cost cannot rise.
     """
     n = len(images)
-    kind = cost_kind(cfg.cost, n, images[0].numel())
+    kind = cost_kind(cfg.cost, n, images[0].numel(), loss.laplacian_weight > 0)
     timings = {"forward": 0.0, "cost": 0.0, "lap": 0.0}
     perm, total = np.empty(n, dtype=np.int64), 0.0
     for rows, columns in assignment_blocks(n, cfg.block_size, seed, previous):

@@ -57,8 +57,11 @@ class ResidualTexture:
     cutoff: float
     background: float  # decoded intensities below this keep G(u): the training scans are exactly 0 there
 
-    def apply(self, images: Tensor, seeds: Sequence[int]) -> Tensor:
-        """``images`` (B, 1, *sample_shape) in [0, 1] with texture added, image b's field drawn from ``seeds[b]``."""
+    def apply(self, images: Tensor, seeds: Sequence[int], labels: Tensor | None = None) -> Tensor:
+        """``images`` (B, 1, *sample_shape) in [0, 1] with texture added, image b's field drawn from ``seeds[b]``.
+
+        ``labels`` is not read: this texture is blind to the anatomy (engine/tissue_texture.py is not).
+        """
         if len(seeds) != len(images):
             raise ValueError(f"{len(images)} images but {len(seeds)} seeds")
         out = torch.empty_like(images)
@@ -132,7 +135,7 @@ def fit_texture(
     """
     shape = tuple(images.shape[2:])
     keep = (frequency_radius(shape) > cutoff).float()
-    edges = _gradient_edges(reconstructions, batch)
+    edges = gradient_quantiles(reconstructions, batch)
     power = torch.zeros(shape, dtype=torch.float64)
     cells = (len(INTENSITY_EDGES) + 1) * (len(GRADIENT_LEVELS) + 1)
     total, count = torch.zeros(cells, dtype=torch.float64), torch.zeros(cells, dtype=torch.float64)
@@ -156,17 +159,17 @@ def fit_texture(
     amplitude = torch.where(count > 0, total / count.clamp_min(1), torch.tensor(overall)).sqrt()
     normalised = power / power.mean().clamp_min(1e-30)  # a unit-variance white field filtered by it keeps unit variance
     return ResidualTexture(normalised.sqrt().float(), edges, amplitude.float().view(len(INTENSITY_EDGES) + 1, -1),
-                           float(strength), float(cutoff), _background(zeros, dark))
+                           float(strength), float(cutoff), background_level(zeros, dark))
 
 
-def _background(zeros: Tensor, dark: Tensor) -> float:
+def background_level(zeros: Tensor, dark: Tensor) -> float:
     """The end of the first run of decoded-intensity steps where the images are exactly 0 often enough."""
     mostly_zero = (zeros >= ZERO_SHARE * dark) & (dark > 0)
     run = int(torch.cumprod(mostly_zero.long(), 0).sum())
     return run * BACKGROUND_STEP
 
 
-def _gradient_edges(reconstructions: Tensor, batch: int) -> Tensor:
+def gradient_quantiles(reconstructions: Tensor, batch: int) -> Tensor:
     """Quantiles of the reconstructions' gradient magnitude, on an evenly strided subset of the voxels."""
     magnitudes = torch.cat([gradient_magnitude(reconstructions[i:i + batch]).flatten()
                             for i in range(0, len(reconstructions), batch)])

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from neurosql_med.config import AssignmentConfig
 from neurosql_med.engine.assignment import (
-    LOSS_COST_LIMIT, AssignResult, cost_matrix, initial_assignment, solve_assignment,
+    AssignResult, cost_kind, cost_matrix, initial_assignment, solve_assignment,
 )
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss
@@ -106,9 +106,7 @@ def assign_stratified(
     timings, total, blocked = {"forward": 0.0, "cost": 0.0, "lap": 0.0}, 0.0, False
     conditions = conditions.cpu()
     for rows, cols in zip(strata.rows, strata.columns):
-        kind = cfg.cost
-        if kind == "auto":  # the same rule as unconditional rounds, on the stratum's own n x n
-            kind = "loss" if len(rows) ** 2 * images[0].numel() < LOSS_COST_LIMIT else "mse"
+        kind = cost_kind(cfg.cost, len(rows), images[0].numel(), loss.laplacian_weight > 0)  # on the stratum's own n x n
         r = torch.as_tensor(rows)
         cost, spent = stratum_costs(generator, lattice[torch.as_tensor(cols, device=lattice.device)], conditions[r],
                                     images[r.to(images.device)], loss, kind, batch_size, device,

@@ -12,7 +12,6 @@ and in synthetic data: the synthetic effect should have the real one's sign and 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from monai.networks.nets import Classifier, Regressor
 from torch import Tensor
 
+from neurosql_med.bounded import read_json
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.engine.conditioning import ConditionSpec, Covariate
 from neurosql_med.errors import UserError
@@ -45,8 +45,8 @@ def synthetic_conditions(folder: Path, ids: list[str], spec: ConditionSpec) -> l
     for name in ids:
         side = sidecar_of(folder / name.split(" [")[0])
         try:
-            recorded = json.loads(side.read_text())["Condition"]
-        except (OSError, ValueError, KeyError, TypeError):
+            recorded = read_json(side)["Condition"]
+        except (OSError, KeyError, TypeError):
             raise UserError(f"{side}: no Condition recorded; evaluate a cohort the conditional model wrote") from None
         found.append(spec.parse(recorded, str(side)))
     return found

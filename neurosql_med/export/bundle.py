@@ -21,6 +21,7 @@ import nibabel
 import numpy
 import torch
 
+from neurosql_med.bounded import read_json_lines
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import make_folder, write_bytes, write_text
 from neurosql_med.io.model import (
@@ -166,7 +167,7 @@ def _file_shape(model: NeuroSQLModel) -> list[int]:
 
 def _reconstruction_metrics(folder: Path) -> dict:
     """The last epoch's training reconstruction loss and SSIM (history.jsonl)."""
-    rows = [json.loads(line) for line in (folder / HISTORY).read_text().splitlines() if line.strip()]
+    rows = read_json_lines(folder / HISTORY)
     if not rows:
         return {}
     return {"train_reconstruction_loss": rows[-1]["loss"], "train_reconstruction_ssim": rows[-1]["ssim"]}

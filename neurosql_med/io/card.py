@@ -9,17 +9,19 @@ scores only, never a path, a file name or a scan id.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from neurosql_med.config import load_config
+from neurosql_med.bounded import read_json
+from neurosql_med.config import Config, load_config
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.io.model import CONDITIONS, HISTORY, CONFIG, EVALUATION, FINGERPRINT, GEOMETRY, MODEL_CARD, TEXTURE
+from neurosql_med.io.model import (
+    CONDITIONS, HISTORY, CONFIG, EVALUATION, FINGERPRINT, GEOMETRY, LEVELS, MODEL_CARD, TEXTURE,
+)
 from neurosql_med.version import __version__
 
 INTENDED_USE = (
@@ -58,7 +60,7 @@ def write_model_card(folder: Path, history: Sequence[Mapping], device: str, labe
 
 
 def _trained_on(folder: Path, label_classes: int | None) -> str:
-    fingerprint = json.loads((folder / FINGERPRINT).read_text())
+    fingerprint = read_json(folder / FINGERPRINT)
     geometry = Geometry.load(folder / GEOMETRY)
     lines = [
         "## What it was trained on",
@@ -71,10 +73,15 @@ def _trained_on(folder: Path, label_classes: int | None) -> str:
     if label_classes is not None:
         lines.append(f"- tissue label maps with {label_classes} class(es), background included")
     if (folder / CONDITIONS).is_file():  # a conditional model: G(u, c)
-        covariates = json.loads((folder / CONDITIONS).read_text())["covariates"]
+        covariates = read_json(folder / CONDITIONS)["covariates"]
         described = [f"{c['name']} ({', '.join(c['levels'])})" if c["type"] == "categorical"
                      else f"{c['name']} ({c['min']:g} .. {c['max']:g})" for c in covariates]
         lines.append(f"- conditioned on {'; '.join(described)}: ask for these with `synthesize --condition`")
+    if (folder / LEVELS).is_file():  # a slice-aware model: G(u, c, p)
+        levels = read_json(folder / LEVELS)
+        lines.append(f"- slice-aware: the relative slice level ({levels['low']:.2f} .. {levels['high']:.2f} of the brain's "
+                     f"extent) is an input, codes are assigned within {levels['bins']} level strata; ask for levels "
+                     f"with `synthesize --levels`")
     return "\n".join(lines)
 
 
@@ -85,14 +92,31 @@ def _how(folder: Path, history: Sequence[Mapping], device: str) -> str:
         "",
         f"- NeuroSQL: exact optimal-transport assignment of the training samples to a fixed `{cfg.model.lattice}` "
         f"lattice of quantiles of N(0, I_{cfg.model.latent_dim}), alternating with generator regression "
-        f"on the assigned pairs (L1 + {cfg.loss.ssim_weight:g} x (1 - SSIM))",
-        *([f"- samples are G(u) plus a residual texture ({TEXTURE}, strength {cfg.model.texture:g}): a Gaussian field "
-           f"with the spectrum of the training residuals above {cfg.model.texture_cutoff:g} cycles/voxel, scaled by "
-           f"their rms at each decoded intensity and edge strength"] if (folder / TEXTURE).is_file() else []),
+        f"on the assigned pairs (L1 + {cfg.loss.ssim_weight:g} x (1 - SSIM){_laplacian(cfg)})",
+        *([f"- generator: modulated residual blocks at every resolution, widths {'-'.join(map(str, cfg.model.channels))}"]
+          if cfg.model.decoder == "residual" else []),
+        *([_texture(cfg)] if (folder / TEXTURE).is_file() else []),
         f"- config sha256 {cfg.digest()} ({CONFIG}); seed {cfg.train.seed}",
         f"- {len(history)} of {cfg.train.epochs} epoch(s) on {device} (nsql-med {__version__}, torch {torch.__version__}); "
         f"wall-clock times are in {HISTORY}, outside the hashed files, so the same seed gives the same card",
     ])
+
+
+def _laplacian(cfg: Config) -> str:
+    if not cfg.loss.laplacian_weight:
+        return ""
+    return f" + {cfg.loss.laplacian_weight:g} x Laplacian-pyramid L1 of {cfg.loss.laplacian_levels} levels"
+
+
+def _texture(cfg: Config) -> str:
+    m = cfg.model
+    if m.texture_mode == "tissue":
+        return (f"- samples are G(u) plus a residual texture ({TEXTURE}, strength {m.texture:g}) per tissue: inside each "
+                f"class of the sample's own label map (or intensity bin), a Gaussian field with that class's residual "
+                f"spectrum above {m.texture_cutoff:g} cycles/voxel, scaled by its rms at each edge strength")
+    return (f"- samples are G(u) plus a residual texture ({TEXTURE}, strength {m.texture:g}): a Gaussian field "
+            f"with the spectrum of the training residuals above {m.texture_cutoff:g} cycles/voxel, scaled by "
+            f"their rms at each decoded intensity and edge strength")
 
 
 def _reconstruction(history: Sequence[Mapping]) -> str:

@@ -25,6 +25,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
+from neurosql_med.bounded import parse_json
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import write_bytes
 from neurosql_med.io.nifti import INTENSITY_MAX
@@ -203,7 +204,7 @@ def read_dicom_provenance(path: Path) -> dict | None:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         value = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[PROVENANCE_ELEMENT].value
-        return json.loads(value)
+        return parse_json(value, path)
     except READ_ERRORS:
         return None
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from neurosql_med.bounded import preview, read_json
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import write_text
 
@@ -59,10 +60,7 @@ class Geometry:
     @classmethod
     def load(cls, path: Path) -> "Geometry":
         """Read and check every field: a bad geometry would otherwise surface mid-way through writing images."""
-        try:
-            raw = json.loads(Path(path).read_text())
-        except ValueError:
-            raise UserError(f"{path}: damaged (not JSON)") from None
+        raw = read_json(path)
         if not isinstance(raw, dict):
             raise UserError(f"{path}: must hold a JSON object")
         missing = [k for k in FIELDS if k not in raw]
@@ -89,11 +87,11 @@ def _problem(raw: dict) -> str | None:
     """What is wrong with a geometry's fields, or None; each check guards a later use (slicing, NIfTI headers)."""
     mode, shape, spacing, affine = raw["mode"], raw["shape"], raw["spacing"], raw["affine"]
     if mode not in ("2d", "3d"):
-        return f"'mode' must be \"2d\" or \"3d\", got {mode!r}"
+        return f"'mode' must be \"2d\" or \"3d\", got {preview(mode)}"
     if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(s) and s >= 1 for s in shape)):
-        return f"'shape' must be three positive integers, got {shape!r}"
+        return f"'shape' must be three positive integers, got {preview(shape)}"
     if not (isinstance(spacing, list) and len(spacing) == 3 and all(_is_number(s) and s > 0 for s in spacing)):
-        return f"'spacing' must be three positive numbers, got {spacing!r}"
+        return f"'spacing' must be three positive numbers, got {preview(spacing)}"
     if not (isinstance(affine, list) and len(affine) == 4
             and all(isinstance(row, list) and len(row) == 4 and all(map(_is_number, row)) for row in affine)):
         return "'affine' must be a 4x4 matrix of finite numbers"
@@ -107,7 +105,7 @@ def _slice_problem(mode: str, shape: list[int], axis: object, index: object) -> 
     if mode == "3d":
         return None if axis is None and index is None else "'slice_axis' and 'slice_index' must be null in 3d"
     if not (_is_int(axis) and 0 <= axis <= 2):
-        return f"'slice_axis' must be 0, 1 or 2 in 2d, got {axis!r}"
+        return f"'slice_axis' must be 0, 1 or 2 in 2d, got {preview(axis)}"
     if not (_is_int(index) and 0 <= index < shape[axis]):
-        return f"'slice_index' must be an integer in [0, {shape[axis]}) for slice_axis {axis}, got {index!r}"
+        return f"'slice_index' must be an integer in [0, {shape[axis]}) for slice_axis {axis}, got {preview(index)}"
     return None

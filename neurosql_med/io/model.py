@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from neurosql_med.bounded import read_json
 from neurosql_med.config import Config, load_config
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file, write_bytes, write_text
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.engine.conditioning import ConditionSpec
-from neurosql_med.engine.decoder import Decoder, build_decoder, split_output
+from neurosql_med.engine.levels import SliceLevels
+from neurosql_med.engine.decoder import TemplateOutput, build_decoder, decoder_parameters, split_output
 from neurosql_med.engine.residual import RECONSTRUCTION_STREAM, ResidualTexture, texture_seeds
+from neurosql_med.engine.tissue_texture import FORMAT as TISSUE_FORMAT, TissueTexture
 from neurosql_med.runtime import fast_cpu_math
 
 CHECKPOINT = "model.pt"  # weights, optimiser, schedule and trainer counters
@@ -41,9 +45,25 @@ ARTIFACTS = (CHECKPOINT, CONFIG, LATTICE, ASSIGNMENT, GEOMETRY, FINGERPRINT, MOD
 LABELS = "labels.json"  # {"names": [...]}: class index -> tissue name, only in a model fit on label maps; hashed too
 CONDITIONS = "conditions.json"  # a conditional model's covariates and each training sample's encoded condition; hashed too
 TEXTURE = "texture.pt"  # the residual texture samples get (model.texture > 0); hashed too
-OPTIONAL = (LABELS, CONDITIONS, TEXTURE)  # artifacts only some models have: HASHES covers each one present
+LEVELS = "levels.json"  # a slice-aware model's level strata and each training slice's level; hashed too
+OPTIONAL = (LABELS, CONDITIONS, TEXTURE, LEVELS)  # artifacts only some models have: HASHES covers each one present
 FORMAT = "nsql-med/2"  # 2: the generator gained its mean-image template
 DECODE_BATCH = 64  # training codes decoded at once for the textured reconstructions
+SMALL_FILES_BYTES = 8 * 2**20  # the pictures, the model card, the history and the JSON records, generously
+
+
+def folder_bytes(cfg: Config, n: int, num_labels: int = 0, condition_width: int = 0) -> int:
+    """An upper bound on the disk a fit of ``n`` samples needs for its model folder, known before it writes.
+
+    The checkpoint holds the weights, AdamW's two moments and (train.ema) their average;
+    it counts twice, because an atomic write keeps the last one until the new one is whole.
+    """
+    shape = cfg.data.sample_shape()
+    weights = 4 * decoder_parameters(cfg.model, shape, num_labels, condition_width)
+    checkpoint = weights * (4 if cfg.train.ema else 3) + 8 * n
+    arrays = 8 * n * (cfg.model.latent_dim + 1)  # lattice.npy and assignment.npy
+    texture = 8 * math.prod(shape) if cfg.model.texture else 0
+    return 2 * checkpoint + arrays + texture + 32 * n * condition_width + SMALL_FILES_BYTES
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -84,6 +104,11 @@ def save_conditions(folder: Path, spec: dict, encoded: np.ndarray) -> None:
     write_text(folder / CONDITIONS, json.dumps({**spec, "training": rows}, indent=2))
 
 
+def save_levels(folder: Path, levels: dict, training: np.ndarray) -> None:
+    """The level strata and training distribution, and the level p of every training sample, in sample order."""
+    write_text(folder / LEVELS, json.dumps({**levels, "training": [float(v) for v in training]}, indent=2))
+
+
 def write_hashes(folder: Path) -> str:
     """hashes.json, covering the OPTIONAL artifacts the model has after the ARTIFACTS."""
     hashes = {name: sha256_file(folder / name) for name in _artifacts(folder)}
@@ -106,7 +131,7 @@ class NeuroSQLModel:
     folder: Path
     config: Config
     geometry: Geometry
-    generator: Decoder
+    generator: TemplateOutput
     lattice: np.ndarray
     assignment: np.ndarray
     fingerprint: dict
@@ -115,7 +140,9 @@ class NeuroSQLModel:
     label_names: list[str] | None = None  # tissue classes of the label maps it decodes, index 0 background
     condition: ConditionSpec | None = None  # a conditional model's covariates: it decodes G(u, c)
     training_conditions: np.ndarray | None = None  # (n, width) float32: c of each training sample
-    texture: ResidualTexture | None = None  # what fresh samples add to G(u) (engine/residual.py); None: nothing
+    texture: ResidualTexture | TissueTexture | None = None  # what fresh samples add to G(u) (engine/residual.py); None: nothing
+    levels: SliceLevels | None = None  # a slice-aware model's: it decodes G(u, c, p) (engine/levels.py)
+    training_levels: np.ndarray | None = None  # (n,) p of each training sample
 
     @property
     def latent_dim(self) -> int:
@@ -125,49 +152,64 @@ class NeuroSQLModel:
     def lattice_kind(self) -> str:
         return self.config.model.lattice
 
-    def decode(self, z: np.ndarray | torch.Tensor, c: np.ndarray | None = None) -> torch.Tensor:
-        """Latents (B, d) (with encoded conditions (B, width) for a conditional model) → images (B, 1, *sample_shape) in [0, 1], float32, on the CPU."""
-        return self.decode_with_labels(z, c)[0]
+    def decode(
+        self, z: np.ndarray | torch.Tensor, c: np.ndarray | None = None, levels: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """Latents (B, d) (with encoded conditions (B, width) for a conditional model) → images (B, 1, *sample_shape) in [0, 1], float32, on the CPU.
+
+        A slice-aware model decodes each latent at its ``levels`` entry (relative slice
+        levels in [0, 1]); given none, at a level drawn from the training distribution
+        with the latent itself as the seed (`SliceLevels.of_latents`).
+        """
+        return self.decode_with_labels(z, c, levels)[0]
 
     @torch.no_grad()
     def decode_with_labels(
-        self, z: np.ndarray | torch.Tensor, c: np.ndarray | None = None,
+        self, z: np.ndarray | torch.Tensor, c: np.ndarray | None = None, levels: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Latents → (images as `decode`, label maps (B, 1, *sample_shape) int64 argmax, or None when unlabelled)."""
-        z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=self.device)
+        images, logits = split_output(self.generator(self._inputs(z, c, levels)).float().cpu())
+        return images, None if logits is None else logits.argmax(1, keepdim=True)
+
+    def _inputs(self, z: np.ndarray | torch.Tensor, c: np.ndarray | None, levels: np.ndarray | None) -> torch.Tensor:
+        """What the generator reads: the latents, then the encoded covariates, then the encoded slice levels."""
         if (c is None) != (self.condition is None):
             raise ValueError("a conditional model decodes latents with their conditions, an unconditional one without")
-        if c is not None:
-            z = torch.cat([z, torch.as_tensor(np.asarray(c), dtype=torch.float32, device=self.device)], dim=1)
-        images, logits = split_output(self.generator(z).float().cpu())
-        return images, None if logits is None else logits.argmax(1, keepdim=True)
+        if levels is not None and self.levels is None:
+            raise ValueError("levels are for a slice-aware model; this one was fit without model.slice_levels")
+        parts = [np.asarray(z, dtype=np.float32)] + ([] if c is None else [np.asarray(c, dtype=np.float32)])
+        if self.levels is not None:
+            parts.append(self.levels.encode(self.levels.of_latents(np.asarray(z)) if levels is None else levels))
+        return torch.as_tensor(np.concatenate(parts, axis=1), dtype=torch.float32, device=self.device)
 
     def sample(
         self, z: np.ndarray | torch.Tensor, seeds: Sequence[int], c: np.ndarray | None = None,
+        levels: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Fresh samples: `decode_with_labels`, then the residual texture, image b's drawn from ``seeds[b]``.
 
         Labels stay those of G(u, c): the texture is detail inside tissue, not a change of anatomy.
         """
-        images, labels = self.decode_with_labels(z, c)
-        return (images if self.texture is None else self.texture.apply(images, seeds)), labels
+        images, labels = self.decode_with_labels(z, c, levels)
+        return (images if self.texture is None else self.texture.apply(images, seeds, labels)), labels
 
     def reconstructions(self) -> torch.Tensor:
         """G(u_σ(i)) for every training sample i: what the model learned for each real image."""
-        return self.decode(self.lattice[self.assignment], self.training_conditions)
+        return self.decode(self.lattice[self.assignment], self.training_conditions, self.training_levels)
 
     def sampled_reconstructions(self) -> torch.Tensor:
         """Each training code through the sampler, residual texture included: what the reconstruction C2ST compares,
         so that it measures the model's images and leaves only the draws of u to the samples' own C2ST."""
         n, b = len(self.assignment), DECODE_BATCH
         seeds = texture_seeds(0, range(n), stream=RECONSTRUCTION_STREAM)
-        conditions = self.training_conditions
+        conditions, levels = self.training_conditions, self.training_levels
         return torch.cat([self.sample(self.lattice[self.assignment[i:i + b]], seeds[i:i + b],
-                                      None if conditions is None else conditions[i:i + b])[0] for i in range(0, n, b)])
+                                      None if conditions is None else conditions[i:i + b],
+                                      None if levels is None else levels[i:i + b])[0] for i in range(0, n, b)])
 
     def reconstructed_labels(self) -> torch.Tensor | None:
         """The label maps of the reconstructions (int64, (n, 1, *sample_shape)), or None when unlabelled."""
-        return self.decode_with_labels(self.lattice[self.assignment], self.training_conditions)[1]
+        return self.decode_with_labels(self.lattice[self.assignment], self.training_conditions, self.training_levels)[1]
 
 
 def verify(folder: Path) -> dict[str, str]:
@@ -211,8 +253,9 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     label_names = _label_names(folder / LABELS) if LABELS in hashes else None
     num_labels = len(label_names or ())
     condition, training = _conditions(folder / CONDITIONS, len(lattice)) if CONDITIONS in hashes else (None, None)
-    width = 0 if condition is None else condition.width
-    texture = _texture(folder / TEXTURE, geometry.sample_shape) if TEXTURE in hashes else None
+    levels, training_levels = _levels(folder / LEVELS, len(lattice)) if LEVELS in hashes else (None, None)
+    width = (0 if condition is None else condition.width) + (0 if levels is None else 1)
+    texture = _texture(folder / TEXTURE, geometry.sample_shape, num_labels) if TEXTURE in hashes else None
     weights = _generator_weights(folder, cfg, geometry, device, num_labels, width)
     generator = build_decoder(cfg.model, geometry.sample_shape, num_labels, width)
     generator.load_state_dict(weights)
@@ -231,16 +274,18 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
         condition=condition,
         training_conditions=training,
         texture=texture,
+        levels=levels,
+        training_levels=training_levels,
     )
 
 
-def save_texture(folder: Path, texture: ResidualTexture) -> None:
+def save_texture(folder: Path, texture: ResidualTexture | TissueTexture) -> None:
     buffer = io.BytesIO()
     torch.save(texture.state(), buffer)
     write_bytes(folder / TEXTURE, buffer.getvalue())
 
 
-def _texture(path: Path, sample_shape: Sequence[int]) -> ResidualTexture:
+def _texture(path: Path, sample_shape: Sequence[int], num_labels: int) -> ResidualTexture | TissueTexture:
     """The residual texture, tensors and numbers only (a pickled object is refused), checked against the grid."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -248,6 +293,8 @@ def _texture(path: Path, sample_shape: Sequence[int]) -> ResidualTexture:
         raise UserError(f"{path}: holds pickled objects; refusing to load it") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise UserError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
+    if isinstance(state, dict) and state.get("format") == TISSUE_FORMAT:
+        return TissueTexture.from_state(state, sample_shape, num_labels, str(path))
     return ResidualTexture.from_state(state, sample_shape, str(path))
 
 
@@ -264,6 +311,19 @@ def _conditions(path: Path, n: int) -> tuple[ConditionSpec, np.ndarray]:
     return spec, training
 
 
+def _levels(path: Path, n: int) -> tuple[SliceLevels, np.ndarray]:
+    """The level strata and the n training levels, checked against each other and the lattice."""
+    raw = _json_object(path)
+    levels = SliceLevels.from_json(raw, str(path))
+    try:
+        training = np.asarray(raw.get("training"), dtype=np.float64)
+    except (TypeError, ValueError):
+        training = np.zeros(0)
+    if training.shape != (n,) or not np.isfinite(training).all() or training.min() < 0 or training.max() > 1:
+        raise UserError(f"{path}: 'training' must hold {n} levels in [0, 1] (one per training sample)")
+    return levels, training
+
+
 def _label_names(path: Path) -> list[str]:
     """The class names, checked: their count fixes the generator's label channels."""
     names = _json_object(path).get("names")
@@ -274,10 +334,7 @@ def _label_names(path: Path) -> list[str]:
 
 
 def _json_object(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except ValueError:
-        raise UserError(f"{path}: damaged (not JSON)") from None
+    value = read_json(path)
     if not isinstance(value, dict):
         raise UserError(f"{path}: must hold a JSON object, not a {type(value).__name__}")
     return value
@@ -287,8 +344,6 @@ def _saved_config(path: Path) -> Config:
     """The config, with the file named in every complaint (the schema's own messages name only the key)."""
     try:
         return load_config(path)
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
     except UserError as exc:
         message = str(exc)
         raise UserError(message if str(path) in message else f"{path}: {message}") from None

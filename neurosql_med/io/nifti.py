@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from neurosql_med.bounded import parse_json
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import atomic_path, sha256_file
 from neurosql_med.io.geometry import Geometry
@@ -81,7 +82,7 @@ def read_provenance(path: Path) -> dict | None:
     for extension in extensions:
         if extension.get_code() == PROVENANCE_ECODE:
             try:
-                return json.loads(extension.get_content())
+                return parse_json(extension.get_content(), path)
             except ValueError:
                 return None
     return None

@@ -4,7 +4,10 @@
 user owns there must survive any mistake: ``--force`` only ever replaces a folder that
 nsql-med itself wrote (a model folder or a cohort, recognised file by file), never an
 input, ``/`` or the home folder. Each check runs before any scan is loaded or image
-decoded, so a refused folder costs nothing and is left untouched.
+decoded, so a refused folder costs nothing and is left untouched. A run that fails once
+it has started writing leaves a folder to continue: a model folder with a checkpoint
+resumes with --resume; one whose fit stopped before its first checkpoint holds no
+training, and the same command starts it again.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from neurosql_med.bounded import read_json
 from neurosql_med.errors import UserError
 from neurosql_med.io.files import make_folder, write_text
 from neurosql_med.io.model import (
@@ -26,6 +30,7 @@ from neurosql_med.version import __version__
 
 LOCK = ".nsql-med.lock"
 MARKER = ".nsql-med.json"
+KINDS = {"model": "model folder", "cohort": "synthetic cohort"}  # what a MARKER may name, in words
 MODEL_FILES = frozenset({*ARTIFACTS, *OPTIONAL, HASHES, EVALUATION, HISTORY, LOSS_PLOT, RECON_PLOT})
 COHORT_FILES = frozenset({
     "dataset_description.json", "README", ".bidsignore", "participants.tsv", "participants.json",
@@ -66,7 +71,18 @@ def _home() -> Path | None:
 
 
 def check_model_output(out: Path, *, resume: bool, force: bool, inputs: Sequence[str | Path] = ()) -> None:
-    """The refusals of `prepare_model_output` without touching anything, so a CLI can fail before loading scans."""
+    """The refusals of `prepare_model_output` without touching anything, so a CLI can fail before loading scans;
+    first, whether another run is writing --out (its half-made files would mislead the others)."""
+    check_not_in_use(out)
+    _check_model_folder(out, resume=resume, force=force, inputs=inputs)
+
+
+def _check_model_folder(out: Path, *, resume: bool, force: bool, inputs: Sequence[str | Path]) -> None:
+    """What --out holds against what was asked (see `check_model_output`).
+
+    A fit that failed or was killed before its first checkpoint left nothing to continue:
+    the same command starts it again, without --force (see `_unstarted`).
+    """
     check_resume_force(resume=resume, force=force)
     check_output_path(out, inputs=inputs)
     if not _has_contents(out):
@@ -74,26 +90,35 @@ def check_model_output(out: Path, *, resume: bool, force: bool, inputs: Sequence
             raise UserError(f"--resume: {out} holds nothing to resume")
         return
     if resume:
+        if _unstarted(out):
+            raise UserError(f"--resume: {out} holds no checkpoint yet (its fit stopped before the first one); "
+                            "start it again with the same command without --resume")
         if not is_model_folder(out):
             raise UserError(f"--resume: {out} holds no nsql-med checkpoint ({CHECKPOINT})")
         return
     _check_replaceable(out, "model")  # before any hint at --force: never suggest it for a folder it would refuse
-    if force:
+    if force or _unstarted(out):
         return
     if is_model_folder(out):
         raise UserError(f"{out} already holds a model; use --resume to continue it or --force to replace it")
     raise UserError(f"{out} holds an unfinished nsql-med model folder; use --force to replace it")
 
 
+def _unstarted(out: Path) -> bool:
+    """A model folder nsql-med marked whose fit stopped before its first checkpoint: no training to keep."""
+    return _has_contents(out) and not is_model_folder(out) and _marker_kind(out) == "model"
+
+
 def prepare_model_output(
     out: Path, *, resume: bool, force: bool, inputs: Sequence[str | Path] = (),
 ) -> None:
-    """Refuse to overwrite anything the user did not ask us to replace; clear it for --force.
+    """Refuse to overwrite anything the user did not ask us to replace; clear it for --force or a fresh start.
 
     ``inputs``: the training scans (resolved before comparing), which --out may not be or hold.
+    Called under `output_lock`, it checks the folder again, now that no other run can change it.
     """
-    check_model_output(out, resume=resume, force=force, inputs=inputs)
-    if force and out.exists():
+    _check_model_folder(out, resume=resume, force=force, inputs=inputs)
+    if (force or (not resume and _unstarted(out))) and out.exists():
         _clear(out)
     if resume:
         _remove_temporaries(out)
@@ -138,7 +163,10 @@ def check_free_space(out: Path, needed_bytes: int, *, reclaimable: bool) -> None
     With --force or --resume what --out holds now counts as free: it is replaced or kept as part of the run.
     """
     base = next(p for p in (out, *out.absolute().parents) if p.exists())
-    free = shutil.disk_usage(base).free + (_size(out) if reclaimable and out.is_dir() else 0)
+    usage = shutil.disk_usage(base)
+    if usage.total == 0:  # a pseudo file system (/proc) has no size; writing there fails with its own message
+        return
+    free = usage.free + (_size(out) if reclaimable and out.is_dir() else 0)
     if needed_bytes > free:
         raise UserError(f"--out {out}: this run needs up to {needed_bytes / 1e9:.2f} GB "
                         f"but only {free / 1e9:.2f} GB is free there")
@@ -153,12 +181,17 @@ def _has_contents(out: Path) -> bool:
 
 
 def _check_replaceable(out: Path, kind: str) -> None:
-    """--force only replaces what nsql-med wrote: anything else in --out is the user's, and stays."""
+    """--force only replaces what nsql-med wrote: anything else in --out is the user's, and stays.
+
+    Nor does it replace one kind of nsql-med folder by another: a cohort is no model folder to refit.
+    """
+    marker = _marker_kind(out)
+    if marker in KINDS and marker != kind:
+        raise UserError(f"--out {out} is an nsql-med {KINDS[marker]}, not a {KINDS[kind]}; choose another --out")
     foreign = _foreign_entry(out, kind)
     if foreign is not None:
-        what = "model folder" if kind == "model" else "cohort"
         raise UserError(f"--out {out} holds {foreign.relative_to(out)}, which nsql-med did not write; "
-                        f"choose another --out (--force replaces only a {what} nsql-med wrote)")
+                        f"choose another --out (--force replaces only a {KINDS[kind]} nsql-med wrote)")
 
 
 def _foreign_entry(out: Path, kind: str) -> Path | None:
@@ -184,14 +217,14 @@ def _written_by_us(rel: str, kind: str) -> bool:
 
 def _marker_kind(out: Path) -> str | None:
     try:
-        return str(json.loads((out / MARKER).read_text())["kind"])
+        return str(read_json(out / MARKER)["kind"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _described_by_us(out: Path) -> bool:
     try:
-        return json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]["Name"] == "nsql-med"
+        return read_json(out / "dataset_description.json")["GeneratedBy"][0]["Name"] == "nsql-med"
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return False
 
@@ -220,7 +253,7 @@ def _remove_temporaries(out: Path) -> None:
 
 def _check_resumable_cohort(out: Path, settings: dict) -> None:
     try:
-        recorded = json.loads((out / "dataset_description.json").read_text())["NeuroSQL"]
+        recorded = read_json(out / "dataset_description.json")["NeuroSQL"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"--resume: {out} is not an nsql-med cohort (no readable dataset_description.json)") from None
     differs = [k for k in settings if recorded.get(k) != settings[k]]
@@ -251,6 +284,26 @@ def output_lock(out: Path) -> Iterator[None]:
             out.rmdir()
 
 
+def check_not_in_use(out: Path) -> None:
+    """Refuse at once, writing nothing, when another run holds --out; `output_lock` then settles any race."""
+    try:
+        fd = os.open(out / LOCK, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no run holds the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released with the fd below
+    except BlockingIOError:
+        raise _in_use(out, fd) from None
+    finally:
+        os.close(fd)
+
+
+def _in_use(out: Path, fd: int) -> UserError:
+    """The refusal naming the pid the lock's holder wrote into the lock file."""
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return UserError(f"{out} is in use by another nsql-med run (pid {holder})")
+
+
 def _acquire(out: Path) -> int:
     """An fd holding the lock on the lock file that is in place (a finishing run may have just removed the one we opened)."""
     path = out / LOCK
@@ -262,9 +315,9 @@ def _acquire(out: Path) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            busy = _in_use(out, fd)
             os.close(fd)
-            raise UserError(f"{out} is in use by another nsql-med run (pid {holder})") from None
+            raise busy from None
         if path.exists() and os.path.samestat(os.fstat(fd), path.stat()):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -15,6 +15,7 @@ from typing import TypedDict
 import numpy as np
 import torch
 
+from neurosql_med.bounded import read_json
 from neurosql_med.errors import UserError
 from neurosql_med.metrics import TAU, check_tau, nearest_other, pairwise_mae
 from neurosql_med.io.files import write_text
@@ -106,7 +107,7 @@ def audit_cohort(
 
 def _record_in_description(out: Path, summary: AuditSummary) -> None:
     path = out / "dataset_description.json"
-    description = json.loads(path.read_text())
+    description = read_json(path)
     description["NeuroSQL"]["audit"] = summary
     write_text(path, json.dumps(description, indent=2))
 

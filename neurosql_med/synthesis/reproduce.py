@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import tempfile
 from pathlib import Path
 
 import torch
 
+from neurosql_med.bounded import preview, read_json
 from neurosql_med.errors import UserError
 from neurosql_med.io.dicom import read_dicom_provenance, series_files
 from neurosql_med.io.files import sha256_file
@@ -35,6 +35,8 @@ def reproduce(file: str | Path, model_dir: str | Path) -> tuple[bool, str, str]:
     SEG): see `_reproduce_series`.
     """
     path = Path(file)
+    if not path.exists():
+        raise UserError(f"{path}: does not exist (name a synthetic image, its sidecar, or a DICOM instance or series folder)")
     if path.is_dir() or path.suffix.lower() == ".dcm" or path.parent.name == "dicom":
         return _reproduce_series(path if path.is_dir() else path.parent, model_dir)
     image, record = _image_and_record(path)
@@ -62,7 +64,8 @@ def _regenerate(record: dict, file: Path, model_dir: str | Path) -> tuple[Synthe
     model = load_model(model_dir, resolve_device(made_on))
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
-    job = Synthesis(model, k, seed, q, plan=_recorded_plan(record, file, model, seed), texture=info["texture"])
+    job = Synthesis(model, k, seed, q, plan=_recorded_plan(record, file, model, seed), texture=info["texture"],
+                    levels=_recorded_level(info, file, model))
     return job, decode_one(job, info["latent_index"]), info
 
 
@@ -74,6 +77,16 @@ def _recorded_plan(record: dict, file: Path, model: NeuroSQLModel, seed: int) ->
     if not isinstance(recorded, dict):
         raise UserError(f"{file}: provenance lacks the Condition a conditional model decodes under")
     return ConditionPlan(model.condition, seed, fixed=model.condition.parse(recorded, f"{file}: Condition"))
+
+
+def _recorded_level(info: dict, file: Path, model: NeuroSQLModel) -> tuple[float] | None:
+    """A slice-aware model's image is decoded at the slice level its provenance records."""
+    if model.levels is None:
+        return None
+    level = info.get("slice_level")
+    if type(level) not in (int, float) or not 0 <= level <= 1:
+        raise UserError(f"{file}: NeuroSQL.slice_level must be a number in [0, 1] for a slice-aware model, got {level!r}")
+    return (float(level),)
 
 
 def _reproduce_series(folder: Path, model_dir: str | Path) -> tuple[bool, str, str]:
@@ -97,10 +110,7 @@ def _reproduce_series(folder: Path, model_dir: str | Path) -> tuple[bool, str, s
 def _series_record(folder: Path, files: list[Path]) -> dict:
     """The series' JSON record if it is there, else the provenance inside its first instance."""
     for side in sorted(folder.glob("*_desc-nsql_T1w.json")):
-        try:
-            return json.loads(side.read_text())
-        except ValueError:
-            raise UserError(f"{side}: damaged series record (not JSON)") from None
+        return read_json(side)
     record = read_dicom_provenance(files[0])
     if record is None:
         raise UserError(f"{folder}: no nsql-med provenance found (neither a series record nor a private element)")
@@ -118,10 +128,7 @@ def _image_and_record(path: Path) -> tuple[Path, dict]:
         image = image.with_name(image.name.replace("_dseg.nii.gz", "_T1w.nii.gz"))
     side = sidecar_of(image)
     if side.is_file():
-        try:
-            record = json.loads(side.read_text())
-        except ValueError:
-            raise UserError(f"{side}: damaged sidecar (not JSON)") from None
+        record = read_json(side)
     elif image.is_file() and (embedded := read_provenance(image)) is not None:
         record = embedded
     else:
@@ -145,15 +152,15 @@ def checked_provenance(record: object, file: Path) -> dict:
     for key, low, high in (("index", 1, MAX_SAMPLES), ("seed", 0, MAX_SEED), ("latent_index", 1, last_latent)):
         value = fields.get(key)
         if type(value) is not int or not low <= value <= high:
-            raise UserError(f"{file}: NeuroSQL.{key} must be an integer from {low} to {high}, got {value!r}")
+            raise UserError(f"{file}: NeuroSQL.{key} must be an integer from {low} to {high}, got {preview(value)}")
     q = fields.get("max_typicality")
     if type(q) not in (int, float) or not 0 < q <= 1:
-        raise UserError(f"{file}: NeuroSQL.max_typicality must be a number in (0, 1], got {q!r}")
+        raise UserError(f"{file}: NeuroSQL.max_typicality must be a number in (0, 1], got {preview(q)}")
     software = fields["versions"]
     if not (isinstance(software, dict) and all(isinstance(v, str) for v in software.values()) and "nsql-med" in software):
         raise UserError(f"{file}: NeuroSQL.versions must be an object of version strings naming nsql-med")
     if fields["device"] not in ("cpu", "cuda"):
-        raise UserError(f"{file}: NeuroSQL.device must be cpu or cuda, got {fields['device']!r}")
+        raise UserError(f"{file}: NeuroSQL.device must be cpu or cuda, got {preview(fields['device'])}")
     if not isinstance(fields.setdefault("texture", True), bool):
-        raise UserError(f"{file}: NeuroSQL.texture must be true or false, got {fields['texture']!r}")
+        raise UserError(f"{file}: NeuroSQL.texture must be true or false, got {preview(fields['texture'])}")
     return {**fields, "max_typicality": float(q)}

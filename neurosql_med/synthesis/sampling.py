@@ -57,6 +57,18 @@ class Synthesis:
     formats: tuple[str, ...] = ("nifti",)  # which files a sample gets; not what they hold
     plan: ConditionPlan | None = None  # a conditional model's: the condition each sample k is asked for
     texture: bool = True  # add the model's residual texture (if it has one); False: G(u) alone
+    levels: tuple[float, ...] | None = None  # a slice-aware model's --levels: sample k has levels[(k - 1) % len]
+
+    @property
+    def alone(self) -> bool:
+        """Whether each sample is decoded on its own: its neighbours would carry other conditions or levels."""
+        return self.plan is not None or self.model.levels is not None
+
+    def level(self, k: int) -> float | None:
+        """Sample k's relative slice level: from --levels, else drawn from the training distribution with (seed, k)."""
+        if self.model.levels is None:
+            return None
+        return self.levels[(k - 1) % len(self.levels)] if self.levels else self.model.levels.drawn(self.seed, k)
 
     def label(self, k: int) -> str:
         return f"sub-{synthetic_id(k, self.n)}"
@@ -88,16 +100,16 @@ class Synthesis:
             "reference": self.model.lattice_kind,
             "mode": self.model.geometry.mode,
             "device": self.model.device.type,
-            "compute_block": 1 if self.plan is not None else COMPUTE_BLOCK,  # a conditional sample is decoded alone
+            "compute_block": 1 if self.alone else COMPUTE_BLOCK,  # a conditional or slice-aware sample is decoded alone
         } | ({} if self.model.texture is None else {"texture": self.texture})  # models before textures: as before
 
     def decode(
-        self, z: np.ndarray, indices: Sequence[int], c: np.ndarray | None = None,
+        self, z: np.ndarray, indices: Sequence[int], c: np.ndarray | None = None, levels: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images and label maps of latents ``z`` drawn at latent ``indices``, with the texture the run asks for."""
         if not self.texture:
-            return self.model.decode_with_labels(z, c)
-        return self.model.sample(z, texture_seeds(self.seed, indices), c)
+            return self.model.decode_with_labels(z, c, levels)
+        return self.model.sample(z, texture_seeds(self.seed, indices), c, levels)
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,7 @@ class Draw:
     latent_index: int
     labels: torch.Tensor | None = None  # (1, *sample_shape) int64 tissue classes, for a labelled model
     condition: dict | None = None  # a conditional model's: the covariate values it was decoded under
+    slice_level: float | None = None  # a slice-aware model's: the relative slice level it was decoded at
 
 
 def versions() -> dict:
@@ -122,7 +135,7 @@ def versions() -> dict:
 def decode_block(job: Synthesis, block: int) -> list[Draw]:
     """The draws of latent indices block*B+1 .. (block+1)*B, decoded together."""
     indices = np.arange(block * COMPUTE_BLOCK + 1, (block + 1) * COMPUTE_BLOCK + 1)
-    if job.plan is not None:
+    if job.alone:
         return [_decode_conditional(job, int(index), int(index)) for index in indices if index <= job.n]
     z, levels = reference_draws(indices, job.model.latent_dim, job.model.lattice_kind, job.seed, job.typicality)
     images, labels = job.decode(z, indices)
@@ -131,21 +144,23 @@ def decode_block(job: Synthesis, block: int) -> list[Draw]:
 
 
 def _decode_conditional(job: Synthesis, latent_index: int, k: int) -> Draw:
-    """Latent ``latent_index`` under sample k's condition, decoded alone.
+    """Latent ``latent_index`` under sample k's condition and at its slice level, decoded alone.
 
     Alone, because a batch's neighbours would carry other samples' conditions: one file
     and its provenance then suffice to reproduce it.
     """
     z, levels = reference_draws(np.array([latent_index]), job.model.latent_dim, job.model.lattice_kind, job.seed,
                                 job.typicality)
-    condition = job.plan.condition(k)
-    images, labels = job.decode(z, [latent_index], job.model.condition.encode(condition)[None])
-    return Draw(images[0], z[0], float(levels[0]), latent_index, None if labels is None else labels[0], condition)
+    condition = None if job.plan is None else job.plan.condition(k)
+    c = None if condition is None else job.model.condition.encode(condition)[None]
+    level = job.level(k)
+    images, labels = job.decode(z, [latent_index], c, None if level is None else np.array([level]))
+    return Draw(images[0], z[0], float(levels[0]), latent_index, None if labels is None else labels[0], condition, level)
 
 
 def decode_one(job: Synthesis, latent_index: int, sample: int | None = None) -> Draw:
     """One image, computed inside its own block so its bytes match a full run's; a redraw keeps ``sample``'s condition."""
-    if job.plan is not None:
+    if job.alone:
         return _decode_conditional(job, latent_index, latent_index if sample is None else sample)
     return decode_block(job, (latent_index - 1) // COMPUTE_BLOCK)[(latent_index - 1) % COMPUTE_BLOCK]
 
@@ -172,6 +187,7 @@ def provenance(job: Synthesis, k: int, draw: Draw, software: dict) -> dict:
             "latent_index": draw.latent_index,
             "latent": [float(v) for v in draw.latent],
             "typicality": float(draw.level),
+            **({} if draw.slice_level is None else {"slice_level": draw.slice_level}),
             "versions": software,
         },
         **conditioned,

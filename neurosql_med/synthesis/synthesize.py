@@ -14,13 +14,15 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from neurosql_med.bounded import read_json
 from neurosql_med.version import __version__
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.lattice import check_typicality
+from neurosql_med.engine.levels import parse_levels
 from neurosql_med.errors import UserError
 from neurosql_med.metrics import TAU, check_tau
 from neurosql_med.io.files import sha256_file, write_text
-from neurosql_med.io.model import load_model
+from neurosql_med.io.model import NeuroSQLModel, load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_cohort_output
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import AuditReport, audit_cohort
@@ -87,7 +89,7 @@ def synthesize(
     condition: str | None = None,
     condition_table: str | Path | None = None,
     balance: str | None = None,
-    texture: bool = True,
+    texture: bool = True, levels: str | None = None,
 ) -> SynthesisSummary:
     """Write a BIDS-derivative synthetic cohort of samples 1..n of ``seed``, with a preview of synthetic images only.
 
@@ -97,6 +99,7 @@ def synthesize(
     ``condition``, ``condition_table``, ``balance``: what a conditional model's subjects are
     asked for (synthesis/conditions.py); with a table, n (None: taken from it) is its number of rows.
     ``texture``: False writes G(u) alone, without the model's residual texture (recorded in provenance).
+    ``levels``: a slice-aware model's slice levels ("0.3,0.5,0.7") to cycle through; None: drawn.
     The whole run holds --out's lock, so a second run into the same folder is refused.
     """
     if n is None and condition_table is None:
@@ -110,11 +113,10 @@ def synthesize(
     model = load_model(model_dir, resolve_device(device))
     plan = make_plan(model.condition, seed, condition, None if condition_table is None else Path(condition_table), balance)
     n = _planned_n(plan, n)
-    job = Synthesis(model, n, seed, typicality, FORMATS[format], plan, texture)
-    settings = {**job.run_record(), "n": n} | ({} if plan is None else {"condition": plan.source})
+    job = Synthesis(model, n, seed, typicality, FORMATS[format], plan, texture, _levels(model, levels))
     train = None if audit is None else load_cohort(audit, job.model.config.data).images
     with output_lock(out):
-        prepare_cohort_output(out, resume=resume, force=force, settings=settings,
+        prepare_cohort_output(out, resume=resume, force=force, settings=_settings(job),
                               inputs=inputs, needed_bytes=n * bytes_per_sample(job))
         write_text(out / "dataset_description.json", json.dumps(dataset_description(job), indent=2))
         write_text(out / "README", README)
@@ -128,6 +130,21 @@ def synthesize(
         write_tables(out, job)
     return SynthesisSummary(out, n, written, n - written, time.monotonic() - started, report,
                             extrapolation_warnings(plan, n))
+
+
+def _settings(job: Synthesis) -> dict:
+    """What --resume must find unchanged: the run record, N, and what the subjects were asked for."""
+    settings = {**job.run_record(), "n": job.n} | ({} if job.plan is None else {"condition": job.plan.source})
+    return settings | ({"levels": list(job.levels)} if job.levels else {})
+
+
+def _levels(model: NeuroSQLModel, levels: str | None) -> tuple[float, ...] | None:
+    """--levels, for a slice-aware model only."""
+    if levels is None:
+        return None
+    if model.levels is None:
+        raise UserError("--levels: this model was fit without slice levels (config key 'model.slice_levels')")
+    return parse_levels(levels)
 
 
 def _planned_n(plan: ConditionPlan | None, n: int | None) -> int:
@@ -218,7 +235,7 @@ def is_complete(job: Synthesis, out: Path, k: int) -> bool:
 def complete_dicom(job: Synthesis, out: Path, k: int) -> dict[str, str] | None:
     """The instance hashes of sample k's DICOM series if its record names them all and every file matches."""
     try:
-        record = json.loads(job.dicom_record(out, k).read_text())
+        record = read_json(job.dicom_record(out, k))
         hashes = record["DicomSha256"]
         folder = job.dicom_record(out, k).parent
         ok = record["NeuroSQL"]["index"] == k and bool(hashes) and all(
@@ -240,7 +257,7 @@ def _complete_file(path: Path, k: int) -> str | None:
     if not (path.is_file() and side.is_file()):
         return None
     try:
-        record = json.loads(side.read_text())
+        record = read_json(side)
         sha = sha256_file(path)
     except (OSError, ValueError):
         return None
@@ -299,7 +316,7 @@ def _condition_cells(out: Path, job: Synthesis, k: int, names: list[str]) -> str
     if not names:
         return ""
     path = sidecar_of(job.image_path(out, k)) if "nifti" in job.formats else job.dicom_record(out, k)
-    condition = json.loads(path.read_text())["Condition"]
+    condition = read_json(path)["Condition"]
     return "".join(f"\t{_cell(condition[name])}" for name in names)
 
 
@@ -312,11 +329,11 @@ def _table_fields(out: Path, job: Synthesis, k: int) -> tuple[float, list[tuple[
     files, level = [], 0.0
     if "nifti" in job.formats:
         for path in job.files(out, k):  # the T1w, and a labelled model's dseg
-            record = json.loads(sidecar_of(path).read_text())
+            record = read_json(sidecar_of(path))
             files.append((path.relative_to(out).as_posix(), str(record["ImageSha256"])))
         level = float(record["NeuroSQL"]["typicality"])
     if "dicom" in job.formats:
-        record = json.loads(job.dicom_record(out, k).read_text())
+        record = read_json(job.dicom_record(out, k))
         folder = job.dicom_record(out, k).parent.relative_to(out).as_posix()
         files += [(f"{folder}/{name}", str(sha)) for name, sha in record["DicomSha256"].items()]
         level = float(record["NeuroSQL"]["typicality"])

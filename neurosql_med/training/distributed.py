@@ -57,6 +57,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def writes_folder() -> bool:
+    """Whether this process writes the model folder: alone, or as torchrun's rank 0 (its RANK), before the group forms."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class Group:
     """This process's place in a torchrun job."""
@@ -191,7 +196,7 @@ class Shard:
     ) -> AssignResult:
         """``engine.assignment.assign`` across ranks, with this rank's ``images`` (and ``labels``) only."""
         n = len(self.owner)
-        kind = cost_kind(cfg.cost, n, images[0].numel())
+        kind = cost_kind(cfg.cost, n, images[0].numel(), loss.laplacian_weight > 0)
         blocked = n > cfg.block_size
         blocks = assignment_blocks(n, cfg.block_size, seed, previous) if blocked else [(np.arange(n), np.arange(n))]
         timings = {"forward": 0.0, "cost": 0.0, "lap": 0.0}
@@ -282,8 +287,9 @@ def launch(processes: int, args: Sequence[str], cfg: Config) -> int:
 
     ``cfg`` is the fit's checked config: what every process would refuse is refused here, once.
     """
-    if cfg.condition is not None:
-        raise UserError("a conditional fit (--condition) runs in one process: drop --nproc-per-node for it")
+    if cfg.condition is not None or cfg.model.slice_levels:
+        raise UserError("a conditional or slice-aware fit (--condition, model.slice_levels) runs in one process: "
+                        "drop --nproc-per-node for it")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "neurosql_med.cli", *args]
     return subprocess.run(command, check=False).returncode

@@ -22,21 +22,22 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
+from neurosql_med.bounded import read_json, read_json_lines
 from neurosql_med.training import distributed
 from neurosql_med.viz import plots
 from neurosql_med.engine.assignment import assign, initial_assignment
-from neurosql_med.engine.strata import (
-    Strata, assign_stratified, cost_conditions, initial_stratified, stratified_lattice,
-)
+from neurosql_med.engine.strata import Strata, assign_stratified, initial_stratified, stratified_lattice
+from neurosql_med.training.conditions import TrainingConditions, training_conditions
 from neurosql_med.config import Config, load_config, override, with_condition
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
-from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss
-from neurosql_med.engine.decoder import Decoder, build_decoder, check_decoder_size, split_output
+from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss, laplacian_l1
+from neurosql_med.engine.decoder import TemplateOutput, build_decoder, check_decoder_size, split_output
 from neurosql_med.engine.residual import fit_texture
+from neurosql_med.engine.tissue_texture import fit_tissue_texture
 from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
     ASSIGNMENT,
@@ -50,15 +51,17 @@ from neurosql_med.io.model import (
     LOSS_PLOT,
     RECON_PLOT,
     TEXTURE,
+    folder_bytes,
     load_checkpoint,
     save_array,
     save_checkpoint,
     save_conditions,
     save_label_names,
+    save_levels,
     save_texture,
     write_hashes,
 )
-from neurosql_med.io.outputs import check_model_output, output_lock, prepare_model_output
+from neurosql_med.io.outputs import check_free_space, check_model_output, output_lock, prepare_model_output
 from neurosql_med.runtime import autocast, resolve_device, seed_everything, to_device
 
 EpochHook = Callable[[dict], None]
@@ -87,11 +90,15 @@ def fit_config(
 ) -> Config:
     """The config a fit runs with: a resumed fit continues its own saved config.
 
-    Checks ``out`` first, so a refused output folder is reported before scans are loaded.
+    Checks ``out`` first, so a refused output folder is reported before scans are loaded,
+    then whatever else `check_fit` can check without them. Under torchrun only rank 0, which
+    writes the folder, checks it: the others could find it already locked by rank 0.
 
     Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
     """
-    check_model_output(Path(out), resume=resume, force=force)
+    writer = Path(out) if distributed.writes_folder() else None
+    if writer is not None:
+        check_model_output(writer, resume=resume, force=force)
     saved = Path(out) / CONFIG
     if resume and saved.is_file():
         cfg = load_config(saved)
@@ -106,8 +113,32 @@ def fit_config(
     else:
         cfg = with_condition(load_config(source), condition)
     cfg = override(cfg, **overrides)
-    check_decoder_size(cfg.model, cfg.data.sample_shape())  # before any scan is loaded
+    check_fit(None, cfg, writer, resume=resume, force=force)  # before any scan is loaded
     return cfg
+
+
+def check_fit(cohort: Cohort | None, cfg: Config, out: Path | None, *, resume: bool, force: bool) -> None:
+    """Every refusal a fit can make before it writes: --out, the device, the generator's size and,
+    once the scans are loaded (``cohort``), their label maps and the disk space the model folder needs.
+    ``out`` is None in a process that does not write the folder (a torchrun rank other than 0).
+
+    `fit_config` runs it before the scans are loaded, `fit` again with them before it takes --out.
+    What can only fail later (a disk filled meanwhile, a killed process) leaves a folder that
+    `--resume` continues or, before the first checkpoint, the same command starts again (io/outputs.py).
+    """
+    if out is not None:
+        check_model_output(out, resume=resume, force=force, inputs=[] if cohort is None else [cohort.discovery.root])
+    resolve_device(cfg.train.device)
+    if cohort is None:
+        check_decoder_size(cfg.model, cfg.data.sample_shape())
+        return
+    if cohort.labels is not None:
+        _checked_labels(cohort)
+    num_labels = 0 if cohort.labels is None else len(cohort.label_names)
+    width = 0 if cohort.conditions is None else cohort.conditions.shape[1]
+    check_decoder_size(cfg.model, cfg.data.sample_shape(), num_labels, width)
+    if out is not None:
+        check_free_space(out, folder_bytes(cfg, len(cohort), num_labels, width), reclaimable=resume or force)
 
 
 @dataclass
@@ -118,7 +149,7 @@ class Trainer:
     device: torch.device
     images: Tensor  # (n, 1, *sample_shape) on the device
     lattice: Tensor  # the fixed quantile lattice on the device; lattice[perm[i]] is image i's input
-    generator: Decoder
+    generator: TemplateOutput
     loss_fn: ReconstructionLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -129,6 +160,7 @@ class Trainer:
     strata: Strata | None = None  # a conditional model's images and lattice blocks per categorical stratum
     cost_conditions: Tensor | None = None  # the conditions its assignment costs use (continuous ones binned)
     ema: dict[str, Tensor] | None = None  # the moving average of the generator's weights (train.ema > 0): what samples
+    conditioned: TrainingConditions | None = None  # what ``conditions`` is made of: covariates and slice levels
 
     @property
     def writes(self) -> bool:
@@ -173,9 +205,12 @@ def fit(
     """
     out = Path(out)
     with distributed.process_group(cfg.train.device) as group:
-        if group is not None and cohort.conditions is not None:
-            raise UserError("a conditional fit (--condition) runs in one process: drop --nproc-per-node / torchrun for it")
+        if group is not None and (cohort.conditions is not None or cfg.model.slice_levels):
+            raise UserError("a conditional or slice-aware fit (--condition, model.slice_levels) runs in one process: "
+                            "drop --nproc-per-node / torchrun for it")
         writes = group is None or group.rank == 0
+        if writes:
+            check_fit(cohort, cfg, out, resume=resume, force=force)
         with output_lock(out) if writes else contextlib.nullcontext():  # no second run writes into this folder
             if writes:
                 prepare_model_output(out, resume=resume, force=force, inputs=[cohort.discovery.root])
@@ -193,12 +228,9 @@ def _fit(
     t = cfg.train
     device = resolve_device(t.device) if group is None else group.device
     seed_everything(t.seed)
-    lattice, strata = _lattice(cohort, cfg)
-    trainer = _set_up(cohort, cfg, lattice, device, group)
-    if strata is not None:
-        trainer.strata = strata
-        trainer.cost_conditions = cost_conditions(cohort.conditions, strata, cohort.condition_spec.continuous_columns(),
-                                                  cfg.condition.cost_bins)
+    conditioned = training_conditions(cohort, cfg)
+    lattice = _lattice(len(cohort), cfg, conditioned)
+    trainer = _set_up(cohort, cfg, lattice, device, group, conditioned)
     state = _resume(out, cohort, trainer) if resume else _start(out, cohort, trainer, lattice)
     if resume:  # the folder records the epoch total, budget and device this run continues with
         write_text(out / CONFIG, cfg.to_yaml())
@@ -255,13 +287,12 @@ def _rank(trainer: Trainer) -> int:
     return 0 if trainer.shard is None else trainer.shard.rank
 
 
-def _lattice(cohort: Cohort, cfg: Config) -> tuple[np.ndarray, Strata | None]:
-    """The fixed lattice: one for the cohort, or for a conditional model one per stratum, of its own size."""
+def _lattice(n: int, cfg: Config, conditioned: TrainingConditions | None) -> np.ndarray:
+    """The fixed lattice: one for the cohort, or for a conditional or slice-aware model one per stratum, of its own size."""
     m, seed = cfg.model, cfg.train.seed
-    if cohort.conditions is None:
-        return quantile_lattice(len(cohort), m.latent_dim, m.lattice, seed=seed), None
-    strata = Strata.of([cohort.condition_spec.stratum(v) for v in cohort.condition_values])
-    return stratified_lattice(strata, m.latent_dim, m.lattice, seed=seed), strata
+    if conditioned is None:
+        return quantile_lattice(n, m.latent_dim, m.lattice, seed=seed)
+    return stratified_lattice(conditioned.strata, m.latent_dim, m.lattice, seed=seed)
 
 
 def _continued(saved: Config, cfg: Config) -> Config:
@@ -282,7 +313,8 @@ def epoch_lr(total: int) -> Callable[[int], float]:
 
 
 def _set_up(
-    cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.device, group: distributed.Group | None = None
+    cohort: Cohort, cfg: Config, lattice: np.ndarray, device: torch.device, group: distributed.Group | None = None,
+    conditioned: TrainingConditions | None = None,
 ) -> Trainer:
     """The same objects for a fresh and a resumed fit (a resume then loads their saved state).
 
@@ -296,7 +328,7 @@ def _set_up(
     images = to_device(cohort.images[keep], device)
     labels = None if cohort.labels is None else to_device(_checked_labels(cohort)[keep], device)
     num_labels = 0 if labels is None else len(cohort.label_names)
-    conditions = None if cohort.conditions is None else cohort.conditions.float().to(device)
+    conditions = None if conditioned is None else conditioned.values.to(device)
     width = 0 if conditions is None else conditions.shape[1]
     generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels, width).to(device)
     generator.init_template(images if shard is None else cohort.images)
@@ -305,14 +337,16 @@ def _set_up(
     if shard is not None:
         shard.wrap(generator, device)
     loss_fn = ReconstructionLoss(
-        images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window, label_weight=cfg.loss.label_weight).to(device)
+        images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window, label_weight=cfg.loss.label_weight,
+        laplacian_weight=cfg.loss.laplacian_weight, laplacian_levels=cfg.loss.laplacian_levels).to(device)
     optimizer = torch.optim.AdamW(generator.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
     points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
     names = None if labels is None else list(cohort.label_names)
     ema = {k: v.detach().clone() for k, v in generator.state_dict().items()} if t.ema else None
     return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, shard, conditions,
-                   ema=ema)
+                   None if conditioned is None else conditioned.strata, None if conditioned is None else conditioned.cost,
+                   ema=ema, conditioned=conditioned)
 
 
 def _checked_labels(cohort: Cohort) -> Tensor:
@@ -357,7 +391,10 @@ def _initial_codes(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndar
     if trainer.strata is None:
         images = trainer.images if trainer.shard is None else cohort.images
         return initial_assignment(images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
-    save_conditions(out, cohort.condition_spec.to_json(), cohort.conditions.numpy())
+    if cohort.conditions is not None:
+        save_conditions(out, cohort.condition_spec.to_json(), cohort.conditions.numpy())
+    if trainer.conditioned.levels is not None:
+        save_levels(out, trainer.conditioned.levels.to_json(), trainer.conditioned.training_levels)
     return initial_stratified(trainer.images, lattice, trainer.strata, cfg.model.lattice, cfg.assignment.block_size,
                               cfg.train.seed)
 
@@ -367,7 +404,7 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
     missing = [f for f in (FINGERPRINT, HISTORY) if not (out / f).is_file()]
     if missing:
         raise UserError(f"--resume: {out} is damaged ({', '.join(missing)} missing); start again with --force")
-    if json.loads((out / FINGERPRINT).read_text()) != cohort.fingerprint():  # label maps and class names included
+    if read_json(out / FINGERPRINT) != cohort.fingerprint():  # label maps and class names included
         raise UserError(f"--resume: these scans (or their label maps) differ from the ones {out} was trained on")
     saved = load_checkpoint(out / CHECKPOINT, trainer.device)
     trainer.generator.load_state_dict(saved["generator"])
@@ -377,7 +414,7 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
     trainer.scheduler.load_state_dict(saved["scheduler"])
     counters = saved["trainer"]
     counters["perm"] = counters["perm"].cpu()  # loaded onto the device; rounds and assignment.npy read it with numpy
-    history = [json.loads(line) for line in (out / HISTORY).read_text().splitlines()][: counters["epoch"]]
+    history = read_json_lines(out / HISTORY)[: counters["epoch"]]
     if trainer.writes:
         (out / HASHES).unlink(missing_ok=True)  # the folder is in progress again
     return TrainerState(**counters, history=history)
@@ -442,7 +479,7 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
         optimizer.step()
         if trainer.ema is not None:
             update_ema(trainer.ema, generator, t.ema)
-        totals.add(pred.detach().float(), images[rows], labels, per_sample.detach(), (image_loss, label_loss))
+        totals.add(pred.detach().float(), images[rows], labels, per_sample.detach(), (image_loss, label_loss), trainer.loss_fn)
     trainer.scheduler.step()
     if shard is not None:
         shard.reduce(totals)
@@ -457,16 +494,22 @@ class _EpochTotals:
     loss: float = 0.0
     image_loss: float = 0.0
     l1: float = 0.0
+    laplacian: float = 0.0  # the weighted Laplacian-pyramid term, so that SSIM can be read off the image loss
     label_loss: float = 0.0
     agree: Tensor | float = 0.0  # per class: voxels where reconstruction and label map agree
     sizes: Tensor | float = 0.0  # per class: both maps' voxel counts
 
-    def add(self, pred: Tensor, images: Tensor, labels: Tensor | None, loss: Tensor, terms: tuple) -> None:
+    def add(
+        self, pred: Tensor, images: Tensor, labels: Tensor | None, loss: Tensor, terms: tuple, loss_fn: ReconstructionLoss,
+    ) -> None:
         """One batch: its detached predictions, targets, per-sample loss and (image, label) loss terms."""
         image_loss, label_loss = terms
         self.loss += float(loss.sum())
         self.image_loss += float(image_loss.detach().sum())
         self.l1 += float((pred[:, :1] - images).abs().flatten(1).mean(1).sum())
+        if loss_fn.laplacian_weight:
+            self.laplacian += loss_fn.laplacian_weight * float(
+                laplacian_l1(pred[:, :1], images, loss_fn.laplacian_levels).sum())
         if labels is not None:
             self.label_loss += float(label_loss.detach().sum())
             agree, sizes = dice_counts(pred[:, 1:], labels)
@@ -474,7 +517,7 @@ class _EpochTotals:
 
     def row(self, n: int, ssim_weight: float) -> dict:
         """loss, l1, ssim; with labels also label_loss and the reconstructions' Dice (mean over non-background classes, per class)."""
-        ssim = 1 - (self.image_loss - self.l1) / n / ssim_weight if ssim_weight else float("nan")
+        ssim = 1 - (self.image_loss - self.l1 - self.laplacian) / n / ssim_weight if ssim_weight else float("nan")
         row: dict = {"loss": self.loss / n, "l1": self.l1 / n, "ssim": ssim}
         if self.label_names is not None:
             dice = [1.0 if s == 0 else 2 * a / s for a, s in zip(self.agree.tolist(), self.sizes.tolist())]
@@ -484,7 +527,7 @@ class _EpochTotals:
 
 
 @torch.no_grad()
-def update_ema(ema: dict[str, Tensor], generator: Decoder, decay: float) -> None:
+def update_ema(ema: dict[str, Tensor], generator: TemplateOutput, decay: float) -> None:
     """ema ← decay · ema + (1 − decay) · weights: samples from an average of the last ~1/(1 − decay) steps."""
     for name, value in generator.state_dict().items():
         ema[name].lerp_(value, 1 - decay)
@@ -506,10 +549,14 @@ def snapshot(trainer: Trainer, state: TrainerState) -> dict:
 
 
 def save_snapshot(out: Path, snap: dict) -> None:
-    """What ``resume`` reads: model.pt, with the assignment and the history beside it."""
-    save_checkpoint(out / CHECKPOINT, {k: v for k, v in snap.items() if k != "history"})
+    """What ``resume`` reads: model.pt, with the assignment and the history beside it.
+
+    model.pt comes last: a write that fails before it leaves the last checkpoint whole, and
+    a history running ahead of it is cut to the checkpoint's epochs when resumed.
+    """
     save_array(out / ASSIGNMENT, snap["trainer"]["perm"].numpy())
     write_text(out / HISTORY, "".join(json.dumps(r) + "\n" for r in snap["history"]))
+    save_checkpoint(out / CHECKPOINT, {k: v for k, v in snap.items() if k != "history"})
 
 
 def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, stopped_by_budget: bool) -> FitResult:
@@ -540,9 +587,15 @@ def _write_texture(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerSt
         generator.load_state_dict(trainer.ema)
     inputs = trainer.inputs(state.perm)
     with torch.no_grad():
-        recon = torch.cat([split_output(generator(inputs[i:i + TEXTURE_BATCH]).float().cpu())[0]
-                           for i in range(0, len(inputs), TEXTURE_BATCH)])
-    save_texture(out, fit_texture(cohort.images, recon, model.texture, model.texture_cutoff))
+        outputs = [split_output(generator(inputs[i:i + TEXTURE_BATCH]).float().cpu())
+                   for i in range(0, len(inputs), TEXTURE_BATCH)]
+    recon = torch.cat([image for image, _ in outputs])
+    if model.texture_mode == "global":
+        save_texture(out, fit_texture(cohort.images, recon, model.texture, model.texture_cutoff))
+        return
+    decoded = None if cohort.labels is None else torch.cat([logits.argmax(1, keepdim=True) for _, logits in outputs])
+    save_texture(out, fit_tissue_texture(cohort.images, recon, model.texture, model.texture_cutoff, cohort.labels, decoded,
+                                         len(trainer.label_names or ())))
 
 
 def _progress(labelled: bool) -> Progress:

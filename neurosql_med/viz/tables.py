@@ -31,6 +31,16 @@ def discovery_tables(found: Discovery) -> list[Table]:
     return tables
 
 
+def skipped_lines(found: Discovery) -> list[str]:
+    """What a fit leaves out, in the words of `inspect`'s table: a line per scan set aside as unusable
+    (each one --strict refuses), then a count of the files the layout does not train on."""
+    lines = [f"skipped {item.path}: {item.reason}" for item in found.skipped if item.unusable]
+    others = len(found.skipped) - len(lines)
+    if others:
+        lines.append(f"{others} other file(s) not used (layout: {found.layout}); `nsql-med inspect` lists them")
+    return lines
+
+
 def _labels_cell(scan: Scan) -> str:
     if scan.labels_problem is None and scan.labels is not None:
         return "found"

@@ -12,7 +12,7 @@ classification are scored per subject (the mean prediction over a subject's slic
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,7 @@ class TrainingSet:
 
     images: Tensor
     targets: Tensor
+    synthetic: int = 0  # how many of the last samples are NeuroSQL cases (the rest are real)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -71,24 +72,59 @@ def build_network(task: Task, sample_shape: Sequence[int], outputs: int) -> nn.M
 
 def train_network(task: Task, data: TrainingSet, outputs: int, *, steps: int, seed: int,
                   augment: ClassicAugmentation | None, device: torch.device,
-                  advance: Callable[[], None] = lambda: None) -> Trained:
-    """``steps`` Adam steps on batches drawn without replacement, epoch after epoch, from ``data``."""
+                  advance: Callable[[], None] = lambda: None, schedule: str = "constant") -> Trained:
+    """``steps`` Adam steps on batches from ``data`` (see `batches` for how they are drawn)."""
     loss = _loss(task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_network(task, data.images.shape[2:], outputs).to(device)
         optimiser = torch.optim.Adam(net.parameters(), lr=LR[task.kind])
         order = torch.Generator().manual_seed(seed)
-        done = 0
-        while done < steps:
-            for batch in torch.randperm(len(data), generator=order).split(BATCH_SIZE)[: steps - done]:
-                x, y = _batch(task, data, batch, augment)
-                optimiser.zero_grad()
-                loss(net(x.to(device)), y.to(device)).backward()
-                optimiser.step()
-                done += 1
-                advance()
-    return Trained(net.eval(), done, sum(p.numel() for p in net.parameters()))
+        for batch in batches(len(data) - data.synthetic, data.synthetic, steps, order, schedule):
+            x, y = _batch(task, data, batch, augment)
+            optimiser.zero_grad()
+            loss(net(x.to(device)), y.to(device)).backward()
+            optimiser.step()
+            advance()
+    return Trained(net.eval(), steps, sum(p.numel() for p in net.parameters()))
+
+
+def batches(real: int, synthetic: int, steps: int, order: torch.Generator, schedule: str) -> Iterator[Tensor]:
+    """The sample indices of each of ``steps`` batches; real samples come first, then the synthetic ones.
+
+    ``constant``: epochs of a shuffled pass over all samples, so a batch's synthetic share is
+    the data's on average. ``decay``: each batch holds round(B * share) synthetic samples,
+    the share falling linearly from twice the data's share (capped at 1) to 0 over training
+    — the same synthetic exposure when uncapped, spent early, so the network ends on real
+    scans. Each pool is drawn epoch by epoch without replacement.
+    """
+    if schedule == "constant" or real == 0 or synthetic == 0:
+        yield from _cycle(torch.arange(real + synthetic), steps, BATCH_SIZE, order)
+        return
+    start = 2 * synthetic / (real + synthetic)
+    shares = [min(1.0, start * (1 - t / steps)) for t in range(steps)]
+    counts = [round(BATCH_SIZE * share) for share in shares]
+    fake = _flat(torch.arange(real, real + synthetic), sum(counts), order)
+    true = _flat(torch.arange(real), BATCH_SIZE * steps - sum(counts), order)
+    used_fake = used_true = 0
+    for m in counts:
+        yield torch.cat([true[used_true:used_true + BATCH_SIZE - m], fake[used_fake:used_fake + m]])
+        used_fake, used_true = used_fake + m, used_true + BATCH_SIZE - m
+
+
+def _cycle(pool: Tensor, steps: int, size: int, order: torch.Generator) -> Iterator[Tensor]:
+    """``steps`` batches of ``size``, epoch after epoch of shuffled passes over ``pool`` (a short last batch per epoch)."""
+    done = 0
+    while done < steps:
+        for batch in pool[torch.randperm(len(pool), generator=order)].split(size)[: steps - done]:
+            done += 1
+            yield batch
+
+
+def _flat(pool: Tensor, count: int, order: torch.Generator) -> Tensor:
+    """``count`` indices from shuffled passes over ``pool``, one after another."""
+    passes = -(-count // len(pool)) if count else 0
+    return torch.cat([pool[torch.randperm(len(pool), generator=order)] for _ in range(passes)] or [pool[:0]])[:count]
 
 
 def _batch(task: Task, data: TrainingSet, batch: Tensor, augment: ClassicAugmentation | None) -> tuple[Tensor, Tensor]:

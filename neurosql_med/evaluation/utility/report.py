@@ -16,18 +16,12 @@ import numpy as np
 from rich.table import Table
 from scipy import stats
 
-from neurosql_med.evaluation.utility.augment import TRANSFORMS
+from neurosql_med.evaluation.utility.arms import REFERENCE_ARM, label, uses_neurosql
 from neurosql_med.evaluation.utility.networks import BATCH_SIZE, HEADLINE, LR, PRIMARY
 from neurosql_med.evaluation.utility.tasks import parse_task
 from neurosql_med.viz.plots import save_figure
 
-REFERENCE_ARM = "real+classic"
 MEAN_PREDICTOR = "*training mean, no image*"  # regression's yardstick row
-NEUROSQL_ARMS = ("real+neurosql", "real+classic+neurosql", "neurosql-only")
-LABELS = {
-    "real": "real", "real+classic": "real + classic", "real+neurosql": "real + NeuroSQL",
-    "real+classic+neurosql": "real + classic + NeuroSQL", "neurosql-only": "NeuroSQL only",
-}
 METRIC_NAMES = {"dice": "mean Dice", "mae": "MAE", "auc": "AUC", "balanced_accuracy": "balanced accuracy"}
 DIGITS = 3
 
@@ -46,7 +40,7 @@ def summarize(runs: Sequence[dict], arms: Sequence[str], ks: Sequence[int], metr
         if REFERENCE_ARM in arms:
             summary["against_classic"][metric] = {
                 arm: {str(k): paired_difference(_values(runs, arm, k, metric), _values(runs, REFERENCE_ARM, k, metric))
-                      for k in ks} for arm in arms if arm in NEUROSQL_ARMS}
+                      for k in ks} for arm in arms if uses_neurosql(arm)}
     return summary
 
 
@@ -99,7 +93,7 @@ def score_table(summary: dict, metric: str, higher: bool, digits: int) -> list[s
     lines = ["| arm | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
     for arm, by_k in scores.items():
         cells = [f"**{_cell(by_k[k], digits)}**" if best.get(k) == arm else _cell(by_k[k], digits) for k in ks]
-        lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(arm)} | " + " | ".join(cells) + " |")
     if reference := summary.get("reference", {}).get(metric):
         lines.append(f"| {MEAN_PREDICTOR} | " + " | ".join(_cell(reference[k], digits) for k in ks) + " |")
     return lines
@@ -112,7 +106,7 @@ def difference_table(summary: dict, metric: str, digits: int) -> list[str]:
         return []
     ks = list(next(iter(against.values())))
     lines = ["| arm − real + classic | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
-    lines += [f"| {LABELS[arm]} | " + " | ".join(_difference(by_k[k], digits) for k in ks) + " |"
+    lines += [f"| {label(arm)} | " + " | ".join(_difference(by_k[k], digits) for k in ks) + " |"
               for arm, by_k in against.items()]
     return lines
 
@@ -133,7 +127,7 @@ def utility_figure(path: Path, result: dict) -> None:
         for arm, by_k in result["summary"]["scores"][metric].items():
             ks = [k for k, s in by_k.items() if s["mean"] is not None]
             ax.errorbar([int(k) for k in ks], [by_k[k]["mean"] for k in ks], yerr=[by_k[k]["sd"] for k in ks],
-                        marker="o", capsize=3, label=LABELS[arm])
+                        marker="o", capsize=3, label=label(arm))
         if reference := result["summary"].get("reference", {}).get(metric):
             ax.plot([int(k) for k in reference], [r["mean"] for r in reference.values()], color="0.5", linestyle="--",
                     label=MEAN_PREDICTOR.strip("*"))
@@ -183,9 +177,11 @@ def _how(result: dict) -> list[str]:
         "the seed's order (nested: each smaller training set is part of every larger one).",
         f"- Network: {runs[0]['network'] if runs else '–'}; {s['steps']} Adam steps (lr {LR[kind]:g}), batch "
         f"{BATCH_SIZE}, in every arm; initial weights and batch order seeded by the seed, so arms differ only in data.",
-        f"- Classic augmentation (MONAI): {'; '.join(TRANSFORMS)}.",
+        f"- Classic augmentation (MONAI, strength {s['classic']['strength']:g}): {'; '.join(s['classic']['transforms'])}.",
         f"- NeuroSQL: config {s['config']}, {s['nsql_steps']} generator steps per training set, fitted on the k "
-        f"training subjects only: {strata}; {s['synthetic_per_real']:g} synthetic cases per real training sample.",
+        f"training subjects only: {strata}; {', '.join(f'{r:g}' for r in s['synthetic_per_real'])} synthetic "
+        f"case(s) per real training sample (a lower ratio's cases are the first of a higher one's); synthetic share "
+        f"of each batch: {s['schedule']}.",
         "- Regression and classification are scored per subject (mean prediction over its samples); "
         "segmentation by Dice per class over the test samples (background excluded), then their mean."
         + (f" {MEAN_PREDICTOR.strip('*').capitalize()}: the MAE of predicting every test subject as the mean of "
@@ -207,6 +203,6 @@ def utility_table(result: dict) -> Table:
     for k in result["settings"]["train_subjects"]:
         table.add_column(f"k = {k}", justify="right")
     for arm, by_k in scores.items():
-        table.add_row(LABELS[arm], *(f"[bold]{_cell(by_k[k], DIGITS)}[/]" if best.get(k) == arm else _cell(by_k[k], DIGITS)
+        table.add_row(label(arm), *(f"[bold]{_cell(by_k[k], DIGITS)}[/]" if best.get(k) == arm else _cell(by_k[k], DIGITS)
                                      for k in map(str, result["settings"]["train_subjects"])))
     return table

@@ -18,34 +18,28 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from neurosql_med.bounded import read_json
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.evaluation.utility.augment import ClassicAugmentation
+from neurosql_med.evaluation.utility import arms as arm_names
+from neurosql_med.evaluation.utility.arms import ARMS, NSQL_STEPS, STEPS
+from neurosql_med.evaluation.utility.augment import STRENGTH, ClassicAugmentation, transforms_text
 from neurosql_med.evaluation.utility.design import SeedSplit, check_design, split_seed, training_cohort
 from neurosql_med.evaluation.utility.networks import TrainingSet, network_name, score, target_scale, train_network
-from neurosql_med.evaluation.utility.report import LABELS, stat, summarize, utility_figure, utility_markdown
+from neurosql_med.evaluation.utility.report import stat, summarize, utility_figure, utility_markdown
 from neurosql_med.evaluation.utility.synthetic import NeuroSQLFit, SyntheticCases, synthetic_cases
 from neurosql_med.evaluation.utility.tasks import Targets, Task, parse_task, read_targets
 from neurosql_med.io.files import write_text
 from neurosql_med.io.outputs import check_output_path, output_lock
 from neurosql_med.runtime import resolve_device
 
-# arm: (trains on the real subjects, with classic augmentation, with NeuroSQL cases)
-ARMS = {
-    "real": (True, False, False),
-    "real+classic": (True, True, False),
-    "real+neurosql": (True, False, True),
-    "real+classic+neurosql": (True, True, True),
-    "neurosql-only": (False, False, True),
-}
 RESULT, MARKDOWN, FIGURE = "utility.json", "utility.md", "utility.png"
-STEPS = 400  # downstream optimiser steps per run
-NSQL_STEPS = 800  # NeuroSQL generator steps per training set (one fit, conditional for regress/classify)
 CONFIG = "utility"
 # What decides every run's result: a resumed grid must share them (k values and seeds may be added).
-FIXED = ("scans", "task", "holdout", "holdout_fraction", "synthetic_per_real", "steps", "nsql_steps", "config", "mode",
-         "synthesis")
+FIXED = ("scans", "task", "holdout", "holdout_fraction", "synthetic_per_real", "schedule", "classic", "steps",
+         "nsql_steps", "config", "mode", "synthesis")
+SCHEDULES = ("constant", "decay")
 SYNTHESIS = "conditional"  # how regress/classify cases get their targets; grids of the earlier per-stratum fits differ
 
 
@@ -60,7 +54,8 @@ class Study:
     names: list[str]  # label classes (segment) or the column's levels (classify)
     nsql: NeuroSQLFit
     steps: int
-    per_real: float
+    ratios: list[float]  # synthetic cases per real training sample, one grid column set per ratio
+    schedule: str  # "constant" | "decay": the synthetic share of each batch over training
     device: torch.device
     out: Path
 
@@ -71,31 +66,35 @@ class Study:
 
 def run_utility(
     scans: str | Path, *, task: str, train_subjects: Sequence[int] = (4, 8, 16), seeds: Sequence[int] = (0, 1, 2),
-    synthetic_per_real: float = 4.0, holdout: str | Path | None = None, holdout_fraction: float = 0.25,
-    steps: int = STEPS, nsql_steps: int = NSQL_STEPS, config: str | Path = CONFIG, mode: str | None = None,
-    device: str = "auto", out: str | Path = "utility-out", resume: bool = False, show_progress: bool = True,
+    synthetic_per_real: Sequence[float] = (4.0,), schedule: str = "constant", holdout: str | Path | None = None,
+    holdout_fraction: float = 0.25, steps: int = STEPS, nsql_steps: int = NSQL_STEPS, config: str | Path = CONFIG,
+    mode: str | None = None, device: str = "auto", out: str | Path = "utility-out", resume: bool = False,
+    show_progress: bool = True,
 ) -> dict:
     """Run (or with ``resume`` finish) the grid; writes utility.json/.md/.png to ``out`` and returns utility.json's content."""
     parsed, ks, seed_list = parse_task(task), sorted(set(train_subjects)), sorted(set(seeds))
-    _check_arguments(ks, seed_list, synthetic_per_real, holdout_fraction, steps, nsql_steps)
+    ratios = sorted(set(float(r) for r in synthetic_per_real))
+    _check_arguments(ks, seed_list, ratios, schedule, holdout_fraction, steps, nsql_steps)
     out = Path(out)
     check_output_path(out, inputs=[Path(p) for p in (scans, holdout) if p is not None])
     settings = {
         "scans": str(scans), "task": parsed.name, "holdout": None if holdout is None else str(holdout),
-        "holdout_fraction": None if holdout is not None else holdout_fraction, "synthetic_per_real": synthetic_per_real,
+        "holdout_fraction": None if holdout is not None else holdout_fraction, "synthetic_per_real": ratios,
+        "schedule": schedule, "classic": {"strength": STRENGTH, "transforms": list(transforms_text())},
         "steps": steps, "nsql_steps": nsql_steps, "config": str(config), "mode": mode, "synthesis": SYNTHESIS,
-        "train_subjects": ks, "seeds": seed_list, "arms": list(ARMS), "device": str(resolve_device(device)),
+        "train_subjects": ks, "seeds": seed_list, "arms": arm_names.expand(ratios),
+        "device": str(resolve_device(device)),
     }
     with output_lock(out):
         result = _start(out, settings, resume)
         study = load_study(scans, parsed, holdout, config=config, mode=mode, device=device, steps=steps,
-                           nsql_steps=nsql_steps, per_real=synthetic_per_real, out=out)
+                           nsql_steps=nsql_steps, ratios=ratios, schedule=schedule, out=out)
         splits = _splits(study, seed_list, holdout_fraction, ks)
         result["splits"] |= {str(s): {"test": sp.test, "train": {str(k): sp.training(k) for k in ks}} for s, sp in splits.items()}
         _grid(study, splits, ks, result, show_progress)
         shown = [r for r in result["runs"] if r["seed"] in seed_list]  # a resumed --out may hold other seeds' runs
         metrics = list(dict.fromkeys(m for r in shown for m in r["scores"]))
-        result["summary"] = summarize(shown, list(ARMS), ks, metrics)
+        result["summary"] = summarize(shown, settings["arms"], ks, metrics)
         if parsed.kind == "regress":
             result["summary"]["reference"] = {"mae": _mean_predictor(study, splits, ks)}
         _save(out, result)
@@ -104,14 +103,16 @@ def run_utility(
     return result
 
 
-def _check_arguments(ks: list[int], seeds: list[int], per_real: float, holdout_fraction: float, steps: int,
-                     nsql_steps: int) -> None:
+def _check_arguments(ks: list[int], seeds: list[int], ratios: list[float], schedule: str, holdout_fraction: float,
+                     steps: int, nsql_steps: int) -> None:
     if not ks or ks[0] < 2:
         raise UserError(f"--train-subjects must be training-set sizes of at least 2 subjects, got {ks}")
     if not seeds or seeds[0] < 0:
         raise UserError("--seeds must be a non-empty list of non-negative integers")
-    if not (math.isfinite(per_real) and 0 < per_real <= 100):
-        raise UserError(f"--synthetic-per-real must be in (0, 100], got {per_real}")
+    if not ratios or not all(math.isfinite(r) and 0 < r <= 100 for r in ratios):
+        raise UserError(f"--synthetic-per-real must be ratios in (0, 100], got {ratios}")
+    if schedule not in SCHEDULES:
+        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if not 0 < holdout_fraction < 1:
         raise UserError(f"--holdout-fraction must be between 0 and 1, got {holdout_fraction}")
     if not (1 <= steps <= 10**7 and 1 <= nsql_steps <= 10**7):
@@ -126,10 +127,10 @@ def _start(out: Path, settings: dict, resume: bool) -> dict:
     if not resume:
         raise UserError(f"{out} already holds {RESULT}; use --resume to continue that grid, or choose another --out")
     try:
-        saved = json.loads(path.read_text())
+        saved = read_json(path)
         changed = [key for key in FIXED if saved["settings"].get(key) != settings[key]]
         kept = {"fits": list(saved["fits"]), "runs": list(saved["runs"]), "splits": dict(saved["splits"])}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"--resume: {path} is not a utility.json nsql-med wrote") from None
     if changed:
         raise UserError(f"--resume: {out} was run with other settings ({', '.join(changed)}); use another --out")
@@ -137,7 +138,7 @@ def _start(out: Path, settings: dict, resume: bool) -> dict:
 
 
 def load_study(scans: str | Path, task: Task, holdout: str | Path | None, *, config: str | Path, mode: str | None,
-               device: str, steps: int, nsql_steps: int, per_real: float, out: Path) -> Study:
+               device: str, steps: int, nsql_steps: int, ratios: list[float], schedule: str, out: Path) -> Study:
     """The cohorts and targets, every check on them done: nothing has trained yet."""
     cfg = override(load_config(config), data__mode=mode, data__labels=None if task.kind == "segment" else "none")
     pool = load_cohort(scans, cfg.data)
@@ -150,7 +151,8 @@ def load_study(scans: str | Path, task: Task, holdout: str | Path | None, *, con
         targets = read_targets(task, [pool.discovery] + ([held.discovery] if held else []))
         names = targets.levels or []
     dev = resolve_device(device)
-    return Study(task, pool, held, targets, names, NeuroSQLFit(cfg, nsql_steps, dev.type), steps, per_real, dev, out)
+    return Study(task, pool, held, targets, names, NeuroSQLFit(cfg, nsql_steps, dev.type), steps, ratios, schedule, dev,
+                 out)
 
 
 def _label_classes(pool: Cohort, held: Cohort | None) -> list[str]:
@@ -205,7 +207,8 @@ class Display:
 
 def _grid(study: Study, splits: dict[int, SeedSplit], ks: list[int], result: dict, show_progress: bool) -> None:
     done = {(r["arm"], r["k"], r["seed"]) for r in result["runs"]}
-    todo = [(splits[s], k, [a for a in ARMS if (a, k, s) not in done]) for s in splits for k in ks]
+    arms = arm_names.expand(study.ratios)
+    todo = [(splits[s], k, [a for a in arms if (a, k, s) not in done]) for s in splits for k in ks]
     total = sum(len(arms) for *_, arms in todo)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), disable=not show_progress or total == 0)
@@ -220,11 +223,11 @@ def _cell(study: Study, split: SeedSplit, k: int, arms: list[str], result: dict,
     """The arms still to run for one training-set size and seed; NeuroSQL is fitted once for all of them."""
     train = training_cohort(study.pool, split.training(k))
     test = study.holdout if study.holdout is not None else training_cohort(study.pool, split.test)
-    synth = _synthesize(study, train, k, split.seed, result, display) if any(ARMS[a][2] for a in arms) else None
+    synth = _synthesize(study, train, k, split.seed, result, display) if any(map(arm_names.uses_neurosql, arms)) else None
     values = [study.targets.values[s] for s in split.training(k)] if study.task.kind == "regress" else [0.0]  # type: ignore[union-attr]
     scale = target_scale(values) if study.task.kind == "regress" else (0.0, 1.0)
     for arm in arms:
-        display.start(f"k={k} seed {split.seed}: {LABELS[arm]}", study.steps)
+        display.start(f"k={k} seed {split.seed}: {arm_names.label(arm)}", study.steps)
         result["runs"].append(_run_arm(study, arm, train, synth, test, scale, split.seed, k, display.advance))
         _save(study.out, result)
         display.run_done()
@@ -232,7 +235,7 @@ def _cell(study: Study, split: SeedSplit, k: int, arms: list[str], result: dict,
 
 def _synthesize(study: Study, train: Cohort, k: int, seed: int, result: dict, display: Display) -> SyntheticCases:
     display.start(f"k={k} seed {seed}: fitting NeuroSQL on the {k} training subjects (epochs)", None)
-    cases = synthetic_cases(study.task, study.targets, train, study.per_real, study.nsql,
+    cases = synthetic_cases(study.task, study.targets, train, max(study.ratios), study.nsql,
                             study.out / "models" / f"k{k}-seed{seed}", seed, on_epoch=display.advance)
     result["fits"] = [f for f in result["fits"] if (f["k"], f["seed"]) != (k, seed)]
     result["fits"].append({"k": k, "seed": seed, **cases.fit})
@@ -241,20 +244,28 @@ def _synthesize(study: Study, train: Cohort, k: int, seed: int, result: dict, di
 
 def _run_arm(study: Study, arm: str, train: Cohort, synth: SyntheticCases | None, test: Cohort,
              scale: tuple[float, float], seed: int, k: int, advance: Callable[[], None]) -> dict:
-    real, classic, synthetic = ARMS[arm]
-    data = _training_set(study, train if real else None, synth if synthetic else None, scale)
+    real, classic, synthetic = ARMS[arm_names.base(arm)]
+    cases = _first_cases(synth, round(arm_names.ratio(arm, study.ratios) * len(train))) if synthetic else None
+    data = _training_set(study, train if real else None, cases, scale)
     augment = ClassicAugmentation(train.images.ndim - 2, seed) if classic else None
     started = time.monotonic()
     trained = train_network(study.task, data, study.outputs, steps=study.steps, seed=seed, augment=augment,
-                            device=study.device, advance=advance)
+                            device=study.device, advance=advance, schedule=study.schedule)
     seconds = time.monotonic() - started
     scores = score(study.task, trained, test.images, _truth(study, test), test.subjects, study.names, scale)
     return {
         "arm": arm, "k": k, "seed": seed, "scores": {m: v if math.isfinite(v) else None for m, v in scores.items()},
         "seconds": seconds, "steps": trained.steps, "network": network_name(study.task), "parameters": trained.parameters,
-        "real_samples": len(train) if real else 0, "synthetic_samples": len(synth.images) if synth and synthetic else 0,
+        "real_samples": len(train) if real else 0, "synthetic_samples": len(cases.images) if cases else 0,
         "test_subjects": len(set(test.subjects)),
     }
+
+
+def _first_cases(synth: SyntheticCases | None, n: int) -> SyntheticCases:
+    """The first ``n`` (>= 1) cases: a lower ratio trains on a subset of a higher ratio's cases."""
+    assert synth is not None
+    n = max(1, n)
+    return SyntheticCases(synth.images[:n], synth.targets[:n], synth.fit)
 
 
 def _truth(study: Study, cohort: Cohort) -> torch.Tensor:
@@ -268,9 +279,10 @@ def _training_set(study: Study, train: Cohort | None, synth: SyntheticCases | No
     parts = ([(train.images, _truth(study, train))] if train is not None else []) + \
             ([(synth.images, synth.targets)] if synth is not None else [])
     images, targets = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    synthetic = len(synth.images) if synth is not None else 0
     if study.task.kind == "regress":
-        return TrainingSet(images, ((targets.double() - scale[0]) / scale[1]).float())
-    return TrainingSet(images, targets.long())
+        return TrainingSet(images, ((targets.double() - scale[0]) / scale[1]).float(), synthetic)
+    return TrainingSet(images, targets.long(), synthetic)
 
 
 def _save(out: Path, result: dict) -> None:

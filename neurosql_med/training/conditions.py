@@ -1,0 +1,60 @@
+"""What a conditional or slice-aware fit puts beside each code: c = (covariates, slice level), and its strata.
+
+Covariates (``fit --condition``, engine/conditioning.py) come first, the relative slice
+level p of a slice-aware 2D model (``model.slice_levels``, engine/levels.py) last. Images
+are assigned codes within strata: the same categorical levels and the same level stratum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from neurosql_med.config import Config
+from neurosql_med.data.cohort import Cohort
+from neurosql_med.engine.levels import SliceLevels
+from neurosql_med.engine.strata import Strata, cost_conditions
+from neurosql_med.errors import UserError
+
+LEVEL_COST_BINS = 1  # assignment costs decode each level stratum once, at its mean level (p varies little within it)
+
+
+@dataclass
+class TrainingConditions:
+    """c of every training image, its strata, and the conditions the assignment costs are computed under."""
+
+    values: Tensor  # (n, width) float32 on the CPU: what G reads beside each code
+    strata: Strata
+    cost: Tensor  # (n, width): values with continuous columns binned (engine/strata.py::cost_conditions)
+    levels: SliceLevels | None = None  # a slice-aware model's level strata and training distribution
+    training_levels: np.ndarray | None = None  # (n,) p of every training image
+
+
+def training_conditions(cohort: Cohort, cfg: Config) -> TrainingConditions | None:
+    """The conditions of a fit on ``cohort``; None for a model that reads the code alone."""
+    bins = cfg.model.slice_levels
+    if cohort.conditions is None and not bins:
+        return None
+    parts: list[Tensor] = []
+    keys: list[tuple] = [() for _ in range(len(cohort))]
+    continuous: list[int] = []
+    if cohort.conditions is not None:
+        parts.append(cohort.conditions.float())
+        keys = [cohort.condition_spec.stratum(v) for v in cohort.condition_values]
+        continuous = cohort.condition_spec.continuous_columns()
+    levels = p = None
+    if bins:
+        if cohort.slice_levels is None or any(v is None for v in cohort.slice_levels):
+            raise UserError("config key 'model.slice_levels' needs 2d slices that know their level (data.mode 2d)")
+        p = np.asarray(cohort.slice_levels, dtype=np.float64)
+        levels = SliceLevels.of(p, bins)
+        keys = [key + (int(s),) for key, s in zip(keys, levels.strata(p))]
+        parts.append(torch.as_tensor(levels.encode(p)))
+    values = torch.cat(parts, dim=1)
+    strata = Strata.of(keys)
+    cost = cost_conditions(values, strata, continuous, 0 if cfg.condition is None else cfg.condition.cost_bins)
+    if levels is not None:
+        cost = cost_conditions(cost, strata, [values.shape[1] - 1], LEVEL_COST_BINS)
+    return TrainingConditions(values, strata, cost, levels, p)
