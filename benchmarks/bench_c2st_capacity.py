@@ -1,12 +1,13 @@
 """Does a bigger, longer-trained C2ST classifier still tell a model's samples from real slices?
 
-A C2ST is only as strong as its classifier. `evaluate` runs a small one (widths 8/16/16,
-8 epochs) so that it costs seconds; this re-runs the same grouped, cross-validated test
-with a wider classifier trained longer, on the real-vs-real control, the model's samples
-with their residual texture, and the same latents decoded without it (G(u) alone).
+A C2ST is only as strong as its classifier. `evaluate --c2st fast` runs a small one
+(widths 8/16/16, 8 epochs) so that it costs seconds, `--c2st strong` a wider one trained
+longer (16/32/32, 24 epochs, 3 seeds); this re-runs the same grouped, cross-validated test
+with any width, epochs and seeds, on the real-vs-real control, the model's samples with
+their residual texture, and the same latents decoded without it (G(u) alone).
 
 Usage (the model from `bench_generator.py run baseline`, trained on the 24/6 split):
-    OMP_NUM_THREADS=1 python benchmarks/bench_c2st_capacity.py --width 16 --epochs 24
+    OMP_NUM_THREADS=1 python benchmarks/bench_c2st_capacity.py --width 16 --epochs 24 --repeats 3
 """
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "benchmark-out" / "generator-ablation" / "models" / "baseline")
     parser.add_argument("--scans", type=Path, default=ROOT / "sample_data")
-    parser.add_argument("--width", type=int, default=c2st.WIDTH)
-    parser.add_argument("--epochs", type=int, default=c2st.EPOCHS)
+    parser.add_argument("--width", type=int, default=c2st.FAST.width)
+    parser.add_argument("--epochs", type=int, default=c2st.FAST.epochs)
+    parser.add_argument("--repeats", type=int, default=c2st.FAST.repeats)
     parser.add_argument("--n", type=int, default=500)
     args = parser.parse_args(argv)
-    c2st.WIDTH, c2st.EPOCHS = args.width, args.epochs  # the module reads both when it builds and trains a classifier
+    spec = c2st.Classifier("custom", args.width, args.epochs, args.repeats)
     model = load_model(args.model)
     train, _ = split_by_subject(load_cohort(args.scans, model.config.data), 0.2, seed=0)
     real, subjects = train.images, train.subjects
@@ -51,8 +53,8 @@ def main(argv: list[str]) -> None:
     ]
     for name, a, groups_a, b, groups_b in tests:
         started = time.monotonic()
-        result = c2st.two_sample_test(a, groups_a, b, groups_b)
-        print(f"widths {args.width}/{2 * args.width}/{2 * args.width}, {args.epochs} epochs | {name:20s} | "
+        result = c2st.two_sample_test(a, groups_a, b, groups_b, spec=spec)
+        print(f"{spec.describe()}, {spec.repeats} seeds | {name:20s} | "
               f"AUC {result['auc']:.3f} ± {result['auc_std']:.3f} | balanced accuracy {result['accuracy']:.3f} | "
               f"{time.monotonic() - started:.0f} s", flush=True)
 

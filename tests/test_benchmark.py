@@ -37,7 +37,8 @@ def cohort(scans):
 @pytest.fixture(scope="module")
 def outcome(scans, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = run_benchmark(scans, budget_minutes=BUDGET_MINUTES, n_samples=N_SAMPLES, config="tiny", seed=3, out=out)
+    result = run_benchmark(scans, budget_minutes=BUDGET_MINUTES, n_samples=N_SAMPLES, config="tiny", seed=3, out=out,
+                           c2st="fast")
     return result, out
 
 

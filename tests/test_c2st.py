@@ -10,7 +10,8 @@ import torch
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.evaluation.c2st import (
-    BLUR_MIN, NULL_MAX, blurred, c2st_section, fold_of, laplacian, quantised, real_halves, two_sample_test,
+    BLUR_MIN, NULL_MAX, STRONG, Classifier, blurred, c2st_section, classifier, fold_of, laplacian, quantised, real_halves,
+    two_sample_test,
 )
 from neurosql_med.evaluation.texture import radial_power, spectrum_picture, texture
 from neurosql_med.io.geometry import Geometry
@@ -114,3 +115,24 @@ def test_volumes_get_a_3d_classifier_that_sees_blur():
     volumes = (smooth - smooth.min()) / (smooth.max() - smooth.min())
     groups = [f"s{i}" for i in range(24)]
     assert two_sample_test(volumes, groups, blurred(volumes), groups)["auc"] > 0.8
+
+
+def test_the_strong_classifier_is_wider_and_its_three_seeds_see_blur(cohort):
+    assert STRONG.repeats >= 3
+    widths = [m.out_channels for m in classifier(2, STRONG.width).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [16, 32, 32]
+    short = Classifier("strong, shortened", STRONG.width, epochs=6, repeats=STRONG.repeats)  # the strong net, fewer epochs
+    real = cohort.images[:64]
+    result = two_sample_test(real, cohort.subjects[:64], blurred(real), cohort.subjects[:64], spec=short)
+    assert len(result["aucs"]) == 3 and result["classifier"] == "strong, shortened"
+    assert result["auc"] > BLUR_MIN and result["auc_range"][0] > 0.75, result
+
+
+def test_every_test_of_a_section_uses_its_classifier():
+    images = torch.rand(16, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    subjects = [f"s{i // 2}" for i in range(16)]
+    one_epoch = Classifier("one epoch", width=4, epochs=1, repeats=3)
+    section = c2st_section(images, subjects, images[:6], reconstructions=images, spec=one_epoch)
+    tests = [section["synthetic"], section["reconstruction"], *(section["controls"][k] for k in ("real_vs_real", "blur"))]
+    assert all(t["classifier"] == "one epoch" and len(t["aucs"]) == 3 for t in tests)
+    assert section["settings"]["width"] == 4 and section["settings"]["classifier"].startswith("one epoch: MONAI CNN, widths 4/8/8")

@@ -41,7 +41,8 @@ def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Pa
 
     report = evaluate(real, synth, holdout=holdout, config="tiny", out=out)
 
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "nearest.png", "distances.png", "spectrum.png"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "nearest.png", "distances.png", "spectrum.png",
+                                               "mixing.png"}
     assert json.loads((out / "report.json").read_text()) == report
     assert "| fidelity | MAE to nearest real |" in (out / "report.md").read_text()
     counts = report["counts"]
@@ -57,6 +58,12 @@ def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Pa
     assert report["c2st"]["synthetic"]["folds"] >= 2 and report["c2st"]["reconstruction"] is None  # no model given
     assert report["c2st"]["controls"]["blur"]["auc"] > report["c2st"]["controls"]["real_vs_real"]["auc"]
     assert report["texture"]["high_frequency_ratio"] > 0 and report["texture"]["gradient_ratio"] > 0
+    # the synthetic files are volumes: their slices are stacks, and 2d samples are placed among real levels
+    assert report["coherence"]["synthetic"]["stacks"] == 4 and report["coherence"]["control"] is not None
+    assert report["mixing"]["synthetic"]["n"] == counts["synthetic"] and report["mixing"]["control"]["ratio"]["median"] > 0
+    for row in ("| mixing | level spread of 5 nearest real, worst tenth", "| coherence | adjacent-slice correlation |",
+                "| c2st | AUC reconstructions vs real | n/a"):
+        assert row in (out / "report.md").read_text()
 
 
 def covered_by_hand(real_folder: Path, synth_folder: Path) -> float:
@@ -89,7 +96,7 @@ def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_p
     # a raw training scan dropped among the synthetic files is resampled onto the model's grid and caught as a copy
     raw = real / "scan00.nii.gz"
     shutil.copy(raw, synth / "raw-copy.nii.gz")
-    report = evaluate(real, synth, model_dir=tmp_path / "model", c2st=False)
+    report = evaluate(real, synth, model_dir=tmp_path / "model", c2st="off")
     assert "c2st" not in report and "texture" in report
     copies = [f["id"] for f in report["flagged"] if f["id"].startswith("raw-copy.nii.gz [resampled, slice")]
     assert report["counts"]["synthetic"] > 5 and copies, report["flagged"]
@@ -117,6 +124,33 @@ def test_synthetic_files_are_read_at_the_model_scale_and_hidden_files_are_left_o
     assert ids == ["sub-0/anat/s0.nii.gz", "sub-1/anat/s1.nii.gz", "sub-2/anat/s2.nii.gz"]
     assert images.shape == (3, 1, 24, 32)
     assert np.allclose(images[:, 0].numpy(), samples, atol=1 / 4095)
+
+
+def test_a_stack_of_the_model_slices_is_read_slice_by_slice_with_its_label_map(tmp_path: Path):
+    from neurosql_med.evaluation.evaluate import read_synthetic_labels
+
+    stack = (np.random.default_rng(0).random((24, 32, 6)) * 4095).astype(np.int16)
+    stack[..., 0] = 0  # outside the brain: not a sample
+    labels = np.broadcast_to(np.arange(6, dtype=np.int16), (24, 32, 6))
+    write_nifti(tmp_path / "sub-1" / "sub-1_T1w.nii.gz", stack, SPACING)
+    write_nifti(tmp_path / "sub-1" / "sub-1_dseg.nii.gz", labels, SPACING)
+
+    images, ids = read_synthetic(tmp_path, geometry_2d(), load_config("tiny").data)
+    assert ids == [f"sub-1/sub-1_T1w.nii.gz [slice {k}]" for k in range(1, 6)]
+    assert np.allclose(images[:, 0].numpy(), np.moveaxis(stack[..., 1:], -1, 0) / 4095)
+    maps, labelled = read_synthetic_labels(tmp_path, ids, geometry_2d())
+    assert labelled == list(range(5)) and maps[:, 0, 0, 0].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_volumes_are_stacks_and_have_no_slice_mixing(tmp_path: Path, real: Path):
+    report = evaluate(real, write_scans(tmp_path / "synth", [10, 11, 12]), config="tiny3d", c2st="off")
+    assert "mixing" not in report and report["coherence"]["synthetic"]["stacks"] == 3
+    assert 0.9 < report["coherence"]["ratio"]["correlation"] < 1.1  # the same kind of volume on both sides
+
+
+def test_an_unknown_classifier_is_a_user_error(tmp_path: Path):
+    with pytest.raises(UserError, match="--c2st must be one of fast, strong, off, got 'medium'"):
+        evaluate(tmp_path / "real", tmp_path / "synth", c2st="medium")
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from neurosql_med.evaluation.baselines.vae import VAE
 from neurosql_med.config import Config, load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.evaluation.c2st import blurred, two_sample_test
+from neurosql_med.evaluation.c2st import CLASSIFIERS, Classifier, blurred, two_sample_test
 from neurosql_med.evaluation.evaluate import sample_ids, score, value_at
 from neurosql_med.evaluation.texture import texture
 from neurosql_med.io.files import write_text
@@ -216,6 +216,7 @@ class Trial:
     n_samples: int
     budget_minutes: float
     say: Callable[[str], None]
+    classifier: Classifier  # the C2ST's: every test of a run, the controls included, uses the same one
 
 
 def run_benchmark(
@@ -233,21 +234,26 @@ def run_benchmark(
     device: str = "auto",
     out: str | Path = "benchmark-out",
     log: Callable[[str], None] | None = None,
+    c2st: str = "strong",
 ) -> BenchmarkResult:
     """Train and score every method once per seed; writes benchmark.json/.md/.png to ``out`` and returns the result.
 
     ``seeds`` (a list) repeats the experiment and overrides ``seed``. Without ``holdout``
     (a folder of other subjects' scans) ``holdout_fraction`` of the subjects is held out,
-    drawn anew for each seed.
+    drawn anew for each seed. ``c2st`` names the classifier of every C2ST (evaluation/c2st.py):
+    "strong", the judge, by default; "fast" for a first look.
     """
     seeds = list(seeds) if seeds is not None else [seed]
     methods = list(methods)
     _check_arguments(methods, budget_minutes, n_samples, holdout_fraction, seeds)
+    if c2st not in CLASSIFIERS:
+        raise UserError(f"--c2st must be one of {', '.join(CLASSIFIERS)}, got {c2st!r}")
     cfg = override(load_config(config), data__mode=mode)
     dev = resolve_device(device)
     cohort = load_cohort(scans, cfg.data)
     fixed_holdout = None if holdout is None else _holdout_cohort(holdout, cohort, cfg)
-    trial = Trial(cfg, dev, Path(out), PeakMemory(dev), n_samples, budget_minutes, log or (lambda message: None))
+    trial = Trial(cfg, dev, Path(out), PeakMemory(dev), n_samples, budget_minutes, log or (lambda message: None),
+                  CLASSIFIERS[c2st])
     result: dict = {
         "settings": {
             "scans": str(scans), "holdout": None if holdout is None else str(holdout),
@@ -255,7 +261,7 @@ def run_benchmark(
             "config": str(config), "mode": cohort.geometry.mode, "sample_shape": cohort.geometry.sample_shape,
             "methods": methods, "budget_minutes": budget_minutes, "n_samples": n_samples, "seeds": seeds,
             "device": str(dev), "threads": torch.get_num_threads(), "memory": trial.memory.how, "tau": TAU,
-            "ddim_steps": DDIM_STEPS,
+            "ddim_steps": DDIM_STEPS, "c2st": trial.classifier.describe() + f", {trial.classifier.repeats} seeds",
         },
         "splits": {},
         "runs": {m: [] for m in methods},
@@ -292,16 +298,17 @@ def _run_seed(result: dict, shown: dict[str, Tensor], trial: Trial, train: Cohor
         result.setdefault("metric_settings", metric_settings)
         shown.setdefault(name, synth[:SHOWN])
         trial.say(f"seed {seed}: {name} done: {record['epochs']:.1f} epochs, MAE to train {record['train']['fidelity']['mae']:.4f}")
-    blur = two_sample_test(train.images, train.subjects, blurred(train.images), train.subjects, seed=seed)
+    blur = two_sample_test(train.images, train.subjects, blurred(train.images), train.subjects, seed=seed,
+                           spec=trial.classifier)
     result["reference"].append({"seed": seed, "train": _scores(train, held.images, sample_ids(held))[0],
-                                **_realism(train, held.images, held.subjects, seed), "c2st_blur": blur})
+                                **_realism(train, held.images, held.subjects, seed, trial.classifier), "c2st_blur": blur})
 
 
-def _realism(train: Cohort, images: Tensor, groups: list[str], seed: int) -> dict:
+def _realism(train: Cohort, images: Tensor, groups: list[str], seed: int, spec: Classifier) -> dict:
     """C2ST of ``images`` (grouped by ``groups``) against the training samples, and the texture ratios."""
     ratios = texture(train.images, images)
     return {
-        "c2st": two_sample_test(train.images, train.subjects, images, groups, seed=seed),
+        "c2st": two_sample_test(train.images, train.subjects, images, groups, seed=seed, spec=spec),
         "texture": {key: ratios[key] for key in ("high_frequency_ratio", "gradient_ratio")},
     }
 
@@ -327,11 +334,11 @@ def _run_one(name: str, trial: Trial, train: Cohort, held: Cohort, seed: int) ->
         "parameters": method.parameter_count(),
         "peak_memory_mb": trial.memory.mb,
         **scores,
-        **_realism(train, synth, ids, seed),
+        **_realism(train, synth, ids, seed, trial.classifier),
     }
     if isinstance(method, NeuroSQL):  # the model's own share of the gap: G(u_σ(i)) and its texture against x_i
         record["c2st_reconstruction"] = two_sample_test(train.images, train.subjects, method.model.sampled_reconstructions(),
-                                                        train.subjects, seed=seed)
+                                                        train.subjects, seed=seed, spec=trial.classifier)
     return record, synth, metric_settings
 
 
@@ -427,8 +434,8 @@ def benchmark_markdown(result: BenchmarkResult) -> str:
         f"- precision/recall: {m['feature_extractor']} features, k = {m['k']}. copies: synthetic samples closer "
         f"to a training sample than τ = {s['tau']} x the median training nearest-neighbour distance.",
         f"- DDPM samples with {s['ddim_steps']} deterministic DDIM steps. Peak memory: {s['memory']}.",
-        "- C2ST: a small CNN given each image and its Laplacian, trained to tell the samples from the training "
-        "samples, cross-validated by subject, over seeds (evaluation/c2st.py); AUC 0.5 = indistinguishable. "
+        f"- C2ST ({s['c2st']}): a CNN given each image and its Laplacian, trained to tell the samples from the training "
+        "samples, cross-validated by subject, AUC averaged over seeds (evaluation/c2st.py); 0.5 = indistinguishable. "
         "recon: NeuroSQL's reconstructions G(u_σ(i)), with its residual texture, against their own images. "
         f"{REFERENCE}'s AUC is the real-vs-real control (must be near 0.5), its blur control real images against "
         "themselves blurred by σ = 0.5 px (must be near 1). HF power ratio: synthetic / real radial power above 0.25 cycles/px; "

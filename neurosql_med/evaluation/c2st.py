@@ -1,11 +1,16 @@
-"""Classifier two-sample test (C2ST): can a small CNN tell synthetic images from real ones?
+"""Classifier two-sample test (C2ST): can a CNN tell synthetic images from real ones?
 
-Nearest-real distances average texture away; a classifier does not. A small MONAI CNN sees
+Nearest-real distances average texture away; a classifier does not. A MONAI CNN sees
 each image and its Laplacian (a high-pass channel, where mottling and blur live: without
 it a CNN of this size could not even tell real slices from blurred ones) and learns to
 separate the two sets. Folds are grouped by subject, so it is always scored on subjects
 it never saw; every test is repeated over seeds (new folds, new weights) and reported as
 mean ± sd. AUC 0.5: indistinguishable; 1: always told apart.
+
+Two classifiers: ``fast`` (widths 8/16/16, 8 epochs, 2 seeds; seconds) and ``strong``
+(widths 16/32/32, 24 epochs, 3 seeds; minutes on a CPU). The fast one is cheap enough to
+run while a generator is tuned; the strong one is the judge, and a generator tuned
+against the fast one may pass it and still fail the strong one.
 
 Both sides are quantised as nsql-med writes files (int16, 4095 levels) so storage is
 never the tell. A C2ST is only as good as its controls, so `c2st_section` always runs
@@ -15,6 +20,7 @@ real images against themselves blurred by a Gaussian of σ = 0.5 px (must score 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -28,16 +34,32 @@ from torch import Tensor, nn
 from neurosql_med.io.nifti import INTENSITY_MAX
 
 FOLDS = 4
-REPEATS = 2
-EPOCHS = 8
 BATCH = 32
 LR = 3e-3
-WIDTH = 8
 MAX_PER_SIDE = 200  # images per side a test trains on (a random subset beyond): bounds its time
 BLUR_SIGMA = 0.5  # px: the blur control, the smallest blur a useful test must see
 NULL_MAX = 0.65  # real-vs-real control: an AUC above this means the classifier sees differences that are not there
 BLUR_MIN = 0.85  # blur control: an AUC below this means the classifier is blind to a half-pixel blur
 ACT = ("leakyrelu", {"negative_slope": 0.2})
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """How hard a C2ST looks: the CNN's first width (then 2x, 2x), its epochs, and the seeds averaged."""
+
+    name: str
+    width: int
+    epochs: int
+    repeats: int
+
+    def describe(self) -> str:
+        return (f"{self.name}: MONAI CNN, widths {self.width}/{2 * self.width}/{2 * self.width}, "
+                f"input: image + Laplacian, {self.epochs} epochs")
+
+
+FAST = Classifier("fast", width=8, epochs=8, repeats=2)
+STRONG = Classifier("strong", width=16, epochs=24, repeats=3)
+CLASSIFIERS = {c.name: c for c in (FAST, STRONG)}
 
 
 def quantised(images: Tensor) -> Tensor:
@@ -59,19 +81,19 @@ def laplacian(images: Tensor) -> Tensor:
     return conv(padded, kernel[None, None])
 
 
-def classifier(spatial_dims: int) -> nn.Module:
+def classifier(spatial_dims: int, width: int = FAST.width) -> nn.Module:
     """A small CNN over (image, Laplacian) → one logit; 3D starts strided so a volume stays cheap on a CPU.
 
     No normalisation layers: a score never depends on the rest of the batch.
     """
     first = 1 if spatial_dims == 2 else 2
     return nn.Sequential(
-        Convolution(spatial_dims, 2, WIDTH, strides=first, kernel_size=3, act=ACT, norm=None),
-        Convolution(spatial_dims, WIDTH, 2 * WIDTH, strides=2, kernel_size=3, act=ACT, norm=None),
-        Convolution(spatial_dims, 2 * WIDTH, 2 * WIDTH, strides=2, kernel_size=3, act=ACT, norm=None),
+        Convolution(spatial_dims, 2, width, strides=first, kernel_size=3, act=ACT, norm=None),
+        Convolution(spatial_dims, width, 2 * width, strides=2, kernel_size=3, act=ACT, norm=None),
+        Convolution(spatial_dims, 2 * width, 2 * width, strides=2, kernel_size=3, act=ACT, norm=None),
         nn.AdaptiveAvgPool3d(1) if spatial_dims == 3 else nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(2 * WIDTH, 1),
+        nn.Linear(2 * width, 1),
     )
 
 
@@ -93,16 +115,16 @@ def _inputs(images: Tensor) -> Tensor:
     return torch.cat([images, laplacian(images)], dim=1)
 
 
-def _train(x: Tensor, y: Tensor, seed: int) -> nn.Module:
+def _train(x: Tensor, y: Tensor, seed: int, spec: Classifier) -> nn.Module:
     """The classifier fitted to ``x`` (inputs, standardised) and ``y`` (1: second side), sides weighted equally."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = classifier(x.ndim - 2)
+        net = classifier(x.ndim - 2, spec.width)
     optimiser = torch.optim.Adam(net.parameters(), lr=LR)
     positives = float(y.sum())
     weight = torch.tensor((len(y) - positives) / max(positives, 1.0))
-    for _ in range(EPOCHS):
+    for _ in range(spec.epochs):
         for batch in torch.randperm(len(x), generator=generator).split(BATCH):
             loss = F.binary_cross_entropy_with_logits(net(x[batch])[:, 0], y[batch], pos_weight=weight)
             optimiser.zero_grad()
@@ -111,7 +133,9 @@ def _train(x: Tensor, y: Tensor, seed: int) -> nn.Module:
     return net.eval()
 
 
-def _scores(a: Tensor, b: Tensor, fold_a: np.ndarray, fold_b: np.ndarray, folds: int, seed: int) -> tuple[Tensor, Tensor]:
+def _scores(
+    a: Tensor, b: Tensor, fold_a: np.ndarray, fold_b: np.ndarray, folds: int, seed: int, spec: Classifier,
+) -> tuple[Tensor, Tensor]:
     """Out-of-fold logits of every sample and its side (0: a, 1: b)."""
     x, y = _inputs(torch.cat([a, b])), torch.cat([torch.zeros(len(a)), torch.ones(len(b))])
     fold = torch.from_numpy(np.concatenate([fold_a, fold_b]))
@@ -121,7 +145,7 @@ def _scores(a: Tensor, b: Tensor, fold_a: np.ndarray, fold_b: np.ndarray, folds:
         train_x = x[~test]
         mean = train_x.mean(dim=(0, *range(2, x.ndim)), keepdim=True)[0]
         std = train_x.std(dim=(0, *range(2, x.ndim)), keepdim=True)[0].clamp_min(1e-6)
-        net = _train((train_x - mean) / std, y[~test], seed * 1000 + k)
+        net = _train((train_x - mean) / std, y[~test], seed * 1000 + k, spec)
         with torch.no_grad():
             logits[test] = net((x[test] - mean) / std)[:, 0]
     return logits, y
@@ -136,31 +160,33 @@ def _subset(images: Tensor, groups: Sequence[str], rng: np.random.Generator) -> 
 
 def two_sample_test(
     a: Tensor, groups_a: Sequence[str], b: Tensor, groups_b: Sequence[str], *,
-    folds: int = FOLDS, repeats: int = REPEATS, seed: int = 0,
+    folds: int = FOLDS, spec: Classifier = FAST, seed: int = 0,
 ) -> dict | None:
     """C2ST of image sets ``a`` and ``b`` (N, 1, *spatial) in [0, 1], grouped (e.g. by subject) for the folds.
 
     Returns AUC and balanced accuracy (each side weighted equally) of out-of-fold
-    predictions, mean ± sd over ``repeats`` seeds, or None when either side has fewer
-    than two groups (no fold split can keep a subject out of its own training).
+    predictions, mean ± sd and range over the classifier's seeds, or None when either
+    side has fewer than two groups (no fold split can keep a subject out of its own training).
     """
     folds = min(folds, len(set(groups_a)), len(set(groups_b)))
     if folds < 2:
         return None
     aucs, accuracies = [], []
+    repeats = spec.repeats
     for r in range(repeats):
         rng = np.random.default_rng([seed, r])
         sub_a, ga = _subset(quantised(a), groups_a, rng)
         sub_b, gb = _subset(quantised(b), groups_b, rng)
         fold_a, fold_b = fold_of(ga, gb, folds, rng)
-        logits, y = _scores(sub_a, sub_b, fold_a, fold_b, folds, seed * 100 + r)
+        logits, y = _scores(sub_a, sub_b, fold_a, fold_b, folds, seed * 100 + r, spec)
         aucs.append(float(compute_roc_auc(logits, y)))
         said = logits > 0
         accuracies.append(float((said[y == 1].float().mean() + (~said[y == 0]).float().mean()) / 2))
     return {
         "auc": float(np.mean(aucs)), "auc_std": float(np.std(aucs, ddof=1)) if repeats > 1 else 0.0, "aucs": aucs,
         "accuracy": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies, ddof=1)) if repeats > 1 else 0.0,
-        "n": [len(a), len(b)], "folds": folds, "repeats": repeats,
+        "auc_range": [min(aucs), max(aucs)], "n": [len(a), len(b)], "folds": folds, "repeats": repeats,
+        "classifier": spec.name,
     }
 
 
@@ -178,11 +204,11 @@ def real_halves(subjects: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.
     return np.flatnonzero(side), np.flatnonzero(~side)
 
 
-def controls(real: Tensor, subjects: Sequence[str], seed: int = 0) -> dict:
+def controls(real: Tensor, subjects: Sequence[str], seed: int = 0, spec: Classifier = FAST) -> dict:
     """The two controls every C2ST is read with, and whether the classifier passed them."""
     one, two = real_halves(subjects, seed)
-    null = two_sample_test(real[one], [subjects[i] for i in one], real[two], [subjects[i] for i in two], seed=seed)
-    blur = two_sample_test(real, subjects, blurred(real), subjects, seed=seed)
+    null = two_sample_test(real[one], [subjects[i] for i in one], real[two], [subjects[i] for i in two], seed=seed, spec=spec)
+    blur = two_sample_test(real, subjects, blurred(real), subjects, seed=seed, spec=spec)
     passed = None if null is None or blur is None else bool(null["auc"] <= NULL_MAX and blur["auc"] >= BLUR_MIN)
     return {"real_vs_real": null, "blur": blur, "blur_sigma": BLUR_SIGMA, "passed": passed,
             "null_max": NULL_MAX, "blur_min": BLUR_MIN}
@@ -190,20 +216,23 @@ def controls(real: Tensor, subjects: Sequence[str], seed: int = 0) -> dict:
 
 def c2st_section(
     real: Tensor, subjects: Sequence[str], synth: Tensor, *, reconstructions: Tensor | None = None, seed: int = 0,
+    spec: Classifier = FAST,
 ) -> dict:
     """The report's C2ST: synthetic vs real, reconstructions G(u_σ(i)) vs their own real images, and the controls.
 
     Each synthetic image is its own group. The reconstruction of sample i shares its
     subject, so a subject's real images and their reconstructions are always in one fold.
+    All four tests use the one classifier ``spec``.
     """
     synthetic_groups = [f"synthetic-{i}" for i in range(len(synth))]
+    test = dict(seed=seed, spec=spec)
     return {
-        "synthetic": two_sample_test(real, subjects, synth, synthetic_groups, seed=seed),
-        "reconstruction": None if reconstructions is None else two_sample_test(real, subjects, reconstructions, subjects, seed=seed),
-        "controls": controls(real, subjects, seed),
+        "synthetic": two_sample_test(real, subjects, synth, synthetic_groups, **test),
+        "reconstruction": None if reconstructions is None else two_sample_test(real, subjects, reconstructions, subjects, **test),
+        "controls": controls(real, subjects, seed, spec),
         "settings": {
-            "classifier": f"MONAI CNN, widths {WIDTH}/{2 * WIDTH}/{2 * WIDTH}, input: image + Laplacian",
-            "folds": FOLDS, "repeats": REPEATS, "epochs": EPOCHS, "max_per_side": MAX_PER_SIDE,
+            "classifier": spec.describe(), **asdict(spec),
+            "folds": FOLDS, "max_per_side": MAX_PER_SIDE,
             "grouped_by": "subject", "quantised": f"int16, {INTENSITY_MAX} levels, both sides",
             "accuracy": "balanced (each side weighted equally)",
         },

@@ -7,7 +7,9 @@ other generator go through the real data's pipeline so both sides are compared a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
@@ -21,12 +23,13 @@ from neurosql_med.config import Config, DataConfig, load_config
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.data.covariates import load_conditioned_cohort
 from neurosql_med.evaluation.conditions import condition_rows, condition_section, synthetic_conditions
-from neurosql_med.data.transforms import preprocess_one
+from neurosql_med.data.transforms import is_foreground, preprocess_one
 from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_evaluation
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.evaluation.c2st import c2st_section
+from neurosql_med.evaluation.c2st import CLASSIFIERS, c2st_section
+from neurosql_med.evaluation.slices import coherence_section, group_stacks, slice_mixing
 from neurosql_med.evaluation.texture import spectrum_picture, texture
 from neurosql_med.evaluation.labels import (
     EPOCHS, label_markdown, label_rows, label_section, read_label_names, tissue_picture,
@@ -34,7 +37,7 @@ from neurosql_med.evaluation.labels import (
 from neurosql_med.metrics import (
     PSNR_CAP, TAU, audit, check_tau, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
-from neurosql_med.io.model import load_model
+from neurosql_med.io.model import NeuroSQLModel, load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_report_output
 from neurosql_med.io.nifti import INTENSITY_MAX, read_affine, read_image
 from neurosql_med.viz.plots import image_grid, save_figure
@@ -43,6 +46,8 @@ __all__ = ["TAU", "Report", "Scores", "audit", "evaluate", "report_table"]
 
 NEAREST_SHOWN = 8
 DISTANCE = "mean absolute pixel difference, images scaled to [0, 1]"
+C2ST_CHOICES = (*CLASSIFIERS, "off")
+SLICE_AT = re.compile(r"^(?P<source>.*) \[(?:resampled, )?slice (?P<index>\d+)\]$")  # a 2D sample id's slice
 
 
 class Scores(TypedDict):
@@ -60,6 +65,8 @@ class Scores(TypedDict):
     labels: NotRequired[dict]  # only when the real scans and the synthetic images both have label maps
     conditions: NotRequired[dict]  # only for a conditional model's cohort: agreement and effect sizes
     c2st: NotRequired[dict]  # classifier two-sample test with its controls (see evaluation/c2st.py)
+    mixing: NotRequired[dict]  # 2d: level spread of each sample's nearest real slices (see evaluation/slices.py)
+    coherence: NotRequired[dict]  # stacks: adjacent-slice correlation and label continuity against real stacks
     texture: NotRequired[dict]  # high-frequency power and sharpness, synthetic over real
 
 
@@ -80,21 +87,27 @@ def evaluate(
     out: str | Path | None = None,
     label_epochs: int = EPOCHS,
     covariates: str | Path | None = None,
-    c2st: bool = True,
+    c2st: str = "fast",
 ) -> Report:
     """Score the images in ``synth`` against the training scans in ``real``; returns the report.
 
     With ``model_dir`` the model's own config preprocesses the scans (``config`` is then
-    not used) and the synthetic files must have the model's sample shape; without it the
+    not used) and the synthetic files have the model's sample shape or are stacks of its
+    slices (others are resampled onto its grid); without it the
     synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
     ``out`` receives report.json, report.md, nearest.png, distances.png and spectrum.png
-    (and tissue.png with labels). The report's ``c2st`` section trains small classifiers
-    (see evaluation/c2st.py): with ``c2st=False`` it is left out, saving their time. When the real cohort and the synthetic images both have label maps (a
+    (and tissue.png with labels, mixing.png in 2d). The report's ``c2st`` section trains classifiers
+    (see evaluation/c2st.py): ``c2st`` is "fast" (seconds), "strong" (the judge; minutes
+    on a CPU) or "off" (left out). In 2d the report has a slice-mixing section, and where
+    the synthetic files are stacks (or volumes) an inter-slice coherence section; both
+    are read against real slices and stacks. When the real cohort and the synthetic images both have label maps (a
     ``_dseg`` beside each synthetic image), the report gains a ``labels`` section, its
     segmenter trained for ``label_epochs``. For a conditional model's cohort the report gains
     a ``conditions`` section; ``covariates`` is the table given to ``fit --covariates``, if any.
     """
     check_tau(tau)
+    if c2st not in C2ST_CHOICES:
+        raise UserError(f"--c2st must be one of {', '.join(C2ST_CHOICES)}, got {c2st!r}")
     if out is None:
         return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs, covariates, c2st)
     out = Path(out)
@@ -105,11 +118,24 @@ def evaluate(
         return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs, covariates, c2st)
 
 
-def _evaluate(
-    real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
-    config: str | Path | None, tau: float, out: Path | None, label_epochs: int, covariates: str | Path | None = None,
-    c2st: bool = True,
-) -> Report:
+@dataclass
+class Sides:
+    """The two cohorts an evaluation compares, read as the model (or the config) sees them."""
+
+    model: NeuroSQLModel | None
+    cfg: Config
+    train: Cohort
+    images: Tensor  # (N, 1, *sample_shape) synthetic samples
+    ids: list[str]  # per synthetic sample: its file (and slice)
+    labels: Tensor | None  # label maps of the samples at ``labelled``
+    labelled: list[int]
+
+
+def read_sides(
+    real: str | Path, synth: str | Path, model_dir: str | Path | None = None, config: str | Path | None = None,
+    covariates: str | Path | None = None,
+) -> Sides:
+    """The real scans and the synthetic folder, each preprocessed as `evaluate` compares them (see its docstring)."""
     model = load_model(model_dir) if model_dir is not None else None
     cfg = model.config if model is not None else load_config(config)
     conditional = model is not None and model.condition is not None
@@ -120,7 +146,29 @@ def _evaluate(
     else:
         images, ids, labels = _synthetic_cohort(Path(synth), cfg)
         labelled = list(range(len(images)))
-    held = load_cohort(holdout, cfg.data) if holdout is not None else None
+    return Sides(model, cfg, train, images, ids, labels, labelled)
+
+
+def realism_sections(sides: Sides, c2st: str = "fast") -> dict:
+    """Texture, the C2ST (samples and, for the model's own training scans, reconstructions), slice mixing, coherence."""
+    train, model = sides.train, sides.model
+    sections: dict = {"texture": texture(train.images, sides.images)}
+    if c2st != "off":
+        recon = model.sampled_reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
+        sections["c2st"] = c2st_section(train.images, train.subjects, sides.images, reconstructions=recon,
+                                        spec=CLASSIFIERS[c2st])
+    labels = _per_sample(sides.labels, sides.labelled, len(sides.images))
+    return sections | slice_sections(train, sides.images, sides.ids, labels, sides.cfg.data)
+
+
+def _evaluate(
+    real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
+    config: str | Path | None, tau: float, out: Path | None, label_epochs: int, covariates: str | Path | None = None,
+    c2st: str = "fast",
+) -> Report:
+    sides = read_sides(real, synth, model_dir, config, covariates)
+    model, train, images, ids, labels, labelled = sides.model, sides.train, sides.images, sides.ids, sides.labels, sides.labelled
+    held = load_cohort(holdout, sides.cfg.data) if holdout is not None else None
     inputs = {
         "real": str(real), "synthetic": str(synth), "holdout": None if holdout is None else str(holdout),
         "model": None if model_dir is None else str(model_dir), "config": None if model is not None else str(config or "default"),
@@ -128,17 +176,14 @@ def _evaluate(
     report = Report(inputs=inputs, **score(
         train.images, sample_ids(train), images, ids, held=None if held is None else held.images, tau=tau,
     ))
-    report["texture"] = texture(train.images, images)
-    if c2st:
-        recon = model.sampled_reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
-        report["c2st"] = c2st_section(train.images, train.subjects, images, reconstructions=recon)
+    report.update(realism_sections(sides, c2st))
     if train.labels is not None and labels is not None:
         nearest = report["memorization"]["nearest"]
         report["labels"] = label_section(
             train, images[labelled], labels, [nearest[i] for i in labelled], held=held,
             names=read_label_names(Path(synth)), epochs=label_epochs,
         )
-    if conditional:
+    if model is not None and model.condition is not None:
         report["conditions"] = condition_section(
             model.condition, train, images, labels if len(labelled) == len(images) else None,
             synthetic_conditions(Path(synth), ids, model.condition), tau)
@@ -147,6 +192,51 @@ def _evaluate(
     if model is not None:  # the model's EVALUATION.md, beside its card: the latest numbers travel with the model
         write_evaluation(model.folder, report, model.sha256)
     return report
+
+
+def _per_sample(labels: Tensor | None, labelled: list[int], n: int) -> list[Tensor | None] | None:
+    """Each sample's label map, None for the samples without one; None when no sample has one."""
+    if labels is None:
+        return None
+    found: list[Tensor | None] = [None] * n
+    for map_, i in zip(labels, labelled):
+        found[i] = map_
+    return found
+
+
+def slice_place(sample_id: str) -> tuple[str, int] | None:
+    """The source file and slice index of a 2D sample cut from a volume (see `sample_ids`, `read_synthetic`)."""
+    match = SLICE_AT.match(sample_id)
+    return None if match is None else (match["source"], int(match["index"]))
+
+
+def slice_sections(
+    train: Cohort, images: Tensor, ids: list[str], labels: Sequence[Tensor | None] | None, data: DataConfig,
+) -> dict:
+    """Slice mixing (2d) and inter-slice coherence, each where its inputs exist.
+
+    In 2d the real stacks are each scan's slices and the synthetic ones the files holding
+    several slices (a synthetic subject written as a stack); in 3d every volume is a stack
+    along the configured slice axis.
+    """
+    sections = {}
+    real_labels = None if train.labels is None else list(train.labels)
+    if data.mode == "2d":
+        mixing = slice_mixing(train.images, train.slice_level, train.subjects, images)
+        if mixing is not None:
+            sections["mixing"] = mixing
+        subject_of = dict(zip(train.scan_ids, train.subjects))
+        real, scans, real_stack_labels = group_stacks(train.images, list(zip(train.scan_ids, train.slice_index)), real_labels)
+        synth, _, synth_labels = group_stacks(images, [slice_place(i) for i in ids], labels)
+        coherence = coherence_section(real, [subject_of[s] for s in scans], synth,
+                                      real_labels=real_stack_labels, synth_labels=synth_labels)
+    else:
+        synth_labels = None if labels is None or any(m is None for m in labels) else list(labels)
+        coherence = coherence_section(list(train.images), train.subjects, list(images), real_labels=real_labels,
+                                      synth_labels=synth_labels, axis=data.slice_axis)
+    if coherence is not None:
+        sections["coherence"] = coherence
+    return sections
 
 
 def _trained_on(fingerprint: dict, cohort: Cohort) -> bool:
@@ -188,16 +278,32 @@ def _nifti_files(folder: Path) -> list[Path]:
 
 
 def _read_one(path: Path, geometry: Geometry, data: DataConfig) -> list[tuple[np.ndarray, str | None]]:
-    """The samples in one file: itself when on the model's grid, else what preprocessing makes of it."""
+    """The samples in one file: itself when on the model's grid, its brain slices when a stack of the
+    model's slices (a synthetic subject), else what preprocessing makes of it."""
     image = read_image(path)
     if list(image.shape) == list(geometry.as_volume(np.zeros(geometry.sample_shape)).shape) and _same_affine(path, geometry):
         sample = image / INTENSITY_MAX
         return [(sample.reshape(geometry.sample_shape), None)]
+    if _is_stack(path, image.shape, geometry):
+        slices = np.moveaxis(image / INTENSITY_MAX, geometry.slice_axis, 0).astype(np.float32)
+        found = [(s, f"slice {k}") for k, s in enumerate(slices) if is_foreground(torch.from_numpy(s)).any()]
+        if not found:
+            raise UserError(f"{path}: blank image (no slice of the stack holds brain)")
+        return found
     record = {"image": path, "format": "nifti", "id": path.name, "subject": path.name}
     samples = preprocess_one(data, record)
     if not samples:
         raise UserError(f"{path}: no brain found after resampling it onto the model's grid")
     return [(np.asarray(s["image"][0], dtype=np.float32), _resampled_where(s)) for s in samples]
+
+
+def _is_stack(path: Path, shape: tuple[int, ...], geometry: Geometry) -> bool:
+    """Whether a 2d model's file is a stack of its slices: several of them, same in-plane grid, voxel size and axes."""
+    if geometry.mode != "2d" or len(shape) != 3 or shape[geometry.slice_axis] < 2:
+        return False
+    in_plane = [n for i, n in enumerate(shape) if i != geometry.slice_axis]
+    return in_plane == geometry.sample_shape and bool(
+        np.allclose(read_affine(path)[:3, :3], np.asarray(geometry.affine)[:3, :3], atol=1e-3))
 
 
 def _same_affine(path: Path, geometry: Geometry) -> bool:
@@ -230,22 +336,30 @@ def label_map_path(image: Path) -> Path:
 def read_synthetic_labels(folder: Path, ids: list[str], geometry: Geometry) -> tuple[Tensor | None, list[int]]:
     """The label map beside every synthetic image, as class indices, and which samples they belong to.
 
-    None when the folder has no label map at all. Images resampled from foreign files have none.
+    None when the folder has no label map at all. Images resampled from foreign files have
+    none; a slice of a stack has its stack's label map's slice.
 
     A cohort with label maps must have one per image, voxel for voxel: a missing or
     misshapen one would silently drop or misalign samples from the label scores.
     """
     if not any(_is_label_map(p) for p in _nifti_files(folder)):
         return None, []
-    maps, labelled = [], []
+    maps, labelled, read = [], [], {}
     for i, name in enumerate(ids):
-        if name.endswith("]"):  # resampled from a foreign image (see read_synthetic): no label map of ours
+        if "[resampled" in name:  # resampled from a foreign image (see read_synthetic): no label map of ours
             continue
         labelled.append(i)
-        path = label_map_path(folder / name)
+        file, index = slice_place(name) or (name, None)
+        path = label_map_path(folder / file)
         if not path.is_file():
-            raise UserError(f"{folder / name}: no label map beside it (expected {path.name}), while the folder has label maps for other images")
-        data = _as_sample(read_image(path), geometry)
+            raise UserError(f"{folder / file}: no label map beside it (expected {path.name}), while the folder has label maps for other images")
+        if path not in read:
+            read[path] = read_image(path)
+        whole = read[path]
+        if index is not None and not (whole.ndim == 3 and index < whole.shape[geometry.slice_axis]):
+            raise UserError(f"{path}: label map shape {tuple(whole.shape)} has no slice {index} along axis {geometry.slice_axis}, "
+                            "which its image has")
+        data = _as_sample(whole, geometry) if index is None else np.take(whole, index, axis=geometry.slice_axis)
         if list(data.shape) != geometry.sample_shape:
             raise UserError(f"{path}: label map shape {tuple(data.shape)} does not match its image's "
                             f"{tuple(geometry.sample_shape)}")
@@ -370,12 +484,16 @@ def _rows(report: Report) -> list[tuple[str, str, str, str]]:
     rows = _numbers(report, SCORE_ROWS) + shares + _numbers(report, RATIO_ROWS)
     rows += _numbers(report, HOLDOUT_ROWS) if report["holdout"] is not None else []
     rows += condition_rows(report["conditions"]) if "conditions" in report else []
-    rows += realism_rows(report)
+    rows += realism_rows(report) + anatomy_rows(report)
     return rows + label_rows(report["labels"]) if "labels" in report else rows
 
 
 def _auc(test: dict | None) -> str:
-    return "n/a (fewer than 2 subjects a side)" if test is None else f"{test['auc']:.3f} ± {test['auc_std']:.2g}"
+    """Mean ± sd over the classifier's seeds, and their range: one classifier run can swing by 0.15."""
+    if test is None:
+        return "n/a (fewer than 2 subjects a side)"
+    low, high = test["auc_range"]
+    return f"{test['auc']:.3f} ± {test['auc_std']:.2g} ({low:.2f}–{high:.2f})"
 
 
 def realism_rows(report: Scores) -> list[tuple[str, str, str, str]]:
@@ -390,17 +508,42 @@ def realism_rows(report: Scores) -> list[tuple[str, str, str, str]]:
     c, controls = report["c2st"], report["c2st"]["controls"]
     accuracy = "n/a" if c["synthetic"] is None else f"{c['synthetic']['accuracy']:.3f}"
     verdict = {True: "passed", False: "FAILED: the C2ST says nothing", None: "not run (too few subjects)"}[controls["passed"]]
+    seeds = f"{c['settings']['name']} classifier, mean ± sd (range) of {c['settings']['repeats']} seeds"
     rows += [
-        ("c2st", "AUC synthetic vs real", _auc(c["synthetic"]), "0.5: indistinguishable; 1: always told apart"),
+        ("c2st", "AUC synthetic vs real", _auc(c["synthetic"]), f"0.5: indistinguishable; 1: always told apart ({seeds})"),
         ("c2st", "balanced accuracy", accuracy, "0.5: chance"),
     ]
-    if c["reconstruction"] is not None:
-        rows.append(("c2st", "AUC reconstructions vs real", _auc(c["reconstruction"]), "G(u_σ(i)) vs x_i: the decoder's share"))
+    recon = "n/a (needs --model and its own training scans as --real)" if c["reconstruction"] is None else _auc(c["reconstruction"])
+    rows.append(("c2st", "AUC reconstructions vs real", recon, "G(u_σ(i)) vs x_i: the decoder's share"))
     return rows + [
         ("c2st", "control: real vs real", _auc(controls["real_vs_real"]), f"two halves by subject; must be ≤ {controls['null_max']}"),
         ("c2st", f"control: real vs blurred σ={controls['blur_sigma']:g} px", _auc(controls["blur"]), f"must be ≥ {controls['blur_min']}"),
         ("c2st", "controls", verdict, ""),
     ]
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def anatomy_rows(report: Scores) -> list[tuple[str, str, str, str]]:
+    """Slice mixing and inter-slice coherence, each ratio beside its real-vs-real control."""
+    rows = []
+    if "mixing" in report:
+        m = report["mixing"]
+        for key, where in (("median", "median sample"), ("p90", "worst tenth (90th percentile)")):
+            rows.append(("mixing", f"level spread of {m['k']} nearest real, {where}", _ratio(m["ratio"][key]),
+                         f"synthetic / held-out real ({m['synthetic'][key]:.3f} vs {m['real'][key]:.3f}); "
+                         f"real vs real {_ratio(m['control']['ratio'][key])}; >1: levels mixed"))
+    if "coherence" in report:
+        c = report["coherence"]
+        control = c["control"]["ratio"] if c["control"] is not None else {}
+        for key, what in (("correlation", "adjacent-slice correlation"), ("label_dice", "adjacent label-slice Dice")):
+            if key in c["ratio"]:
+                rows.append(("coherence", what, _ratio(c["ratio"][key]),
+                             f"synthetic / real stacks ({c['synthetic'][key]:.3f} vs {c['real'][key]:.3f}, "
+                             f"{c['synthetic']['stacks']} vs {c['real']['stacks']} stacks); real vs real {_ratio(control.get(key))}"))
+    return rows
 
 
 def _numbers(report: Report, specs: tuple[tuple[str, str, str, str], ...]) -> list[tuple[str, str, str, str]]:
@@ -458,7 +601,7 @@ def _c2st_settings(report: Report) -> list[str]:
     if "c2st" not in report:
         return []
     c = report["c2st"]["settings"]
-    return [f"- C2ST: {c['classifier']}; {c['folds']}-fold cross-validation grouped by {c['grouped_by']}, "
+    return [f"- C2ST ({c['classifier']}); {c['folds']}-fold cross-validation grouped by {c['grouped_by']}, "
             f"{c['repeats']} seeds (AUC mean ± sd), at most {c['max_per_side']} images a side; "
             f"accuracy {c['accuracy']}; {c['quantised']}"]
 
@@ -469,6 +612,8 @@ def write_outputs(out: Path, report: Report, real: Tensor, synth: Tensor) -> Non
     nearest_picture(out / "nearest.png", report["memorization"], real, synth)
     distance_histogram(out / "distances.png", report["memorization"])
     spectrum_picture(out / "spectrum.png", report["texture"])
+    if "mixing" in report:
+        mixing_picture(out / "mixing.png", report["mixing"], real, synth)
     if "labels" in report:
         tissue_picture(out / "tissue.png", report["labels"])
 
@@ -480,6 +625,16 @@ def nearest_picture(path: Path, memo: dict, real: Tensor, synth: Tensor) -> None
     rows = [("synthetic", synth[shown]), ("nearest real", real[[memo["nearest"][i] for i in shown]])]
     title = f"synthetic samples closest to a training sample (red: ratio < τ = {memo['tau']}, a suspected copy)"
     image_grid(rows, path, title=title, marked=[flags, flags])
+
+
+def mixing_picture(path: Path, mixing: dict, real: Tensor, synth: Tensor) -> None:
+    """The most level-mixed samples above their nearest real slices: a blend of two levels shows as unlike neighbours."""
+    worst = mixing["most_mixed"]
+    rows = [("synthetic", synth[[w["sample"] for w in worst]])]
+    rows += [(f"nearest real {r + 1}", real[[w["nearest_real"][r] for w in worst]]) for r in range(mixing["k"])]
+    spreads = ", ".join(f"{w['spread']:.2f}" for w in worst)
+    image_grid(rows, path, title=f"samples whose {mixing['k']} nearest real slices lie furthest apart in level "
+                                 f"(sd of level: {spreads})")
 
 
 def distance_histogram(path: Path, memo: dict) -> None:
