@@ -9,7 +9,6 @@ import torch
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.data.transforms import SliceSamplesd
 from neurosql_med.evaluation.slices import coherence_section, group_stacks, slice_mixing, stack_coherence, thumbnails
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
@@ -28,17 +27,8 @@ def split(cohort, held: int = 6) -> tuple[list[int], list[int]]:
 
 
 def mixing(cohort, train: list[int], synth: torch.Tensor) -> dict:
-    return slice_mixing(cohort.images[train], [cohort.slice_level[i] for i in train],
+    return slice_mixing(cohort.images[train], [cohort.slice_levels[i] for i in train],
                         [cohort.subjects[i] for i in train], synth)
-
-
-def test_levels_run_from_the_first_to_the_last_brain_slice():
-    volume = torch.zeros(1, 8, 8, 50)
-    volume[:, 2:6, 2:6, 10:40] = 1.0  # brain spans slices 10..39
-    from monai.data import MetaTensor
-
-    samples = SliceSamplesd("image", axis=2, fraction=(0.0, 1.0), stride=29)({"image": MetaTensor(volume), "id": "x"})
-    assert [(s["slice_index"], s["slice_level"]) for s in samples] == [(10, 0.0), (39, 1.0)]
 
 
 def test_held_out_real_slices_mix_levels_as_real_slices_do(cohort):
@@ -52,8 +42,8 @@ def test_held_out_real_slices_mix_levels_as_real_slices_do(cohort):
 
 def test_blends_of_distant_levels_are_caught_in_the_worst_tenth(cohort):
     train, held = split(cohort)
-    low = [i for i in held if cohort.slice_level[i] < 0.35]
-    high = [i for i in held if cohort.slice_level[i] > 0.65]
+    low = [i for i in held if cohort.slice_levels[i] < 0.35]
+    high = [i for i in held if cohort.slice_levels[i] > 0.65]
     n = min(len(low), len(high))
     blends = 0.5 * cohort.images[low[:n]] + 0.5 * cohort.images[high[:n]]
     assert mixing(cohort, train, blends)["ratio"]["median"] > 3

@@ -222,7 +222,7 @@ def slice_sections(
     sections = {}
     real_labels = None if train.labels is None else list(train.labels)
     if data.mode == "2d":
-        mixing = slice_mixing(train.images, train.slice_level, train.subjects, images)
+        mixing = slice_mixing(train.images, train.slice_levels, train.subjects, images)
         if mixing is not None:
             sections["mixing"] = mixing
         subject_of = dict(zip(train.scan_ids, train.subjects))
