@@ -144,7 +144,7 @@ LATER_KEYS: dict[str, dict[str, Any]] = {
     "train": {"ema": 0.0},
 }
 
-BUILTIN = ("default", "volume3d", "hires3d", "tiny", "tiny3d", "utility")
+BUILTIN = ("default", "v2", "volume3d", "hires3d", "tiny", "tiny3d", "utility")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -34,10 +34,10 @@ def test_default_2d_decoder_is_the_size_the_docs_state():
     d = cfg.data
     geometry = Geometry(d.mode, d.shape, d.spacing, np.eye(4).tolist(), slice_axis=d.slice_axis, slice_index=0)
     decoder = build_decoder(cfg.model, geometry.sample_shape)
-    assert decoder.parameter_count() == pytest.approx(725_000, abs=5_000)  # residual 128-64-32-16: 0.72 M (docs: how-to/fit, results)
+    assert decoder.parameter_count() == pytest.approx(830_000, abs=5_000)  # docs: 0.83 M parameters (how-to/fit, results)
     assert decoder(torch.randn(2, cfg.model.latent_dim)).shape == (2, 1, 64, 80)  # 64x80 axial slices
-    labelled = build_decoder(cfg.model, geometry.sample_shape, num_labels=4)  # + 4 tissue classes: 0.75 M
-    assert labelled.parameter_count() == pytest.approx(746_000, abs=5_000)
+    labelled = build_decoder(cfg.model, geometry.sample_shape, num_labels=4)  # + 4 tissue classes: 0.85 M
+    assert labelled.parameter_count() == pytest.approx(850_000, abs=5_000)
     assert labelled(torch.randn(2, cfg.model.latent_dim)).shape == (2, 5, 64, 80)
 
 
@@ -67,3 +67,11 @@ def test_template_starts_every_output_at_the_mean_image(dims, shape):
     assert (decoder(torch.randn(4, 3)) - mean).abs().mean() > 0.2
     decoder.init_template(images)
     assert (decoder(torch.randn(4, 3)) - mean).abs().max() < 0.05
+
+
+def test_v2_config_turns_every_generator_v2_switch_on():
+    cfg = load_config("v2")
+    assert (cfg.model.decoder, cfg.model.slice_levels, cfg.model.texture_mode) == ("residual", 6, "tissue")
+    assert cfg.loss.laplacian_weight == 1.0 and cfg.data == load_config("default").data
+    decoder = build_decoder(cfg.model, [64, 80], num_labels=4)
+    assert decoder.parameter_count() == pytest.approx(746_000, abs=5_000)  # residual 128-64-32-16, 4 classes: 0.75 M
