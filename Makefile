@@ -8,7 +8,14 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install clean
+# pytest-xdist: one worker per CPU (tests/conftest.py gives each its share of them); a
+# module's tests stay on one worker so its fixtures are made once. pytest-randomly runs
+# the tests in a new order every time (it prints the seed; --randomly-seed=N repeats an
+# order). `make test` lists the 15 slowest tests at the end.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadscope
+
+.PHONY: demo test test-fast install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +41,11 @@ demo: install
 	@echo "preview of the synthetic cohort: $(DEMO_OUT)/synth/preview.png"
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=15
+
+# The inner loop: everything that neither trains nor uses a model nor starts a process.
+test-fast: install
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not processes"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) nsql-model synth .pytest_cache
