@@ -34,7 +34,7 @@ def test_a_budget_shorter_than_the_probe_stops_on_the_clock(tmp_path):
 
 @pytest.mark.slow
 def test_fill_uses_the_whole_budget_beyond_the_configured_epochs(tmp_path):
-    cfg = override(load_config("tiny"), train__epochs=3, train__device="cpu", train__max_minutes=0.1)
+    cfg = override(load_config("tiny"), train__epochs=3, train__device="cpu", train__max_minutes=0.2)
     cohort = load_cohort(write_subjects(tmp_path / "scans", 5), cfg.data)
     result = fit_in_budget(cohort, cfg, tmp_path / "model", show_progress=False, fill=True)
     assert result.epochs > 3 and load_model(tmp_path / "model").config.train.epochs >= result.epochs
