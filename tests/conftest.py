@@ -57,6 +57,13 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(len(share))
 
 
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """Name the random order (pytest-randomly) at the end, where -q still shows it: the seed repeats it."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"random order: --randomly-seed={seed} repeats it")
+
+
 @contextmanager
 def torch_threads_kept() -> Iterator[None]:
     """Restore torch's thread count afterwards: every nsql-med command sets it for its own process."""
