@@ -9,7 +9,14 @@ TORCH_CPU ?= torch==2.13.0
 DEMO_OUT ?= demo-out
 OUT ?= realistic-cohort
 
-.PHONY: demo test install docs clean realistic-cohort
+# pytest-xdist: one worker per CPU (tests/conftest.py gives each its share of them); a
+# module's tests stay on one worker so its fixtures are made once. pytest-randomly runs
+# the tests in a new order every time (it prints the seed; --randomly-seed=N repeats an
+# order). `make test` lists the 15 slowest tests at the end.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadscope
+
+.PHONY: demo test test-fast install docs clean realistic-cohort
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +48,11 @@ realistic-cohort: install
 	$(BIN)/python benchmarks/realistic_cohort.py --out $(OUT)
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=15
+
+# The inner loop: everything that neither trains nor uses a model nor starts a process.
+test-fast: install
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not processes"
 
 # The documentation site (MkDocs + Material) into site/. --strict turns every warning,
 # a broken link or a page missing from the nav included, into a failure. The CLI and

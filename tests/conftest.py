@@ -1,18 +1,22 @@
-"""Tiny scans written on the fly, in every format and layout nsql-med reads.
+"""Tiny scans written on the fly, in every format and layout nsql-med reads, and tiny fitted models.
 
 Volumes are 12x14x10 voxels so a whole cohort loads in milliseconds. The writers are
 plain functions so other test files can build their own trees; the fixtures build the
-dataset layouts discovery must recognise.
+dataset layouts discovery must recognise. ``tiny_models`` fits each kind of tiny model
+(plain, labelled, conditional; 2D and 3D) once per test run, shared by every test and
+every pytest-xdist worker; a test that writes into a model folder works on a copy.
 """
 from __future__ import annotations
 
 import dataclasses
-
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -24,8 +28,9 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 import torch
 
 from neurosql_med.cli.main import main
-from neurosql_med.config import load_config, override
+from neurosql_med.config import load_config, override, with_condition
 from neurosql_med.data.cohort import load_cohort
+from neurosql_med.data.covariates import load_conditioned_cohort
 from neurosql_med.engine.decoder import Decoder
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.synthesis.synthesize import synthesize
@@ -34,16 +39,57 @@ from neurosql_med.training.train import fit
 SHAPE = (12, 14, 10)
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `nsql-med ARGS` in-process, as the shell would: exit code, stdout, stderr."""
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, give each worker its own share of the CPUs.
+
+    nsql-med sizes torch's threads to the CPUs its process may use (its affinity mask), as
+    every in-process `fit` does; two workers each running threads for every CPU would queue
+    on the same cores, and OpenMP's waiting threads make small steps many times slower.
+    Child processes (torchrun, the CLI) inherit the share.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker is None or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= count > 1:
+        share = set(cpus[int(worker.removeprefix("gw")) % count::count])
+        os.sched_setaffinity(0, share)
+        torch.set_num_threads(len(share))
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """Name the random order (pytest-randomly) at the end, where -q still shows it: the seed repeats it."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"random order: --randomly-seed={seed} repeats it")
+
+
+@contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Restore torch's thread count afterwards: every nsql-med command sets it for its own process."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_cli(*args) -> int:
+    """Run `nsql-med ARGS` in-process with ``sys.argv`` and torch's threads restored after: its exit code."""
     argv, sys.argv = sys.argv, ["nsql-med", *map(str, args)]
     try:
-        main()
-        code = 0
+        with torch_threads_kept():
+            main()
+        return 0
     except SystemExit as exc:
-        code = exc.code or 0
+        return exc.code or 0
     finally:
         sys.argv = argv
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `nsql-med ARGS` in-process, as the shell would: exit code, stdout, stderr."""
+    code = run_cli(*args)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -199,17 +245,22 @@ def tiny_oasis1(tmp_path: Path) -> Path:
     return root
 
 
-def venv_tool(name: str) -> str | None:
-    """A command on PATH, or the one installed beside this Python (the venv's), or None."""
+def venv_tool(name: str, package: str) -> str:
+    """The command the dev extra pins, installed beside this Python (the venv's), else one on PATH.
+
+    The venv's comes first: a system copy on PATH may be older (Debian's 2022 dciodvfy does
+    not know Synthetic Data (0008,001C)). The calling test skips, saying why, where neither exists.
+    """
     beside_python = Path(sys.executable).parent / name
-    return shutil.which(name) or (str(beside_python) if beside_python.exists() else None)
+    found = str(beside_python) if beside_python.is_file() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install {package}, part of the dev extra)")
+    return found
 
 
 def bids_errors(folder: Path) -> list[dict]:
     """bids-validator-deno's errors for ``folder`` (the test skips where the validator is not installed)."""
-    validator = venv_tool("bids-validator-deno")
-    if validator is None:
-        pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    validator = venv_tool("bids-validator-deno", "bids-validator-deno")
     proc = subprocess.run([validator, str(folder), "--format", "json"], capture_output=True, text=True, timeout=300)
     report = json.loads(proc.stdout)
     return [i for i in report["issues"]["issues"] if i.get("severity") == "error"]
@@ -224,16 +275,96 @@ def is_3d(model_dir: Path) -> bool:
     return json.loads((model_dir / "geometry.json").read_text())["mode"] == "3d"
 
 
-def fit_tiny(factory, config: str, *, labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             label_names: Sequence[str] = (), epochs: int = 2) -> Path:
-    """A model fitted for ``epochs`` on 5 varied subjects; ``labels`` maps the images to label maps for a labelled one."""
-    cfg = override(load_config(config), train__epochs=epochs)
-    cohort = load_cohort(write_subjects(factory.mktemp("scans"), 5), cfg.data)
-    if labels is not None:
-        cohort = dataclasses.replace(cohort, labels=labels(cohort.images), label_names=list(label_names))
-    out = factory.mktemp("model") / config
-    fit(cohort, cfg, out, show_progress=False)
-    return out
+TINY_EPOCHS = 3
+TINY_SUBJECTS = 5
+LABEL_CUTS = (0.1, 0.35, 0.6, 0.85)
+LABEL_NAMES = ("background", "CSF", "GM", "WM", "vessel")  # "vessel" has no tissue code of its own (DICOM SEG)
+CONDITIONS = ["group", "age"]
+PARTICIPANTS = ("participant_id\tage\tsex\tgroup\nsub-00\t60\tF\tA\nsub-01\t70\tM\tA\nsub-02\t65\tF\tB\n"
+                "sub-03\t80\tM\tB\nsub-04\t75\tF\tB\n")
+KINDS = ("plain", "labelled", "conditional")
+
+
+@contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold ``lock`` (an flock) while a shared fixture is made: xdist workers wait for the first one."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def tissue_cohort(cohort):
+    """The cohort with label maps cut from its images by intensity (LABEL_CUTS), named LABEL_NAMES."""
+    labels = torch.bucketize(cohort.images, torch.tensor(LABEL_CUTS))
+    return dataclasses.replace(cohort, labels=labels, label_names=list(LABEL_NAMES))
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyModels:
+    """Tiny models fitted once per test run (TINY_EPOCHS on the TINY_SUBJECTS of ``scans``), on the CPU.
+
+    ``get`` returns a shared folder that tests only read; ``copy`` gives a test its own to change.
+    """
+
+    root: Path
+
+    @property
+    def scans(self) -> Path:
+        """The subjects every tiny model learned from, with a participants.tsv (age, sex, group)."""
+        folder = self.root / "private-scans-q7"  # a name no card, metadata or report may show
+        with exclusive(self.root / "scans.lock"):
+            if not (folder / "participants.tsv").is_file():
+                write_subjects(folder, TINY_SUBJECTS)
+                (folder / "participants.tsv").write_text(PARTICIPANTS)
+        return folder
+
+    def get(self, config: str = "tiny", kind: str = "plain") -> Path:
+        """The model folder of ``config`` ("tiny" or "tiny3d") and ``kind`` (one of KINDS), fitted on first use."""
+        assert kind in KINDS, kind
+        folder = self.root / f"{config}-{kind}"
+        with exclusive(self.root / f"{config}-{kind}.lock"):
+            if not folder.is_dir():
+                partial = self.root / f"{config}-{kind}.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                self._fit(config, kind, partial)
+                partial.rename(folder)
+        return folder
+
+    def copy(self, config: str, kind: str, to: Path) -> Path:
+        return Path(shutil.copytree(self.get(config, kind), to))
+
+    def _fit(self, config: str, kind: str, out: Path) -> None:
+        cfg = override(load_config(config), train__epochs=TINY_EPOCHS, train__device="cpu")
+        if kind == "conditional":
+            cfg = with_condition(cfg, CONDITIONS)
+            cohort = load_conditioned_cohort(self.scans, cfg)
+        else:
+            cohort = load_cohort(self.scans, cfg.data)
+        fit(tissue_cohort(cohort) if kind == "labelled" else cohort, cfg, out, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """The run's tiny models; under pytest-xdist every worker shares one folder of them."""
+    base = tmp_path_factory.getbasetemp()
+    return TinyModels((base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "tiny-models")
+
+
+@pytest.fixture(scope="session")
+def both_formats(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """Three samples of a model in NIfTI and DICOM, written on first use and only read by the tests that share them."""
+    made: dict[Path, Path] = {}
+
+    def cohort(model_dir: Path) -> Path:
+        if model_dir not in made:
+            made[model_dir] = tmp_path_factory.mktemp("cohort") / "synth"
+            synthesize_on_cpu(model_dir, made[model_dir], n=3, format="both")
+        return made[model_dir]
+    return cohort
 
 
 def synthesize_on_cpu(model_dir: Path, out: Path, n: int = 3, **options):

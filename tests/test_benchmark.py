@@ -10,7 +10,7 @@ from conftest import write_subjects
 from neurosql_med.evaluation.baselines import budget_lr, run_budgeted
 from neurosql_med.evaluation.baselines.gan import diff_augment
 from neurosql_med.evaluation.benchmark import (
-    COLUMNS, MEMORY_CPU, METHODS, REFERENCE, PeakMemory, benchmark_table, build_method, run_benchmark,
+    COLUMNS, MEMORY_CPU, METHODS, PER_SAMPLE, REFERENCE, PeakMemory, benchmark_table, build_method, run_benchmark,
     split_by_subject, summarize,
 )
 from neurosql_med.config import load_config
@@ -70,7 +70,10 @@ def test_every_method_is_trained_and_scored_against_train_and_holdout(outcome):
             assert 0 <= scores["coverage"]["covered"] <= 1
             assert 0 <= scores["distribution"]["precision"] <= 1 and 0 <= scores["distribution"]["recall"] <= 1
             assert scores["counts"]["synthetic"] == N_SAMPLES
-            assert "ratios" not in scores["memorization"] and scores["memorization"]["n_flagged"] >= 0
+            memo = scores["memorization"]
+            assert not set(PER_SAMPLE) & set(memo) and memo["flagged"] == sorted(memo["flagged"])
+            assert memo["n_flagged"] == len(memo["flagged"]) and memo["fraction_flagged"] == memo["n_flagged"] / N_SAMPLES
+            assert (memo["n_flagged"] > 0) == (memo["ratio_min"] < memo["tau"])  # flagged: nearer than tau
         assert 0 <= run["c2st"]["auc"] <= 1 and run["texture"]["high_frequency_ratio"] > 0, name
         assert ("c2st_reconstruction" in run) == (name == "neurosql"), name
     assert 0 <= result["runs"]["neurosql"][0]["c2st_reconstruction"]["auc"] <= 1

@@ -13,35 +13,30 @@ from pathlib import Path
 import pytest
 from monai.bundle import verify_metadata
 
-from conftest import cli, write_subjects
-from neurosql_med.config import load_config, override
-from neurosql_med.data.cohort import load_cohort
+from conftest import LABEL_NAMES, TINY_EPOCHS, TINY_SUBJECTS, cli
+from neurosql_med.config import load_config
 from neurosql_med.evaluation.evaluate import evaluate
 from neurosql_med.export.bundle import export_bundle
 from neurosql_med.io.model import ARTIFACTS, verify
 from neurosql_med.synthesis.synthesize import synthesize
-from neurosql_med.training.train import fit
 
-SCANS = "private-scans-q7"  # a name that must never reach a card, metadata or README
 REQUIRED = ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
             "task", "description", "authors", "copyright", "network_data_format")
 
 
-@pytest.fixture(scope="module")
-def scans(tmp_path_factory) -> Path:
-    return write_subjects(tmp_path_factory.mktemp("in") / SCANS, 5)
+@pytest.fixture
+def scans(tiny_models) -> Path:
+    return tiny_models.scans
+
+
+@pytest.fixture
+def model_dir(tiny_models) -> Path:
+    return tiny_models.get("tiny")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, scans) -> Path:
-    cfg = override(load_config("tiny"), train__epochs=3)
-    out = tmp_path_factory.mktemp("model") / "m"
-    fit(load_cohort(scans, cfg.data), cfg, out, show_progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, model_dir) -> Path:
+def bundle(tmp_path_factory, tiny_models) -> Path:
+    model_dir = tiny_models.get("tiny")
     return export_bundle(model_dir, tmp_path_factory.mktemp("export") / "bundle", authors="tester", copyright="(c) tester")
 
 
@@ -51,7 +46,7 @@ def hashes(folder: Path) -> dict[str, str]:
 
 
 def assert_anonymous(text: str, scans: Path) -> None:
-    assert SCANS not in text and str(scans.parent) not in text
+    assert scans.name not in text and str(scans.parent) not in text
     assert re.search(r"sub-\d", text) is None  # the training subjects' ids (sub-00 ...)
 
 
@@ -59,7 +54,7 @@ def assert_anonymous(text: str, scans: Path) -> None:
 def test_fit_writes_a_hashed_card_without_paths_or_ids(model_dir, scans):
     card = (model_dir / "MODEL_CARD.md").read_text()
     assert "MODEL_CARD.md" in ARTIFACTS and "MODEL_CARD.md" in verify(model_dir)
-    assert "5 scan(s)" in card and "3 of 3 epoch(s)" in card and load_config(model_dir / "config.yaml").digest() in card
+    assert f"{TINY_SUBJECTS} scan(s)" in card and f"{TINY_EPOCHS} of {TINY_EPOCHS} epoch(s)" in card and load_config(model_dir / "config.yaml").digest() in card
     for section in ("## What it was trained on", "## How", "## Reconstruction quality", "## Latest evaluation",
                     "## Intended use", "## Limits"):
         assert section in card
@@ -73,7 +68,7 @@ def test_evaluate_refreshes_the_card_and_the_folder_still_verifies(model_dir, sc
     model = shutil.copytree(model_dir, tmp_path / "model")
     card = (model / "MODEL_CARD.md").read_bytes()
     synthesize(model, tmp_path / "synth", 6, show_progress=False, device="cpu")
-    report = evaluate(scans, tmp_path / "synth", model_dir=model)
+    report = evaluate(scans, tmp_path / "synth", model_dir=model, c2st=False)
     evaluation = (model / "EVALUATION.md").read_text()
     assert datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d") in evaluation
     assert verify(model)["model.pt"] in evaluation
@@ -84,6 +79,7 @@ def test_evaluate_refreshes_the_card_and_the_folder_still_verifies(model_dir, sc
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_bundle_runs_through_monai_and_writes_what_synthesize_writes(bundle, model_dir, tmp_path):
     """The documented command line, overrides included, in a fresh interpreter."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle / "configs/inference.json",
@@ -147,12 +143,8 @@ def test_export_refuses_a_used_folder_and_an_unfinished_model(capsys, model_dir,
 
 
 @pytest.mark.slow
-def test_a_labelled_model_exports_with_its_label_names(tmp_path_factory, tmp_path):
-    import torch
-
-    from conftest import fit_tiny
-
-    model = fit_tiny(tmp_path_factory, "tiny", labels=lambda images: torch.bucketize(images, torch.tensor([0.1, 0.5])),
-                     label_names=("background", "dark", "bright"))
+def test_a_labelled_model_exports_with_its_label_names(tiny_models, tmp_path):
+    model = tiny_models.get("tiny", "labelled")
     out = export_bundle(model, tmp_path / "bundle", authors="test", copyright="test")
-    assert verify(out / "models") == verify(model) and (out / "models" / "labels.json").is_file()
+    assert verify(out / "models") == verify(model)
+    assert json.loads((out / "models" / "labels.json").read_text())["names"] == list(LABEL_NAMES)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, write_subjects
+from conftest import CONDITIONS, TINY_EPOCHS, cli, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config
-from neurosql_med.data.covariates import condition_scans, read_covariates
+from neurosql_med.data.covariates import condition_scans, load_conditioned_cohort, read_covariates
 from neurosql_med.data.discovery import discover
 from neurosql_med.engine.conditioning import ConditionSpec, Covariate
 from neurosql_med.engine.decoder import Decoder
@@ -22,7 +22,6 @@ from neurosql_med.errors import UserError
 from neurosql_med.evaluation.conditions import effect_sizes, tissue_fraction
 from neurosql_med.synthesis.dataset import SyntheticDataset
 
-PARTICIPANTS = "participant_id\tage\tsex\tgroup\nsub-00\t60\tF\tA\nsub-01\t70\tM\tA\nsub-02\t65\tF\tB\nsub-03\t80\tM\tB\nsub-04\t75\tF\tB\n"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -102,28 +101,16 @@ def test_per_stratum_assignment_equals_brute_force():
     assert torch.allclose(binned[strata.rows[0], 1], torch.tensor([1.1, -0.35, -0.35]))
 
 
-@pytest.fixture(scope="module")
-def conditional_models(tmp_path_factory):
-    """A tiny conditional fit in 2D and in 3D, on 5 subjects with a categorical and a continuous covariate."""
-    scans = write_subjects(tmp_path_factory.mktemp("scans"), 5)
-    (scans / "participants.tsv").write_text(PARTICIPANTS)
-    models = {}
-    for config in ("tiny", "tiny3d"):
-        models[config] = (scans, tmp_path_factory.mktemp("model") / config)
-    return models
-
-
 def _fit(capsys, scans: Path, out: Path, config: str, *extra) -> tuple[int, str, str]:
-    return cli(capsys, "fit", scans, "--config", config, "--out", out, "--epochs", "2", "--device", "cpu",
-               "--condition", "group,age", *extra)
+    """`nsql-med fit` with the tiny models' settings, conditioned on CONDITIONS."""
+    return cli(capsys, "fit", scans, "--config", config, "--out", out, "--epochs", TINY_EPOCHS, "--device", "cpu",
+               "--condition", ",".join(CONDITIONS), *extra)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["tiny", "tiny3d"])
-def test_conditional_fit_synthesize_and_reproduce(conditional_models, tmp_path, capsys, config):
-    scans, model = conditional_models[config]
-    code, out, err = _fit(capsys, scans, model, config)
-    assert code == 0, err
+def test_conditional_fit_synthesize_and_reproduce(tiny_models, tmp_path, capsys, config):
+    model = tiny_models.get(config, "conditional")
     spec = json.loads((model / "conditions.json").read_text())
     assert [c["name"] for c in spec["covariates"]] == ["group", "age"]
     assert spec["covariates"][0]["counts"] == [2, 3] and spec["covariates"][1]["min"] == 60.0
@@ -156,10 +143,8 @@ def test_conditional_fit_synthesize_and_reproduce(conditional_models, tmp_path, 
 
 
 @pytest.mark.slow
-def test_condition_errors_dataset_and_unconditional_config(conditional_models, tmp_path, capsys):
-    scans, model = conditional_models["tiny"]
-    if not (model / "hashes.json").is_file():
-        assert _fit(capsys, scans, model, "tiny")[0] == 0
+def test_condition_errors_dataset_and_unconditional_config(tiny_models, tmp_path, capsys):
+    scans, model = tiny_models.scans, tiny_models.copy("tiny", "conditional", tmp_path / "model")  # resumed below
     for option, value, message in (
         ("--condition", "group=C", "error: --condition: group=C is a category the model never saw (training levels: A, B)"),
         ("--condition", "mmse=3", "error: --condition: the model has no covariate 'mmse' (it was fit on group, age)"),
@@ -168,8 +153,8 @@ def test_condition_errors_dataset_and_unconditional_config(conditional_models, t
         code, _, err = cli(capsys, "synthesize", "--model", model, "--out", tmp_path / "x", "--n", "2", option, value)
         assert code == 2 and err.strip() == message
     assert not (tmp_path / "x").exists()
-    code, _, err = _fit(capsys, scans, model, "tiny", "--resume")
-    assert code == 0, err
+    code, out, err = _fit(capsys, scans, model, "tiny", "--resume")
+    assert code == 0 and "conditioned on group, age" in out, err
     code, _, err = cli(capsys, "fit", scans, "--config", "tiny", "--out", model, "--resume", "--condition", "sex")
     assert code == 2 and "cannot change --condition" in err
 
@@ -209,17 +194,22 @@ def test_tissue_fraction_and_effect_sizes_compare_real_and_synthetic_contrasts()
 
 
 @pytest.mark.slow
-def test_evaluate_reports_condition_agreement_and_effects(conditional_models, tmp_path, capsys):
-    scans, model = conditional_models["tiny"]
-    if not (model / "hashes.json").is_file():
-        assert _fit(capsys, scans, model, "tiny")[0] == 0
+def test_evaluate_reports_condition_agreement_and_effects(tiny_models, tmp_path, capsys):
+    scans, model = tiny_models.scans, tiny_models.get("tiny", "conditional")
     assert cli(capsys, "synthesize", "--model", model, "--out", tmp_path / "s", "--n", "6", "--balance", "group",
                "--device", "cpu")[0] == 0
-    code, out, err = cli(capsys, "evaluate", "--real", scans, "--synth", tmp_path / "s", "--model", model, "--json")
+    code, out, err = cli(capsys, "evaluate", "--real", scans, "--synth", tmp_path / "s", "--model", model, "--json",
+                         "--no-c2st")
     assert code == 0, err
     section = json.loads(out)["conditions"]
-    assert section["agreement"]["group"]["metric"] == "accuracy" and 0 <= section["agreement"]["group"]["synthetic"] <= 1
+    accuracy = section["agreement"]["group"]["synthetic"]
+    assert section["agreement"]["group"]["metric"] == "accuracy" and accuracy * 6 == pytest.approx(round(accuracy * 6))
     assert section["agreement"]["age"]["metric"] == "mae" and section["agreement"]["age"]["holdout_real"] >= 0
     assert set(section["effects"]["group"]) == {"B - A"} and "slope" in section["effects"]["age"]
     assert {k: v["synthetic"] for k, v in section["strata"].items()} == {"group=A": 3, "group=B": 3}
+    real = load_conditioned_cohort(scans, load_config(model / "config.yaml"))
+    fraction, groups = tissue_fraction(real.images, None), np.array([c["group"] for c in real.condition_values])
+    assert {k: v["real"] for k, v in section["strata"].items()} == {f"group={g}": int((groups == g).sum()) for g in "AB"}
+    expected = fraction[groups == "B"].mean() - fraction[groups == "A"].mean()
+    assert section["effects"]["group"]["B - A"]["real"] == pytest.approx(expected)
     assert all(0 <= v["fraction_flagged"] <= 1 for v in section["strata"].values())

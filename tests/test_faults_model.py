@@ -12,19 +12,16 @@ import pytest
 import torch
 import yaml
 
-from conftest import cli, write_subjects
-from neurosql_med.config import load_config, override
-from neurosql_med.data.cohort import load_cohort
+from conftest import cli
 from neurosql_med.io.model import write_hashes
-from neurosql_med.training.train import fit
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    cfg = override(load_config("tiny"), train__epochs=1)
-    fit(load_cohort(write_subjects(root / "scans", 3), cfg.data), cfg, root / "model", show_progress=False)
-    return root / "model"
+pytestmark = pytest.mark.slow  # every test here reads a tiny model
+
+
+@pytest.fixture
+def model(tiny_models):
+    return tiny_models.get("tiny")
 
 
 def edit_json(name, change):
@@ -146,13 +143,13 @@ def test_damaged_hashes_are_refused(capsys, model, tmp_path, hashes):
     assert not out.exists()
 
 
-def test_every_command_reading_a_model_refuses_it(capsys, model, tmp_path):
+def test_every_command_reading_a_model_refuses_it(capsys, model, tiny_models, tmp_path):
     synth = tmp_path / "synth"
     assert cli(capsys, "synthesize", "--n", "2", "--out", synth, "--model", model)[0] == 0
     (synth / "preview.png").unlink()
     folder = tampered(model, tmp_path, CASES["assignment repeats"][0])
     image = next(synth.rglob("*.nii.gz"))
-    scans = model.parent / "scans"
+    scans = tiny_models.scans
     report = tmp_path / "report"
     for args in (("reproduce", image, "--model", folder), ("preview", synth, "--with-reconstructions", folder, "--out", tmp_path / "recon.png"),
                  ("evaluate", "--real", scans, "--synth", synth, "--model", folder, "--out", report)):

@@ -1,9 +1,11 @@
 """Output safety under attack and accident: what --force may delete, concurrent runs, kills and absurd requests.
 
 Every refusal is one `error:` line naming the culprit, exit 2, no traceback, and the
-user's files exactly as they were. The subprocess tests run the real `python -m
-neurosql_med.cli`, kill it (SIGKILL, SIGINT) or race two of it, and check that what is
-left on disk resumes to the very bytes of an uninterrupted run.
+user's files exactly as they were. The subprocess tests run the real `nsql-med` command,
+paused at a chosen point (after its first checkpoint, after its k-th sample) until the
+test lets it go, so a kill (SIGKILL, SIGINT) or a second writer always meets a run in
+progress; they check that what is left on disk resumes to the very bytes of an
+uninterrupted run.
 """
 from __future__ import annotations
 
@@ -21,11 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, write_subjects
+from conftest import cli, run_cli, write_subjects
 from neurosql_med.io.outputs import LOCK, output_lock
 
 EPOCHS = "10"
-N_RACE = 120
+N_RACE = 12
 
 
 def refused(result, *needles: str) -> str:
@@ -56,11 +58,7 @@ def scans(tmp_path_factory) -> Path:
 
 def reference_fit(scans: Path, out: Path, epochs: str) -> Path:
     """An uninterrupted fit through the real entry point."""
-    sys.argv = ["nsql-med", "fit", str(scans), "--config", "tiny", "--epochs", epochs, "--out", str(out)]
-    from neurosql_med.cli.main import main
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code in (0, None)
+    assert run_cli("fit", scans, "--config", "tiny", "--epochs", epochs, "--out", out) == 0
     return out
 
 
@@ -277,26 +275,69 @@ def test_fit_resume_removes_a_killed_runs_temporaries(capsys, model, scans, tmp_
 
 # -- real processes: kill -9, SIGINT, two writers -------------------------------------------------
 
-def start(*args) -> subprocess.Popen:
-    """``nsql-med ARGS`` as a child that reacts to Ctrl-C as in a terminal, even when the test run itself
-    was started in the background (which makes a shell ignore SIGINT in it and in its children)."""
-    return subprocess.Popen([sys.executable, "-m", "neurosql_med.cli", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+PAUSED = r"""
+import importlib, sys, time
+from pathlib import Path
+
+module, name, after, barrier = importlib.import_module(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+del sys.argv[1:5]
+real, calls = getattr(module, name), []
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()}"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+def then_wait(*args, **kwargs):
+    result = real(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == after:
+        Path(barrier + ".reached").touch()
+        while not Path(barrier).exists():
+            time.sleep(0.01)
+    return result
 
 
-def fit_until_first_checkpoint(scans: Path, out: Path) -> subprocess.Popen:
-    proc = start("fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out)
-    wait_for(lambda: (out / "model.pt").is_file() and (out / "history.jsonl").is_file(), proc)
-    return proc
+setattr(module, name, then_wait)
+from neurosql_med.cli.main import main
+sys.argv[0] = "nsql-med"
+main()
+"""
+
+
+class Paused:
+    """``nsql-med ARGS`` as a child that stops after its ``after``-th call of ``module.name`` until released.
+
+    The call itself runs in full; the child then waits for the barrier file, so the test
+    acts on a run that is certainly still in progress, at a known point. The child reacts
+    to Ctrl-C as in a terminal, even when the test run itself was started in the
+    background (which makes a shell ignore SIGINT in it and in its children).
+    """
+
+    def __init__(self, tmp_path: Path, where: str, after: int, *args) -> None:
+        module, name = where.rsplit(".", 1)
+        self.barrier = tmp_path / f"barrier-{name}-{after}-{len(list(tmp_path.glob('barrier-*')))}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PAUSED, module, name, str(after), str(self.barrier), *map(str, args)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        reached = Path(f"{self.barrier}.reached")
+        deadline = time.monotonic() + 120
+        while not reached.exists():
+            assert self.proc.poll() is None, f"ended before the pause: {self.proc.communicate()}"
+            assert time.monotonic() < deadline, "timed out before the pause"
+            time.sleep(0.02)
+
+    def release(self) -> tuple[int, str, str]:
+        self.barrier.touch()
+        out, err = self.proc.communicate(timeout=120)
+        return self.proc.returncode, out, err
+
+
+def fit_paused_after_first_checkpoint(tmp_path: Path, scans: Path, out: Path) -> Paused:
+    return Paused(tmp_path, "neurosql_med.training.train.save_snapshot", 1,
+                  "fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out)
+
+
+def synthesize_paused(tmp_path: Path, model: Path, out: Path, after: int, seed: int, *extra) -> Paused:
+    return Paused(tmp_path, "neurosql_med.synthesis.synthesize.write_formats", after,
+                  "synthesize", "--n", N_RACE, "--out", out, "--model", model, "--device", "cpu", "--seed", seed, *extra)
 
 
 def assert_same_model(a: Path, b: Path) -> None:
@@ -305,11 +346,13 @@ def assert_same_model(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_fit_killed_with_sigkill_resumes_to_the_same_bytes(capsys, model, scans, tmp_path):
     out = tmp_path / "model"
-    proc = fit_until_first_checkpoint(scans, out)
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL and not (out / "hashes.json").exists()
+    child = fit_paused_after_first_checkpoint(tmp_path, scans, out)
+    child.proc.kill()
+    assert child.proc.wait() == -signal.SIGKILL and not (out / "hashes.json").exists()
+    assert len((out / "history.jsonl").read_text().splitlines()) < int(EPOCHS)
     code, _, err = cli(capsys, "fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out, "--resume")
     assert code == 0, err
     assert_same_model(out, model)
@@ -317,26 +360,29 @@ def test_fit_killed_with_sigkill_resumes_to_the_same_bytes(capsys, model, scans,
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_fit_interrupted_with_sigint_exits_130_and_resumes(capsys, model, scans, tmp_path):
     out = tmp_path / "model"
-    proc = fit_until_first_checkpoint(scans, out)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    child = fit_paused_after_first_checkpoint(tmp_path, scans, out)
+    child.proc.send_signal(signal.SIGINT)
+    _, err = child.proc.communicate(timeout=60)
+    assert child.proc.returncode == 130 and "Traceback" not in err, err
+    assert not (out / "hashes.json").exists()
     code, _, err = cli(capsys, "fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out, "--resume")
     assert code == 0, err
     assert_same_model(out, model)
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_synthesize_killed_with_sigkill_resumes_to_the_same_bytes(capsys, model, tmp_path):
     out, reference = tmp_path / "killed", tmp_path / "whole"
-    proc = start("synthesize", "--n", N_RACE, "--out", out, "--model", model, "--device", "cpu", "--seed", "1")
-    wait_for(lambda: len(list(out.glob("sub-*/anat/*.json"))) >= 16, proc)
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL and not (out / "manifest.tsv").exists()
+    child = synthesize_paused(tmp_path, model, out, 5, 1)
+    child.proc.kill()
+    assert child.proc.wait() == -signal.SIGKILL and not (out / "manifest.tsv").exists()
+    assert len(list(out.glob("sub-*/anat/*.nii.gz"))) == 5
     code, out_text, err = synthesize(capsys, model, out, N_RACE, "--seed", "1", "--resume")
-    assert code == 0 and " kept" in out_text, err
+    assert code == 0 and "5 kept" in out_text, (out_text, err)
     assert synthesize(capsys, model, reference, N_RACE, "--seed", "1")[0] == 0
     images = {p.relative_to(out) for p in out.rglob("*.nii.gz")}
     assert len(images) == N_RACE and images == {p.relative_to(reference) for p in reference.rglob("*.nii.gz")}
@@ -406,17 +452,20 @@ def test_two_fits_into_one_folder_one_wins_whole(scans, short_model, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_two_writers_into_one_folder_one_wins_whole(model, tmp_path):
     out = tmp_path / "cohort"
-    procs = {seed: start("synthesize", "--n", N_RACE, "--out", out, "--model", model, "--device", "cpu",
-                         "--seed", seed, "--force") for seed in (1, 2)}
-    results = {seed: (proc.wait(timeout=120), *proc.communicate()) for seed, proc in procs.items()}
-    codes = sorted(code for code, _, _ in results.values())
-    assert codes == [0, 2], results
-    winner = next(seed for seed, (code, _, _) in results.items() if code == 0)
-    _, _, loser_err = next(r for r in results.values() if r[0] == 2)
-    assert loser_err.startswith("error: ") and "in use by another nsql-med run" in loser_err, loser_err
+    first = synthesize_paused(tmp_path, model, out, 1, 1, "--force")  # holds the folder, one sample written
+    during = listing(out)
+    second = subprocess.run([sys.executable, "-m", "neurosql_med.cli", "synthesize", "--n", str(N_RACE), "--out", str(out),
+                             "--model", str(model), "--device", "cpu", "--seed", "2", "--force"],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and second.stderr.startswith("error: "), second.stderr
+    assert "in use by another nsql-med run" in second.stderr, second.stderr
+    assert listing(out) == during  # the refused writer touched nothing
+    code, _, err = first.release()
+    assert code == 0, err
     seeds = {json.loads(p.read_text())["NeuroSQL"]["seed"] for p in out.glob("sub-*/anat/*.json")}
     manifest = (out / "manifest.tsv").read_text().splitlines()[1:]
-    assert seeds == {winner} and len(manifest) == N_RACE
-    assert all(line.split("\t")[2] == str(winner) for line in manifest)
+    assert seeds == {1} and len(manifest) == N_RACE
+    assert all(line.split("\t")[2] == "1" for line in manifest)

@@ -172,20 +172,21 @@ def label_the_real_scans(monkeypatch, folder: Path) -> None:
     monkeypatch.setattr(evaluate_module, "load_cohort", load)
 
 
+@pytest.mark.slow
 def test_the_report_has_a_label_section_only_with_labels_on_both_sides(tmp_path, monkeypatch, model_and_synth):
     real, model, synth = model_and_synth
-    plain = evaluate(real, synth, model_dir=model, out=tmp_path / "plain")
+    plain = evaluate(real, synth, model_dir=model, out=tmp_path / "plain", c2st=False)
     with_dseg = write_label_maps(synth, model, tmp_path / "synth")
-    unlabelled_real = evaluate(real, with_dseg, model_dir=model, label_epochs=2)
+    unlabelled_real = evaluate(real, with_dseg, model_dir=model, label_epochs=2, c2st=False)
     assert "labels" not in plain and "labels" not in unlabelled_real
     assert unlabelled_real.keys() == plain.keys()
     assert unlabelled_real["counts"]["synthetic"] == 6  # the _dseg files are not read as images
     assert not (tmp_path / "plain" / "tissue.png").exists()
 
     label_the_real_scans(monkeypatch, real)
-    assert "labels" not in evaluate(real, synth, model_dir=model, label_epochs=2)  # no synthetic label maps
+    assert "labels" not in evaluate(real, synth, model_dir=model, label_epochs=2, c2st=False)  # no synthetic label maps
     out = tmp_path / "report"
-    report = evaluate(real, with_dseg, model_dir=model, out=out, label_epochs=2)
+    report = evaluate(real, with_dseg, model_dir=model, out=out, label_epochs=2, c2st=False)
 
     assert set(report) == set(plain) | {"labels"}
     assert report["labels"]["classes"] == ["csf", "gm", "wm"]  # named by the cohort's dseg.tsv
@@ -196,6 +197,7 @@ def test_the_report_has_a_label_section_only_with_labels_on_both_sides(tmp_path,
     assert report_table(report).row_count == report_table(plain).row_count + 8
 
 
+@pytest.mark.slow
 def test_a_missing_or_misshapen_label_map_is_a_one_line_error(tmp_path, capsys, model_and_synth):
     real, model, synth = model_and_synth
     with_dseg = write_label_maps(synth, model, tmp_path / "synth")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import bids_errors, relative_files, write_subjects
+from conftest import LABEL_NAMES, bids_errors, relative_files, write_subjects
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.decoder import Decoder, split_output
@@ -37,12 +37,10 @@ def scans(tmp_path_factory):
     return write_subjects(tmp_path_factory.mktemp("scans"), 6)
 
 
-@pytest.fixture(scope="module")
-def model_dir(scans, tmp_path_factory):
-    cfg = override(load_config("tiny"), train__epochs=4)
-    out = tmp_path_factory.mktemp("model") / "m"
-    fit(labelled(load_cohort(scans, cfg.data)), cfg, out, show_progress=False)
-    return out
+@pytest.fixture
+def model_dir(tiny_models):
+    """A labelled tiny fit: its classes are LABEL_NAMES, cut from the images by intensity."""
+    return tiny_models.get("tiny", "labelled")
 
 
 def run(model_dir, out, n=10, **kw):
@@ -145,7 +143,7 @@ def test_a_model_folder_without_its_labels_is_refused(model_dir, tmp_path):
     (copy / "hashes.json").write_text(json.dumps(hashes))
     with pytest.raises(UserError, match="no label classes"):
         load_model(copy)
-    (copy / "labels.json").write_text(json.dumps({"names": NAMES}))
+    (copy / "labels.json").write_text(json.dumps({"names": list(LABEL_NAMES)}))
     with pytest.raises(UserError, match="not recorded in hashes.json"):
         load_model(copy)
 
@@ -155,13 +153,13 @@ def test_every_sample_gets_a_dseg_on_its_image_grid(model_dir, tmp_path):
     out = tmp_path / "s"
     run(model_dir, out, n=5, seed=3)
     names = relative_files(out)
-    assert (out / "dseg.tsv").read_text() == "index\tname\n0\tbackground\n1\tCSF\n2\tGM\n3\tWM\n"
+    assert (out / "dseg.tsv").read_text() == "index\tname\n" + "".join(f"{i}\t{n}\n" for i, n in enumerate(LABEL_NAMES))
     for k in range(1, 6):
         assert T1W.format(k) in names and DSEG.format(k) in names
     image, dseg = nib.load(out / T1W.format(2)), nib.load(out / DSEG.format(2))
     assert dseg.get_data_dtype() == np.uint8 and dseg.shape == image.shape
     assert np.array_equal(dseg.affine, image.affine) and np.array_equal(dseg.header.get_sform(), image.header.get_sform())
-    assert set(np.unique(np.asarray(dseg.dataobj))) <= {0, 1, 2, 3} and len(np.unique(np.asarray(dseg.dataobj))) > 1
+    assert set(np.unique(np.asarray(dseg.dataobj))) <= set(range(len(LABEL_NAMES))) and len(np.unique(np.asarray(dseg.dataobj))) > 1
     side = json.loads((out / DSEG.format(2)).with_suffix("").with_suffix(".json").read_text())
     assert side["ImageSha256"] == __import__("hashlib").sha256((out / DSEG.format(2)).read_bytes()).hexdigest()
     assert side["SpatialReference"] == f"bids::{T1W.format(2)}" and side["NeuroSQL"]["index"] == 2
@@ -184,7 +182,7 @@ def test_same_bytes_and_reproduce_checks_the_dseg(model_dir, tmp_path):
     assert reproduce(a / DSEG.format(9), model_dir)[0]  # a dseg is checked through its image
     dseg = a / DSEG.format(9)
     data = np.asarray(nib.load(dseg).dataobj).copy()
-    data[data == 3] = 2
+    data.flat[0] = (data.flat[0] + 1) % len(LABEL_NAMES)  # one voxel of another class
     changed = nib.Nifti1Image(data, nib.load(dseg).affine, nib.load(dseg).header)
     nib.save(changed, dseg)
     identical, recorded, fresh = reproduce(a / T1W.format(9), model_dir)
@@ -230,10 +228,14 @@ def test_resume_after_a_crash_completes_both_files(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_force_replaces_a_labelled_cohort(model_dir, tmp_path):
-    out = tmp_path / "s"
-    run(model_dir, out, n=2)
+    out, fresh = tmp_path / "s", tmp_path / "fresh"
+    run(model_dir, out, n=2, seed=1)
     run(model_dir, out, n=3, force=True)
-    assert DSEG.format(3) in relative_files(out)
+    run(model_dir, fresh, n=3)
+    assert relative_files(out) == relative_files(fresh) and DSEG.format(3) in relative_files(out)
+    for name in relative_files(fresh):  # seed 1's images and label maps are all gone, none left beside seed 0's
+        if name.endswith((".nii.gz", ".tsv")):
+            assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
 
 
 @pytest.mark.slow
@@ -250,6 +252,7 @@ def test_synthetic_dataset_items_carry_the_written_labels(model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_bids_validator_accepts_a_labelled_cohort(model_dir, tmp_path):
     out = tmp_path / "bids"
     run(model_dir, out, n=3)

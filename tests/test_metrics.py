@@ -41,6 +41,8 @@ def test_pairwise_mae_matches_the_definition_and_its_symmetric_form():
     assert torch.allclose(pairwise_mae(a, b, chunk=3), direct, atol=1e-6)
     assert torch.allclose(pairwise_mae(a, chunk=3), pairwise_mae(a, a), atol=1e-6)
     assert torch.all(pairwise_mae(a).diagonal() == 0)
+    ramp, point = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).view(2, 1, 1, 2), torch.tensor([0.5, 1.0]).view(1, 1, 1, 2)
+    assert pairwise_mae(ramp, point).flatten().tolist() == [0.75, 0.25]  # (0.5 + 1) / 2 and (0.5 + 0) / 2
 
 
 def test_fidelity_of_a_set_against_itself_is_perfect():

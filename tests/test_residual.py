@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import cli, fit_tiny, synthesize_on_cpu, write_subjects
+from conftest import cli, synthesize_on_cpu
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
@@ -15,6 +15,7 @@ from neurosql_med.engine.residual import ResidualTexture, fit_texture, frequency
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.texture import texture
 from neurosql_med.io.model import HASHES, TEXTURE, load_model
+from neurosql_med.io.nifti import read_sample
 from neurosql_med.synthesis.reproduce import reproduce
 from neurosql_med.training.train import fit
 
@@ -103,8 +104,9 @@ def test_state_round_trips_through_a_weights_only_load_and_bad_states_are_refuse
         ResidualTexture.from_state({**fitted.state(), "background": 0.5}, SHAPE, "texture.pt")
 
 
-def test_a_fit_keeps_its_texture_hashed_and_samples_carry_it(tmp_path_factory):
-    folder = fit_tiny(tmp_path_factory, "tiny")
+@pytest.mark.slow
+def test_a_fit_keeps_its_texture_hashed_and_samples_carry_it(tiny_models, tmp_path_factory):
+    folder = tiny_models.copy("tiny", "plain", tmp_path_factory.mktemp("model") / "m")  # its texture is damaged at the end
     assert TEXTURE in (folder / HASHES).read_text()
     model = load_model(folder)
     assert model.texture is not None and model.texture.strength == 0.85
@@ -130,24 +132,30 @@ def test_a_fit_keeps_its_texture_hashed_and_samples_carry_it(tmp_path_factory):
         load_model(folder)
 
 
-def test_texture_zero_writes_no_texture_and_samples_are_the_decoder_output(tmp_path_factory):
-    folder = fit_tiny(tmp_path_factory, "tiny")  # with texture, then refit the same folder without it
+@pytest.mark.slow
+def test_texture_zero_writes_no_texture_and_samples_are_the_decoder_output(tiny_models, tmp_path):
+    folder = tiny_models.copy("tiny", "plain", tmp_path / "m")  # with texture, then refit the same folder without it
+    assert (folder / TEXTURE).is_file()
     cfg = override(load_config("tiny"), train__epochs=1, model__texture=0.0)
-    fit(load_cohort(write_subjects(tmp_path_factory.mktemp("scans"), 4), cfg.data), cfg, folder, force=True,
-        show_progress=False)
+    fit(load_cohort(tiny_models.scans, cfg.data), cfg, folder, force=True, show_progress=False)
     assert not (folder / TEXTURE).exists() and TEXTURE not in (folder / HASHES).read_text()
     model = load_model(folder)
     z = np.random.default_rng(0).standard_normal((3, model.latent_dim))
     assert model.texture is None and torch.equal(model.sample(z, [1, 2, 3])[0], model.decode(z))
 
 
-def test_the_cli_writes_smooth_means_with_no_texture(tmp_path_factory, capsys):
-    folder = fit_tiny(tmp_path_factory, "tiny")
-    out = tmp_path_factory.mktemp("cli") / "s"
+@pytest.mark.slow
+def test_the_cli_writes_smooth_means_with_no_texture(tiny_models, tmp_path, capsys):
+    folder = tiny_models.get("tiny")
+    out = tmp_path / "s"
     code, _, err = cli(capsys, "synthesize", "--model", folder, "--n", 1, "--out", out, "--no-texture", "--device", "cpu")
     assert code == 0, err
     sidecar = json.loads(next(out.rglob("*_T1w.json")).read_text())
     assert sidecar["NeuroSQL"]["texture"] is False
+    model = load_model(folder)
+    decoded = model.decode(np.asarray([sidecar["NeuroSQL"]["latent"]]))[0, 0].numpy()
+    written = read_sample(next(out.rglob("*_T1w.nii.gz")))[:, :, 0]
+    assert np.abs(written - decoded).max() <= 1 / 4095  # the decoder's mean, stored at 12 bits, without texture
 
 
 @pytest.mark.parametrize(("key", "value"), [("model__texture", -0.1), ("model__texture", 5.0),

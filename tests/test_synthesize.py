@@ -19,13 +19,9 @@ from neurosql_med.training.train import fit
 from neurosql_med.io.nifti import read_provenance
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = write_subjects(tmp_path_factory.mktemp("scans"), 5)
-    cfg = override(load_config("tiny"), train__epochs=4)
-    out = tmp_path_factory.mktemp("model") / "m"
-    fit(load_cohort(root, cfg.data), cfg, out, show_progress=False)
-    return out
+@pytest.fixture
+def model_dir(tiny_models):
+    return tiny_models.get("tiny")
 
 
 def run(model_dir, out, n=10, **kw):
@@ -158,6 +154,7 @@ def test_synthetic_dataset_matches_written_files(model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_bids_validator_finds_no_errors(model_dir, tmp_path):
     out = tmp_path / "bids"
     run(model_dir, out, n=3)
@@ -193,13 +190,20 @@ def test_inline_audit_flags_and_replaces_copies(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_synthesize_with_audit_writes_audit_json(model_dir, tmp_path):
-    scans = write_subjects(tmp_path / "scans", 5)
-    summary = run(model_dir, tmp_path / "s", n=4, audit=scans, drop_copies=True)
-    assert summary.audit["n_remaining_copies"] == 0
-    assert (tmp_path / "s/audit.json").is_file()
+def test_synthesize_with_audit_writes_audit_json(model_dir, tiny_models, tmp_path):
+    scans = tiny_models.scans  # the model's own training scans
+    checked = run(model_dir, tmp_path / "s", n=4, audit=scans).audit
+    assert json.loads((tmp_path / "s/audit.json").read_text()) == checked
+    assert checked["n_checked"] == 4 and len(checked["ratios"]) == 4 and checked["n_replaced"] == 0
+    ratios = sorted(checked["ratios"].values())
+    nearest = min(checked["ratios"], key=checked["ratios"].get)
+    tau = (ratios[0] + ratios[1]) / 2  # flags the sample nearest a training image, and only it
+    dropped = run(model_dir, tmp_path / "t", n=4, audit=scans, drop_copies=True, tau=tau).audit
+    assert dropped["flagged"] == [nearest] and [r["sample"] for r in dropped["replaced"]] == [nearest]
+    assert dropped["n_remaining_copies"] == 0 and min(dropped["ratios"].values()) >= tau
+    assert json.loads((tmp_path / "t/audit.json").read_text()) == dropped
     with pytest.raises(UserError, match="--audit"):
-        run(model_dir, tmp_path / "t", n=4, drop_copies=True)
+        run(model_dir, tmp_path / "u", n=4, drop_copies=True)
 
 
 @pytest.mark.slow

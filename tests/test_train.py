@@ -112,6 +112,7 @@ def test_epoch_schedule_warms_up_over_five_epochs_then_decays_to_five_percent():
     factor = epoch_lr(20)
     assert [factor(e) for e in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert all(factor(e) > factor(e + 1) for e in range(5, 20))
+    assert factor(10) == pytest.approx(0.7625)  # a third of the way down the cosine: 0.05 + 0.95 (1 + cos 60°) / 2
     assert factor(20) == pytest.approx(0.05) and factor(25) == factor(20)
     assert epoch_lr(5)(5) == 1.0  # a run no longer than its warm-up ends at the full rate, without dividing by zero
 
@@ -141,9 +142,9 @@ def test_checkpoint_of_another_version_is_refused_clearly(tmp_path):
 
 
 @pytest.mark.slow
-def test_tampered_model_is_refused(cohort2d, tmp_path):
-    out = tmp_path / "model"
-    fit(cohort2d, tiny(train__epochs=1), out, show_progress=False)
+def test_tampered_model_is_refused(tiny_models, tmp_path):
+    out = tiny_models.copy("tiny", "plain", tmp_path / "model")
+    load_model(out)
     lattice = np.load(out / "lattice.npy")
     np.save(out / "lattice.npy", lattice + 1)
     with pytest.raises(UserError, match="lattice.npy: does not match"):

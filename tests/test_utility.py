@@ -18,7 +18,9 @@ from neurosql_med.evaluation.utility import synthetic
 from neurosql_med.evaluation.utility.design import check_design, split_seed, training_cohort
 from neurosql_med.evaluation.utility import networks
 from neurosql_med.evaluation.utility.augment import ClassicAugmentation
-from neurosql_med.evaluation.utility.networks import BATCH_SIZE, TrainingSet, batches, build_network, train_network
+from neurosql_med.evaluation.utility.networks import (
+    BATCH_SIZE, Trained, TrainingSet, batches, build_network, score, train_network,
+)
 from neurosql_med.evaluation.utility.report import paired_difference
 from neurosql_med.evaluation.utility.run import ARMS, run_utility
 from neurosql_med.evaluation.utility.tasks import Targets, Task, parse_task
@@ -192,6 +194,16 @@ def test_regress_and_classify_fit_one_conditional_model_on_the_training_subjects
         assert min(ages) <= targets.min() < targets.max() <= max(ages)
 
 
+def test_regression_mae_is_in_the_columns_units_and_per_subject():
+    """A network answering 1 (one sd above the mean) for every image: each subject's mean prediction is 70 years."""
+    constant = torch.nn.Module()
+    constant.forward = lambda x: torch.ones(len(x), 1)
+    trained = Trained(constant, steps=0, parameters=0)
+    truth = torch.tensor([50.0, 50.0, 50.0, 70.0])  # subject a: three slices, b: one
+    scores = score(parse_task("regress:age"), trained, torch.zeros(4, 1, 8, 8), truth, ["a", "a", "a", "b"], [], (60.0, 10.0))
+    assert scores == {"mae": pytest.approx(10.0)}  # (|70 - 50| + |70 - 70|) / 2 subjects, not / 4 slices
+
+
 def test_paired_difference_interval():
     d = paired_difference({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0, 3: 9.0})
     assert d["seeds"] == 3 and d["mean"] == pytest.approx(2.0)
@@ -203,7 +215,9 @@ def test_paired_difference_interval():
 def test_resume_skips_finished_runs_and_adds_new_seeds(scans, tmp_path):
     out = tmp_path / "out"
     first = run_utility(scans, task="regress:Age", out=out, **TINY)
-    assert {r["scores"]["mae"] >= 0 for r in first["runs"]} == {True}
+    summary = first["summary"]["scores"]["mae"]  # per arm and k: the runs' MAE over the seeds
+    assert {arm: by_k["2"]["values"] for arm, by_k in summary.items()} == {r["arm"]: [r["scores"]["mae"]] for r in first["runs"]}
+    assert all(r["scores"]["mae"] > 0 for r in first["runs"])
     second = run_utility(scans, task="regress:Age", out=out, resume=True, **(TINY | {"seeds": [0, 1]}))
     assert second["runs"][:5] == first["runs"] and {r["seed"] for r in second["runs"][5:]} == {1}
     again = run_utility(scans, task="regress:Age", out=out, resume=True, **TINY)  # summarises the seeds asked for
