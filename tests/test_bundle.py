@@ -68,7 +68,7 @@ def test_evaluate_refreshes_the_card_and_the_folder_still_verifies(model_dir, sc
     model = shutil.copytree(model_dir, tmp_path / "model")
     card = (model / "MODEL_CARD.md").read_bytes()
     synthesize(model, tmp_path / "synth", 6, show_progress=False, device="cpu")
-    report = evaluate(scans, tmp_path / "synth", model_dir=model, c2st=False)
+    report = evaluate(scans, tmp_path / "synth", model_dir=model, c2st="off")
     evaluation = (model / "EVALUATION.md").read_text()
     assert datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d") in evaluation
     assert verify(model)["model.pt"] in evaluation

@@ -440,14 +440,15 @@ def test_a_fit_failing_at_any_stage_is_finished_by_the_same_command_or_resume(
 
 
 @pytest.mark.slow
-def test_two_fits_into_one_folder_one_wins_whole(scans, short_model, tmp_path):
+@pytest.mark.processes
+def test_two_fits_into_one_folder_one_wins_whole(capsys, scans, short_model, tmp_path):
     out = tmp_path / "model"
-    procs = [start("fit", scans, "--config", "tiny", "--epochs", SHORT, "--out", out) for _ in range(2)]
-    results = [(*proc.communicate(timeout=300), proc.returncode) for proc in procs]
-    results = [(code, out_text, err) for out_text, err, code in results]
-    assert sorted(code for code, _, _ in results) == [0, 2], results
-    _, _, loser_err = next(r for r in results if r[0] == 2)
-    assert loser_err.startswith("error: ") and loser_err.count("\n") == 1, loser_err
+    command = ["fit", scans, "--config", "tiny", "--epochs", SHORT, "--out", out]
+    first = Paused(tmp_path, "neurosql_med.training.train.save_snapshot", 1, *command)  # holds --out, mid-fit
+    code, _, err = cli(capsys, *command)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    code, _, err = first.release()
+    assert code == 0, err
     assert_same_model(out, short_model) and (out / "hashes.json").is_file()
 
 

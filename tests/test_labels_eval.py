@@ -175,18 +175,18 @@ def label_the_real_scans(monkeypatch, folder: Path) -> None:
 @pytest.mark.slow
 def test_the_report_has_a_label_section_only_with_labels_on_both_sides(tmp_path, monkeypatch, model_and_synth):
     real, model, synth = model_and_synth
-    plain = evaluate(real, synth, model_dir=model, out=tmp_path / "plain", c2st=False)
+    plain = evaluate(real, synth, model_dir=model, out=tmp_path / "plain", c2st="off")
     with_dseg = write_label_maps(synth, model, tmp_path / "synth")
-    unlabelled_real = evaluate(real, with_dseg, model_dir=model, label_epochs=2, c2st=False)
+    unlabelled_real = evaluate(real, with_dseg, model_dir=model, label_epochs=2, c2st="off")
     assert "labels" not in plain and "labels" not in unlabelled_real
     assert unlabelled_real.keys() == plain.keys()
     assert unlabelled_real["counts"]["synthetic"] == 6  # the _dseg files are not read as images
     assert not (tmp_path / "plain" / "tissue.png").exists()
 
     label_the_real_scans(monkeypatch, real)
-    assert "labels" not in evaluate(real, synth, model_dir=model, label_epochs=2, c2st=False)  # no synthetic label maps
+    assert "labels" not in evaluate(real, synth, model_dir=model, label_epochs=2, c2st="off")  # no synthetic label maps
     out = tmp_path / "report"
-    report = evaluate(real, with_dseg, model_dir=model, out=out, label_epochs=2, c2st=False)
+    report = evaluate(real, with_dseg, model_dir=model, out=out, label_epochs=2, c2st="off")
 
     assert set(report) == set(plain) | {"labels"}
     assert report["labels"]["classes"] == ["csf", "gm", "wm"]  # named by the cohort's dseg.tsv
