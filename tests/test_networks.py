@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neurosql_med.config import load_config
-from neurosql_med.engine.decoder import Decoder, build_decoder
+from neurosql_med.engine.decoder import Decoder, ResidualDecoder, build_decoder
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.io.geometry import Geometry
 
@@ -41,9 +41,10 @@ def test_default_2d_decoder_is_the_size_the_docs_state():
     assert labelled(torch.randn(2, cfg.model.latent_dim)).shape == (2, 5, 64, 80)
 
 
-def test_a_few_steps_lower_the_loss_on_fixed_codes():
+@pytest.mark.parametrize("kind", [Decoder, ResidualDecoder])
+def test_a_few_steps_lower_the_loss_on_fixed_codes(kind):
     torch.manual_seed(0)
-    decoder = Decoder(2, latent_dim=4, out_shape=(12, 14), channels=[8, 4])
+    decoder = kind(2, latent_dim=4, out_shape=(12, 14), channels=[8, 4])
     loss = ReconstructionLoss(2, window=5)
     codes = torch.randn(8, 4)
     images = torch.rand(8, 1, 1, 1) * torch.linspace(0, 1, 14).expand(8, 1, 12, 14)

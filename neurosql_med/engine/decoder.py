@@ -32,6 +32,16 @@ class TemplateOutput(nn.Module):
     out_shape: tuple[int, ...]
     num_labels: int
 
+    def _set_grid(self, spatial_dims: int, out_shape: Sequence[int], channels: Sequence[int], num_labels: int) -> None:
+        """The output grid, and the coarse grid of the first layer: the output rounded up to 2^stages, halved per stage."""
+        if spatial_dims not in (2, 3) or len(out_shape) != spatial_dims:
+            raise ValueError(f"out_shape {tuple(out_shape)} does not match spatial_dims={spatial_dims}")
+        if not channels:
+            raise ValueError("channels must list at least one width")
+        self.out_shape = tuple(out_shape)
+        self.num_labels = num_labels
+        self.base_shape = tuple(math.ceil(size / 2 ** (len(channels) - 1)) for size in out_shape)
+
     def _add_templates(self) -> None:
         """Registered after the body, so a model's parameters keep their order (and model.pt its bytes)."""
         self.template = nn.Parameter(torch.zeros(1, 1, *self.out_shape))
@@ -87,14 +97,7 @@ class Decoder(TemplateOutput):
         upsample: str = "transposed",
     ):
         super().__init__()
-        if spatial_dims not in (2, 3) or len(out_shape) != spatial_dims:
-            raise ValueError(f"out_shape {tuple(out_shape)} does not match spatial_dims={spatial_dims}")
-        if not channels:
-            raise ValueError("channels must list at least one width")
-        self.out_shape = tuple(out_shape)
-        self.num_labels = num_labels
-        stages = len(channels) - 1
-        self.base_shape = tuple(math.ceil(size / 2**stages) for size in out_shape)
+        self._set_grid(spatial_dims, out_shape, channels, num_labels)
         self.project = nn.Sequential(
             nn.Linear(latent_dim, channels[0] * math.prod(self.base_shape)),
             nn.Unflatten(1, (channels[0], *self.base_shape)),
@@ -174,14 +177,7 @@ class ResidualDecoder(TemplateOutput):
         self, spatial_dims: int, latent_dim: int, out_shape: Sequence[int], channels: Sequence[int], num_labels: int = 0,
     ):
         super().__init__()
-        if spatial_dims not in (2, 3) or len(out_shape) != spatial_dims:
-            raise ValueError(f"out_shape {tuple(out_shape)} does not match spatial_dims={spatial_dims}")
-        if not channels:
-            raise ValueError("channels must list at least one width")
-        self.out_shape = tuple(out_shape)
-        self.num_labels = num_labels
-        stages = len(channels) - 1
-        self.base_shape = tuple(math.ceil(size / 2**stages) for size in out_shape)
+        self._set_grid(spatial_dims, out_shape, channels, num_labels)
         self.mapping = nn.Sequential(nn.Linear(latent_dim, STYLE_WIDTH), nn.LeakyReLU(ACT[1]["negative_slope"]),
                                      nn.Linear(STYLE_WIDTH, STYLE_WIDTH), nn.LeakyReLU(ACT[1]["negative_slope"]))
         self.project = nn.Sequential(

@@ -94,17 +94,23 @@ class ResidualTexture:
                     "amplitude": (len(INTENSITY_EDGES) + 1, len(GRADIENT_LEVELS) + 1)}
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise UserError(f"{where}: not an nsql-med residual texture ({FORMAT})")
-        for name, shape in expected.items():
-            value = state.get(name)
-            if not (isinstance(value, Tensor) and tuple(value.shape) == shape and value.is_floating_point()
-                    and torch.isfinite(value).all()):
-                raise UserError(f"{where}: '{name}' must be a finite float tensor of shape {shape}")
-        numbers = [state.get(k) for k in ("strength", "cutoff", "background")]
-        if not all(isinstance(v, float) for v in numbers) or not (
-                numbers[0] > 0 and 0 <= numbers[1] < 1 and 0 <= numbers[2] <= BACKGROUND_MAX):
-            raise UserError(f"{where}: 'strength' must be a positive number, 'cutoff' one in [0, 1) and "
-                            f"'background' one in [0, {BACKGROUND_MAX}]")
-        return cls(state["filter"].float(), state["gradient_edges"].float(), state["amplitude"].float(), *numbers)
+        return cls(state["filter"].float(), state["gradient_edges"].float(), state["amplitude"].float(),
+                   *checked_state(state, expected, where))
+
+
+def checked_state(state: dict, expected: dict[str, tuple[int, ...]], where: str) -> tuple[float, float, float]:
+    """A saved texture's tensors checked against their ``expected`` shapes; its (strength, cutoff, background)."""
+    for name, shape in expected.items():
+        value = state.get(name)
+        if not (isinstance(value, Tensor) and tuple(value.shape) == shape and value.is_floating_point()
+                and torch.isfinite(value).all()):
+            raise UserError(f"{where}: '{name}' must be a finite float tensor of shape {shape}")
+    numbers = [state.get(k) for k in ("strength", "cutoff", "background")]
+    if not all(isinstance(v, float) for v in numbers) or not (
+            numbers[0] > 0 and 0 <= numbers[1] < 1 and 0 <= numbers[2] <= BACKGROUND_MAX):
+        raise UserError(f"{where}: 'strength' must be a positive number, 'cutoff' one in [0, 1) and "
+                        f"'background' one in [0, {BACKGROUND_MAX}]")
+    return numbers[0], numbers[1], numbers[2]
 
 
 def gradient_magnitude(images: Tensor) -> Tensor:

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from neurosql_med.engine.residual import (
-    BACKGROUND_MAX, BACKGROUND_STEP, GRADIENT_LEVELS, INTENSITY_EDGES, background_level, frequency_radius,
-    gradient_magnitude, gradient_quantiles,
+    BACKGROUND_MAX, BACKGROUND_STEP, GRADIENT_LEVELS, INTENSITY_EDGES, background_level, checked_state,
+    frequency_radius, gradient_magnitude, gradient_quantiles,
 )
 from neurosql_med.errors import UserError
 
@@ -89,18 +89,8 @@ class TissueTexture:
         k = num_labels if labelled else len(INTENSITY_EDGES) + 1
         expected = {"filters": (k, *sample_shape), "gradient_edges": (len(GRADIENT_LEVELS),),
                     "amplitude": (k, len(GRADIENT_LEVELS) + 1)}
-        for name, shape in expected.items():
-            value = state.get(name)
-            if not (isinstance(value, Tensor) and tuple(value.shape) == shape and value.is_floating_point()
-                    and torch.isfinite(value).all()):
-                raise UserError(f"{where}: '{name}' must be a finite float tensor of shape {shape}")
-        numbers = [state.get(n) for n in ("strength", "cutoff", "background")]
-        if not all(isinstance(v, float) for v in numbers) or not (
-                numbers[0] > 0 and 0 <= numbers[1] < 1 and 0 <= numbers[2] <= BACKGROUND_MAX):
-            raise UserError(f"{where}: 'strength' must be a positive number, 'cutoff' one in [0, 1) and "
-                            f"'background' one in [0, {BACKGROUND_MAX}]")
-        return cls(state["filters"].float(), state["gradient_edges"].float(), state["amplitude"].float(), *numbers,
-                   labelled)
+        return cls(state["filters"].float(), state["gradient_edges"].float(), state["amplitude"].float(),
+                   *checked_state(state, expected, where), labelled)
 
 
 @dataclass
