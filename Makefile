@@ -50,7 +50,7 @@ realistic-cohort: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=15
 
-# The inner loop: everything that neither trains nor uses a model nor starts a process.
+# The inner loop: everything that neither trains a network nor uses a model nor starts a process.
 test-fast: install
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not processes"
 

@@ -30,6 +30,7 @@ def cohort():
     return load_cohort(SAMPLE_DATA, override(load_config("default"), data__slice_stride=9).data)
 
 
+@pytest.mark.slow
 def test_two_halves_of_real_subjects_score_near_chance(cohort):
     one, two = real_halves(cohort.subjects, seed=1)
     assert not {cohort.subjects[i] for i in one} & {cohort.subjects[i] for i in two}
@@ -39,6 +40,7 @@ def test_two_halves_of_real_subjects_score_near_chance(cohort):
     assert result["folds"] == 4 and result["repeats"] == 2 and len(result["aucs"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("degrade", ["blur", "noise"])
 def test_blurred_or_noised_real_images_are_told_apart(cohort, degrade):
     real = cohort.images
@@ -47,6 +49,7 @@ def test_blurred_or_noised_real_images_are_told_apart(cohort, degrade):
     assert result["auc"] > BLUR_MIN and result["accuracy"] > 0.7, result
 
 
+@pytest.mark.slow
 def test_section_reports_its_controls_and_the_reconstruction_test(cohort):
     real, subjects = cohort.images[:64], cohort.subjects[:64]
     section = c2st_section(real, subjects, blurred(real[:40]), reconstructions=real)
@@ -110,6 +113,7 @@ def test_radial_power_of_white_noise_is_flat():
     assert power[1:].max() / power[1:].min() < 1.3
 
 
+@pytest.mark.slow
 def test_volumes_get_a_3d_classifier_that_sees_blur():
     smooth = blurred(torch.rand(24, 1, 16, 20, 16, generator=torch.Generator().manual_seed(0)), 1.0)
     volumes = (smooth - smooth.min()) / (smooth.max() - smooth.min())

@@ -32,6 +32,7 @@ def real(tmp_path: Path) -> Path:
     return write_scans(tmp_path / "real", [0, 1, 2, 3])
 
 
+@pytest.mark.slow
 def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Path):
     synth = write_scans(tmp_path / "synth", [10, 11])
     shutil.copy(real / "scan00.nii.gz", synth / "copy.nii.gz")

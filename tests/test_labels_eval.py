@@ -75,6 +75,7 @@ def nearest(synth: torch.Tensor, real: Cohort) -> list[int]:
     return pairwise_mae(synth, real.images).argmin(1).tolist()
 
 
+@pytest.mark.slow
 def test_real_pairs_score_near_the_ceiling_and_shuffled_labels_score_lower(cohorts):
     real, other = cohorts
     train, held = split_by_subject(real, HOLDOUT_FRACTION, SEED)  # as label_section splits without --holdout

@@ -9,13 +9,11 @@ import pytest
 import torch
 
 from conftest import bids_errors, relative_files, write_subjects
-from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.synthesis.dataset import SyntheticDataset
 from neurosql_med.errors import UserError
 from neurosql_med.synthesis.reproduce import reproduce
 from neurosql_med.synthesis.synthesize import synthesize
-from neurosql_med.training.train import fit
 from neurosql_med.io.nifti import read_provenance
 
 
