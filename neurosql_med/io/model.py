@@ -302,23 +302,25 @@ def _conditions(path: Path, n: int) -> tuple[ConditionSpec, np.ndarray]:
     """The covariates and the (n, width) training conditions, checked against each other and the lattice."""
     raw = _json_object(path)
     spec = ConditionSpec.from_json(raw, str(path))
-    try:
-        training = np.asarray(raw.get("training"), dtype=np.float32)
-    except (TypeError, ValueError):
-        training = np.zeros(0, dtype=np.float32)
+    training = _training_values(raw, np.float32)
     if training.shape != (n, spec.width) or not np.isfinite(training).all():
         raise UserError(f"{path}: 'training' must hold {n} finite rows of {spec.width} numbers (one per training sample)")
     return spec, training
+
+
+def _training_values(raw: dict, dtype: type) -> np.ndarray:
+    """A record's per-sample "training" array; empty when it holds no numbers, so the caller's shape check says why."""
+    try:
+        return np.asarray(raw.get("training"), dtype=dtype)
+    except (TypeError, ValueError):
+        return np.zeros(0, dtype=dtype)
 
 
 def _levels(path: Path, n: int) -> tuple[SliceLevels, np.ndarray]:
     """The level strata and the n training levels, checked against each other and the lattice."""
     raw = _json_object(path)
     levels = SliceLevels.from_json(raw, str(path))
-    try:
-        training = np.asarray(raw.get("training"), dtype=np.float64)
-    except (TypeError, ValueError):
-        training = np.zeros(0)
+    training = _training_values(raw, np.float64)
     if training.shape != (n,) or not np.isfinite(training).all() or training.min() < 0 or training.max() > 1:
         raise UserError(f"{path}: 'training' must hold {n} levels in [0, 1] (one per training sample)")
     return levels, training
