@@ -10,12 +10,10 @@ import pytest
 import torch
 
 from conftest import cli, tissue_labels, varied_volume, write_nifti, write_subjects
-from neurosql_med.config import load_config
-from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.utility import run as utility_run
 from neurosql_med.evaluation.utility import synthetic
-from neurosql_med.evaluation.utility.design import check_design, split_seed, training_cohort
+from neurosql_med.evaluation.utility.design import check_design, split_seed
 from neurosql_med.evaluation.utility import networks
 from neurosql_med.evaluation.utility.augment import ClassicAugmentation
 from neurosql_med.evaluation.utility.networks import (
@@ -23,7 +21,7 @@ from neurosql_med.evaluation.utility.networks import (
 )
 from neurosql_med.evaluation.utility.report import paired_difference
 from neurosql_med.evaluation.utility.run import ARMS, run_utility
-from neurosql_med.evaluation.utility.tasks import Targets, Task, parse_task
+from neurosql_med.evaluation.utility.tasks import Targets, parse_task
 from neurosql_med.io.files import sha256_file
 from neurosql_med.io.model import CONDITIONS, FINGERPRINT
 
