@@ -51,6 +51,10 @@ LABELS = ["background", "CSF", "GM", "WM"]
 PIPELINE = "tissue"  # derivatives/<PIPELINE>/ holds the label maps
 
 
+class BuildError(Exception):
+    """A problem the user can fix (a package out of reach, a bad option): one `error:` line, exit 2."""
+
+
 @dataclass(frozen=True)
 class Source:
     """A real brain inside a package: where it is, what it is, under which terms."""
@@ -160,7 +164,7 @@ def _fetch_archive(source: Source, cache: Path) -> Path:
         _run_quietly(cmd, cache)
     found = [p for p in cache.glob("*") if p.is_file() and _sha256(p.read_bytes()) == source.archive_sha256]
     if not found:
-        raise SystemExit(f"error: could not fetch {source.package} {source.version} ({source.registry}); "
+        raise BuildError(f"could not fetch {source.package} {source.version} ({source.registry}); "
                          f"{hint}, or build with --sources naming the others")
     return found[0]
 
@@ -185,7 +189,7 @@ def _member(archive: Path, inner: str) -> bytes:
             with tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])) as tf:
                 return tf.extractfile(f"./{inner}").read()
         pos += 60 + size + size % 2
-    raise SystemExit(f"error: {archive.name} holds no data.tar member")
+    raise BuildError(f"{archive.name} holds no data.tar member")
 
 
 def load_source_files(key: str, cache: Path) -> dict[str, nib.Nifti1Image]:
@@ -196,7 +200,7 @@ def load_source_files(key: str, cache: Path) -> dict[str, nib.Nifti1Image]:
     for role, (inner, digest) in source.files.items():
         data = _member(archive, inner)
         if _sha256(data) != digest:
-            raise SystemExit(f"error: {inner} in {archive.name} has sha256 {_sha256(data)}, expected {digest}")
+            raise BuildError(f"{inner} in {archive.name} has sha256 {_sha256(data)}, expected {digest}")
         images[role] = nib.Nifti1Image.from_bytes(gzip.decompress(data))
     return images
 
@@ -239,7 +243,7 @@ def _atropos(t1: nib.Nifti1Image, cache: Path) -> np.ndarray:
     try:
         import ants
     except ImportError:
-        raise SystemExit("error: the Colin27 source needs ANTs Atropos: pip install antspyx "
+        raise BuildError("the Colin27 source needs ANTs Atropos: pip install antspyx "
                          "(`make realistic-cohort` installs it), or build with --sources mni152") from None
     image = ants.from_numpy(np.asarray(t1.dataobj, dtype=np.float32),
                             spacing=tuple(float(z) for z in t1.header.get_zooms()[:3]))
@@ -598,11 +602,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     if unknown := [s for s in sources if s not in SOURCES]:
-        raise SystemExit(f"error: unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
+        parser.error(f"unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
     n_train, n_heldout = (4, 2) if args.tiny else (args.train, args.heldout)
     start = time.perf_counter()
-    build(args.out, n_train, n_heldout, args.seed, sources, not args.no_oasis1, args.workers, args.cache,
-          coarsen=2.5 if args.tiny else 1.0)
+    try:
+        build(args.out, n_train, n_heldout, args.seed, sources, not args.no_oasis1, args.workers, args.cache,
+              coarsen=2.5 if args.tiny else 1.0)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"wrote {n_train} training and {n_heldout} held-out subjects to {args.out} "
           f"in {time.perf_counter() - start:.0f} s")
 
