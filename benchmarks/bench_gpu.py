@@ -19,6 +19,7 @@ import torch
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
 
@@ -44,7 +45,8 @@ def run_fit(args: argparse.Namespace) -> dict:
 
 def run_synthesize(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    summary = synthesize(Path(args.model), Path(args.out), args.n, device=args.device, force=True, show_progress=False)
+    options = SynthesizeOptions(model=Path(args.model), out=Path(args.out), n=args.n, device=args.device, force=True)
+    summary = synthesize(options, show_progress=False)
     total = time.perf_counter() - start
     return {"what": f"synthesize {args.n}", "written": summary.written, "total_s": total,
             "per_image_s": total / max(summary.written, 1), "peak_gpu_gb": peak_gb(args.device)}

@@ -22,7 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from neurosql_med.evaluation.evaluate import C2ST_CHOICES, anatomy_rows, read_sides, realism_rows, realism_sections
+from neurosql_med.evaluation.evaluate import anatomy_rows, read_sides, realism_rows, realism_sections
+from neurosql_med.evaluation.options import C2ST_CHOICES
 
 
 def main(argv: list[str]) -> None:

@@ -19,10 +19,11 @@ import tempfile
 
 CHILD = """
 import json, resource, sys, time
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
 model, out, n, texture = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "texture"
 start = time.perf_counter()
-synthesize(model, out, n, seed=0, show_progress=False, device="cpu", texture=texture)
+synthesize(SynthesizeOptions(model=model, out=out, n=n, seed=0, device="cpu", texture=texture), show_progress=False)
 seconds = time.perf_counter() - start
 print(json.dumps({"n": n, "texture": texture, "seconds": round(seconds, 2), "files_per_second": round(n / seconds, 1),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))

@@ -32,7 +32,7 @@ def main() -> None:
     rows = []
     for level in covariate.levels:
         wanted = ",".join(filter(None, [f"{covariate.name}={level}", args.fixed]))
-        data = SyntheticDataset(args.model, args.n, seed=args.seed, condition=wanted)
+        data = SyntheticDataset(args.model, n=args.n, seed=args.seed, condition=wanted)
         rows.append((f"{covariate.name} {level}", torch.stack([data[i]["image"].as_tensor() for i in range(args.n)])))
     image_grid(rows, args.out, title=f"same latents, {covariate.name} level by row ({args.fixed})")
     print(f"wrote {args.out}")

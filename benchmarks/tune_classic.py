@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neurosql_med.evaluation.options import UtilityOptions
 from neurosql_med.evaluation.utility.augment import ClassicAugmentation
 from neurosql_med.evaluation.utility.design import split_seed, training_cohort
 from neurosql_med.evaluation.utility.networks import TrainingSet, score, train_network
@@ -34,8 +35,8 @@ def main() -> None:
     parser.add_argument("--steps", default="400")
     args = parser.parse_args()
     task = parse_task("segment")
-    study = load_study(args.scans, task, None, config="utility", mode=None, device="cpu", steps=1, nsql_steps=1,
-                       ratios=[1.0], schedule="constant", out=args.out)
+    study = load_study(UtilityOptions(scans=args.scans, task="segment", device="cpu", steps=1, nsql_steps=1,
+                                      synthetic_per_real=(1,), out=args.out))
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         split = split_seed(study.pool.subjects, seed, holdout_fraction=0.25)

@@ -1,7 +1,7 @@
 """nsql-med: synthetic brain MRI cohorts from a few dozen scans with NeuroSQL."""
 from neurosql_med.version import __version__
 
-__all__ = ["__version__", "load_model", "SyntheticDataset"]
+__all__ = ["__version__", "load_model", "SyntheticDataset", "SampleOptions"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from neurosql_med.synthesis.dataset import SyntheticDataset
 
         return SyntheticDataset
+    if name == "SampleOptions":
+        from neurosql_med.synthesis.options import SampleOptions
+
+        return SampleOptions
     raise AttributeError(f"module 'neurosql_med' has no attribute {name!r}")

@@ -144,7 +144,15 @@ LATER_KEYS: dict[str, dict[str, Any]] = {
     "train": {"ema": 0.0},
 }
 
-BUILTIN = ("default", "v2", "volume3d", "hires3d", "tiny", "tiny3d", "utility")
+
+def _builtin_names() -> tuple[str, ...]:
+    """The registry of built-in configs: every YAML file the neurosql_med.configs package ships, default first."""
+    names = sorted(p.name.removesuffix(".yaml") for p in resources.files("neurosql_med.configs").iterdir()
+                   if p.name.endswith(".yaml"))
+    return tuple(sorted(names, key=lambda name: name != "default"))
+
+
+BUILTIN = _builtin_names()
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -331,7 +339,7 @@ def from_dict(raw: Any) -> Config:
 
 
 def load_config(source: str | Path | None = None) -> Config:
-    """Load a config by path, or by built-in name (``default``, ``volume3d``, ``tiny``)."""
+    """Load a config by path, or by built-in name (`BUILTIN`: ``default``, ``volume3d``, ``tiny``, ...)."""
     if source is None:
         source = "default"
     name = str(source)

@@ -18,6 +18,7 @@ from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 from torch import Tensor
 
 from neurosql_med.errors import UserError
+from neurosql_med.options import TAU  # the copy threshold's default: --tau of synthesize and evaluate
 
 # Identical images have infinite PSNR; 100 dB is above anything a file can hold (int16
 # storage at 4095 levels alone limits it to ~83 dB), so the cap only replaces infinity.
@@ -28,9 +29,6 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, 
 MS_SSIM_SCALES = 3
 DIVERSITY_PAIRS = 300
 PRDC_K = 5
-# Copy threshold on d_syn / median(d_train): the smallest round value that flags every planted,
-# degraded copy in benchmarks/bench_evaluate.py --tau (measurements in docs/decisions.md).
-TAU = 0.5
 FEATURE_EXTRACTOR = "random-conv-v1"
 FEATURE_WIDTHS = (16, 32, 64, 128)
 FEATURE_SEED = 0

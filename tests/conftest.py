@@ -33,6 +33,7 @@ from neurosql_med.data.cohort import load_cohort
 from neurosql_med.data.covariates import load_conditioned_cohort
 from neurosql_med.engine.decoder import Decoder
 from neurosql_med.engine.lattice import quantile_lattice
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
 
@@ -368,7 +369,7 @@ def both_formats(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], P
 
 
 def synthesize_on_cpu(model_dir: Path, out: Path, n: int = 3, **options):
-    return synthesize(model_dir, out, n, show_progress=False, device="cpu", **options)
+    return synthesize(SynthesizeOptions(model=model_dir, out=out, n=n, device="cpu", **options), show_progress=False)
 
 
 def assignment_problem(n: int, labels: bool = False, seed: int = 0):

@@ -10,9 +10,10 @@ from conftest import write_subjects
 from neurosql_med.evaluation.baselines import budget_lr, run_budgeted
 from neurosql_med.evaluation.baselines.gan import diff_augment
 from neurosql_med.evaluation.benchmark import (
-    COLUMNS, MEMORY_CPU, METHODS, PER_SAMPLE, REFERENCE, PeakMemory, benchmark_table, build_method, run_benchmark,
+    COLUMNS, MEMORY_CPU, PER_SAMPLE, REFERENCE, PeakMemory, benchmark_table, build_method, run_benchmark,
     split_by_subject, summarize,
 )
+from neurosql_med.evaluation.options import METHODS, BenchmarkOptions
 from neurosql_med.config import load_config
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
@@ -37,8 +38,8 @@ def cohort(scans):
 @pytest.fixture(scope="module")
 def outcome(scans, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = run_benchmark(scans, budget_minutes=BUDGET_MINUTES, n_samples=N_SAMPLES, config="tiny", seed=3, out=out,
-                           c2st="fast")
+    result = run_benchmark(BenchmarkOptions(scans=scans, budget_minutes=BUDGET_MINUTES, n_samples=N_SAMPLES,
+                                            config="tiny", seed=3, out=out, c2st="fast"))
     return result, out
 
 
@@ -138,29 +139,34 @@ def test_summary_is_mean_and_spread_across_seeds():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"methods": ("neurosql", "flow")}, "unknown method flow"),
-        ({"budget_minutes": 0}, "budget must be positive"),
-        ({"budget_minutes": -1.5}, "budget must be positive"),
-        ({"n_samples": 1}, "at least 2"),
-        ({"holdout_fraction": 1.0}, "hold-out fraction"),
+        ({"methods": ("neurosql", "flow")}, "--methods must be one of neurosql, vae, gan, ddpm, got 'flow'"),
+        ({"methods": ("vae", "vae")}, "each method may be named only once"),
+        ({"methods": ()}, "no method given"),
+        ({"budget_minutes": 0}, "--budget-minutes must be greater than 0, got 0"),
+        ({"budget_minutes": -1.5}, "--budget-minutes must be greater than 0, got -1.5"),
+        ({"n_samples": 1}, "--n-samples must be at least 2, got 1"),
+        ({"holdout_fraction": 1.0}, "--holdout-fraction must be in \\(0, 1\\), got 1.0"),
+        ({"seeds": (0, -1)}, "--seeds must be at least 0, got -1"),
+        ({"c2st": "off"}, "--c2st must be one of fast, strong, got 'off'"),
     ],
 )
 def test_bad_arguments_are_user_errors(kwargs, message, scans, tmp_path):
     with pytest.raises(UserError, match=message):
-        run_benchmark(scans, config="tiny", out=tmp_path, **kwargs)
+        BenchmarkOptions(scans=scans, config="tiny", out=tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())
 
 
 def test_too_few_subjects_to_hold_any_out(tmp_path):
     two = write_subjects(tmp_path / "two", 2)
     with pytest.raises(UserError, match="2 subject\\(s\\); a hold-out split needs at least 1 held-out and 2 training"):
-        run_benchmark(two, config="tiny", budget_minutes=BUDGET_MINUTES, out=tmp_path / "out")
+        run_benchmark(BenchmarkOptions(scans=two, config="tiny", budget_minutes=BUDGET_MINUTES, out=tmp_path / "out"))
 
 
 def test_holdout_folder_sharing_a_subject_is_refused(scans, tmp_path):
     other = write_subjects(tmp_path / "other", 1, first=5)  # sub-05 is also in the training folder
     with pytest.raises(UserError, match="sub-05 are in both"):
-        run_benchmark(scans, holdout=other, config="tiny", budget_minutes=BUDGET_MINUTES, out=tmp_path / "out")
+        run_benchmark(BenchmarkOptions(scans=scans, holdout=other, config="tiny", budget_minutes=BUDGET_MINUTES,
+                                       out=tmp_path / "out"))
 
 
 def test_peak_memory_sees_an_allocation_inside_the_block():

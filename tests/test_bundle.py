@@ -16,8 +16,10 @@ from monai.bundle import verify_metadata
 from conftest import LABEL_NAMES, TINY_EPOCHS, TINY_SUBJECTS, cli
 from neurosql_med.config import load_config
 from neurosql_med.evaluation.evaluate import evaluate
+from neurosql_med.evaluation.options import EvaluateOptions
 from neurosql_med.export.bundle import export_bundle
 from neurosql_med.io.model import ARTIFACTS, verify
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
 
 REQUIRED = ("schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
@@ -67,8 +69,8 @@ def test_fit_writes_a_hashed_card_without_paths_or_ids(model_dir, scans):
 def test_evaluate_refreshes_the_card_and_the_folder_still_verifies(model_dir, scans, tmp_path):
     model = shutil.copytree(model_dir, tmp_path / "model")
     card = (model / "MODEL_CARD.md").read_bytes()
-    synthesize(model, tmp_path / "synth", 6, show_progress=False, device="cpu")
-    report = evaluate(scans, tmp_path / "synth", model_dir=model, c2st="off")
+    synthesize(SynthesizeOptions(model=model, out=tmp_path / "synth", n=6, device="cpu"), show_progress=False)
+    report = evaluate(EvaluateOptions(real=scans, synth=tmp_path / "synth", model=model, c2st="off"))
     evaluation = (model / "EVALUATION.md").read_text()
     assert datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d") in evaluation
     assert verify(model)["model.pt"] in evaluation
@@ -86,7 +88,7 @@ def test_bundle_runs_through_monai_and_writes_what_synthesize_writes(bundle, mod
                "--bundle_root", bundle, "--n", "9", "--seed", "5", "--device", "cpu", "--output_dir", tmp_path / "a/synth"]
     proc = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    synthesize(model_dir, tmp_path / "b/synth", 9, seed=5, device="cpu", show_progress=False)
+    synthesize(SynthesizeOptions(model=model_dir, out=tmp_path / "b/synth", n=9, seed=5, device="cpu"), show_progress=False)
     from_bundle, from_cli = hashes(tmp_path / "a/synth"), hashes(tmp_path / "b/synth")
     assert len([f for f in from_cli if f.endswith((".nii.gz", ".json"))]) >= 18
     assert from_bundle == from_cli

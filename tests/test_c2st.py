@@ -10,9 +10,9 @@ import torch
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.evaluation.c2st import (
-    BLUR_MIN, NULL_MAX, STRONG, Classifier, blurred, c2st_section, classifier, fold_of, laplacian, quantised, real_halves,
-    two_sample_test,
+    BLUR_MIN, NULL_MAX, blurred, c2st_section, classifier, fold_of, laplacian, quantised, real_halves, two_sample_test,
 )
+from neurosql_med.evaluation.options import STRONG, Classifier
 from neurosql_med.evaluation.texture import radial_power, spectrum_picture, texture
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.io.nifti import to_nifti

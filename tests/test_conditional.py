@@ -158,7 +158,7 @@ def test_condition_errors_dataset_and_unconditional_config(tiny_models, tmp_path
     code, _, err = cli(capsys, "fit", scans, "--config", "tiny", "--out", model, "--resume", "--condition", "sex")
     assert code == 2 and "cannot change --condition" in err
 
-    data = SyntheticDataset(model, 3, condition="group=A", seed=4)
+    data = SyntheticDataset(model, n=3, condition="group=A", seed=4)
     items = [data[i] for i in range(3)]
     assert [item["condition"]["group"] for item in items] == ["A"] * 3
     assert all(40 <= item["condition"]["age"] <= 100 for item in items)

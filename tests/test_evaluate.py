@@ -13,6 +13,7 @@ from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.evaluate import evaluate, read_synthetic, report_table
+from neurosql_med.evaluation.options import EvaluateOptions
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.io.nifti import to_nifti
 from neurosql_med.io.nifti import write_nifti as write_synthetic
@@ -40,7 +41,7 @@ def test_report_flags_copied_scans_and_writes_its_files(tmp_path: Path, real: Pa
     holdout = write_scans(tmp_path / "holdout", [20, 21])
     out = tmp_path / "report"
 
-    report = evaluate(real, synth, holdout=holdout, config="tiny", out=out)
+    report = evaluate(EvaluateOptions(real=real, synth=synth, holdout=holdout, config="tiny", out=out))
 
     assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "nearest.png", "distances.png", "spectrum.png",
                                                "mixing.png"}
@@ -82,15 +83,16 @@ def covered_by_hand(real_folder: Path, synth_folder: Path) -> float:
 
 @pytest.mark.slow
 def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_path: Path, real: Path):
+    from neurosql_med.synthesis.options import SynthesizeOptions
     from neurosql_med.synthesis.synthesize import synthesize
     from neurosql_med.training.train import fit
 
     cfg = override(load_config("tiny"), train__epochs=1)
     fit(load_cohort(real, cfg.data), cfg, tmp_path / "model", show_progress=False)
     synth = tmp_path / "synth"
-    synthesize(tmp_path / "model", synth, n=5, show_progress=False)
+    synthesize(SynthesizeOptions(model=tmp_path / "model", out=synth, n=5), show_progress=False)
 
-    report = evaluate(real, synth, model_dir=tmp_path / "model")
+    report = evaluate(EvaluateOptions(real=real, synth=synth, model=tmp_path / "model"))
     assert report["counts"]["synthetic"] == 5
     assert 0 <= report["c2st"]["reconstruction"]["auc"] <= 1  # the real scans are the model's training set
     assert report["inputs"]["config"] is None
@@ -98,7 +100,7 @@ def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_p
     # a raw training scan dropped among the synthetic files is resampled onto the model's grid and caught as a copy
     raw = real / "scan00.nii.gz"
     shutil.copy(raw, synth / "raw-copy.nii.gz")
-    report = evaluate(real, synth, model_dir=tmp_path / "model", c2st="off")
+    report = evaluate(EvaluateOptions(real=real, synth=synth, model=tmp_path / "model", c2st="off"))
     assert "c2st" not in report and "texture" in report
     copies = [f["id"] for f in report["flagged"] if f["id"].startswith("raw-copy.nii.gz [resampled, slice")]
     assert report["counts"]["synthetic"] > 5 and copies, report["flagged"]
@@ -106,7 +108,7 @@ def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_p
 
     write_nifti(synth / "sub-other" / "blank.nii.gz", np.zeros((20, 32, 6), np.int16), SPACING)
     with pytest.raises(UserError, match=r"blank\.nii\.gz: blank image"):
-        evaluate(real, synth, model_dir=tmp_path / "model")
+        evaluate(EvaluateOptions(real=real, synth=synth, model=tmp_path / "model"))
 
 
 def geometry_2d() -> Geometry:
@@ -145,14 +147,15 @@ def test_a_stack_of_the_model_slices_is_read_slice_by_slice_with_its_label_map(t
 
 
 def test_volumes_are_stacks_and_have_no_slice_mixing(tmp_path: Path, real: Path):
-    report = evaluate(real, write_scans(tmp_path / "synth", [10, 11, 12]), config="tiny3d", c2st="off")
+    synth = write_scans(tmp_path / "synth", [10, 11, 12])
+    report = evaluate(EvaluateOptions(real=real, synth=synth, config="tiny3d", c2st="off"))
     assert "mixing" not in report and report["coherence"]["synthetic"]["stacks"] == 3
     assert 0.9 < report["coherence"]["ratio"]["correlation"] < 1.1  # the same kind of volume on both sides
 
 
 def test_an_unknown_classifier_is_a_user_error(tmp_path: Path):
     with pytest.raises(UserError, match="--c2st must be one of fast, strong, off, got 'medium'"):
-        evaluate(tmp_path / "real", tmp_path / "synth", c2st="medium")
+        EvaluateOptions(real=tmp_path / "real", synth=tmp_path / "synth", c2st="medium")
 
 
 @pytest.mark.parametrize(
@@ -183,13 +186,13 @@ def test_missing_or_too_small_folders_are_user_errors(tmp_path: Path, real: Path
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="no brain MRI scans found"):
-        evaluate(real, empty, config="tiny")
+        evaluate(EvaluateOptions(real=real, synth=empty, config="tiny"))
     with pytest.raises(UserError, match="synthetic folder not found"):
         read_synthetic(tmp_path / "absent", geometry_2d(), load_config("tiny").data)
     with pytest.raises(UserError, match=r"1 synthetic image; evaluation needs at least 2"):
-        evaluate(real, one, config="tiny3d")
+        evaluate(EvaluateOptions(real=real, synth=one, config="tiny3d"))
     with pytest.raises(UserError, match="at least 2 are needed"):
-        evaluate(one, real, config="tiny3d")
+        evaluate(EvaluateOptions(real=one, synth=real, config="tiny3d"))
     for tau in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(UserError, match="--tau must be positive"):
-            evaluate(real, real, config="tiny", tau=tau)
+            EvaluateOptions(real=real, synth=real, config="tiny", tau=tau)

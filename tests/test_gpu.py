@@ -10,6 +10,7 @@ from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import assign
 from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
 
@@ -23,7 +24,8 @@ def test_a_cuda_fit_is_reproducible_and_synthesizes(tmp_path, amp):
     results = [fit(cohort, cfg, tmp_path / name, show_progress=False) for name in ("a", "b")]
     assert all(np.isfinite(r.history[-1]["loss"]) for r in results)
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
-    assert synthesize(tmp_path / "a", tmp_path / "synth", 4, device="cuda", show_progress=False).written == 4
+    options = SynthesizeOptions(model=tmp_path / "a", out=tmp_path / "synth", n=4, device="cuda")
+    assert synthesize(options, show_progress=False).written == 4
 
 
 def test_the_blocked_assignment_on_cuda_agrees_with_the_cpu():

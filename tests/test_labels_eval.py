@@ -21,6 +21,7 @@ from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.evaluate import evaluate, read_synthetic, read_synthetic_labels, report_table
+from neurosql_med.evaluation.options import EvaluateOptions
 from neurosql_med.evaluation.labels import (
     HOLDOUT_FRACTION, SEED, dice_per_class, label_section, level_distance, read_label_names, segment, tissue_fractions,
     train_segmenter,
@@ -136,6 +137,7 @@ def test_level_distance_compares_like_levels_only():
 @pytest.fixture(scope="module")
 def model_and_synth(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(real scans, a one-epoch tiny model of them, 6 synthetic T1w images it wrote, without label maps)."""
+    from neurosql_med.synthesis.options import SynthesizeOptions
     from neurosql_med.synthesis.synthesize import synthesize
     from neurosql_med.training.train import fit
 
@@ -143,7 +145,7 @@ def model_and_synth(tmp_path_factory) -> tuple[Path, Path, Path]:
     real = write_tissue_scans(root / "real", range(8))
     cfg = override(load_config("tiny"), train__epochs=1)
     fit(load_cohort(real, cfg.data), cfg, root / "model", show_progress=False)
-    synthesize(root / "model", root / "synth", n=6, show_progress=False)
+    synthesize(SynthesizeOptions(model=root / "model", out=root / "synth", n=6), show_progress=False)
     return real, root / "model", root / "synth"
 
 
@@ -176,18 +178,19 @@ def label_the_real_scans(monkeypatch, folder: Path) -> None:
 @pytest.mark.slow
 def test_the_report_has_a_label_section_only_with_labels_on_both_sides(tmp_path, monkeypatch, model_and_synth):
     real, model, synth = model_and_synth
-    plain = evaluate(real, synth, model_dir=model, out=tmp_path / "plain", c2st="off")
+    plain = evaluate(EvaluateOptions(real=real, synth=synth, model=model, out=tmp_path / "plain", c2st="off"))
     with_dseg = write_label_maps(synth, model, tmp_path / "synth")
-    unlabelled_real = evaluate(real, with_dseg, model_dir=model, label_epochs=2, c2st="off")
+    unlabelled_real = evaluate(EvaluateOptions(real=real, synth=with_dseg, model=model, c2st="off"), label_epochs=2)
     assert "labels" not in plain and "labels" not in unlabelled_real
     assert unlabelled_real.keys() == plain.keys()
     assert unlabelled_real["counts"]["synthetic"] == 6  # the _dseg files are not read as images
     assert not (tmp_path / "plain" / "tissue.png").exists()
 
     label_the_real_scans(monkeypatch, real)
-    assert "labels" not in evaluate(real, synth, model_dir=model, label_epochs=2, c2st="off")  # no synthetic label maps
+    no_maps = EvaluateOptions(real=real, synth=synth, model=model, c2st="off")  # no synthetic label maps
+    assert "labels" not in evaluate(no_maps, label_epochs=2)
     out = tmp_path / "report"
-    report = evaluate(real, with_dseg, model_dir=model, out=out, label_epochs=2, c2st="off")
+    report = evaluate(EvaluateOptions(real=real, synth=with_dseg, model=model, out=out, c2st="off"), label_epochs=2)
 
     assert set(report) == set(plain) | {"labels"}
     assert report["labels"]["classes"] == ["csf", "gm", "wm"]  # named by the cohort's dseg.tsv

@@ -18,6 +18,7 @@ from neurosql_med.io.model import load_model
 from neurosql_med.io.nifti import read_labels, read_sample
 from neurosql_med.synthesis.dataset import SyntheticDataset
 from neurosql_med.synthesis.reproduce import reproduce
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
 
@@ -44,7 +45,7 @@ def model_dir(tiny_models):
 
 
 def run(model_dir, out, n=10, **kw):
-    return synthesize(model_dir, out, n, show_progress=False, device="cpu", **kw)
+    return synthesize(SynthesizeOptions(model=model_dir, out=out, n=n, device="cpu", **kw), show_progress=False)
 
 
 @pytest.mark.parametrize("shape", [(12, 14), (8, 9, 10)])

@@ -16,6 +16,7 @@ from neurosql_med.engine.levels import SliceLevels, parse_levels
 from neurosql_med.errors import UserError
 from neurosql_med.io.model import load_model
 from neurosql_med.synthesis.reproduce import reproduce
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.conditions import training_conditions
 from neurosql_med.training.train import fit
@@ -73,7 +74,7 @@ def test_fit_synthesize_levels_and_reproduce(slice_model, tmp_path):
     model = load_model(slice_model)
     assert model.levels is not None and model.levels.bins == 2 and len(model.training_levels) == len(model.lattice)
     out = tmp_path / "synth"
-    synthesize(slice_model, out, 4, show_progress=False, device="cpu", seed=1, levels="0.35,0.65")
+    synthesize(SynthesizeOptions(model=slice_model, out=out, n=4, device="cpu", seed=1, levels="0.35,0.65"), show_progress=False)
     sidecars = sorted(out.glob("sub-*/anat/*_T1w.json"))
     recorded = [json.loads(s.read_text())["NeuroSQL"]["slice_level"] for s in sidecars]
     assert recorded == [0.35, 0.65, 0.35, 0.65]
@@ -87,7 +88,8 @@ def test_levels_need_a_slice_aware_model(scans, tmp_path):
     cfg = override(load_config("tiny"), train__epochs=1)
     fit(load_cohort(scans, cfg.data), cfg, tmp_path / "m", show_progress=False)
     with pytest.raises(UserError, match="--levels"):
-        synthesize(tmp_path / "m", tmp_path / "s", 2, show_progress=False, device="cpu", levels="0.5")
+        synthesize(SynthesizeOptions(model=tmp_path / "m", out=tmp_path / "s", n=2, device="cpu", levels="0.5"),
+                   show_progress=False)
 
 
 def test_slice_levels_are_for_2d_and_bounded():

@@ -2,10 +2,24 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
+import inspect
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "neurosql_med"
+import neurosql_med
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "neurosql_med"
+CLI = ROOT / "cli"  # installed as neurosql_med.cli
 LONGEST_FUNCTION = 60
+LONGEST_SIGNATURE = 8  # parameters of a public entry point, beside one options object
+
+
+def _sources() -> list[Path]:
+    """Every module of the package, the command line included."""
+    return sorted(PACKAGE.rglob("*.py")) + sorted(CLI.rglob("*.py"))
 
 
 def _module(path: Path) -> str:
@@ -60,7 +74,7 @@ def test_no_import_cycles():
 
 
 # Each top-level part of the package may import only parts listed before it.
-LAYERS = ("errors", "version", "bounded", "config", "runtime", "metrics", "engine", "io", "data", "viz", "training",
+LAYERS = ("errors", "version", "bounded", "config", "options", "runtime", "metrics", "engine", "io", "data", "viz", "training",
           "synthesis", "evaluation", "export")
 
 
@@ -79,10 +93,49 @@ def test_imports_point_down_the_layers():
 
 def test_functions_fit_on_a_screen():
     long = []
-    for path in PACKAGE.rglob("*.py"):
+    for path in _sources():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
                 if length > LONGEST_FUNCTION:
-                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length} lines)")
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
     assert not long, long
+
+
+def _entry_points() -> dict[str, object]:
+    """What the command line calls in the library (every name cli/ imports from neurosql_med), the
+    package's exports (``neurosql_med.__all__``), and the command functions themselves."""
+    found: dict[str, object] = {}
+    for path in sorted(CLI.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("neurosql_med"):
+                module = importlib.import_module(node.module)
+                found |= {f"{node.module}.{a.name}": getattr(module, a.name) for a in node.names}
+    found |= {f"neurosql_med.{name}": getattr(neurosql_med, name) for name in neurosql_med.__all__}
+    cli_module = importlib.import_module("neurosql_med.cli.main")
+    found |= {f"cli.{name}": value for name, value in vars(cli_module).items()
+              if inspect.isfunction(value) and value.__module__ == cli_module.__name__}
+    return {name: value for name, value in found.items() if callable(value) and not isinstance(value, type(sys))}
+
+
+def test_entry_points_take_options_objects_not_long_parameter_lists():
+    """An entry point takes at most LONGEST_SIGNATURE parameters besides one options object: a command's
+    many settings go into its options dataclass (neurosql_med/options.py), which the CLI is built from."""
+    long = []
+    for name, entry in _entry_points().items():
+        if inspect.isclass(entry) and dataclasses.is_dataclass(entry):
+            continue  # an options object (or a result record) is the one object, not a parameter list
+        try:
+            parameters = inspect.signature(entry).parameters
+        except (TypeError, ValueError):
+            continue
+        counted = [p for p in parameters if p not in ("self", "options")]
+        if len(counted) > LONGEST_SIGNATURE:
+            long.append(f"{name} ({len(counted)} parameters)")
+    assert not long, long
+
+
+def test_the_entry_points_are_found():
+    names = _entry_points()
+    assert {"neurosql_med.synthesis.synthesize.synthesize", "neurosql_med.training.run.fit_scans",
+            "neurosql_med.evaluation.evaluate.evaluate", "neurosql_med.SyntheticDataset", "cli.fit"} <= set(names)

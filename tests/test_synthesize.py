@@ -13,6 +13,7 @@ from neurosql_med.data.cohort import load_cohort
 from neurosql_med.synthesis.dataset import SyntheticDataset
 from neurosql_med.errors import UserError
 from neurosql_med.synthesis.reproduce import reproduce
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.io.nifti import read_provenance
 
@@ -23,7 +24,7 @@ def model_dir(tiny_models):
 
 
 def run(model_dir, out, n=10, **kw):
-    return synthesize(model_dir, out, n, show_progress=False, device="cpu", **kw)
+    return synthesize(SynthesizeOptions(model=model_dir, out=out, n=n, device="cpu", **kw), show_progress=False)
 
 
 @pytest.mark.slow
@@ -222,7 +223,7 @@ def test_ids_widen_with_the_cohort():
 
 
 def test_a_nan_typicality_is_refused_before_the_model_is_read():
-    with pytest.raises(UserError, match="typicality must be in \\(0, 1\\], got nan"):
+    with pytest.raises(UserError, match="--typicality must be in \\(0, 1\\], got nan"):
         SyntheticDataset("/no/model", n=3, typicality=float("nan"))
 
 

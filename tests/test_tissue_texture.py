@@ -13,6 +13,7 @@ from neurosql_med.engine.residual import frequency_radius, texture_seeds
 from neurosql_med.engine.tissue_texture import FORMAT, TissueTexture, fit_tissue_texture
 from neurosql_med.io.model import load_model
 from neurosql_med.synthesis.reproduce import reproduce
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
 
@@ -83,5 +84,5 @@ def test_a_labelled_fit_writes_it_and_synthesize_reproduces_textured_pairs(tmp_p
     fit(cohort, cfg, tmp_path / "m", show_progress=False)
     model = load_model(tmp_path / "m")
     assert isinstance(model.texture, TissueTexture) and model.texture.labelled
-    synthesize(tmp_path / "m", tmp_path / "s", 2, show_progress=False, device="cpu")
+    synthesize(SynthesizeOptions(model=tmp_path / "m", out=tmp_path / "s", n=2, device="cpu"), show_progress=False)
     assert all(reproduce(side, tmp_path / "m")[0] for side in (tmp_path / "s").glob("sub-*/anat/*_T1w.json"))

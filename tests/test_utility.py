@@ -20,6 +20,7 @@ from neurosql_med.evaluation.utility.networks import (
     BATCH_SIZE, Trained, TrainingSet, batches, build_network, score, train_network,
 )
 from neurosql_med.evaluation.utility.report import paired_difference
+from neurosql_med.evaluation.options import UtilityOptions
 from neurosql_med.evaluation.utility.run import ARMS, run_utility
 from neurosql_med.evaluation.utility.tasks import Targets, parse_task
 from neurosql_med.io.files import sha256_file
@@ -28,7 +29,7 @@ from neurosql_med.io.model import CONDITIONS, FINGERPRINT
 SUBJECTS = 8
 AGES = [50, 81, 63, 72, 58, 90, 67, 45]
 GROUPS = ["a", "b", "a", "b", "a", "b", "a", "b"]
-TINY = dict(train_subjects=[2], seeds=[0], steps=3, nsql_steps=4, config="tiny", device="cpu", show_progress=False)
+TINY = dict(train_subjects=[2], seeds=[0], steps=3, nsql_steps=4, config="tiny", device="cpu")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +69,7 @@ def watched(scans, tmp_path_factory) -> tuple[dict, Path, dict]:
         patch.setattr(synthetic, "fit", watch_fit)
         patch.setattr(utility_run, "_training_set", watch_training_set)
         out = tmp_path_factory.mktemp("utility") / "out"
-        result = run_utility(scans, task="segment", out=out, **TINY)
+        result = run_utility(UtilityOptions(scans=scans, task="segment", out=out, **TINY), show_progress=False)
     return result, out, seen
 
 
@@ -174,7 +175,8 @@ def test_regress_and_classify_fit_one_conditional_model_on_the_training_subjects
         patch.setattr(synthetic, "fit", watch_fit)
         patch.setattr(utility_run, "_training_set", watch_training_set)
         out = tmp_path / "out"
-        result = run_utility(scans, task=task, out=out, **(TINY | {"train_subjects": [4]}))
+        options = UtilityOptions(scans=scans, task=task, out=out, **(TINY | {"train_subjects": [4]}))
+        result = run_utility(options, show_progress=False)
     train = result["splits"]["0"]["train"]["4"]
     column = task.split(":")[1].lower()
     assert [(s, [c.lower() for c in cols]) for s, cols, _ in seen["fits"]] == [(set(train), [column])]
@@ -212,16 +214,19 @@ def test_paired_difference_interval():
 @pytest.mark.slow
 def test_resume_skips_finished_runs_and_adds_new_seeds(scans, tmp_path):
     out = tmp_path / "out"
-    first = run_utility(scans, task="regress:Age", out=out, **TINY)
+    first = run_utility(UtilityOptions(scans=scans, task="regress:Age", out=out, **TINY), show_progress=False)
     summary = first["summary"]["scores"]["mae"]  # per arm and k: the runs' MAE over the seeds
     assert {arm: by_k["2"]["values"] for arm, by_k in summary.items()} == {r["arm"]: [r["scores"]["mae"]] for r in first["runs"]}
     assert all(r["scores"]["mae"] > 0 for r in first["runs"])
-    second = run_utility(scans, task="regress:Age", out=out, resume=True, **(TINY | {"seeds": [0, 1]}))
+    more_seeds = UtilityOptions(scans=scans, task="regress:Age", out=out, resume=True, **(TINY | {"seeds": [0, 1]}))
+    second = run_utility(more_seeds, show_progress=False)
     assert second["runs"][:5] == first["runs"] and {r["seed"] for r in second["runs"][5:]} == {1}
-    again = run_utility(scans, task="regress:Age", out=out, resume=True, **TINY)  # summarises the seeds asked for
+    again = run_utility(UtilityOptions(scans=scans, task="regress:Age", out=out, resume=True, **TINY),
+                        show_progress=False)  # summarises the seeds asked for
     assert {len(by_k["2"]["values"]) for by_k in again["summary"]["scores"]["mae"].values()} == {1}
     with pytest.raises(UserError, match="other settings .*steps"):
-        run_utility(scans, task="regress:Age", out=out, resume=True, **(TINY | {"steps": 4}))
+        run_utility(UtilityOptions(scans=scans, task="regress:Age", out=out, resume=True, **(TINY | {"steps": 4})),
+                    show_progress=False)
 
 
 def _refused(capsys, out: Path, *args) -> str:
@@ -272,19 +277,23 @@ def test_design_refuses_k_below_the_number_of_levels():
 def test_a_holdout_folder_is_the_test_set(scans, tmp_path):
     held = write_subjects(tmp_path / "held", 3, first=8)
     (held / "participants.tsv").write_text("participant_id\tage\nsub-08\t70\nsub-09\t55\nsub-10\t80\n")
-    result = run_utility(scans, task="regress:age", out=tmp_path / "out", holdout=held, **(TINY | {"train_subjects": [7]}))
+    options = UtilityOptions(scans=scans, task="regress:age", out=tmp_path / "out", holdout=held,
+                             **(TINY | {"train_subjects": [7]}))
+    result = run_utility(options, show_progress=False)
     assert result["splits"]["0"]["test"] == ["sub-08", "sub-09", "sub-10"]
     assert {r["test_subjects"] for r in result["runs"]} == {3} and len(result["runs"]) == len(ARMS)
     mean = np.mean([AGES[int(s[4:])] for s in result["splits"]["0"]["train"]["7"]])
     yardstick = np.mean([abs(age - mean) for age in (70, 55, 80)])
     assert result["summary"]["reference"]["mae"]["7"]["values"] == [pytest.approx(yardstick)]
     with pytest.raises(UserError, match="fewer than k = 9"):
-        run_utility(scans, task="regress:age", out=tmp_path / "more", holdout=held, **(TINY | {"train_subjects": [9]}))
+        run_utility(UtilityOptions(scans=scans, task="regress:age", out=tmp_path / "more", holdout=held,
+                                   **(TINY | {"train_subjects": [9]})), show_progress=False)
 
 
 def test_a_ratio_sweep_runs_each_neurosql_arm_per_ratio_on_nested_cases(scans, tmp_path):
-    result = run_utility(scans, task="segment", out=tmp_path / "out", synthetic_per_real=[1, 2],
-                         **(TINY | {"train_subjects": [3]}))
+    options = UtilityOptions(scans=scans, task="segment", out=tmp_path / "out", synthetic_per_real=[1, 2],
+                             **(TINY | {"train_subjects": [3]}))
+    result = run_utility(options, show_progress=False)
     arms = {r["arm"]: r for r in result["runs"]}
     assert set(arms) == {"real", "real+classic", "real+neurosql@1", "real+neurosql@2", "real+classic+neurosql@1",
                          "real+classic+neurosql@2", "neurosql-only@1", "neurosql-only@2"}

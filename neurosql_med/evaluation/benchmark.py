@@ -14,7 +14,7 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypedDict
 
@@ -31,8 +31,9 @@ from neurosql_med.evaluation.baselines.vae import VAE
 from neurosql_med.config import Config, load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
-from neurosql_med.evaluation.c2st import CLASSIFIERS, Classifier, blurred, two_sample_test
+from neurosql_med.evaluation.c2st import blurred, two_sample_test
 from neurosql_med.evaluation.evaluate import sample_ids, score, value_at
+from neurosql_med.evaluation.options import CLASSIFIERS, BenchmarkOptions, Classifier
 from neurosql_med.evaluation.texture import texture
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import reference_draws
@@ -45,8 +46,6 @@ from neurosql_med.engine.residual import texture_seeds
 from neurosql_med.synthesis.sampling import decode_batched
 from neurosql_med.training.budget import fit_in_budget
 
-METHODS = ("neurosql", "vae", "gan", "ddpm")
-N_SAMPLES = 128  # the DDPM's 50 DDIM steps make sampling its slowest part on a CPU
 SHOWN = 8
 MEMORY_CPU = "peak resident memory (Linux VmHWM, reset before training) minus resident memory at the start of training"
 MEMORY_CPU_FALLBACK = "growth of the process's peak resident memory (ru_maxrss) during training; 0 when an earlier step peaked higher"
@@ -176,24 +175,6 @@ def _proc_status_kb(field: str) -> int:
     return int(line.split()[1])
 
 
-def _check_arguments(methods: Sequence[str], budget_minutes: float, n_samples: int, holdout_fraction: float,
-                     seeds: Sequence[int]) -> None:
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        what = f"unknown method {', '.join(unknown)}" if unknown else "no method given"
-        raise UserError(f"{what}; choose from {', '.join(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise UserError("each method may be named only once")
-    if not budget_minutes > 0:
-        raise UserError(f"the budget must be positive, got {budget_minutes} minutes")
-    if n_samples < 2:
-        raise UserError(f"the number of samples must be at least 2 (diversity compares pairs), got {n_samples}")
-    if not 0 < holdout_fraction < 1:
-        raise UserError(f"the hold-out fraction must be between 0 and 1, got {holdout_fraction}")
-    if not seeds or any(s < 0 for s in seeds):
-        raise UserError("seeds must be a non-empty list of non-negative integers")
-
-
 class BenchmarkResult(TypedDict):
     """benchmark.json: per seed the split and one record per method, the real held-out reference, the summary."""
 
@@ -219,41 +200,25 @@ class Trial:
     classifier: Classifier  # the C2ST's: every test of a run, the controls included, uses the same one
 
 
-def run_benchmark(
-    scans: str | Path,
-    *,
-    methods: Sequence[str] = METHODS,
-    budget_minutes: float = 5.0,
-    n_samples: int = N_SAMPLES,
-    holdout: str | Path | None = None,
-    holdout_fraction: float = 0.2,
-    mode: str | None = None,
-    config: str | Path = "default",
-    seed: int = 0,
-    seeds: Sequence[int] | None = None,
-    device: str = "auto",
-    out: str | Path = "benchmark-out",
-    log: Callable[[str], None] | None = None,
-    c2st: str = "strong",
-) -> BenchmarkResult:
-    """Train and score every method once per seed; writes benchmark.json/.md/.png to ``out`` and returns the result.
+def run_benchmark(options: BenchmarkOptions, *, log: Callable[[str], None] | None = None) -> BenchmarkResult:
+    """Train and score every method once per seed; writes benchmark.json/.md/.png to --out and returns the result.
 
     ``seeds`` (a list) repeats the experiment and overrides ``seed``. Without ``holdout``
     (a folder of other subjects' scans) ``holdout_fraction`` of the subjects is held out,
     drawn anew for each seed. ``c2st`` names the classifier of every C2ST (evaluation/c2st.py):
-    "strong", the judge, by default; "fast" for a first look.
+    "strong", the judge, by default; "fast" for a first look. ``log`` receives progress lines.
     """
-    seeds = list(seeds) if seeds is not None else [seed]
-    methods = list(methods)
-    _check_arguments(methods, budget_minutes, n_samples, holdout_fraction, seeds)
-    if c2st not in CLASSIFIERS:
-        raise UserError(f"--c2st must be one of {', '.join(CLASSIFIERS)}, got {c2st!r}")
-    cfg = override(load_config(config), data__mode=mode)
-    dev = resolve_device(device)
+    o = options
+    scans, holdout, holdout_fraction, config, budget_minutes, n_samples = (
+        o.scans, o.holdout, o.holdout_fraction, o.config, o.budget_minutes, o.n_samples)
+    seeds = list(o.seeds) if o.seeds is not None else [o.seed]
+    methods = list(o.methods)
+    cfg = override(load_config(config), data__mode=o.mode)
+    dev = resolve_device(o.device)
     cohort = load_cohort(scans, cfg.data)
     fixed_holdout = None if holdout is None else _holdout_cohort(holdout, cohort, cfg)
-    trial = Trial(cfg, dev, Path(out), PeakMemory(dev), n_samples, budget_minutes, log or (lambda message: None),
-                  CLASSIFIERS[c2st])
+    trial = Trial(cfg, dev, Path(o.out), PeakMemory(dev), n_samples, budget_minutes, log or (lambda message: None),
+                  CLASSIFIERS[o.c2st])
     result: dict = {
         "settings": {
             "scans": str(scans), "holdout": None if holdout is None else str(holdout),

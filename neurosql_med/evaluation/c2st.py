@@ -20,7 +20,7 @@ real images against themselves blurred by a Gaussian of σ = 0.5 px (must score 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from monai.transforms import GaussianSmooth
 from monai.utils import convert_to_tensor
 from torch import Tensor, nn
 
+from neurosql_med.evaluation.options import FAST, Classifier
 from neurosql_med.io.nifti import INTENSITY_MAX
 
 FOLDS = 4
@@ -41,25 +42,6 @@ BLUR_SIGMA = 0.5  # px: the blur control, the smallest blur a useful test must s
 NULL_MAX = 0.65  # real-vs-real control: an AUC above this means the classifier sees differences that are not there
 BLUR_MIN = 0.85  # blur control: an AUC below this means the classifier is blind to a half-pixel blur
 ACT = ("leakyrelu", {"negative_slope": 0.2})
-
-
-@dataclass(frozen=True)
-class Classifier:
-    """How hard a C2ST looks: the CNN's first width (then 2x, 2x), its epochs, and the seeds averaged."""
-
-    name: str
-    width: int
-    epochs: int
-    repeats: int
-
-    def describe(self) -> str:
-        return (f"{self.name}: MONAI CNN, widths {self.width}/{2 * self.width}/{2 * self.width}, "
-                f"input: image + Laplacian, {self.epochs} epochs")
-
-
-FAST = Classifier("fast", width=8, epochs=8, repeats=2)
-STRONG = Classifier("strong", width=16, epochs=24, repeats=3)
-CLASSIFIERS = {c.name: c for c in (FAST, STRONG)}
 
 
 def quantised(images: Tensor) -> Tensor:

@@ -28,14 +28,15 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_evaluation
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
-from neurosql_med.evaluation.c2st import CLASSIFIERS, c2st_section
+from neurosql_med.evaluation.c2st import c2st_section
+from neurosql_med.evaluation.options import CLASSIFIERS, EvaluateOptions
 from neurosql_med.evaluation.slices import coherence_section, group_stacks, slice_mixing
 from neurosql_med.evaluation.texture import spectrum_picture, texture
 from neurosql_med.evaluation.labels import (
     EPOCHS, label_markdown, label_rows, label_section, read_label_names, tissue_picture,
 )
 from neurosql_med.metrics import (
-    PSNR_CAP, TAU, audit, check_tau, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
+    PSNR_CAP, TAU, audit, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
 from neurosql_med.io.model import NeuroSQLModel, load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_report_output
@@ -46,7 +47,6 @@ __all__ = ["TAU", "Report", "Scores", "audit", "evaluate", "report_table"]
 
 NEAREST_SHOWN = 8
 DISTANCE = "mean absolute pixel difference, images scaled to [0, 1]"
-C2ST_CHOICES = (*CLASSIFIERS, "off")
 SLICE_AT = re.compile(r"^(?P<source>.*) \[(?:resampled, )?slice (?P<index>\d+)\]$")  # a 2D sample id's slice
 
 
@@ -76,22 +76,10 @@ class Report(Scores):
     inputs: dict
 
 
-def evaluate(
-    real: str | Path,
-    synth: str | Path,
-    *,
-    model_dir: str | Path | None = None,
-    holdout: str | Path | None = None,
-    config: str | Path | None = None,
-    tau: float = TAU,
-    out: str | Path | None = None,
-    label_epochs: int = EPOCHS,
-    covariates: str | Path | None = None,
-    c2st: str = "fast",
-) -> Report:
-    """Score the images in ``synth`` against the training scans in ``real``; returns the report.
+def evaluate(options: EvaluateOptions, *, label_epochs: int = EPOCHS) -> Report:
+    """Score the images in --synth against the training scans in --real; returns the report.
 
-    With ``model_dir`` the model's own config preprocesses the scans (``config`` is then
+    With ``model`` the model's own config preprocesses the scans (``config`` is then
     not used) and the synthetic files have the model's sample shape or are stacks of its
     slices (others are resampled onto its grid); without it the
     synthetic folder is any set of images, preprocessed by ``config`` like the real ones.
@@ -105,17 +93,14 @@ def evaluate(
     segmenter trained for ``label_epochs``. For a conditional model's cohort the report gains
     a ``conditions`` section; ``covariates`` is the table given to ``fit --covariates``, if any.
     """
-    check_tau(tau)
-    if c2st not in C2ST_CHOICES:
-        raise UserError(f"--c2st must be one of {', '.join(C2ST_CHOICES)}, got {c2st!r}")
-    if out is None:
-        return _evaluate(real, synth, model_dir, holdout, config, tau, None, label_epochs, covariates, c2st)
-    out = Path(out)
-    inputs = [p for p in (real, synth, holdout, model_dir) if p is not None]
+    if options.out is None:
+        return _evaluate(options, None, label_epochs)
+    out = Path(options.out)
+    inputs = [p for p in (options.real, options.synth, options.holdout, options.model) if p is not None]
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before any scan is read
     with output_lock(out):
         prepare_report_output(out, inputs=inputs)
-        return _evaluate(real, synth, model_dir, holdout, config, tau, out, label_epochs, covariates, c2st)
+        return _evaluate(options, out, label_epochs)
 
 
 @dataclass
@@ -161,12 +146,10 @@ def realism_sections(sides: Sides, c2st: str = "fast") -> dict:
     return sections | slice_sections(train, sides.images, sides.ids, labels, sides.cfg.data)
 
 
-def _evaluate(
-    real: str | Path, synth: str | Path, model_dir: str | Path | None, holdout: str | Path | None,
-    config: str | Path | None, tau: float, out: Path | None, label_epochs: int, covariates: str | Path | None = None,
-    c2st: str = "fast",
-) -> Report:
-    sides = read_sides(real, synth, model_dir, config, covariates)
+def _evaluate(options: EvaluateOptions, out: Path | None, label_epochs: int) -> Report:
+    real, synth, model_dir, holdout, config, tau = (
+        options.real, options.synth, options.model, options.holdout, options.config, options.tau)
+    sides = read_sides(real, synth, model_dir, config, options.covariates)
     model, train, images, ids, labels, labelled = sides.model, sides.train, sides.images, sides.ids, sides.labels, sides.labelled
     held = load_cohort(holdout, sides.cfg.data) if holdout is not None else None
     inputs = {
@@ -176,7 +159,7 @@ def _evaluate(
     report = Report(inputs=inputs, **score(
         train.images, sample_ids(train), images, ids, held=None if held is None else held.images, tau=tau,
     ))
-    report.update(realism_sections(sides, c2st))
+    report.update(realism_sections(sides, options.c2st))
     if train.labels is not None and labels is not None:
         nearest = report["memorization"]["nearest"]
         report["labels"] = label_section(

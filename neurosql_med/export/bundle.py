@@ -30,6 +30,7 @@ from neurosql_med.io.model import (
 from neurosql_med.io.nifti import INTENSITY_MAX
 from neurosql_med.io.outputs import LOCK, check_output_path, output_lock
 from neurosql_med.synthesis.synthesize import SynthesisSummary, synthesize
+from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.version import __version__
 
 HERE = Path(__file__).parent
@@ -66,7 +67,7 @@ def run_inference(bundle_root: str | Path, n: int, seed: int, output_dir: str | 
     if not (models / HASHES).is_file():
         raise UserError(f"{models}: no nsql-med model folder here; pass the bundle folder as --bundle_root "
                         "or run from inside it")
-    return synthesize(models, output_dir, int(n), seed=int(seed), device=str(device))
+    return synthesize(SynthesizeOptions(model=models, out=Path(output_dir), n=int(n), seed=int(seed), device=str(device)))
 
 
 def export_bundle(model_dir: str | Path, out: str | Path, *, authors: str, copyright: str) -> Path:

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from monai.data import MetaTensor
 from torch.utils.data import Dataset
 
-from neurosql_med.engine.lattice import check_typicality
 from neurosql_med.io.model import load_model
-from neurosql_med.synthesis.conditions import make_plan
-from neurosql_med.synthesis.sampling import COMPUTE_BLOCK, Draw, Synthesis, decode_block, synthetic_id
+from neurosql_med.synthesis.options import SampleOptions
+from neurosql_med.synthesis.sampling import COMPUTE_BLOCK, Draw, decode_block, synthesis_job, synthetic_id
 
 
 class SyntheticDataset(Dataset):
@@ -25,25 +24,20 @@ class SyntheticDataset(Dataset):
     affine, equal to the dseg ``synthesize`` writes, so (image, label) pairs feed a
     segmentation pipeline. A conditional model's items carry ``condition``: the covariate
     values asked for (``condition``, ``condition_table``, ``balance`` as in ``synthesize``).
+    ``options`` are `synthesize`'s sample options (`SampleOptions`: model, n, seed, typicality,
+    texture, ...), or a model folder with those options as keywords: ``SyntheticDataset("nsql-model",
+    n=500, seed=0)``. ``device`` is where the model decodes.
     """
 
     def __init__(
-        self,
-        model_dir: str | Path,
-        n: int,
-        seed: int = 0,
-        typicality: float = 1.0,
-        transform: Callable | None = None,
-        device: str = "cpu",
-        condition: str | None = None,
-        condition_table: str | Path | None = None,
-        balance: str | None = None,
+        self, options: SampleOptions | str | Path, *, transform: Callable | None = None, device: str = "cpu", **draws: Any,
     ) -> None:
-        check_typicality(typicality, "typicality")
-        model = load_model(model_dir, device)
-        table = None if condition_table is None else Path(condition_table)
-        self.job = Synthesis(model, n, seed, typicality, plan=make_plan(model.condition, seed, condition, table, balance))
-        self.n, self.transform = n, transform
+        if not isinstance(options, SampleOptions):  # a model folder, the other options as keywords
+            options = SampleOptions(model=Path(options), **draws)
+        elif draws:
+            raise TypeError(f"options are given twice: as SampleOptions and as keywords {sorted(draws)}")
+        self.job = synthesis_job(load_model(options.model, device), options)
+        self.n, self.transform = self.job.n, transform
         self.affine = torch.as_tensor(self.job.model.geometry.sample_affine())
         self._block: tuple[int, list[Draw]] | None = None
 

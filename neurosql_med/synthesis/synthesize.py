@@ -17,20 +17,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from neurosql_med.bounded import read_json
 from neurosql_med.version import __version__
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.engine.lattice import check_typicality
-from neurosql_med.engine.levels import parse_levels
-from neurosql_med.errors import UserError
-from neurosql_med.metrics import TAU, check_tau
+from neurosql_med.metrics import TAU
 from neurosql_med.io.files import sha256_file, write_text
-from neurosql_med.io.model import NeuroSQLModel, load_model
+from neurosql_med.io.model import load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_cohort_output
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import AuditReport, audit_cohort
-from neurosql_med.synthesis.conditions import ConditionPlan, extrapolation_warnings, make_plan
+from neurosql_med.synthesis.conditions import extrapolation_warnings
+from neurosql_med.synthesis.options import FORMATS, SynthesizeOptions
 from neurosql_med.viz.preview import cohort_preview
 from neurosql_med.synthesis.sampling import (
-    CODE_URL, COMPUTE_BLOCK, FORMATS, MAX_SAMPLES, MAX_SEED, Synthesis, decode_block, sidecar_of, versions,
-    write_formats,
+    CODE_URL, COMPUTE_BLOCK, Synthesis, decode_block, sidecar_of, synthesis_job, versions, write_formats,
 )
 
 README = """nsql-med synthetic cohort
@@ -70,28 +67,8 @@ class SynthesisSummary:
     warnings: list[str] = field(default_factory=list)  # e.g. conditions asked for outside the training range
 
 
-def synthesize(
-    model_dir: str | Path,
-    out: str | Path,
-    n: int | None,
-    *,
-    seed: int = 0,
-    typicality: float = 1.0,
-    batch_size: int = 32,
-    device: str = "auto",
-    force: bool = False,
-    resume: bool = False,
-    show_progress: bool = True,
-    audit: str | Path | None = None,
-    tau: float | None = None,
-    drop_copies: bool = False,
-    format: str = "nifti",
-    condition: str | None = None,
-    condition_table: str | Path | None = None,
-    balance: str | None = None,
-    texture: bool = True, levels: str | None = None,
-) -> SynthesisSummary:
-    """Write a BIDS-derivative synthetic cohort of samples 1..n of ``seed``, with a preview of synthetic images only.
+def synthesize(options: SynthesizeOptions, *, show_progress: bool = True) -> SynthesisSummary:
+    """Write a BIDS-derivative synthetic cohort of samples 1..n of the seed, with a preview of synthetic images only.
 
     ``audit``: the training scans; every written sample is then checked for being a
     near-copy of one of them, and with ``drop_copies`` replaced by a fresh draw that is not.
@@ -102,21 +79,14 @@ def synthesize(
     ``levels``: a slice-aware model's slice levels ("0.3,0.5,0.7") to cycle through; None: drawn.
     The whole run holds --out's lock, so a second run into the same folder is refused.
     """
-    if n is None and condition_table is None:
-        raise UserError("--n is required (or --condition-table, whose rows say how many)")
-    _check_options(n, seed, typicality, batch_size, audit=audit, tau=tau, drop_copies=drop_copies)
-    if format not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    out = Path(out)
-    inputs = [Path(model_dir)] + ([] if audit is None else [Path(audit)])
+    o, out = options, Path(options.out)
+    inputs = [Path(o.model)] + ([] if o.audit is None else [Path(o.audit)])
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before the model is loaded
-    model = load_model(model_dir, resolve_device(device))
-    plan = make_plan(model.condition, seed, condition, None if condition_table is None else Path(condition_table), balance)
-    n = _planned_n(plan, n)
-    job = Synthesis(model, n, seed, typicality, FORMATS[format], plan, texture, _levels(model, levels))
-    train = None if audit is None else load_cohort(audit, job.model.config.data).images
+    job = synthesis_job(load_model(o.model, resolve_device(o.device)), o, FORMATS[o.format])
+    n = job.n
+    train = None if o.audit is None else load_cohort(o.audit, job.model.config.data).images
     with output_lock(out):
-        prepare_cohort_output(out, resume=resume, force=force, settings=_settings(job),
+        prepare_cohort_output(out, resume=o.resume, force=o.force, settings=_settings(job),
                               inputs=inputs, needed_bytes=n * bytes_per_sample(job))
         write_text(out / "dataset_description.json", json.dumps(dataset_description(job), indent=2))
         write_text(out / "README", README)
@@ -124,38 +94,19 @@ def synthesize(
         if job.model.label_names:
             write_text(out / DSEG_TABLE, dseg_table(job.model.label_names))
         started = time.monotonic()
-        written = _write_samples(out, job, resume, batch_size, show_progress)
-        report = None if train is None else audit_cohort(out, job, train, tau=TAU if tau is None else tau, drop=drop_copies)
+        written = _write_samples(out, job, o.resume, o.batch_size, show_progress)
+        tau = TAU if o.tau is None else o.tau
+        report = None if train is None else audit_cohort(out, job, train, tau=tau, drop=o.drop_copies)
         cohort_preview(out)
         write_tables(out, job)
     return SynthesisSummary(out, n, written, n - written, time.monotonic() - started, report,
-                            extrapolation_warnings(plan, n))
+                            extrapolation_warnings(job.plan, n))
 
 
 def _settings(job: Synthesis) -> dict:
     """What --resume must find unchanged: the run record, N, and what the subjects were asked for."""
     settings = {**job.run_record(), "n": job.n} | ({} if job.plan is None else {"condition": job.plan.source})
     return settings | ({"levels": list(job.levels)} if job.levels else {})
-
-
-def _levels(model: NeuroSQLModel, levels: str | None) -> tuple[float, ...] | None:
-    """--levels, for a slice-aware model only."""
-    if levels is None:
-        return None
-    if model.levels is None:
-        raise UserError("--levels: this model was fit without slice levels (config key 'model.slice_levels')")
-    return parse_levels(levels)
-
-
-def _planned_n(plan: ConditionPlan | None, n: int | None) -> int:
-    """N, which a condition table fixes: --n may repeat its row count but not contradict it."""
-    if plan is None or plan.rows is None:
-        return n
-    if n is not None and n != len(plan.rows):
-        raise UserError(f"--n {n} differs from the {len(plan.rows)} rows of --condition-table (leave --n out)")
-    if len(plan.rows) > MAX_SAMPLES:
-        raise UserError(f"--condition-table has {len(plan.rows):,} rows; at most {MAX_SAMPLES:,} samples are allowed")
-    return len(plan.rows)
 
 
 def bytes_per_sample(job: Synthesis) -> int:
@@ -174,24 +125,6 @@ def bytes_per_sample(job: Synthesis) -> int:
 def dseg_table(names: list[str]) -> str:
     """BIDS dseg.tsv: the index and name of every class, inherited by every dseg of the cohort."""
     return "index\tname\n" + "".join(f"{k}\t{name}\n" for k, name in enumerate(names))
-
-
-def _check_options(
-    n: int | None, seed: int, typicality: float, batch_size: int, *,
-    audit: str | Path | None, tau: float | None, drop_copies: bool,
-) -> None:
-    """Every refusal that needs no file, so nothing is loaded or written for a mistyped option."""
-    if n is not None and not 1 <= n <= MAX_SAMPLES:
-        raise UserError(f"--n must be between 1 and {MAX_SAMPLES:,}, got {n}")
-    if not 0 <= seed <= MAX_SEED:
-        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
-    check_typicality(typicality, "--typicality")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    if audit is None and (drop_copies or tau is not None):
-        raise UserError("--drop-copies and --tau need --audit SCANS (the training scans to compare against)")
-    if tau is not None:
-        check_tau(tau)
 
 
 def _progress() -> Progress:

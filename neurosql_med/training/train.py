@@ -28,7 +28,7 @@ from neurosql_med.viz import plots
 from neurosql_med.engine.assignment import assign, initial_assignment
 from neurosql_med.engine.strata import Strata, assign_stratified, initial_stratified, stratified_lattice
 from neurosql_med.training.conditions import TrainingConditions, training_conditions
-from neurosql_med.config import Config, load_config, override, with_condition
+from neurosql_med.config import Config, load_config
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
@@ -81,40 +81,7 @@ class FitResult:
     rank: int = 0  # under torchrun, the process that returned this (only rank 0 wrote the folder)
 
 
-RESUMABLE = ("train__epochs", "train__max_minutes", "train__device")
-
-
-def fit_config(
-    source: str | Path | None, out: Path, resume: bool, force: bool = False, condition: list[str] | None = None,
-    **overrides: object,
-) -> Config:
-    """The config a fit runs with: a resumed fit continues its own saved config.
-
-    Checks ``out`` first, so a refused output folder is reported before scans are loaded,
-    then whatever else `check_fit` can check without them. Under torchrun only rank 0, which
-    writes the folder, checks it: the others could find it already locked by rank 0.
-
-    Command-line overrides apply on top (e.g. more ``train__epochs`` to train longer).
-    """
-    writer = Path(out) if distributed.writes_folder() else None
-    if writer is not None:
-        check_model_output(writer, resume=resume, force=force)
-    saved = Path(out) / CONFIG
-    if resume and saved.is_file():
-        cfg = load_config(saved)
-        recorded = cfg.to_dict()
-        fixed = sorted(k.split("__")[1] for k, v in overrides.items()
-                       if v is not None and k not in RESUMABLE and recorded[k.split("__")[0]][k.split("__")[1]] != v)
-        if fixed:
-            raise UserError(f"--resume continues the saved config; it cannot change {', '.join(fixed)}")
-        saved_columns = [] if cfg.condition is None else [c.lower() for c in cfg.condition.columns]
-        if condition is not None and [c.lower() for c in condition] != saved_columns:
-            raise UserError("--resume continues the saved config; it cannot change --condition")
-    else:
-        cfg = with_condition(load_config(source), condition)
-    cfg = override(cfg, **overrides)
-    check_fit(None, cfg, writer, resume=resume, force=force)  # before any scan is loaded
-    return cfg
+RESUMABLE = ("train__epochs", "train__max_minutes", "train__device")  # what --resume may change
 
 
 def check_fit(cohort: Cohort | None, cfg: Config, out: Path | None, *, resume: bool, force: bool) -> None:
@@ -122,7 +89,7 @@ def check_fit(cohort: Cohort | None, cfg: Config, out: Path | None, *, resume: b
     once the scans are loaded (``cohort``), their label maps and the disk space the model folder needs.
     ``out`` is None in a process that does not write the folder (a torchrun rank other than 0).
 
-    `fit_config` runs it before the scans are loaded, `fit` again with them before it takes --out.
+    `run.fit_config` runs it before the scans are loaded, `fit` again with them before it takes --out.
     What can only fail later (a disk filled meanwhile, a killed process) leaves a folder that
     `--resume` continues or, before the first checkpoint, the same command starts again (io/outputs.py).
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.utility import arms as arm_names
-from neurosql_med.evaluation.utility.arms import ARMS, NSQL_STEPS, STEPS
+from neurosql_med.evaluation.options import UtilityOptions
+from neurosql_med.evaluation.utility.arms import ARMS
 from neurosql_med.evaluation.utility.augment import STRENGTH, ClassicAugmentation, transforms_text
 from neurosql_med.evaluation.utility.design import SeedSplit, check_design, split_seed, training_cohort
 from neurosql_med.evaluation.utility.networks import TrainingSet, network_name, score, target_scale, train_network
@@ -35,11 +36,9 @@ from neurosql_med.io.outputs import check_output_path, output_lock
 from neurosql_med.runtime import resolve_device
 
 RESULT, MARKDOWN, FIGURE = "utility.json", "utility.md", "utility.png"
-CONFIG = "utility"
 # What decides every run's result: a resumed grid must share them (k values and seeds may be added).
 FIXED = ("scans", "task", "holdout", "holdout_fraction", "synthetic_per_real", "schedule", "classic", "steps",
          "nsql_steps", "config", "mode", "synthesis")
-SCHEDULES = ("constant", "decay")
 SYNTHESIS = "conditional"  # how regress/classify cases get their targets; grids of the earlier per-stratum fits differ
 
 
@@ -64,32 +63,24 @@ class Study:
         return 1 if self.task.kind == "regress" else len(self.names)
 
 
-def run_utility(
-    scans: str | Path, *, task: str, train_subjects: Sequence[int] = (4, 8, 16), seeds: Sequence[int] = (0, 1, 2),
-    synthetic_per_real: Sequence[float] = (4.0,), schedule: str = "constant", holdout: str | Path | None = None,
-    holdout_fraction: float = 0.25, steps: int = STEPS, nsql_steps: int = NSQL_STEPS, config: str | Path = CONFIG,
-    mode: str | None = None, device: str = "auto", out: str | Path = "utility-out", resume: bool = False,
-    show_progress: bool = True,
-) -> dict:
-    """Run (or with ``resume`` finish) the grid; writes utility.json/.md/.png to ``out`` and returns utility.json's content."""
-    parsed, ks, seed_list = parse_task(task), sorted(set(train_subjects)), sorted(set(seeds))
-    ratios = sorted(set(float(r) for r in synthetic_per_real))
-    _check_arguments(ks, seed_list, ratios, schedule, holdout_fraction, steps, nsql_steps)
-    out = Path(out)
-    check_output_path(out, inputs=[Path(p) for p in (scans, holdout) if p is not None])
+def run_utility(options: UtilityOptions, *, show_progress: bool = True) -> dict:
+    """Run (or with ``resume`` finish) the grid; writes utility.json/.md/.png to --out and returns utility.json's content."""
+    o, parsed = options, parse_task(options.task)
+    ks, seed_list, ratios = sorted(set(o.train_subjects)), sorted(set(o.seeds)), _ratios(o)
+    out = Path(o.out)
+    check_output_path(out, inputs=[Path(p) for p in (o.scans, o.holdout) if p is not None])
     settings = {
-        "scans": str(scans), "task": parsed.name, "holdout": None if holdout is None else str(holdout),
-        "holdout_fraction": None if holdout is not None else holdout_fraction, "synthetic_per_real": ratios,
-        "schedule": schedule, "classic": {"strength": STRENGTH, "transforms": list(transforms_text())},
-        "steps": steps, "nsql_steps": nsql_steps, "config": str(config), "mode": mode, "synthesis": SYNTHESIS,
+        "scans": str(o.scans), "task": parsed.name, "holdout": None if o.holdout is None else str(o.holdout),
+        "holdout_fraction": None if o.holdout is not None else o.test_share, "synthetic_per_real": ratios,
+        "schedule": o.schedule, "classic": {"strength": STRENGTH, "transforms": list(transforms_text())},
+        "steps": o.steps, "nsql_steps": o.nsql_steps, "config": str(o.config), "mode": o.mode, "synthesis": SYNTHESIS,
         "train_subjects": ks, "seeds": seed_list, "arms": arm_names.expand(ratios),
-        "device": str(resolve_device(device)),
+        "device": str(resolve_device(o.device)),
     }
     with output_lock(out):
-        result = _start(out, settings, resume)
-        study = load_study(scans, parsed, holdout, config=config, mode=mode, device=device, steps=steps,
-                           nsql_steps=nsql_steps, ratios=ratios, schedule=schedule, out=out)
-        splits = _splits(study, seed_list, holdout_fraction, ks)
+        result = _start(out, settings, o.resume)
+        study = load_study(o)
+        splits = _splits(study, seed_list, o.test_share, ks)
         result["splits"] |= {str(s): {"test": sp.test, "train": {str(k): sp.training(k) for k in ks}} for s, sp in splits.items()}
         _grid(study, splits, ks, result, show_progress)
         shown = [r for r in result["runs"] if r["seed"] in seed_list]  # a resumed --out may hold other seeds' runs
@@ -101,22 +92,6 @@ def run_utility(
         write_text(out / MARKDOWN, utility_markdown(result))
         utility_figure(out / FIGURE, result)
     return result
-
-
-def _check_arguments(ks: list[int], seeds: list[int], ratios: list[float], schedule: str, holdout_fraction: float,
-                     steps: int, nsql_steps: int) -> None:
-    if not ks or ks[0] < 2:
-        raise UserError(f"--train-subjects must be training-set sizes of at least 2 subjects, got {ks}")
-    if not seeds or seeds[0] < 0:
-        raise UserError("--seeds must be a non-empty list of non-negative integers")
-    if not ratios or not all(math.isfinite(r) and 0 < r <= 100 for r in ratios):
-        raise UserError(f"--synthetic-per-real must be ratios in (0, 100], got {ratios}")
-    if schedule not in SCHEDULES:
-        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if not 0 < holdout_fraction < 1:
-        raise UserError(f"--holdout-fraction must be between 0 and 1, got {holdout_fraction}")
-    if not (1 <= steps <= 10**7 and 1 <= nsql_steps <= 10**7):
-        raise UserError(f"--steps and --nsql-steps must be between 1 and 10^7, got {steps} and {nsql_steps}")
 
 
 def _start(out: Path, settings: dict, resume: bool) -> dict:
@@ -137,12 +112,12 @@ def _start(out: Path, settings: dict, resume: bool) -> dict:
     return {"settings": settings, **kept}
 
 
-def load_study(scans: str | Path, task: Task, holdout: str | Path | None, *, config: str | Path, mode: str | None,
-               device: str, steps: int, nsql_steps: int, ratios: list[float], schedule: str, out: Path) -> Study:
+def load_study(options: UtilityOptions) -> Study:
     """The cohorts and targets, every check on them done: nothing has trained yet."""
-    cfg = override(load_config(config), data__mode=mode, data__labels=None if task.kind == "segment" else "none")
-    pool = load_cohort(scans, cfg.data)
-    held = None if holdout is None else load_cohort(holdout, cfg.data)
+    o, task = options, parse_task(options.task)
+    cfg = override(load_config(o.config), data__mode=o.mode, data__labels=None if task.kind == "segment" else "none")
+    pool = load_cohort(o.scans, cfg.data)
+    held = None if o.holdout is None else load_cohort(o.holdout, cfg.data)
     names: list[str] = []
     targets = None
     if task.kind == "segment":
@@ -150,9 +125,14 @@ def load_study(scans: str | Path, task: Task, holdout: str | Path | None, *, con
     else:
         targets = read_targets(task, [pool.discovery] + ([held.discovery] if held else []))
         names = targets.levels or []
-    dev = resolve_device(device)
-    return Study(task, pool, held, targets, names, NeuroSQLFit(cfg, nsql_steps, dev.type), steps, ratios, schedule, dev,
-                 out)
+    dev = resolve_device(o.device)
+    return Study(task, pool, held, targets, names, NeuroSQLFit(cfg, o.nsql_steps, dev.type), o.steps, _ratios(o),
+                 o.schedule, dev, Path(o.out))
+
+
+def _ratios(options: UtilityOptions) -> list[float]:
+    """The synthetic-per-real ratios of the grid, each once, ascending."""
+    return sorted(set(map(float, options.synthetic_per_real)))
 
 
 def _label_classes(pool: Cohort, held: Cohort | None) -> list[str]:
