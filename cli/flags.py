@@ -94,6 +94,7 @@ def command(app: typer.Typer, options: type, name: str | None = None) -> Callabl
         callback.__signature__ = inspect.Signature(parameters)
         callback.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
         callback.__name__, callback.__doc__ = run.__name__, run.__doc__
+        callback.options = options  # what tests and the reference read the flags from
         app.command(name)(callback)
         return run
 

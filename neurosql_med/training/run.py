@@ -59,14 +59,15 @@ def _check_unchanged(saved: Config, overrides: dict[str, object], condition: lis
         raise UserError("--resume continues the saved config; it cannot change --condition")
 
 
-def fit_scans(options: FitOptions, cfg: Config, *, say: Callable[[str], None] = print,
+def fit_scans(options: FitOptions, cfg: Config | None = None, *, say: Callable[[str], None] = print,
               show_progress: bool = True) -> FitResult:
-    """Load the scans as ``cfg`` (from `fit_config`) says and fit them into --out, within --max-minutes if given.
+    """Load the scans as ``cfg`` (`fit_config`'s, made here when None) says and fit them into --out,
+    within --max-minutes if given.
 
     ``say`` receives what a user should read before training starts: the conditioning
     covariates, the scans set aside, and what the cohort holds.
     """
-    o = options
+    o, cfg = options, fit_config(options) if cfg is None else cfg
     cohort = _cohort(o, cfg, say)
     for line in skipped_lines(cohort.discovery):
         say(line)
