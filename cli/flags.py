@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from neurosql_med.errors import UserError
-from neurosql_med.options import fields, flag_of, name_of
+from neurosql_med.options import flag_fields, flag_of, name_of
 
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
@@ -69,7 +69,7 @@ def parse_list(text: str, kind: type, flag: str) -> tuple:
 def build(cls: type, values: dict[str, Any]) -> Any:
     """The options object from parsed command-line values (lists split at commas)."""
     hints = typing.get_type_hints(cls)
-    for f in fields(cls):
+    for f in flag_fields(cls):
         kind = _list_item(hints[f.name])
         if kind is not None and isinstance(values.get(f.name), str):
             values[f.name] = parse_list(values[f.name], kind, name_of(f))
@@ -79,13 +79,13 @@ def build(cls: type, values: dict[str, Any]) -> Any:
 def command(app: typer.Typer, options: type, name: str | None = None) -> Callable[[Callable], Callable]:
     """Register ``run(options, **own)`` as a command parsing ``options``' fields and then ``run``'s own parameters."""
     hints = typing.get_type_hints(options)
-    names = [f.name for f in fields(options)]
+    names = [f.name for f in flag_fields(options)]
 
     def register(run: Callable) -> Callable:
         run_hints = typing.get_type_hints(run)
         own = [p.replace(kind=KEYWORD, annotation=run_hints[p.name])
                for p in inspect.signature(run).parameters.values() if p.name != "options"]
-        parameters = [_parameter(f, hints[f.name]) for f in fields(options)] + own
+        parameters = [_parameter(f, hints[f.name]) for f in flag_fields(options)] + own
 
         def callback(**values: Any) -> None:
             chosen = {key: values.pop(key) for key in names}

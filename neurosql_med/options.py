@@ -82,7 +82,7 @@ def name_of(f: dataclasses.Field) -> str:
     return spec.names[0] if spec.names else ("--" + f.name.replace("_", "-") if not spec.argument else f.name.upper())
 
 
-def fields(cls: type) -> Iterator[dataclasses.Field]:
+def flag_fields(cls: type) -> Iterator[dataclasses.Field]:
     """The fields that are command-line arguments or options, in declaration order."""
     return (f for f in dataclasses.fields(cls) if "flag" in f.metadata)
 
@@ -111,7 +111,7 @@ class Options:
     """A command's options: checked field by field when made, then by the class's own `check`."""
 
     def __post_init__(self) -> None:
-        for f in fields(type(self)):
+        for f in flag_fields(type(self)):
             _check_field(f, getattr(self, f.name))
         self.check()
 

@@ -19,7 +19,7 @@ from neurosql_med.data.options import InspectOptions
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.options import BenchmarkOptions, EvaluateOptions, UtilityOptions
 from neurosql_med.metrics import TAU
-from neurosql_med.options import Range, fields, flag_of, name_of
+from neurosql_med.options import Range, flag_fields, flag_of, name_of
 from neurosql_med.synthesis.options import MAX_SAMPLES, SampleOptions, SynthesizeOptions
 from neurosql_med.training.options import FitOptions
 
@@ -45,7 +45,7 @@ def test_the_commands_with_many_options_are_built_from_dataclasses():
 def test_every_field_is_a_flag_with_the_dataclass_default_and_help(name):
     command, cls = _commands()[name]
     params = {p.name: p for p in command.params}
-    for f in fields(cls):
+    for f in flag_fields(cls):
         param = params[f.name]
         spec = flag_of(f)
         if f.default is dataclasses.MISSING:

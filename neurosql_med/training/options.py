@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from neurosql_med.options import (
-    MODEL_DIR, Options, config_choices, config_option, device_option, fields, flag_of, labels_option, mode_option,
+    MODEL_DIR, Options, config_choices, config_option, device_option, flag_fields, flag_of, labels_option, mode_option,
     option, pattern_option, strict_option,
 )
 
@@ -41,4 +41,4 @@ class FitOptions(Options):
     def overrides(self) -> dict[str, object]:
         """The config values these options set, as `override` takes them (``section__key``); None: not set."""
         return {flag_of(f).config.replace(".", "__"): getattr(self, f.name)
-                for f in fields(type(self)) if flag_of(f).config}
+                for f in flag_fields(type(self)) if flag_of(f).config}
