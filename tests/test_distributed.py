@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from conftest import assignment_problem, cli, relative_files, synthesize_on_cpu, torch_threads_kept, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.engine.assignment import assign
+from neurosql_med.engine.assignment import AssignmentProblem, assign
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.io.model import load_model
 from neurosql_med.training.distributed import Group, shard_by_subject
@@ -85,8 +85,9 @@ def _sharded_assign(rank: int, world: int, rendezvous: str, out: str) -> None:
         previous = np.random.default_rng(1).permutation(30)
         found = {}
         for block_size in BLOCK_SIZES:
-            result = shard.assign(generator, lattice, images[mine], ReconstructionLoss(2, window=5),
-                                  AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu", previous, 2, labels[mine])
+            problem = AssignmentProblem(generator, lattice, images[mine], ReconstructionLoss(2, window=5),
+                                        AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu", labels[mine], shard)
+            result = assign(problem, previous, 2)
             found[block_size] = {"perm": result.perm.tolist(), "total": result.total_cost, "blocked": result.blocked}
         if rank == 0:
             Path(out).write_text(json.dumps(found))
@@ -102,9 +103,9 @@ def test_the_sharded_assignment_equals_the_single_process_one(tmp_path):
     sharded = json.loads(out.read_text())
     generator, lattice, images, labels = assignment_problem(30, labels=True)
     for block_size in BLOCK_SIZES:
-        alone = assign(generator, lattice, images, ReconstructionLoss(2, window=5),
-                       AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu",
-                       previous=np.random.default_rng(1).permutation(30), seed=2, labels=labels)
+        problem = AssignmentProblem(generator, lattice, images, ReconstructionLoss(2, window=5),
+                                    AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu", labels)
+        alone = assign(problem, previous=np.random.default_rng(1).permutation(30), seed=2)
         found = sharded[str(block_size)]
         assert found["blocked"] == alone.blocked == (block_size < 30)
         assert found["perm"] == alone.perm.tolist()

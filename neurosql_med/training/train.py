@@ -25,7 +25,7 @@ from torch import Tensor
 from neurosql_med.bounded import read_json, read_json_lines
 from neurosql_med.training import distributed
 from neurosql_med.viz import plots
-from neurosql_med.engine.assignment import assign, initial_assignment
+from neurosql_med.engine.assignment import AssignmentProblem, assign, initial_assignment
 from neurosql_med.engine.strata import Strata, assign_stratified, initial_stratified, stratified_lattice
 from neurosql_med.training.conditions import TrainingConditions, training_conditions
 from neurosql_med.config import Config, load_config, override, with_condition
@@ -427,17 +427,13 @@ def assignment_round(trainer: Trainer, state: TrainerState) -> dict:
     then twice as far apart each time, up to ``assignment.max_interval`` epochs.
     """
     cfg, t = trainer.cfg.assignment, trainer.cfg.train
-    if trainer.strata is not None:
-        result = assign_stratified(
-            trainer.generator, trainer.lattice, trainer.cost_conditions, trainer.images, trainer.strata, trainer.loss_fn, cfg,
-            t.batch_size, trainer.device, previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
-        )
+    problem = AssignmentProblem(trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size,
+                                trainer.device, trainer.labels, trainer.shard)
+    previous, seed = state.perm.numpy(), t.seed + state.epoch
+    if trainer.strata is None:
+        result = assign(problem, previous, seed)
     else:
-        solve = assign if trainer.shard is None else trainer.shard.assign
-        result = solve(
-            trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size, trainer.device,
-            previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
-        )
+        result = assign_stratified(problem, trainer.cost_conditions, trainer.strata, previous, seed)
     state.perm = torch.as_tensor(result.perm)
     changing = result.changed_fraction > cfg.threshold
     state.interval = 1 if changing else min(2 * state.interval, cfg.max_interval)
