@@ -37,7 +37,8 @@ from neurosql_med.evaluation.labels import (
 from neurosql_med.metrics import (
     PSNR_CAP, TAU, audit, check_tau, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
-from neurosql_med.io.model import NeuroSQLModel, load_model
+from neurosql_med.engine.model import NeuroSQLModel
+from neurosql_med.io.model import load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_report_output
 from neurosql_med.io.nifti import INTENSITY_MAX, read_affine, read_image
 from neurosql_med.viz.plots import image_grid, save_figure

@@ -22,7 +22,8 @@ from neurosql_med.engine.levels import parse_levels
 from neurosql_med.errors import UserError
 from neurosql_med.metrics import TAU, check_tau
 from neurosql_med.io.files import sha256_file, write_text
-from neurosql_med.io.model import NeuroSQLModel, load_model
+from neurosql_med.engine.model import NeuroSQLModel
+from neurosql_med.io.model import load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_cohort_output
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import AuditReport, audit_cohort
