@@ -173,21 +173,9 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     generator.load_state_dict(weights)
     generator.to(device).eval()
     return NeuroSQLModel(
-        folder=folder,
-        config=cfg,
-        geometry=geometry,
-        generator=generator,
-        lattice=lattice,
-        assignment=assignment,
-        fingerprint=fingerprint,
-        sha256=hashes[CHECKPOINT],
-        device=device,
-        label_names=label_names,
-        condition=condition,
-        training_conditions=training,
-        texture=texture,
-        levels=levels,
-        training_levels=training_levels,
+        folder=folder, config=cfg, geometry=geometry, generator=generator, lattice=lattice, assignment=assignment,
+        fingerprint=fingerprint, sha256=hashes[CHECKPOINT], device=device, label_names=label_names, condition=condition,
+        training_conditions=training, texture=texture, levels=levels, training_levels=training_levels,
     )
 
 
