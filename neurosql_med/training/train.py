@@ -34,7 +34,7 @@ from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
-from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss, laplacian_l1
+from neurosql_med.engine.losses import ImageTerms, ReconstructionLoss, dice_counts, gradient_loss
 from neurosql_med.engine.decoder import TemplateOutput, build_decoder, check_decoder_size, split_output
 from neurosql_med.engine.residual import fit_texture
 from neurosql_med.engine.tissue_texture import fit_tissue_texture
@@ -466,8 +466,8 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
         labels = None if trainer.labels is None else trainer.labels[rows]
         with autocast(trainer.device, t.amp):
             pred = model(inputs[idx])
-        image_loss, label_loss = trainer.loss_fn.terms(pred.float(), images[rows], labels)
-        per_sample = trainer.loss_fn.combined(image_loss, label_loss)
+        image_terms, label_loss = trainer.loss_fn.terms(pred.float(), images[rows], labels)
+        per_sample = trainer.loss_fn.combined(image_terms, label_loss)
         if trainer.cfg.loss.gradient_weight:
             per_sample = per_sample + trainer.cfg.loss.gradient_weight * gradient_loss(pred[:, :1].float(), images[rows])
         optimizer.zero_grad(set_to_none=True)
@@ -475,7 +475,7 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
         optimizer.step()
         if trainer.ema is not None:
             update_ema(trainer.ema, generator, t.ema)
-        totals.add(pred.detach().float(), images[rows], labels, per_sample.detach(), (image_loss, label_loss), trainer.loss_fn)
+        totals.add(pred.detach().float(), labels, per_sample.detach(), image_terms, label_loss)
     trainer.scheduler.step()
     if shard is not None:
         shard.reduce(totals)
@@ -488,33 +488,27 @@ class _EpochTotals:
 
     label_names: list[str] | None
     loss: float = 0.0
-    image_loss: float = 0.0
     l1: float = 0.0
-    laplacian: float = 0.0  # the weighted Laplacian-pyramid term, so that SSIM can be read off the image loss
+    ssim: float = 0.0
     label_loss: float = 0.0
     agree: Tensor | float = 0.0  # per class: voxels where reconstruction and label map agree
     sizes: Tensor | float = 0.0  # per class: both maps' voxel counts
 
-    def add(
-        self, pred: Tensor, images: Tensor, labels: Tensor | None, loss: Tensor, terms: tuple, loss_fn: ReconstructionLoss,
-    ) -> None:
-        """One batch: its detached predictions, targets, per-sample loss and (image, label) loss terms."""
-        image_loss, label_loss = terms
+    def add(self, pred: Tensor, labels: Tensor | None, loss: Tensor, image: ImageTerms, label_loss: Tensor | None) -> None:
+        """One batch: its detached predictions, label maps, per-sample loss, image terms and label loss."""
         self.loss += float(loss.sum())
-        self.image_loss += float(image_loss.detach().sum())
-        self.l1 += float((pred[:, :1] - images).abs().flatten(1).mean(1).sum())
-        if loss_fn.laplacian_weight:
-            self.laplacian += loss_fn.laplacian_weight * float(
-                laplacian_l1(pred[:, :1], images, loss_fn.laplacian_levels).sum())
+        self.l1 += float(image.l1.detach().sum())
+        if image.ssim is not None:
+            self.ssim += float(image.ssim.detach().sum())
         if labels is not None:
             self.label_loss += float(label_loss.detach().sum())
             agree, sizes = dice_counts(pred[:, 1:], labels)
             self.agree, self.sizes = self.agree + agree, self.sizes + sizes
 
     def row(self, n: int, ssim_weight: float) -> dict:
-        """loss, l1, ssim; with labels also label_loss and the reconstructions' Dice (mean over non-background classes, per class)."""
-        ssim = 1 - (self.image_loss - self.l1 - self.laplacian) / n / ssim_weight if ssim_weight else float("nan")
-        row: dict = {"loss": self.loss / n, "l1": self.l1 / n, "ssim": ssim}
+        """loss, l1, ssim (NaN when the loss has no SSIM term); with labels also label_loss and the
+        reconstructions' Dice (mean over non-background classes, per class)."""
+        row: dict = {"loss": self.loss / n, "l1": self.l1 / n, "ssim": self.ssim / n if ssim_weight else float("nan")}
         if self.label_names is not None:
             dice = [1.0 if s == 0 else 2 * a / s for a, s in zip(self.agree.tolist(), self.sizes.tolist())]
             row |= {"label_loss": self.label_loss / n, "dice": sum(dice[1:]) / len(dice[1:]),
