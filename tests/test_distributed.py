@@ -21,7 +21,7 @@ from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import AssignmentProblem, assign
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.io.model import load_model
-from neurosql_med.training.distributed import Group, shard_by_subject
+from neurosql_med.training.distributed import Alone, Group, shard_by_subject
 from neurosql_med.training.train import fit
 
 EPOCHS = 4
@@ -70,6 +70,22 @@ def test_shards_split_by_subject_in_contiguous_balanced_runs():
     assert shards[1].local_of[5:].tolist() == [0, 1, 2, 3, 4] and (shards[1].local_of[:5] == -1).all()
     with pytest.raises(Exception, match="only 1 subject"):
         shard_by_subject(Group(0, 2, torch.device("cpu")), ["a"] * 4)
+
+
+def test_alone_answers_as_a_shard_of_one_process_would():
+    """The trainer asks the same questions alone as under torchrun: a single-process run gives a one-rank shard's answers."""
+    subjects = ["a"] * 3 + ["b"] * 2 + ["c"] * 4
+    shard, alone = shard_by_subject(Group(0, 1, torch.device("cpu")), subjects), Alone(len(subjects))
+    assert alone.owner.tolist() == shard.owner.tolist() and alone.rank == shard.rank and alone.world == shard.world
+    assert torch.equal(torch.arange(9)[alone.rows], shard.rows)
+    batch = torch.tensor([7, 2, 5])
+    assert all(torch.equal(a, b) for a, b in zip(alone.local(batch), shard.local(batch)))
+    per_sample = torch.tensor([0.5, 1.5, 4.0])
+    torch.testing.assert_close(alone.batch_loss(per_sample, 3), shard.batch_loss(per_sample, 3))
+    assert alone.any(True) and not alone.any(False)
+    generator = torch.nn.Linear(2, 2)
+    alone.wrap(generator, torch.device("cpu"))
+    assert alone.model is generator
 
 
 BLOCK_SIZES = (64, 7)  # one dense problem of 30 images, then blocks of 7 or 8

@@ -211,7 +211,8 @@ def decode(generator: torch.nn.Module, latents: Tensor, batch_size: int, device:
 
 
 class Sharding(Protocol):
-    """The images spread over the processes of a torchrun job (``training.distributed.Shard``)."""
+    """Where the images are: spread over the processes of a torchrun job (``training.distributed.Shard``), or all
+    in this one (``training.distributed.Alone``, which hands each block back to ``AssignmentProblem.block_costs``)."""
 
     owner: np.ndarray  # owner[i]: the process that holds global image i
 

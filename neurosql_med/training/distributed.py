@@ -134,6 +134,11 @@ class Shard:
         """This rank's global sample indices, ascending."""
         return np.flatnonzero(self.owner == self.rank)
 
+    @property
+    def rows(self) -> Tensor:
+        """This process's rows of the cohort (its ``owned`` samples)."""
+        return torch.as_tensor(self.owned)
+
     def wrap(self, generator: torch.nn.Module, device: torch.device) -> None:
         """Wrap the generator in DDP; its parameters stay the generator's, which is what is saved."""
         self.model = DistributedDataParallel(generator, device_ids=[device] if device.type == "cuda" else None)
@@ -210,6 +215,55 @@ class Shard:
             where = np.flatnonzero(holders == r)
             block[where] = part[: len(where)].cpu().numpy()
         return block
+
+
+@dataclass
+class Alone:
+    """A fit in one process: a ``Shard``'s questions with their one-process answers, so the trainer asks them either way."""
+
+    n: int  # samples, all held here
+    model: torch.nn.Module | None = None  # the generator itself, for the training forward
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def owner(self) -> np.ndarray:
+        return np.zeros(self.n, dtype=np.int64)
+
+    @property
+    def rows(self) -> slice:
+        """This process's rows of the cohort: all of them."""
+        return slice(None)
+
+    def wrap(self, generator: torch.nn.Module, device: torch.device) -> None:
+        self.model = generator
+
+    def local(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        return batch, batch
+
+    def batch_loss(self, per_sample: Tensor, batch_size: int) -> Tensor:
+        return per_sample.mean()
+
+    def reduce(self, totals: object) -> None:
+        """Nothing to sum: the totals are already the whole epoch's."""
+
+    def check_interrupt(self) -> None:
+        """Nothing to do: Ctrl-C raises KeyboardInterrupt in the one process directly."""
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def broadcast(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def block_costs(
+        self, problem: AssignmentProblem, kind: str, rows: np.ndarray, columns: np.ndarray, timings: dict[str, float],
+    ) -> np.ndarray:
+        """The assignment's one-process strategy: ``problem.block_costs``."""
+        return problem.block_costs(kind, rows, columns, timings)
+
+
+Placement = Shard | Alone  # where this process's samples are: all here, or its shard under torchrun
 
 
 def shard_by_subject(group: Group, subjects: Sequence[str]) -> Shard:
