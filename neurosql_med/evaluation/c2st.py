@@ -31,7 +31,7 @@ from monai.transforms import GaussianSmooth
 from monai.utils import convert_to_tensor
 from torch import Tensor, nn
 
-from neurosql_med.evaluation.splits import split_subjects
+from neurosql_med.evaluation.splits import split_subjects, subject_parts
 from neurosql_med.evaluation.small_network import Schedule, train_small_network
 from neurosql_med.io.nifti import INTENSITY_MAX
 
@@ -114,7 +114,7 @@ def fold_of(groups_a: Sequence[str], groups_b: Sequence[str], folds: int, rng: n
     for pool in (sorted(a & b), sorted(a - b), sorted(b - a)):
         for k, group in enumerate(rng.permutation(pool).tolist() if pool else []):
             fold[group] = k % folds
-    return np.array([fold[g] for g in groups_a]), np.array([fold[g] for g in groups_b])
+    return subject_parts(groups_a, fold), subject_parts(groups_b, fold)
 
 
 def _inputs(images: Tensor) -> Tensor:

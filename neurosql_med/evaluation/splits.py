@@ -7,7 +7,7 @@ a subject on one side.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -31,5 +31,10 @@ def split_by_subject(cohort: Cohort, fraction: float, seed: int) -> tuple[Cohort
 
 def split_subjects(subjects: Sequence[str], chosen: Collection[str]) -> tuple[np.ndarray, np.ndarray]:
     """(chosen, other) sample indices: every sample of the ``chosen`` subjects, and the rest; ``subjects[i]``: sample i's."""
-    picked = np.array([s in chosen for s in subjects], dtype=bool)
-    return np.flatnonzero(picked), np.flatnonzero(~picked)
+    side = subject_parts(subjects, {s: int(s in chosen) for s in set(subjects)})
+    return np.flatnonzero(side == 1), np.flatnonzero(side == 0)
+
+
+def subject_parts(subjects: Sequence[str], part_of: Mapping[str, int]) -> np.ndarray:
+    """Each sample's part (a side, a fold): its subject's, so that no subject is ever split between two parts."""
+    return np.array([part_of[s] for s in subjects], dtype=np.int64)
