@@ -112,3 +112,11 @@ def test_assign_reports_changes_and_restores_training_mode():
     shuffled = np.roll(first.perm, 1)
     third = assign(problem, previous=shuffled, seed=2)
     assert third.changed_fraction == 1.0
+
+
+def test_a_lattice_of_another_size_than_the_images_is_refused():
+    generator = Decoder(2, 2, (12, 14), [8, 4])
+    problem = AssignmentProblem(generator, quantile_lattice(9, 2), _structured_images(10), ReconstructionLoss(2, window=5),
+                                AssignmentConfig(cost="mse"), 4, "cpu")
+    with pytest.raises(ValueError, match="10 images but 9 lattice points"):
+        assign(problem, previous=None, seed=0)

@@ -296,7 +296,7 @@ def assign(problem: AssignmentProblem, previous: np.ndarray | None, seed: int) -
     cost cannot rise. With a shard, each process costs its own images and rank 0 solves.
     """
     n, shard = problem.size, problem.shard
-    if shard is None and len(problem.lattice) != n:
+    if len(problem.lattice) != n:
         raise ValueError(f"{n} images but {len(problem.lattice)} lattice points")
     blocked = n > problem.cfg.block_size
     blocks = assignment_blocks(n, problem.cfg.block_size, seed, previous) if blocked else [(np.arange(n), np.arange(n))]
