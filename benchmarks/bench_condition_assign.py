@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from neurosql_med.data.covariates import load_conditioned_cohort
+from neurosql_med.engine.assignment import AssignmentProblem
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.engine.strata import Strata, assign_stratified, cost_conditions, stratum_costs
 from neurosql_med.io.model import load_model
@@ -28,8 +29,8 @@ def exact_cost(model, lattice: torch.Tensor, cohort, strata: Strata, perm: np.nd
     total = 0.0
     for rows, cols in zip(strata.rows, strata.columns):
         r = torch.as_tensor(rows)
-        cost, _ = stratum_costs(model.generator, lattice[torch.as_tensor(cols)], cohort.conditions[r], cohort.images[r],
-                                loss, "loss", 64, "cpu")
+        problem = AssignmentProblem(model.generator, lattice, cohort.images, loss, model.config.assignment, 64, "cpu")
+        cost, _ = stratum_costs(problem, lattice[torch.as_tensor(cols)], cohort.conditions[r], r, "loss")
         total += float(cost[np.arange(len(rows)), np.searchsorted(cols, perm[rows])].sum())
     return total
 
@@ -54,8 +55,9 @@ def main() -> None:
         best, result = float("inf"), None
         for _ in range(args.repeats):
             start = time.perf_counter()
-            result = assign_stratified(model.generator, lattice, conditions, cohort.images, strata, loss, cfg.assignment,
-                                       cfg.train.batch_size, "cpu", previous=model.assignment, seed=0)
+            problem = AssignmentProblem(model.generator, lattice, cohort.images, loss, cfg.assignment,
+                                        cfg.train.batch_size, "cpu")
+            result = assign_stratified(problem, conditions, strata, previous=model.assignment, seed=0)
             best = min(best, time.perf_counter() - start)
         total = exact_cost(model, lattice, cohort, strata, result.perm, loss)
         print(f"bins {bins or 'exact':>5}: {decodes:6d} decodes, {best:6.2f} s per round, "

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from neurosql_med.engine.assignment import assign, cost_matrix, initial_assignment, pca_codes, solve_assignment
+from neurosql_med.engine.assignment import AssignmentProblem, assign, cost_matrix, initial_assignment, pca_codes, solve_assignment
 from neurosql_med.config import AssignmentConfig
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss
@@ -103,12 +103,20 @@ def test_assign_reports_changes_and_restores_training_mode():
     lattice = quantile_lattice(10, 2)
     images = _structured_images(10)
     loss = ReconstructionLoss(2, window=5)
-    cfg = AssignmentConfig(cost="loss")
-    first = assign(generator, lattice, images, loss, cfg, 4, "cpu", previous=None, seed=0)
+    problem = AssignmentProblem(generator, lattice, images, loss, AssignmentConfig(cost="loss"), 4, "cpu")
+    first = assign(problem, previous=None, seed=0)
     assert first.changed_fraction == 1.0 and not first.blocked and generator.training
     assert set(first.timings) == {"forward", "cost", "lap"}
-    again = assign(generator, lattice, images, loss, cfg, 4, "cpu", previous=first.perm, seed=1)
+    again = assign(problem, previous=first.perm, seed=1)
     assert again.changed_fraction == 0.0 and again.total_cost == pytest.approx(first.total_cost)
     shuffled = np.roll(first.perm, 1)
-    third = assign(generator, lattice, images, loss, cfg, 4, "cpu", previous=shuffled, seed=2)
+    third = assign(problem, previous=shuffled, seed=2)
     assert third.changed_fraction == 1.0
+
+
+def test_a_lattice_of_another_size_than_the_images_is_refused():
+    generator = Decoder(2, 2, (12, 14), [8, 4])
+    problem = AssignmentProblem(generator, quantile_lattice(9, 2), _structured_images(10), ReconstructionLoss(2, window=5),
+                                AssignmentConfig(cost="mse"), 4, "cpu")
+    with pytest.raises(ValueError, match="10 images but 9 lattice points"):
+        assign(problem, previous=None, seed=0)

@@ -11,7 +11,7 @@ import torch
 
 from conftest import assignment_problem
 from neurosql_med.config import AssignmentConfig
-from neurosql_med.engine.assignment import assign, cost_matrix, initial_assignment, solve_assignment
+from neurosql_med.engine.assignment import AssignmentProblem, assign, cost_matrix, initial_assignment, solve_assignment
 from neurosql_med.engine.losses import ReconstructionLoss
 
 
@@ -26,7 +26,7 @@ def test_blocked_assign_solves_the_same_blocks_as_the_dense_matrix(kind, labels)
     dense, _ = cost_matrix(generator, lattice, images, loss, kind, batch_size=8, device="cpu", labels=maps)
     previous = np.random.default_rng(5).permutation(40)
     cfg = AssignmentConfig(cost=kind, block_size=9)
-    result = assign(generator, lattice, images, loss, cfg, 8, "cpu", previous=previous, seed=3, labels=maps)
+    result = assign(AssignmentProblem(generator, lattice, images, loss, cfg, 8, "cpu", maps), previous=previous, seed=3)
     expected, _ = solve_assignment(dense, block_size=9, seed=3, previous=previous)
     assert result.blocked and sorted(result.perm) == list(range(40))
     assert set(result.timings) == {"forward", "cost", "lap"}
@@ -40,9 +40,9 @@ def test_blocked_rounds_never_raise_the_total_cost():
     dense, _ = cost_matrix(generator, lattice, images, loss, "mse", batch_size=16, device="cpu")
     perm = np.random.default_rng(0).permutation(60)
     totals = [_total(dense, perm)]
+    problem = AssignmentProblem(generator, lattice, images, loss, AssignmentConfig(cost="mse", block_size=13), 16, "cpu")
     for seed in range(6):  # new random blocks every round, as the trainer does
-        perm = assign(generator, lattice, images, loss, AssignmentConfig(cost="mse", block_size=13), 16, "cpu",
-                      previous=perm, seed=seed).perm
+        perm = assign(problem, previous=perm, seed=seed).perm
         totals.append(_total(dense, perm))
     assert all(b <= a + 1e-9 for a, b in zip(totals, totals[1:]))
     optimum = _total(dense, solve_assignment(dense)[0])
@@ -64,7 +64,7 @@ MEMORY_PROBE = r"""
 import json, resource, sys, time
 import numpy as np, torch
 from neurosql_med.config import AssignmentConfig
-from neurosql_med.engine.assignment import assign, initial_assignment
+from neurosql_med.engine.assignment import AssignmentProblem, assign, initial_assignment
 from neurosql_med.engine.decoder import Decoder
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss
@@ -76,8 +76,9 @@ lattice = quantile_lattice(n, 2)
 images = torch.rand(n, 1, 8, 8)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 perm = initial_assignment(images, lattice, block_size=block)
-result = assign(generator, lattice, images, ReconstructionLoss(2, window=3), AssignmentConfig(cost="mse", block_size=block),
-                4096, "cpu", previous=perm, seed=1)
+problem = AssignmentProblem(generator, lattice, images, ReconstructionLoss(2, window=3),
+                            AssignmentConfig(cost="mse", block_size=block), 4096, "cpu")
+result = assign(problem, previous=perm, seed=1)
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
 print(json.dumps({"grown": grown, "permutation": sorted(result.perm.tolist()) == list(range(n)), "blocked": result.blocked}))
 """

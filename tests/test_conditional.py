@@ -15,6 +15,7 @@ from neurosql_med.config import AssignmentConfig, load_config
 from neurosql_med.data.covariates import condition_scans, load_conditioned_cohort, read_covariates
 from neurosql_med.data.discovery import discover
 from neurosql_med.engine.conditioning import ConditionSpec, Covariate
+from neurosql_med.engine.assignment import AssignmentProblem
 from neurosql_med.engine.decoder import Decoder
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.engine.strata import Strata, assign_stratified, cost_conditions
@@ -80,8 +81,8 @@ def test_per_stratum_assignment_equals_brute_force():
     strata = Strata.of([(int(c[0]),) for c in conditions])
     lattice = torch.randn(6, 3)
     loss = ReconstructionLoss(2, 0.8, 3)
-    result = assign_stratified(generator, lattice, conditions, images, strata, loss, AssignmentConfig(cost="loss"),
-                               4, "cpu", previous=None, seed=0)
+    problem = AssignmentProblem(generator, lattice, images, loss, AssignmentConfig(cost="loss"), 4, "cpu")
+    result = assign_stratified(problem, conditions, strata, previous=None, seed=0)
 
     def cost(i: int, j: int) -> float:
         with torch.no_grad():

@@ -18,10 +18,10 @@ import torch.multiprocessing as mp
 from conftest import assignment_problem, cli, relative_files, synthesize_on_cpu, torch_threads_kept, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.engine.assignment import assign
+from neurosql_med.engine.assignment import AssignmentProblem, assign
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.io.model import load_model
-from neurosql_med.training.distributed import Group, shard_by_subject
+from neurosql_med.training.distributed import Alone, Group, shard_by_subject
 from neurosql_med.training.train import fit
 
 EPOCHS = 4
@@ -72,6 +72,22 @@ def test_shards_split_by_subject_in_contiguous_balanced_runs():
         shard_by_subject(Group(0, 2, torch.device("cpu")), ["a"] * 4)
 
 
+def test_alone_answers_as_a_shard_of_one_process_would():
+    """The trainer asks the same questions alone as under torchrun: a single-process run gives a one-rank shard's answers."""
+    subjects = ["a"] * 3 + ["b"] * 2 + ["c"] * 4
+    shard, alone = shard_by_subject(Group(0, 1, torch.device("cpu")), subjects), Alone(len(subjects))
+    assert alone.owner.tolist() == shard.owner.tolist() and alone.rank == shard.rank and alone.world == shard.world
+    assert torch.equal(torch.arange(9)[alone.rows], shard.rows)
+    batch = torch.tensor([7, 2, 5])
+    assert all(torch.equal(a, b) for a, b in zip(alone.local(batch), shard.local(batch)))
+    per_sample = torch.tensor([0.5, 1.5, 4.0])
+    torch.testing.assert_close(alone.batch_loss(per_sample, 3), shard.batch_loss(per_sample, 3))
+    assert alone.any(True) and not alone.any(False)
+    generator = torch.nn.Linear(2, 2)
+    alone.wrap(generator, torch.device("cpu"))
+    assert alone.model is generator
+
+
 BLOCK_SIZES = (64, 7)  # one dense problem of 30 images, then blocks of 7 or 8
 
 
@@ -85,8 +101,9 @@ def _sharded_assign(rank: int, world: int, rendezvous: str, out: str) -> None:
         previous = np.random.default_rng(1).permutation(30)
         found = {}
         for block_size in BLOCK_SIZES:
-            result = shard.assign(generator, lattice, images[mine], ReconstructionLoss(2, window=5),
-                                  AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu", previous, 2, labels[mine])
+            problem = AssignmentProblem(generator, lattice, images[mine], ReconstructionLoss(2, window=5),
+                                        AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu", labels[mine], shard)
+            result = assign(problem, previous, 2)
             found[block_size] = {"perm": result.perm.tolist(), "total": result.total_cost, "blocked": result.blocked}
         if rank == 0:
             Path(out).write_text(json.dumps(found))
@@ -102,9 +119,9 @@ def test_the_sharded_assignment_equals_the_single_process_one(tmp_path):
     sharded = json.loads(out.read_text())
     generator, lattice, images, labels = assignment_problem(30, labels=True)
     for block_size in BLOCK_SIZES:
-        alone = assign(generator, lattice, images, ReconstructionLoss(2, window=5),
-                       AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu",
-                       previous=np.random.default_rng(1).permutation(30), seed=2, labels=labels)
+        problem = AssignmentProblem(generator, lattice, images, ReconstructionLoss(2, window=5),
+                                    AssignmentConfig(cost="mse", block_size=block_size), 8, "cpu", labels)
+        alone = assign(problem, previous=np.random.default_rng(1).permutation(30), seed=2)
         found = sharded[str(block_size)]
         assert found["blocked"] == alone.blocked == (block_size < 30)
         assert found["perm"] == alone.perm.tolist()

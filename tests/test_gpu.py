@@ -8,7 +8,7 @@ import torch
 from conftest import assignment_problem, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.engine.assignment import assign
+from neurosql_med.engine.assignment import AssignmentProblem, assign
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.synthesis.options import SynthesizeOptions
 from neurosql_med.synthesis.synthesize import synthesize
@@ -33,9 +33,9 @@ def test_the_blocked_assignment_on_cuda_agrees_with_the_cpu():
     loss = ReconstructionLoss(2, window=5)
     cfg = AssignmentConfig(cost="mse", block_size=10)
     previous = np.random.default_rng(0).permutation(48)
-    cpu = assign(generator, lattice, images, loss, cfg, 8, "cpu", previous=previous, seed=1, labels=labels)
-    gpu = assign(generator.cuda(), lattice.cuda(), images.cuda(), loss.cuda(), cfg, 8, "cuda", previous=previous, seed=1,
-                 labels=labels.cuda())
+    cpu = assign(AssignmentProblem(generator, lattice, images, loss, cfg, 8, "cpu", labels), previous=previous, seed=1)
+    gpu = assign(AssignmentProblem(generator.cuda(), lattice.cuda(), images.cuda(), loss.cuda(), cfg, 8, "cuda", labels.cuda()),
+                 previous=previous, seed=1)
     assert gpu.blocked and sorted(gpu.perm) == list(range(48))
     assert gpu.total_cost == pytest.approx(cpu.total_cost, rel=1e-4)
     assert np.mean(gpu.perm == cpu.perm) >= 0.9

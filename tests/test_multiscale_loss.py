@@ -63,3 +63,20 @@ def test_laplacian_keys_are_checked():
         override(load_config("tiny"), loss__laplacian_weight=-1.0)
     with pytest.raises(UserError, match="loss.laplacian_levels"):
         override(load_config("tiny"), loss__laplacian_levels=0)
+
+
+@pytest.mark.parametrize("ssim_weight,laplacian_weight", [(0.8, 0.0), (0.0, 0.5), (0.6, 0.3)])
+def test_the_loss_is_the_weighted_sum_of_the_terms_training_reports(ssim_weight, laplacian_weight):
+    """History's l1 and ssim are the loss's own terms, read directly: an SSIM it does not weigh is not computed."""
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(3, 1, 16, 20, generator=generator), torch.rand(3, 1, 16, 20, generator=generator)
+    loss = ReconstructionLoss(2, ssim_weight, window=5, laplacian_weight=laplacian_weight, laplacian_levels=3)
+    terms, label = loss.terms(pred, target)
+    assert label is None and (terms.ssim is None) == (ssim_weight == 0) and (terms.laplacian is None) == (laplacian_weight == 0)
+    l1 = (pred - target).abs().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(terms.l1, l1)
+    ssim = loss.ssim(pred, target)
+    assert bool((ssim < 0.5).all())  # unrelated noise: far from identical, so the SSIM term matters
+    expected = l1 + ssim_weight * (1 - ssim) + laplacian_weight * laplacian_l1(pred, target, 3)
+    torch.testing.assert_close(loss.combined(terms, None), expected)
+    torch.testing.assert_close(loss(pred, target), expected)

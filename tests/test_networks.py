@@ -22,8 +22,9 @@ def test_decoder_output_shape_and_range(dims, shape, channels):
     assert out.min() >= 0 and out.max() <= 1
 
 
-def test_decoder_output_does_not_depend_on_the_batch():
-    decoder = Decoder(2, latent_dim=4, out_shape=(16, 20), channels=[16, 8]).eval()
+@pytest.mark.parametrize("kind", [Decoder, ResidualDecoder])
+def test_decoder_output_does_not_depend_on_the_batch(kind):
+    decoder = kind(2, latent_dim=4, out_shape=(16, 20), channels=[16, 8]).eval()
     z = torch.randn(5, 4)
     torch.testing.assert_close(decoder(z)[2:3], decoder(z[2:3]), atol=1e-6, rtol=0)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in decoder.modules())

@@ -27,13 +27,6 @@ def test_every_resolution_has_two_convolutions_and_full_resolution_is_modulated(
         assert not torch.allclose(plain, decoder(z))
 
 
-def test_output_does_not_depend_on_the_batch():
-    decoder = ResidualDecoder(2, latent_dim=4, out_shape=(16, 20), channels=[16, 8]).eval()
-    z = torch.randn(5, 4)
-    torch.testing.assert_close(decoder(z)[2:3], decoder(z[2:3]), atol=1e-6, rtol=0)
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in decoder.modules())
-
-
 def test_config_selects_it_and_the_plain_decoder_stays_the_default():
     plain, residual = ModelConfig(channels=[16, 8]), ModelConfig(channels=[16, 8], decoder="residual")
     assert not isinstance(build_decoder(plain, (16, 20)), ResidualDecoder)

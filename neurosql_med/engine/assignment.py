@@ -4,14 +4,17 @@ For a fixed generator the best codes solve a linear assignment problem on
 C[i, j] = loss(G(u_j), x_i), the discrete optimal transport between the images and the
 lattice. It is solved exactly (Jonker-Volgenant via ``lap``), in random blocks when n is
 too large for one dense n x n problem; then only each block's rows x columns costs are
-ever computed, so memory is bounded by the block, not by n^2.
+ever computed, so memory is bounded by the block, not by n^2. An ``AssignmentProblem``
+holds what a step matches; ``assign`` solves it densely, in blocks, or across the
+processes of a torchrun job (its ``shard``), with one loop over blocks for all three.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
+from typing import Callable, Protocol
 
 import lap
 import numpy as np
@@ -207,75 +210,113 @@ def decode(generator: torch.nn.Module, latents: Tensor, batch_size: int, device:
         generator.train(was_training)
 
 
-def assign(
-    generator: torch.nn.Module,
-    lattice: Tensor | np.ndarray,
-    images: Tensor,
-    loss: ReconstructionLoss,
-    cfg: AssignmentConfig,
-    batch_size: int,
-    device: torch.device | str,
-    previous: np.ndarray | None,
-    seed: int,
-    labels: Tensor | None = None,
-) -> AssignResult:
-    """One assignment step: decode the lattice, build the costs (of images and their ``labels``), solve the LAP.
+class Sharding(Protocol):
+    """Where the images are: spread over the processes of a torchrun job (``training.distributed.Shard``), or all
+    in this one (``training.distributed.Alone``, which hands each block back to ``AssignmentProblem.block_costs``)."""
 
-    Above ``cfg.block_size`` images it runs block by block (``assign_blocked``).
+    owner: np.ndarray  # owner[i]: the process that holds global image i
+
+    def block_costs(
+        self, problem: AssignmentProblem, kind: str, rows: np.ndarray, columns: np.ndarray, timings: dict[str, float],
+    ) -> np.ndarray | None:
+        """The block's rows x columns costs on rank 0, None on the other ranks."""
+
+    def broadcast(self, array: np.ndarray) -> np.ndarray:
+        """Rank 0's copy of ``array``."""
+
+
+@dataclass
+class AssignmentProblem:
+    """What an assignment step matches: the images (and label maps) against the generator's lattice points.
+
+    ``images`` and ``labels`` are all the images, or under torchrun this process's share
+    of them (``shard``); the lattice is always whole.
     """
-    if len(lattice) != len(images):
-        raise ValueError(f"{len(images)} images but {len(lattice)} lattice points")
-    if len(images) > cfg.block_size:
-        return assign_blocked(generator, torch.as_tensor(lattice), images, loss, cfg, batch_size, device, previous, seed,
-                              labels)
-    cost, timings = cost_matrix(generator, torch.as_tensor(lattice), images, loss, cfg.cost, batch_size, device, labels)
-    start = time.perf_counter()
-    perm, blocked = solve_assignment(cost, cfg.block_size, seed, previous)
-    timings["lap"] = time.perf_counter() - start
-    changed = 1.0 if previous is None else float(np.mean(perm != previous))
-    total = float(cost[np.arange(len(perm)), perm].sum())
-    return AssignResult(perm, changed, total, blocked, timings)
 
+    generator: torch.nn.Module
+    lattice: Tensor
+    images: Tensor
+    loss: ReconstructionLoss
+    cfg: AssignmentConfig
+    batch_size: int
+    device: torch.device | str
+    labels: Tensor | None = None
+    shard: Sharding | None = None
 
-def assign_blocked(
-    generator: torch.nn.Module,
-    lattice: Tensor,
-    images: Tensor,
-    loss: ReconstructionLoss,
-    cfg: AssignmentConfig,
-    batch_size: int,
-    device: torch.device | str,
-    previous: np.ndarray | None,
-    seed: int,
-    labels: Tensor | None = None,
-) -> AssignResult:
-    """The assignment in blocks: per block, decode its columns' lattice points and cost them against its rows only.
+    def __post_init__(self) -> None:
+        self.lattice = torch.as_tensor(self.lattice)
 
-    Memory is one block's decoded points plus its rows x columns costs (float32 on the
-    device, float64 for the LAP), never n x n. The blocks are ``solve_assignment``'s, so
-    given ``previous`` the total cost cannot rise.
-    """
-    n = len(images)
-    kind = cost_kind(cfg.cost, n, images[0].numel(), loss.laplacian_weight > 0)
-    timings = {"forward": 0.0, "cost": 0.0, "lap": 0.0}
-    perm, total = np.empty(n, dtype=np.int64), 0.0
-    for rows, columns in assignment_blocks(n, cfg.block_size, seed, previous):
+    @property
+    def size(self) -> int:
+        """Images matched: all of them, across every process under torchrun."""
+        return len(self.images) if self.shard is None else len(self.shard.owner)
+
+    def cost_kind(self, n: int | None = None) -> str:
+        """``cost_kind`` of the configured cost for an n x n problem (default: the whole one)."""
+        return cost_kind(self.cfg.cost, self.size if n is None else n, self.images[0].numel(),
+                         self.loss.laplacian_weight > 0)
+
+    def rows(self, local: np.ndarray | Tensor) -> tuple[Tensor, Tensor | None]:
+        """This process's images (and label maps) at ``local`` rows, on the device."""
+        picked = torch.as_tensor(local, device=self.images.device)
+        labels = None if self.labels is None else self.labels[picked.to(self.labels.device)].to(self.device)
+        return self.images[picked].to(self.device), labels
+
+    def decode(self, columns: np.ndarray, timings: dict[str, float]) -> Tensor:
+        """G at the lattice points ``columns``, its seconds added to ``timings["forward"]``."""
         start = time.perf_counter()
-        outputs = decode(generator, lattice[torch.as_tensor(columns)], batch_size, device)
-        decoded = time.perf_counter()
-        picked = torch.as_tensor(rows, device=images.device)
-        block = chunked_pair_costs(outputs, images[picked].to(device), loss, kind,
-                                   None if labels is None else labels[picked.to(labels.device)].to(device))
-        block = checked_costs(block.cpu().numpy())
-        costed = time.perf_counter()
-        local = _lapjv(block)
-        perm[rows] = columns[local]
-        total += float(block[np.arange(len(rows)), local].sum())
-        timings["forward"] += decoded - start
-        timings["cost"] += costed - decoded
-        timings["lap"] += time.perf_counter() - costed
+        outputs = decode(self.generator, self.lattice[torch.as_tensor(columns, device=self.lattice.device)],
+                         self.batch_size, self.device)
+        timings["forward"] += time.perf_counter() - start
+        return outputs
+
+    def costs(self, outputs: Tensor, images: Tensor, labels: Tensor | None, kind: str, timings: dict[str, float]) -> Tensor:
+        """``chunked_pair_costs`` of images against decoded outputs, its seconds added to ``timings["cost"]``."""
+        start = time.perf_counter()
+        block = chunked_pair_costs(outputs, images, self.loss, kind, labels)
+        if block.is_cuda:
+            torch.cuda.synchronize(block.device)  # kernels run asynchronously: count them here, not in the LAP
+        timings["cost"] += time.perf_counter() - start
+        return block
+
+    def block_costs(
+        self, kind: str, rows: np.ndarray, columns: np.ndarray, timings: dict[str, float],
+    ) -> np.ndarray:
+        """Rows x columns costs in one process: only the block's columns are decoded, never all n."""
+        outputs = self.decode(columns, timings)
+        return self.costs(outputs, *self.rows(rows), kind, timings).cpu().numpy()
+
+
+def assign(problem: AssignmentProblem, previous: np.ndarray | None, seed: int) -> AssignResult:
+    """One assignment step: decode the lattice, cost it against the images (and label maps), solve the LAP.
+
+    Dense (one exact problem) up to ``cfg.block_size`` images; above it in the seeded
+    random blocks of ``assignment_blocks``, each exact, so that memory is one block's
+    decoded points and rows x columns costs, never n x n, and given ``previous`` the total
+    cost cannot rise. With a shard, each process costs its own images and rank 0 solves.
+    """
+    n, shard = problem.size, problem.shard
+    if len(problem.lattice) != n:
+        raise ValueError(f"{n} images but {len(problem.lattice)} lattice points")
+    blocked = n > problem.cfg.block_size
+    blocks = assignment_blocks(n, problem.cfg.block_size, seed, previous) if blocked else [(np.arange(n), np.arange(n))]
+    block_costs = problem.block_costs if shard is None else partial(shard.block_costs, problem)
+    kind = problem.cost_kind()
+    timings = {"forward": 0.0, "cost": 0.0, "lap": 0.0}
+    perm, total = np.zeros(n, dtype=np.int64), np.zeros(1)
+    for rows, columns in blocks:
+        block = block_costs(kind, rows, columns, timings)
+        if block is not None:  # None on the ranks other than 0 under torchrun
+            start = time.perf_counter()
+            block = checked_costs(block)
+            local = _lapjv(block)
+            perm[rows] = columns[local]
+            total += block[np.arange(len(rows)), local].sum()
+            timings["lap"] += time.perf_counter() - start
+    if shard is not None:
+        perm, total = shard.broadcast(perm), shard.broadcast(total)
     changed = 1.0 if previous is None else float(np.mean(perm != previous))
-    return AssignResult(perm, changed, total, True, timings)
+    return AssignResult(perm, changed, float(total[0]), blocked, timings)
 
 
 def _lapjv(cost: np.ndarray) -> np.ndarray:

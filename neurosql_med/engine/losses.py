@@ -9,6 +9,8 @@ without ever forming n^2 label volumes.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
@@ -84,6 +86,15 @@ def pairwise_laplacian(outputs: Tensor, images: Tensor, levels: int) -> Tensor:
         return torch.cdist(pyramid_features(images, levels), pyramid_features(outputs, levels), p=1)
 
 
+@dataclass
+class ImageTerms:
+    """The per-sample parts of the image loss, unweighted: training reports them beside the loss."""
+
+    l1: Tensor
+    ssim: Tensor | None  # None where the loss has no SSIM term
+    laplacian: Tensor | None  # the Laplacian-pyramid L1; None where the loss has no such term
+
+
 class ReconstructionLoss(torch.nn.Module):
     """Mean absolute error plus ``ssim_weight`` times (1 - SSIM), one value per sample.
 
@@ -116,25 +127,36 @@ class ReconstructionLoss(torch.nn.Module):
         """Per-sample loss; ``pred`` is (N, 1, ...), or (N, 1 + K, ...) image and label logits with ``labels``."""
         return self.combined(*self.terms(pred, target, labels))
 
-    def combined(self, image: Tensor, label: Tensor | None) -> Tensor:
-        """The loss from its `terms`: image loss plus ``label_weight`` times the label loss."""
-        return image if label is None else image + self.label_weight * label
+    def combined(self, image: ImageTerms, label: Tensor | None) -> Tensor:
+        """The loss from its `terms`: the weighted image terms plus ``label_weight`` times the label loss."""
+        total = self.image_total(image)
+        return total if label is None else total + self.label_weight * label
 
-    def terms(self, pred: Tensor, target: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """The per-sample image loss and, with ``labels``, the unweighted label loss: what training reports apart."""
+    def terms(self, pred: Tensor, target: Tensor, labels: Tensor | None = None) -> tuple[ImageTerms, Tensor | None]:
+        """The per-sample image terms and, with ``labels``, the unweighted label loss: what training reports apart."""
         if labels is None:
-            return self.image_loss(pred, target), None
-        return self.image_loss(pred[:, :1], target), label_loss(pred[:, 1:], labels)
+            return self.image_terms(pred, target), None
+        return self.image_terms(pred[:, :1], target), label_loss(pred[:, 1:], labels)
 
     def image_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        return self.image_total(self.image_terms(pred, target))
+
+    def image_terms(self, pred: Tensor, target: Tensor) -> ImageTerms:
+        """Per-sample L1, and SSIM and pyramid L1 where the loss weighs them."""
         with _float32(pred):
             pred, target = pred.float(), target.float()
-            loss = (pred - target).abs().flatten(1).mean(1)
-            if self.ssim_weight:
-                loss = loss + self.ssim_weight * (1 - self.ssim(pred, target))
-            if self.laplacian_weight:
-                loss = loss + self.laplacian_weight * laplacian_l1(pred, target, self.laplacian_levels)
-            return loss
+            return ImageTerms((pred - target).abs().flatten(1).mean(1),
+                              self.ssim(pred, target) if self.ssim_weight else None,
+                              laplacian_l1(pred, target, self.laplacian_levels) if self.laplacian_weight else None)
+
+    def image_total(self, terms: ImageTerms) -> Tensor:
+        """L1 + ``ssim_weight`` (1 - SSIM) + ``laplacian_weight`` pyramid L1, per sample."""
+        loss = terms.l1
+        if terms.ssim is not None:
+            loss = loss + self.ssim_weight * (1 - terms.ssim)
+        if terms.laplacian is not None:
+            loss = loss + self.laplacian_weight * terms.laplacian
+        return loss
 
     def ssim(self, pred: Tensor, target: Tensor) -> Tensor:
         """Per-sample SSIM (data range 1) averaged over all valid window positions."""

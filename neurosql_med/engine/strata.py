@@ -17,12 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neurosql_med.config import AssignmentConfig
 from neurosql_med.engine.assignment import (
-    AssignResult, cost_kind, cost_matrix, initial_assignment, solve_assignment,
+    AssignmentProblem, AssignResult, cost_matrix, initial_assignment, solve_assignment,
 )
 from neurosql_med.engine.lattice import quantile_lattice
-from neurosql_med.engine.losses import ReconstructionLoss
 
 
 @dataclass
@@ -79,41 +77,38 @@ def cost_conditions(conditions: Tensor, strata: Strata, continuous: list[int], b
 
 
 def stratum_costs(
-    generator: torch.nn.Module, points: Tensor, conditions: Tensor, images: Tensor, loss: ReconstructionLoss,
-    cost: str, batch_size: int, device: torch.device | str, labels: Tensor | None = None,
+    problem: AssignmentProblem, points: Tensor, conditions: Tensor, rows: Tensor, kind: str,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """C[i, j] = loss(G(points_j, conditions_i), images_i), decoding the points once per distinct condition."""
+    """C[i, j] = loss(G(points_j, conditions_i), images_i) for the images at ``rows``, decoding the points once per distinct condition."""
     unique, group = torch.unique(conditions, dim=0, return_inverse=True)
-    matrix = np.empty((len(images), len(points)))
+    matrix = np.empty((len(rows), len(points)))
     timings = {"forward": 0.0, "cost": 0.0}
     for g, condition in enumerate(unique):
-        rows = torch.nonzero(group == g).flatten()
+        members = torch.nonzero(group == g).flatten()
         inputs = torch.cat([points, condition.to(points.device).expand(len(points), -1)], dim=1)
-        block, spent = cost_matrix(generator, inputs, images[rows.to(images.device)], loss, cost, batch_size, device,
-                                   None if labels is None else labels[rows.to(labels.device)])
-        matrix[rows.numpy()] = block
+        images, labels = problem.rows(rows[members])
+        block, spent = cost_matrix(problem.generator, inputs, images, problem.loss, kind, problem.batch_size,
+                                   problem.device, labels)
+        matrix[members.numpy()] = block
         timings = {k: timings[k] + spent[k] for k in timings}
     return matrix, timings
 
 
 def assign_stratified(
-    generator: torch.nn.Module, lattice: Tensor, conditions: Tensor, images: Tensor, strata: Strata,
-    loss: ReconstructionLoss, cfg: AssignmentConfig, batch_size: int, device: torch.device | str,
-    previous: np.ndarray | None, seed: int, labels: Tensor | None = None,
+    problem: AssignmentProblem, conditions: Tensor, strata: Strata, previous: np.ndarray | None, seed: int,
 ) -> AssignResult:
     """One assignment step: an exact LAP per stratum on the costs under each image's own condition."""
-    perm = np.empty(len(images), dtype=np.int64)
+    lattice = problem.lattice
+    perm = np.empty(len(problem.images), dtype=np.int64)
     timings, total, blocked = {"forward": 0.0, "cost": 0.0, "lap": 0.0}, 0.0, False
     conditions = conditions.cpu()
     for rows, cols in zip(strata.rows, strata.columns):
-        kind = cost_kind(cfg.cost, len(rows), images[0].numel(), loss.laplacian_weight > 0)  # on the stratum's own n x n
         r = torch.as_tensor(rows)
-        cost, spent = stratum_costs(generator, lattice[torch.as_tensor(cols, device=lattice.device)], conditions[r],
-                                    images[r.to(images.device)], loss, kind, batch_size, device,
-                                    None if labels is None else labels[r.to(labels.device)])
+        kind = problem.cost_kind(len(rows))  # on the stratum's own n x n
+        cost, spent = stratum_costs(problem, lattice[torch.as_tensor(cols, device=lattice.device)], conditions[r], r, kind)
         start = time.perf_counter()
         local_previous = None if previous is None else np.searchsorted(cols, previous[rows])
-        local, was_blocked = solve_assignment(cost, cfg.block_size, seed, local_previous)
+        local, was_blocked = solve_assignment(cost, problem.cfg.block_size, seed, local_previous)
         spent["lap"] = time.perf_counter() - start
         perm[rows] = cols[local]
         total += float(cost[np.arange(len(local)), local].sum())

@@ -51,31 +51,27 @@ MEMORY_CPU = "peak resident memory (Linux VmHWM, reset before training) minus re
 MEMORY_CPU_FALLBACK = "growth of the process's peak resident memory (ru_maxrss) during training; 0 when an earlier step peaked higher"
 MEMORY_CUDA = "torch.cuda.max_memory_allocated during training"
 
+
+def _under(prefix: str, *columns: tuple[str, str, str]) -> tuple[tuple[str, str, str], ...]:
+    """Columns whose keys lie under ``prefix`` in a run record (the scores on the training or held-out scans)."""
+    return tuple((f"{prefix}.{key}", label, reading) for key, label, reading in columns)
+
+
 # (key in a run record, column label, how to read it): the table, report and figure columns
 COLUMNS = (
-    ("parameters", "params", ""),
-    ("epochs", "epochs", ""),
-    ("train_seconds", "train s", ""),
-    ("sample_ms", "ms/sample", "lower"),
-    ("peak_memory_mb", "peak MB", "lower"),
-    ("train.fidelity.mae", "MAE→train", "lower"),
-    ("train.fidelity.ssim", "SSIM→train", "higher"),
-    ("train.fidelity.psnr", "PSNR→train", "higher"),
-    ("train.coverage.covered", "covered train", "higher"),
-    ("train.diversity.ratio", "diversity ratio", "≈1"),
-    ("train.distribution.precision", "precision", "higher"),
-    ("train.distribution.recall", "recall", "higher"),
-    ("train.memorization.fraction_flagged", "copies", "lower"),
-    ("holdout.fidelity.mae", "MAE→held-out", "lower"),
-    ("holdout.fidelity.ssim", "SSIM→held-out", "higher"),
-    ("holdout.coverage.covered", "covered held-out", "higher"),
-    ("holdout.distribution.precision", "precision held-out", "higher"),
-    ("holdout.distribution.recall", "recall held-out", "higher"),
-    ("c2st.auc", "C2ST AUC", "≈0.5"),
-    ("c2st_reconstruction.auc", "C2ST AUC recon", "≈0.5"),
+    ("parameters", "params", ""), ("epochs", "epochs", ""), ("train_seconds", "train s", ""),
+    ("sample_ms", "ms/sample", "lower"), ("peak_memory_mb", "peak MB", "lower"),
+    *_under("train", ("fidelity.mae", "MAE→train", "lower"), ("fidelity.ssim", "SSIM→train", "higher"),
+            ("fidelity.psnr", "PSNR→train", "higher"), ("coverage.covered", "covered train", "higher"),
+            ("diversity.ratio", "diversity ratio", "≈1"),
+            ("distribution.precision", "precision", "higher"), ("distribution.recall", "recall", "higher"),
+            ("memorization.fraction_flagged", "copies", "lower")),
+    *_under("holdout", ("fidelity.mae", "MAE→held-out", "lower"), ("fidelity.ssim", "SSIM→held-out", "higher"),
+            ("coverage.covered", "covered held-out", "higher"), ("distribution.precision", "precision held-out", "higher"),
+            ("distribution.recall", "recall held-out", "higher")),
+    ("c2st.auc", "C2ST AUC", "≈0.5"), ("c2st_reconstruction.auc", "C2ST AUC recon", "≈0.5"),
     ("c2st_blur.auc", "C2ST blur control", "≈1"),
-    ("texture.high_frequency_ratio", "HF power ratio", "≈1"),
-    ("texture.gradient_ratio", "gradient ratio", "≈1"),
+    ("texture.high_frequency_ratio", "HF power ratio", "≈1"), ("texture.gradient_ratio", "gradient ratio", "≈1"),
 )
 PLOTTED = ("train.fidelity.mae", "train.fidelity.ssim", "train.coverage.covered", "train.diversity.ratio",
            "train.distribution.recall", "train.memorization.fraction_flagged", "holdout.fidelity.mae",

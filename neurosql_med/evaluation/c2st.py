@@ -32,6 +32,8 @@ from monai.utils import convert_to_tensor
 from torch import Tensor, nn
 
 from neurosql_med.evaluation.options import FAST, Classifier
+from neurosql_med.evaluation.splits import split_subjects, subject_parts
+from neurosql_med.evaluation.small_network import Schedule, train_small_network
 from neurosql_med.io.nifti import INTENSITY_MAX
 
 FOLDS = 4
@@ -90,7 +92,7 @@ def fold_of(groups_a: Sequence[str], groups_b: Sequence[str], folds: int, rng: n
     for pool in (sorted(a & b), sorted(a - b), sorted(b - a)):
         for k, group in enumerate(rng.permutation(pool).tolist() if pool else []):
             fold[group] = k % folds
-    return np.array([fold[g] for g in groups_a]), np.array([fold[g] for g in groups_b])
+    return subject_parts(groups_a, fold), subject_parts(groups_b, fold)
 
 
 def _inputs(images: Tensor) -> Tensor:
@@ -99,20 +101,15 @@ def _inputs(images: Tensor) -> Tensor:
 
 def _train(x: Tensor, y: Tensor, seed: int, spec: Classifier) -> nn.Module:
     """The classifier fitted to ``x`` (inputs, standardised) and ``y`` (1: second side), sides weighted equally."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = classifier(x.ndim - 2, spec.width)
-    optimiser = torch.optim.Adam(net.parameters(), lr=LR)
     positives = float(y.sum())
     weight = torch.tensor((len(y) - positives) / max(positives, 1.0))
-    for _ in range(spec.epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(BATCH):
-            loss = F.binary_cross_entropy_with_logits(net(x[batch])[:, 0], y[batch], pos_weight=weight)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return net.eval()
+
+    def loss(logits: Tensor, sides: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], sides, pos_weight=weight)
+
+    schedule = Schedule(spec.epochs, BATCH, LR)
+    return train_small_network(lambda: classifier(x.ndim - 2, spec.width), loss, schedule.passes(x, y),
+                               lr=schedule.lr, seed=seed)
 
 
 def _scores(
@@ -181,9 +178,7 @@ def blurred(images: Tensor, sigma: float = BLUR_SIGMA) -> Tensor:
 def real_halves(subjects: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices of two halves of the samples, split by subject (the real-vs-real control)."""
     names = sorted(set(subjects))
-    first = set(np.random.default_rng(seed).permutation(names)[: len(names) // 2].tolist())
-    side = np.array([s in first for s in subjects])
-    return np.flatnonzero(side), np.flatnonzero(~side)
+    return split_subjects(subjects, set(np.random.default_rng(seed).permutation(names)[: len(names) // 2].tolist()))
 
 
 def controls(real: Tensor, subjects: Sequence[str], seed: int = 0, spec: Classifier = FAST) -> dict:

@@ -23,15 +23,14 @@ from neurosql_med.bounded import read_json
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.engine.conditioning import ConditionSpec, Covariate
 from neurosql_med.errors import UserError
+from neurosql_med.evaluation.small_network import Schedule, train_small_network
 from neurosql_med.evaluation.splits import split_by_subject
 from neurosql_med.metrics import audit, fidelity
 from neurosql_med.synthesis.sampling import sidecar_of
 
 CHANNELS = (8, 16, 32)
 STRIDES = (2, 2, 2)
-EPOCHS = 25
-BATCH_SIZE = 32
-LR = 3e-3
+TRAINING = Schedule(epochs=25, batch_size=32, lr=3e-3)
 SEED = 0
 HOLDOUT_FRACTION = 0.2
 FOREGROUND = 0.05  # intensity in [0, 1] above which a voxel is brain (the images are skull-stripped)
@@ -104,24 +103,15 @@ def _targets(covariate: Covariate, conditions: list[dict]) -> Tensor:
 
 def _train(covariate: Covariate, images: Tensor, targets: Tensor) -> torch.nn.Module:
     """A few seeded epochs of Adam on the real training images."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        net = _network(covariate, tuple(images.shape[2:]))
-        loss_fn = torch.nn.CrossEntropyLoss() if covariate.kind == "categorical" else torch.nn.L1Loss()
-        optimizer = torch.optim.Adam(net.parameters(), lr=LR)
-        net.train()
-        for _ in range(EPOCHS):
-            for idx in torch.randperm(len(images)).split(BATCH_SIZE):
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(net(images[idx]), targets[idx]).backward()
-                optimizer.step()
-    return net.eval()
+    loss = torch.nn.CrossEntropyLoss() if covariate.kind == "categorical" else torch.nn.L1Loss()
+    return train_small_network(lambda: _network(covariate, tuple(images.shape[2:])), loss, TRAINING.passes(images, targets),
+                               lr=TRAINING.lr, seed=SEED)
 
 
 def _score(covariate: Covariate, net: torch.nn.Module, images: Tensor, targets: Tensor) -> float:
     """Accuracy for a category, mean absolute error in the covariate's own units for a number."""
     with torch.no_grad():
-        out = torch.cat([net(chunk) for chunk in images.split(BATCH_SIZE)])
+        out = torch.cat([net(chunk) for chunk in images.split(TRAINING.batch_size)])
     if covariate.kind == "categorical":
         return float((out.argmax(1) == targets).float().mean())
     return float((out - targets).abs().mean() * covariate.std)
@@ -172,7 +162,7 @@ def condition_section(spec: ConditionSpec, real: Cohort, synth: Tensor, synth_la
         "effects": effect_sizes(spec, (real_measure, real.condition_values), (synth_measure, synth_conditions)),
         "strata": per_stratum(spec, real, synth, synth_conditions, tau),
         "measure": measure,
-        "predictor": {"networks": "MONAI Classifier / Regressor", "channels": list(CHANNELS), "epochs": EPOCHS,
+        "predictor": {"networks": "MONAI Classifier / Regressor", "channels": list(CHANNELS), "epochs": TRAINING.epochs,
                       "holdout_fraction": HOLDOUT_FRACTION, "seed": SEED},
     }
 

@@ -38,7 +38,8 @@ from neurosql_med.evaluation.labels import (
 from neurosql_med.metrics import (
     PSNR_CAP, TAU, audit, coverage, distribution, diversity, fidelity, pairwise_mae, ssim_window,
 )
-from neurosql_med.io.model import NeuroSQLModel, load_model
+from neurosql_med.engine.model import NeuroSQLModel
+from neurosql_med.io.model import load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_report_output
 from neurosql_med.io.nifti import INTENSITY_MAX, read_affine, read_image
 from neurosql_med.viz.plots import image_grid, save_figure
@@ -428,32 +429,29 @@ def value_at(record: Mapping, key: str) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
 
 
-# (section, metric, dotted key into the report, how to read it): rows shown as one formatted number
+def _section(name: str, *rows: tuple[str, str, str]) -> tuple[tuple[str, str, str, str], ...]:
+    """Rows shown as one formatted number: (section, metric, dotted key into the report, how to read it) from
+    each (metric, key within the section, how to read it)."""
+    return tuple((name, metric, f"{name}.{key}", reading) for metric, key, reading in rows)
+
+
 SCORE_ROWS = (
-    ("fidelity", "MAE to nearest real", "fidelity.mae", "lower: closer to real"),
-    ("fidelity", "SSIM to nearest real", "fidelity.ssim", "higher: closer (1 = same)"),
-    ("fidelity", "PSNR to nearest real (dB)", "fidelity.psnr", "higher: closer"),
-    ("coverage", "MAE real → nearest synthetic", "coverage.mae", "lower: real anatomy reached"),
-    ("coverage", "real samples covered", "coverage.covered", "fraction; higher is better"),
-    ("diversity", "MS-SSIM within synthetic", "diversity.ms_ssim_synthetic", "1: all alike"),
-    ("diversity", "MS-SSIM within real", "diversity.ms_ssim_real", "the real variety"),
-    ("diversity", "ratio synthetic / real", "diversity.ratio", "≈1 kept; >1 less varied"),
-    ("distribution", "MMD²", "distribution.mmd2", "≈0: same distribution"),
-    ("distribution", "precision", "distribution.precision", "realism, 0..1"),
-    ("distribution", "recall", "distribution.recall", "variety, 0..1"),
-    ("distribution", "density", "distribution.density", "≈1 matching"),
-    ("distribution", "coverage", "distribution.coverage", "0..1"),
+    *_section("fidelity", ("MAE to nearest real", "mae", "lower: closer to real"),
+              ("SSIM to nearest real", "ssim", "higher: closer (1 = same)"), ("PSNR to nearest real (dB)", "psnr", "higher: closer")),
+    *_section("coverage", ("MAE real → nearest synthetic", "mae", "lower: real anatomy reached"),
+              ("real samples covered", "covered", "fraction; higher is better")),
+    *_section("diversity", ("MS-SSIM within synthetic", "ms_ssim_synthetic", "1: all alike"),
+              ("MS-SSIM within real", "ms_ssim_real", "the real variety"),
+              ("ratio synthetic / real", "ratio", "≈1 kept; >1 less varied")),
+    *_section("distribution", ("MMD²", "mmd2", "≈0: same distribution"), ("precision", "precision", "realism, 0..1"),
+              ("recall", "recall", "variety, 0..1"), ("density", "density", "≈1 matching"), ("coverage", "coverage", "0..1")),
 )
-RATIO_ROWS = (
-    ("memorization", "smallest ratio", "memorization.ratio_min", "d_syn / median d_train"),
-    ("memorization", "median ratio", "memorization.ratio_median", "≈1 or more: new images"),
-)
-HOLDOUT_ROWS = (
-    ("holdout", "MAE to nearest held-out", "holdout.fidelity.mae", "compare with fidelity"),
-    ("holdout", "SSIM to nearest held-out", "holdout.fidelity.ssim", ""),
-    ("holdout", "PSNR to nearest held-out (dB)", "holdout.fidelity.psnr", ""),
-    ("holdout", "MAE held-out → nearest synthetic", "holdout.coverage.mae", ""),
-    ("holdout", "held-out samples covered", "holdout.coverage.covered", ""),
+RATIO_ROWS = _section("memorization", ("smallest ratio", "ratio_min", "d_syn / median d_train"),
+                      ("median ratio", "ratio_median", "≈1 or more: new images"))
+HOLDOUT_ROWS = _section(
+    "holdout", ("MAE to nearest held-out", "fidelity.mae", "compare with fidelity"),
+    ("SSIM to nearest held-out", "fidelity.ssim", ""), ("PSNR to nearest held-out (dB)", "fidelity.psnr", ""),
+    ("MAE held-out → nearest synthetic", "coverage.mae", ""), ("held-out samples covered", "coverage.covered", ""),
 )
 
 

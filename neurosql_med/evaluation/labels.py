@@ -23,12 +23,12 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.nets import UNet
 from monai.networks.utils import one_hot
-from rich.progress import track
 from scipy.stats import wasserstein_distance
 from torch import Tensor
 
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
+from neurosql_med.evaluation.small_network import Schedule, train_small_network
 from neurosql_med.evaluation.splits import split_by_subject
 from neurosql_med.viz.plots import save_figure
 
@@ -87,18 +87,9 @@ def build_segmenter(spatial_dims: int, n_classes: int) -> UNet:
 def train_segmenter(images: Tensor, labels: Tensor, n_classes: int, epochs: int = EPOCHS, seed: int = SEED) -> UNet:
     """A small UNet fitted to real image-label pairs: a fixed seed and epoch count, so the same inputs give the same net."""
     x, y = pad_to_stride(images.float()), pad_to_stride(labels.long())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_segmenter(images.ndim - 2, n_classes)
-        loss = DiceCELoss(to_onehot_y=True, softmax=True)
-        optimiser = torch.optim.Adam(net.parameters(), lr=LR)
-        order = torch.Generator().manual_seed(seed)
-        for _ in track(range(epochs), description="segmenter for label agreement", transient=True):
-            for batch in torch.randperm(len(x), generator=order).split(BATCH_SIZE):
-                optimiser.zero_grad()
-                loss(net(x[batch]), y[batch]).backward()
-                optimiser.step()
-    return net.eval()
+    schedule = Schedule(epochs, BATCH_SIZE, LR)
+    return train_small_network(lambda: build_segmenter(images.ndim - 2, n_classes), DiceCELoss(to_onehot_y=True, softmax=True),
+                               schedule.passes(x, y, "segmenter for label agreement"), lr=LR, seed=seed)
 
 
 @torch.no_grad()

@@ -23,10 +23,9 @@ import torch
 
 from neurosql_med.bounded import read_json_lines
 from neurosql_med.errors import UserError
+from neurosql_med.engine.model import NeuroSQLModel
 from neurosql_med.io.files import make_folder, write_bytes, write_text
-from neurosql_med.io.model import (
-    EVALUATION, HASHES, HISTORY, LOSS_PLOT, MODEL_CARD, RECON_PLOT, NeuroSQLModel, load_model, verify,
-)
+from neurosql_med.io.model import EVALUATION, HASHES, HISTORY, LOSS_PLOT, MODEL_CARD, RECON_PLOT, load_model, verify
 from neurosql_med.io.nifti import INTENSITY_MAX
 from neurosql_med.io.outputs import LOCK, check_output_path, output_lock
 from neurosql_med.synthesis.synthesize import SynthesisSummary, synthesize

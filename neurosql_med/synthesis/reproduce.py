@@ -12,7 +12,8 @@ from neurosql_med.bounded import preview, read_json
 from neurosql_med.errors import UserError
 from neurosql_med.io.dicom import read_dicom_provenance, series_files
 from neurosql_med.io.files import sha256_file
-from neurosql_med.io.model import NeuroSQLModel, load_model
+from neurosql_med.engine.model import NeuroSQLModel
+from neurosql_med.io.model import load_model
 from neurosql_med.io.nifti import read_provenance
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import MAX_REDRAWS, REDRAW_STRIDE

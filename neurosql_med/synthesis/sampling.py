@@ -26,7 +26,7 @@ from neurosql_med.engine.residual import texture_seeds
 from neurosql_med.io.dicom import read_series, series_instances, write_series
 from neurosql_med.io.dicom_seg import write_segmentation
 from neurosql_med.io.files import write_text
-from neurosql_med.io.model import NeuroSQLModel
+from neurosql_med.engine.model import NeuroSQLModel
 from neurosql_med.io.nifti import INTENSITY_MAX, labels_to_nifti, read_sample, to_nifti, write_nifti
 from neurosql_med.synthesis.conditions import ConditionPlan, make_plan
 from neurosql_med.engine.levels import parse_levels

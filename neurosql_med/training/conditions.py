@@ -1,4 +1,5 @@
-"""What a conditional or slice-aware fit puts beside each code: c = (covariates, slice level), and its strata.
+"""What a conditional or slice-aware fit puts beside each code: c = (covariates, slice level), and its strata;
+and the two ways a fit codes its images (``PlainCodes``, ``ConditionedCodes``), which the trainer asks alike.
 
 Covariates (``fit --condition``, engine/conditioning.py) come first, the relative slice
 level p of a slice-aware 2D model (``model.slice_levels``, engine/levels.py) last. Images
@@ -7,6 +8,7 @@ are assigned codes within strata: the same categorical levels and the same level
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,8 +16,10 @@ from torch import Tensor
 
 from neurosql_med.config import Config
 from neurosql_med.data.cohort import Cohort
+from neurosql_med.engine.assignment import AssignmentProblem, AssignResult, assign, initial_assignment
 from neurosql_med.engine.levels import SliceLevels
-from neurosql_med.engine.strata import Strata, cost_conditions
+from neurosql_med.engine.strata import Strata, assign_stratified, cost_conditions, initial_stratified
+from neurosql_med.io.model import save_conditions, save_levels
 from neurosql_med.errors import UserError
 
 LEVEL_COST_BINS = 1  # assignment costs decode each level stratum once, at its mean level (p varies little within it)
@@ -58,3 +62,52 @@ def training_conditions(cohort: Cohort, cfg: Config) -> TrainingConditions | Non
     if levels is not None:
         cost = cost_conditions(cost, strata, [values.shape[1] - 1], LEVEL_COST_BINS)
     return TrainingConditions(values, strata, cost, levels, p)
+
+
+class PlainCodes:
+    """A model that reads the code alone: one lattice for all images, one assignment over all of them."""
+
+    def inputs(self, codes: Tensor) -> Tensor:
+        return codes
+
+    def save(self, out: Path, cohort: Cohort) -> None:
+        """Nothing beside the codes to record."""
+
+    def initial(self, images: Tensor, lattice: np.ndarray, cfg: Config) -> np.ndarray:
+        """OT of the images' PCA scores to the lattice."""
+        return initial_assignment(images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
+
+    def assign(self, problem: AssignmentProblem, previous: np.ndarray | None, seed: int) -> AssignResult:
+        return assign(problem, previous, seed)
+
+
+@dataclass
+class ConditionedCodes:
+    """A conditional or slice-aware model: G reads c beside each code, and images take codes within their stratum."""
+
+    conditioned: TrainingConditions
+    values: Tensor  # conditioned.values on the training device
+
+    def inputs(self, codes: Tensor) -> Tensor:
+        return torch.cat([codes, self.values], dim=1)
+
+    def save(self, out: Path, cohort: Cohort) -> None:
+        """conditions.json and levels.json: what sampling needs to encode a condition and draw a level."""
+        if cohort.conditions is not None:
+            save_conditions(out, cohort.condition_spec.to_json(), cohort.conditions.numpy())
+        if self.conditioned.levels is not None:
+            save_levels(out, self.conditioned.levels.to_json(), self.conditioned.training_levels)
+
+    def initial(self, images: Tensor, lattice: np.ndarray, cfg: Config) -> np.ndarray:
+        """Each stratum's images coded by OT of their PCA scores to its own lattice block."""
+        return initial_stratified(images, lattice, self.conditioned.strata, cfg.model.lattice, cfg.assignment.block_size,
+                                  cfg.train.seed)
+
+    def assign(self, problem: AssignmentProblem, previous: np.ndarray | None, seed: int) -> AssignResult:
+        """An exact assignment per stratum, on costs under the (binned) conditions."""
+        return assign_stratified(problem, self.conditioned.cost, self.conditioned.strata, previous, seed)
+
+
+def coding(conditioned: TrainingConditions | None, device: torch.device) -> PlainCodes | ConditionedCodes:
+    """How a fit's images get their codes and what its generator reads beside them."""
+    return PlainCodes() if conditioned is None else ConditionedCodes(conditioned, conditioned.values.to(device))

@@ -35,16 +35,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from neurosql_med.config import AssignmentConfig, Config
-from neurosql_med.engine.assignment import (
-    AssignResult,
-    assignment_blocks,
-    chunked_pair_costs,
-    cost_kind,
-    decode,
-    solve_assignment,
-)
-from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.config import Config
+from neurosql_med.engine.assignment import AssignmentProblem
 from neurosql_med.errors import UserError
 from neurosql_med.runtime import resolve_device
 
@@ -142,6 +134,11 @@ class Shard:
         """This rank's global sample indices, ascending."""
         return np.flatnonzero(self.owner == self.rank)
 
+    @property
+    def rows(self) -> Tensor:
+        """This process's rows of the cohort (its ``owned`` samples)."""
+        return torch.as_tensor(self.owned)
+
     def wrap(self, generator: torch.nn.Module, device: torch.device) -> None:
         """Wrap the generator in DDP; its parameters stay the generator's, which is what is saved."""
         self.model = DistributedDataParallel(generator, device_ids=[device] if device.type == "cuda" else None)
@@ -181,66 +178,26 @@ class Shard:
         dist.broadcast(tensor, src=0)
         return tensor.numpy()
 
-    def assign(
-        self,
-        generator: torch.nn.Module,
-        lattice: Tensor,
-        images: Tensor,
-        loss: ReconstructionLoss,
-        cfg: AssignmentConfig,
-        batch_size: int,
-        device: torch.device | str,
-        previous: np.ndarray | None,
-        seed: int,
-        labels: Tensor | None = None,
-    ) -> AssignResult:
-        """``engine.assignment.assign`` across ranks, with this rank's ``images`` (and ``labels``) only."""
-        n = len(self.owner)
-        kind = cost_kind(cfg.cost, n, images[0].numel(), loss.laplacian_weight > 0)
-        blocked = n > cfg.block_size
-        blocks = assignment_blocks(n, cfg.block_size, seed, previous) if blocked else [(np.arange(n), np.arange(n))]
-        timings = {"forward": 0.0, "cost": 0.0, "lap": 0.0}
-        perm, total = np.zeros(n, dtype=np.int64), np.zeros(1)
-        for rows, columns in blocks:
-            block = self._block_costs(generator, lattice, images, labels, loss, kind, batch_size, device, rows, columns,
-                                      timings)
-            if block is not None:  # rank 0
-                start = time.perf_counter()
-                local = solve_assignment(block, block_size=len(rows))[0]
-                perm[rows] = columns[local]
-                total += block[np.arange(len(rows)), local].sum(dtype=np.float64)
-                timings["lap"] += time.perf_counter() - start
-        perm, total = self.broadcast(perm), self.broadcast(total)
-        changed = 1.0 if previous is None else float(np.mean(perm != previous))
-        return AssignResult(perm, changed, float(total[0]), blocked, timings)
-
-    def _block_costs(
-        self, generator: torch.nn.Module, lattice: Tensor, images: Tensor, labels: Tensor | None,
-        loss: ReconstructionLoss, kind: str, batch_size: int, device: torch.device | str,
-        rows: np.ndarray, columns: np.ndarray, timings: dict[str, float],
+    def block_costs(
+        self, problem: AssignmentProblem, kind: str, rows: np.ndarray, columns: np.ndarray, timings: dict[str, float],
     ) -> np.ndarray | None:
-        """The block's rows x columns costs, on rank 0 (None elsewhere).
+        """The block's rows x columns costs, on rank 0 (None elsewhere): the sharded strategy of ``assign``.
 
         Each rank decodes one share of the columns and broadcasts it; every rank costs its
         own rows against each share as it passes, so no rank holds all decoded points.
         """
-        here = torch.as_tensor(self.local_of[rows[self.owner[rows] == self.rank]], device=images.device)
-        x, y = images[here].to(device), None if labels is None else labels[here].to(device)
-        shape = (1 + getattr(generator, "num_labels", 0), *images.shape[2:])
-        costs = torch.empty(len(x), len(columns), device=device)
-        shares = np.array_split(np.arange(len(columns)), self.world)
-        for k, share in enumerate(shares):
+        x, y = problem.rows(self.local_of[rows[self.owner[rows] == self.rank]])
+        shape = (1 + getattr(problem.generator, "num_labels", 0), *problem.images.shape[2:])
+        costs = torch.empty(len(x), len(columns), device=problem.device)
+        for k, share in enumerate(np.array_split(np.arange(len(columns)), self.world)):
             if len(share) == 0:
                 continue
+            outputs = (problem.decode(columns[share], timings) if k == self.rank
+                       else torch.empty(len(share), *shape, device=problem.device))
             start = time.perf_counter()
-            points = lattice[torch.as_tensor(columns[share], device=lattice.device)]
-            outputs = (decode(generator, points, batch_size, device) if k == self.rank
-                       else torch.empty(len(share), *shape, device=device))
-            dist.broadcast(outputs, src=k)
-            decoded = time.perf_counter()
-            costs[:, share[0]:share[-1] + 1] = chunked_pair_costs(outputs, x, loss, kind, y)
-            timings["forward"] += decoded - start
-            timings["cost"] += time.perf_counter() - decoded
+            dist.broadcast(outputs, src=k)  # waiting for a share counts as decoding it
+            timings["forward"] += time.perf_counter() - start
+            costs[:, share[0]:share[-1] + 1] = problem.costs(outputs, x, y, kind, timings)
         return self._gather_rows(rows, costs)
 
     def _gather_rows(self, rows: np.ndarray, mine: Tensor) -> np.ndarray | None:
@@ -258,6 +215,55 @@ class Shard:
             where = np.flatnonzero(holders == r)
             block[where] = part[: len(where)].cpu().numpy()
         return block
+
+
+@dataclass
+class Alone:
+    """A fit in one process: a ``Shard``'s questions with their one-process answers, so the trainer asks them either way."""
+
+    n: int  # samples, all held here
+    model: torch.nn.Module | None = None  # the generator itself, for the training forward
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def owner(self) -> np.ndarray:
+        return np.zeros(self.n, dtype=np.int64)
+
+    @property
+    def rows(self) -> slice:
+        """This process's rows of the cohort: all of them."""
+        return slice(None)
+
+    def wrap(self, generator: torch.nn.Module, device: torch.device) -> None:
+        self.model = generator
+
+    def local(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        return batch, batch
+
+    def batch_loss(self, per_sample: Tensor, batch_size: int) -> Tensor:
+        return per_sample.mean()
+
+    def reduce(self, totals: object) -> None:
+        """Nothing to sum: the totals are already the whole epoch's."""
+
+    def check_interrupt(self) -> None:
+        """Nothing to do: Ctrl-C raises KeyboardInterrupt in the one process directly."""
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def broadcast(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def block_costs(
+        self, problem: AssignmentProblem, kind: str, rows: np.ndarray, columns: np.ndarray, timings: dict[str, float],
+    ) -> np.ndarray:
+        """The assignment's one-process strategy: ``problem.block_costs``."""
+        return problem.block_costs(kind, rows, columns, timings)
+
+
+Placement = Shard | Alone  # where this process's samples are: all here, or its shard under torchrun
 
 
 def shard_by_subject(group: Group, subjects: Sequence[str]) -> Shard:

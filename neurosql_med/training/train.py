@@ -25,16 +25,17 @@ from torch import Tensor
 from neurosql_med.bounded import read_json, read_json_lines
 from neurosql_med.training import distributed
 from neurosql_med.viz import plots
-from neurosql_med.engine.assignment import assign, initial_assignment
-from neurosql_med.engine.strata import Strata, assign_stratified, initial_stratified, stratified_lattice
-from neurosql_med.training.conditions import TrainingConditions, training_conditions
+from neurosql_med.engine.assignment import AssignmentProblem
+from neurosql_med.engine.strata import stratified_lattice
+from neurosql_med.training.averaging import LiveWeights, MovingAverage, weight_average
+from neurosql_med.training.conditions import ConditionedCodes, PlainCodes, TrainingConditions, coding, training_conditions
 from neurosql_med.config import Config, load_config
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
 from neurosql_med.io.card import write_model_card
 from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
-from neurosql_med.engine.losses import ReconstructionLoss, dice_counts, gradient_loss, laplacian_l1
+from neurosql_med.engine.losses import ImageTerms, ReconstructionLoss, dice_counts, gradient_loss
 from neurosql_med.engine.decoder import TemplateOutput, build_decoder, check_decoder_size, split_output
 from neurosql_med.engine.residual import fit_texture
 from neurosql_med.engine.tissue_texture import fit_tissue_texture
@@ -55,9 +56,7 @@ from neurosql_med.io.model import (
     load_checkpoint,
     save_array,
     save_checkpoint,
-    save_conditions,
     save_label_names,
-    save_levels,
     save_texture,
     write_hashes,
 )
@@ -110,7 +109,13 @@ def check_fit(cohort: Cohort | None, cfg: Config, out: Path | None, *, resume: b
 
 @dataclass
 class Trainer:
-    """The live objects of a fit, built the same way whether it starts or resumes."""
+    """The live objects of a fit, built the same way whether it starts or resumes.
+
+    What varies between fits comes as pieces the loop asks the same way: where the samples
+    are (``place``: alone or a torchrun shard), what the generator reads beside each code
+    and how codes are assigned (``coding``: plain or per stratum under conditions), and
+    which weights samples come from (``average``: the live ones or their moving average).
+    """
 
     cfg: Config
     device: torch.device
@@ -120,24 +125,20 @@ class Trainer:
     loss_fn: ReconstructionLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    place: distributed.Placement  # this process's samples (images, labels) and the model it trains: all, or its shard
+    coding: PlainCodes | ConditionedCodes  # what G reads beside each code, and how images are assigned codes
+    average: LiveWeights | MovingAverage  # the weights samples come from (train.ema)
     labels: Tensor | None = None  # (n, 1, *sample_shape) int64 tissue classes on the device, voxel for voxel with images
     label_names: list[str] | None = None
-    shard: distributed.Shard | None = None  # under torchrun: this rank's samples (images, labels) and its DDP model
-    conditions: Tensor | None = None  # (n, width) encoded condition of each image on the device: G(u, c)
-    strata: Strata | None = None  # a conditional model's images and lattice blocks per categorical stratum
-    cost_conditions: Tensor | None = None  # the conditions its assignment costs use (continuous ones binned)
-    ema: dict[str, Tensor] | None = None  # the moving average of the generator's weights (train.ema > 0): what samples
-    conditioned: TrainingConditions | None = None  # what ``conditions`` is made of: covariates and slice levels
 
     @property
     def writes(self) -> bool:
         """Whether this process writes the model folder: always alone, rank 0 under torchrun."""
-        return self.shard is None or self.shard.rank == 0
+        return self.place.rank == 0
 
     def inputs(self, perm: Tensor) -> Tensor:
         """The generator's inputs for image i: its code lattice[perm[i]], beside its condition for a conditional model."""
-        codes = self.lattice[perm.to(self.device)]
-        return codes if self.conditions is None else torch.cat([codes, self.conditions], dim=1)
+        return self.coding.inputs(self.lattice[perm.to(self.device)])
 
 
 
@@ -220,14 +221,13 @@ def _fit(
                 state.history.append(row)
                 state.epoch += 1
                 last_good = snapshot(trainer, state)
-                if trainer.shard is not None:
-                    trainer.shard.check_interrupt()
+                trainer.place.check_interrupt()
                 if "changed_fraction" in row and trainer.writes:  # a checkpoint after every assignment round
                     save_snapshot(out, last_good)
                 progress.update(task, completed=state.epoch, **_shown(row))
                 if on_epoch_end is not None:
                     on_epoch_end(row)
-                if _out_of_time(deadline, trainer.shard):
+                if _out_of_time(deadline, trainer.place):
                     stopped_by_budget = True
                     break
         except KeyboardInterrupt:
@@ -236,22 +236,15 @@ def _fit(
     if trainer.writes:
         save_snapshot(out, last_good)
     if interrupted:
-        return FitResult(out, last_good["trainer"]["epoch"], last_good["history"], True, False, None, _rank(trainer))
+        return FitResult(out, last_good["trainer"]["epoch"], last_good["history"], True, False, None, trainer.place.rank)
     if not trainer.writes:
-        return FitResult(out, state.epoch, state.history, False, stopped_by_budget, None, _rank(trainer))
+        return FitResult(out, state.epoch, state.history, False, stopped_by_budget, None, trainer.place.rank)
     return _finish(out, cohort, trainer, state, stopped_by_budget)
 
 
-def _out_of_time(deadline: float | None, shard: distributed.Shard | None) -> bool:
+def _out_of_time(deadline: float | None, place: distributed.Placement) -> bool:
     """Whether the time budget is spent; under torchrun, decided together so that all ranks stop at one epoch."""
-    if deadline is None:
-        return False
-    late = time.monotonic() >= deadline
-    return late if shard is None else shard.any(late)
-
-
-def _rank(trainer: Trainer) -> int:
-    return 0 if trainer.shard is None else trainer.shard.rank
+    return deadline is not None and place.any(time.monotonic() >= deadline)
 
 
 def _lattice(n: int, cfg: Config, conditioned: TrainingConditions | None) -> np.ndarray:
@@ -290,19 +283,18 @@ def _set_up(
     its shard of the samples on the device; the templates still start at the whole cohort's mean.
     """
     t = cfg.train
-    shard = None if group is None else distributed.shard_by_subject(group, cohort.subjects)
-    keep = slice(None) if shard is None else torch.as_tensor(shard.owned)
-    images = to_device(cohort.images[keep], device)
-    labels = None if cohort.labels is None else to_device(_checked_labels(cohort)[keep], device)
+    place = distributed.Alone(len(cohort)) if group is None else distributed.shard_by_subject(group, cohort.subjects)
+    images = to_device(cohort.images[place.rows], device)
+    labels = None if cohort.labels is None else to_device(_checked_labels(cohort)[place.rows], device)
     num_labels = 0 if labels is None else len(cohort.label_names)
-    conditions = None if conditioned is None else conditioned.values.to(device)
-    width = 0 if conditions is None else conditions.shape[1]
+    codes = coding(conditioned, device)
+    width = 0 if conditioned is None else conditioned.values.shape[1]
     generator = build_decoder(cfg.model, cohort.geometry.sample_shape, num_labels, width).to(device)
-    generator.init_template(images if shard is None else cohort.images)
+    alone = place.world == 1  # then this process's images are the whole cohort, already on the device
+    generator.init_template(images if alone else cohort.images)
     if labels is not None:
-        generator.init_label_template(labels if shard is None else cohort.labels)
-    if shard is not None:
-        shard.wrap(generator, device)
+        generator.init_label_template(labels if alone else cohort.labels)
+    place.wrap(generator, device)
     loss_fn = ReconstructionLoss(
         images.dim() - 2, cfg.loss.ssim_weight, cfg.loss.ssim_window, label_weight=cfg.loss.label_weight,
         laplacian_weight=cfg.loss.laplacian_weight, laplacian_levels=cfg.loss.laplacian_levels).to(device)
@@ -310,10 +302,8 @@ def _set_up(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, epoch_lr(t.epochs))
     points = torch.as_tensor(lattice, dtype=torch.float32, device=device)
     names = None if labels is None else list(cohort.label_names)
-    ema = {k: v.detach().clone() for k, v in generator.state_dict().items()} if t.ema else None
-    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, labels, names, shard, conditions,
-                   None if conditioned is None else conditioned.strata, None if conditioned is None else conditioned.cost,
-                   ema=ema, conditioned=conditioned)
+    return Trainer(cfg, device, images, points, generator, loss_fn, optimizer, scheduler, place, codes,
+                   weight_average(generator, t.ema), labels, names)
 
 
 def _checked_labels(cohort: Cohort) -> Tensor:
@@ -344,26 +334,12 @@ def _start(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> 
         save_array(out / LATTICE, lattice)
         if trainer.label_names is not None:
             save_label_names(out, trainer.label_names)
-        perm = _initial_codes(out, cohort, trainer, lattice)
-    if trainer.shard is not None:
-        perm = trainer.shard.broadcast(perm)
+        trainer.coding.save(out, cohort)
+        perm = trainer.coding.initial(cohort.images, lattice, cfg)  # the whole cohort's codes, also under torchrun
+    perm = trainer.place.broadcast(perm)
     # the first round waits for one regression epoch on the PCA codes: an untrained generator
     # decodes every code to the same blur, which makes the first cost matrix degenerate and the LAP slow
     return TrainerState(epoch=0, perm=torch.as_tensor(perm), interval=1, next_assign=1)
-
-
-def _initial_codes(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> np.ndarray:
-    """OT of PCA scores to the lattice: for the whole cohort, or per stratum for a conditional model."""
-    cfg = trainer.cfg
-    if trainer.strata is None:
-        images = trainer.images if trainer.shard is None else cohort.images
-        return initial_assignment(images, lattice, cfg.model.lattice, cfg.assignment.block_size, cfg.train.seed)
-    if cohort.conditions is not None:
-        save_conditions(out, cohort.condition_spec.to_json(), cohort.conditions.numpy())
-    if trainer.conditioned.levels is not None:
-        save_levels(out, trainer.conditioned.levels.to_json(), trainer.conditioned.training_levels)
-    return initial_stratified(trainer.images, lattice, trainer.strata, cfg.model.lattice, cfg.assignment.block_size,
-                              cfg.train.seed)
 
 
 def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
@@ -375,8 +351,7 @@ def _resume(out: Path, cohort: Cohort, trainer: Trainer) -> TrainerState:
         raise UserError(f"--resume: these scans (or their label maps) differ from the ones {out} was trained on")
     saved = load_checkpoint(out / CHECKPOINT, trainer.device)
     trainer.generator.load_state_dict(saved["generator"])
-    if trainer.ema is not None:
-        trainer.ema = {k: v.clone() for k, v in saved["ema"].items()}
+    trainer.average.resume(saved)
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
     counters = saved["trainer"]
@@ -394,17 +369,9 @@ def assignment_round(trainer: Trainer, state: TrainerState) -> dict:
     then twice as far apart each time, up to ``assignment.max_interval`` epochs.
     """
     cfg, t = trainer.cfg.assignment, trainer.cfg.train
-    if trainer.strata is not None:
-        result = assign_stratified(
-            trainer.generator, trainer.lattice, trainer.cost_conditions, trainer.images, trainer.strata, trainer.loss_fn, cfg,
-            t.batch_size, trainer.device, previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
-        )
-    else:
-        solve = assign if trainer.shard is None else trainer.shard.assign
-        result = solve(
-            trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size, trainer.device,
-            previous=state.perm.numpy(), seed=t.seed + state.epoch, labels=trainer.labels,
-        )
+    problem = AssignmentProblem(trainer.generator, trainer.lattice, trainer.images, trainer.loss_fn, cfg, t.batch_size,
+                                trainer.device, trainer.labels, trainer.place)
+    result = trainer.coding.assign(problem, state.perm.numpy(), t.seed + state.epoch)
     state.perm = torch.as_tensor(result.perm)
     changing = result.changed_fraction > cfg.threshold
     state.interval = 1 if changing else min(2 * state.interval, cfg.max_interval)
@@ -423,33 +390,30 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
     training/distributed.py), so the order and the steps do not depend on the world size.
     """
     t, images, generator, optimizer = trainer.cfg.train, trainer.images, trainer.generator, trainer.optimizer
-    shard = trainer.shard
+    place = trainer.place
     n = len(trainer.lattice)
-    model = generator if shard is None else shard.model
     generator.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
     inputs = trainer.inputs(perm)  # inputs[i]: the lattice point coding image i (and its condition)
     totals = _EpochTotals(trainer.label_names)
     for start in range(0, n, t.batch_size):
         batch = order[start:start + t.batch_size]
-        idx, rows = (batch, batch) if shard is None else shard.local(batch)
+        idx, rows = place.local(batch)
         idx, rows = idx.to(trainer.device), rows.to(trainer.device)
         labels = None if trainer.labels is None else trainer.labels[rows]
         with autocast(trainer.device, t.amp):
-            pred = model(inputs[idx])
-        image_loss, label_loss = trainer.loss_fn.terms(pred.float(), images[rows], labels)
-        per_sample = trainer.loss_fn.combined(image_loss, label_loss)
+            pred = place.model(inputs[idx])
+        image_terms, label_loss = trainer.loss_fn.terms(pred.float(), images[rows], labels)
+        per_sample = trainer.loss_fn.combined(image_terms, label_loss)
         if trainer.cfg.loss.gradient_weight:
             per_sample = per_sample + trainer.cfg.loss.gradient_weight * gradient_loss(pred[:, :1].float(), images[rows])
         optimizer.zero_grad(set_to_none=True)
-        (per_sample.mean() if shard is None else shard.batch_loss(per_sample, len(batch))).backward()
+        place.batch_loss(per_sample, len(batch)).backward()
         optimizer.step()
-        if trainer.ema is not None:
-            update_ema(trainer.ema, generator, t.ema)
-        totals.add(pred.detach().float(), images[rows], labels, per_sample.detach(), (image_loss, label_loss), trainer.loss_fn)
+        trainer.average.update(generator)
+        totals.add(pred.detach().float(), labels, per_sample.detach(), image_terms, label_loss)
     trainer.scheduler.step()
-    if shard is not None:
-        shard.reduce(totals)
+    place.reduce(totals)
     return totals.row(n, trainer.cfg.loss.ssim_weight) | {"lr": trainer.scheduler.get_last_lr()[0]}
 
 
@@ -459,45 +423,32 @@ class _EpochTotals:
 
     label_names: list[str] | None
     loss: float = 0.0
-    image_loss: float = 0.0
     l1: float = 0.0
-    laplacian: float = 0.0  # the weighted Laplacian-pyramid term, so that SSIM can be read off the image loss
+    ssim: float = 0.0
     label_loss: float = 0.0
     agree: Tensor | float = 0.0  # per class: voxels where reconstruction and label map agree
     sizes: Tensor | float = 0.0  # per class: both maps' voxel counts
 
-    def add(
-        self, pred: Tensor, images: Tensor, labels: Tensor | None, loss: Tensor, terms: tuple, loss_fn: ReconstructionLoss,
-    ) -> None:
-        """One batch: its detached predictions, targets, per-sample loss and (image, label) loss terms."""
-        image_loss, label_loss = terms
+    def add(self, pred: Tensor, labels: Tensor | None, loss: Tensor, image: ImageTerms, label_loss: Tensor | None) -> None:
+        """One batch: its detached predictions, label maps, per-sample loss, image terms and label loss."""
         self.loss += float(loss.sum())
-        self.image_loss += float(image_loss.detach().sum())
-        self.l1 += float((pred[:, :1] - images).abs().flatten(1).mean(1).sum())
-        if loss_fn.laplacian_weight:
-            self.laplacian += loss_fn.laplacian_weight * float(
-                laplacian_l1(pred[:, :1], images, loss_fn.laplacian_levels).sum())
+        self.l1 += float(image.l1.detach().sum())
+        if image.ssim is not None:
+            self.ssim += float(image.ssim.detach().sum())
         if labels is not None:
             self.label_loss += float(label_loss.detach().sum())
             agree, sizes = dice_counts(pred[:, 1:], labels)
             self.agree, self.sizes = self.agree + agree, self.sizes + sizes
 
     def row(self, n: int, ssim_weight: float) -> dict:
-        """loss, l1, ssim; with labels also label_loss and the reconstructions' Dice (mean over non-background classes, per class)."""
-        ssim = 1 - (self.image_loss - self.l1 - self.laplacian) / n / ssim_weight if ssim_weight else float("nan")
-        row: dict = {"loss": self.loss / n, "l1": self.l1 / n, "ssim": ssim}
+        """loss, l1, ssim (NaN when the loss has no SSIM term); with labels also label_loss and the
+        reconstructions' Dice (mean over non-background classes, per class)."""
+        row: dict = {"loss": self.loss / n, "l1": self.l1 / n, "ssim": self.ssim / n if ssim_weight else float("nan")}
         if self.label_names is not None:
             dice = [1.0 if s == 0 else 2 * a / s for a, s in zip(self.agree.tolist(), self.sizes.tolist())]
             row |= {"label_loss": self.label_loss / n, "dice": sum(dice[1:]) / len(dice[1:]),
                     "dice_per_class": dict(zip(self.label_names, dice))}
         return row
-
-
-@torch.no_grad()
-def update_ema(ema: dict[str, Tensor], generator: TemplateOutput, decay: float) -> None:
-    """ema ← decay · ema + (1 − decay) · weights: samples from an average of the last ~1/(1 − decay) steps."""
-    for name, value in generator.state_dict().items():
-        ema[name].lerp_(value, 1 - decay)
 
 
 def snapshot(trainer: Trainer, state: TrainerState) -> dict:
@@ -512,7 +463,7 @@ def snapshot(trainer: Trainer, state: TrainerState) -> dict:
         "scheduler": copy.deepcopy(trainer.scheduler.state_dict()),
         "trainer": state.counters(),
         "history": list(state.history),
-    } | ({} if trainer.ema is None else {"ema": {k: v.clone() for k, v in trainer.ema.items()}})
+    } | trainer.average.checkpoint()
 
 
 def save_snapshot(out: Path, snap: dict) -> None:
@@ -548,10 +499,7 @@ def _write_texture(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerSt
     if not model.texture:
         (out / TEXTURE).unlink(missing_ok=True)  # a refit without texture leaves no stale one to be hashed
         return
-    generator = trainer.generator
-    if trainer.ema is not None:
-        generator = copy.deepcopy(generator)
-        generator.load_state_dict(trainer.ema)
+    generator = trainer.average.sampled(trainer.generator)
     inputs = trainer.inputs(state.perm)
     with torch.no_grad():
         outputs = [split_output(generator(inputs[i:i + TEXTURE_BATCH]).float().cpu())

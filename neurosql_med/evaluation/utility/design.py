@@ -16,6 +16,7 @@ import numpy as np
 
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.errors import UserError
+from neurosql_med.evaluation.splits import split_subjects
 from neurosql_med.evaluation.utility.tasks import Targets
 
 
@@ -105,6 +106,6 @@ def training_cohort(pool: Cohort, subjects: Sequence[str]) -> Cohort:
     hashes as what it learned from, so here it shrinks to the subjects' own scans.
     """
     keep = set(subjects)
-    part = pool.subset(np.flatnonzero([s in keep for s in pool.subjects]))
+    part = pool.subset(split_subjects(pool.subjects, keep)[0])
     scans = [scan for scan in pool.discovery.scans if scan.subject in keep]
     return dataclasses.replace(part, discovery=dataclasses.replace(pool.discovery, scans=scans, skipped=[]))

@@ -24,6 +24,7 @@ from monai.networks.nets import Classifier, Regressor
 from torch import Tensor, nn
 
 from neurosql_med.evaluation.labels import CHUNK, build_segmenter, dice_per_class, pad_to_stride, segment
+from neurosql_med.evaluation.small_network import train_small_network
 from neurosql_med.evaluation.utility.augment import ClassicAugmentation
 from neurosql_med.evaluation.utility.tasks import Task
 
@@ -74,19 +75,15 @@ def train_network(task: Task, data: TrainingSet, outputs: int, *, steps: int, se
                   augment: ClassicAugmentation | None, device: torch.device,
                   advance: Callable[[], None] = lambda: None, schedule: str = "constant") -> Trained:
     """``steps`` Adam steps on batches from ``data`` (see `batches` for how they are drawn)."""
-    loss = _loss(task)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_network(task, data.images.shape[2:], outputs).to(device)
-        optimiser = torch.optim.Adam(net.parameters(), lr=LR[task.kind])
-        order = torch.Generator().manual_seed(seed)
+    def draw(order: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         for batch in batches(len(data) - data.synthetic, data.synthetic, steps, order, schedule):
             x, y = _batch(task, data, batch, augment)
-            optimiser.zero_grad()
-            loss(net(x.to(device)), y.to(device)).backward()
-            optimiser.step()
+            yield x.to(device), y.to(device)
             advance()
-    return Trained(net.eval(), steps, sum(p.numel() for p in net.parameters()))
+
+    net = train_small_network(lambda: build_network(task, data.images.shape[2:], outputs).to(device), _loss(task), draw,
+                              lr=LR[task.kind], seed=seed)
+    return Trained(net, steps, sum(p.numel() for p in net.parameters()))
 
 
 def batches(real: int, synthetic: int, steps: int, order: torch.Generator, schedule: str) -> Iterator[Tensor]:

@@ -30,7 +30,8 @@ from neurosql_med.data.covariates import attach, condition_scans, read_covariate
 from neurosql_med.engine.lattice import reference_draws
 from neurosql_med.engine.residual import texture_seeds
 from neurosql_med.evaluation.utility.tasks import Targets, Task
-from neurosql_med.io.model import NeuroSQLModel, load_model
+from neurosql_med.engine.model import NeuroSQLModel
+from neurosql_med.io.model import load_model
 from neurosql_med.synthesis.conditions import ConditionPlan, make_plan
 from neurosql_med.synthesis.sampling import SAMPLE_BATCH
 from neurosql_med.training.train import fit
