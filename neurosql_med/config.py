@@ -27,7 +27,7 @@ class DataConfig:
     mode: Literal["2d", "3d"] = "2d"  # 2d: the model learns axial (slice_axis) slices; 3d: whole volumes
     pattern: Optional[str] = None  # glob (relative to the scan folder) choosing the images; overrides the layout's choice
     spacing: list[float] = field(default_factory=lambda: [2.5, 2.5, 2.5])  # target voxel size in mm (RAS), resampled by MONAI Spacingd
-    anti_alias: bool = True  # low-pass each scan (and a tissue map's class channels) before resampling to a coarser spacing
+    anti_alias: bool = False  # low-pass each scan (and a tissue map's class channels) before resampling to a coarser spacing; the built-in configs turn it on
     shape: list[int] = field(default_factory=lambda: [64, 80, 64])  # volume grid in voxels after cropping to the brain
     fit: Literal["pad_crop", "resize"] = "pad_crop"  # pad_crop keeps the physical size; resize stretches the brain's box to the grid
     intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])  # [low, high] percentiles mapped to 0 and 1
@@ -143,6 +143,7 @@ LATER_KEYS: dict[str, dict[str, Any]] = {
               "texture_mode": "global"},
     "loss": {"gradient_weight": 0.0, "laplacian_weight": 0.0, "laplacian_levels": 4},
     "train": {"ema": 0.0},
+    "data": {"anti_alias": False},
 }
 
 
