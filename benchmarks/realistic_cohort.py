@@ -561,8 +561,8 @@ def write_sources_md(out: Path, sources: list[str]) -> None:
 def build(out: Path, n_train: int, n_heldout: int, seed: int, sources: list[str], oasis1: bool, workers: int,
           cache: Path, coarsen: float = 1.0) -> None:
     """Write the whole cohort into a temporary folder beside ``out``, then move it in place."""
-    for key in sources:  # fetch (and segment) once, before any worker starts
-        prepare_brain(key, cache)
+    for key in sources:  # fetch, segment and prepare once, before any worker starts (a forked worker inherits them)
+        _BRAINS[key] = prepare_brain(key, cache)
     subjects = draw_subjects(n_train, seed, 0, sources)
     heldout = draw_subjects(n_heldout, seed, 5000, sources)
     out.parent.mkdir(parents=True, exist_ok=True)
