@@ -15,15 +15,12 @@ import os
 import shutil
 import signal
 import struct
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import cli, run_cli, write_subjects
+from conftest import Paused, cli, run_cli, write_subjects
 from neurosql_med.io.outputs import LOCK, output_lock
 
 EPOCHS = "3"  # the reference fit's: checkpoints after epochs 2 and 3, then the final one
@@ -271,61 +268,6 @@ def test_fit_resume_removes_a_killed_runs_temporaries(capsys, model, scans, tmp_
 
 
 # -- real processes: kill -9, SIGINT, two writers -------------------------------------------------
-
-PAUSED = r"""
-import importlib, sys, time
-from pathlib import Path
-
-module, name, after, barrier = importlib.import_module(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-del sys.argv[1:5]
-real, calls = getattr(module, name), []
-
-
-def then_wait(*args, **kwargs):
-    result = real(*args, **kwargs)
-    calls.append(1)
-    if len(calls) == after:
-        Path(barrier + ".reached").touch()
-        while not Path(barrier).exists():
-            time.sleep(0.01)
-    return result
-
-
-setattr(module, name, then_wait)
-from neurosql_med.cli.main import main
-sys.argv[0] = "nsql-med"
-main()
-"""
-
-
-class Paused:
-    """``nsql-med ARGS`` as a child that stops after its ``after``-th call of ``module.name`` until released.
-
-    The call itself runs in full; the child then waits for the barrier file, so the test
-    acts on a run that is certainly still in progress, at a known point. The child reacts
-    to Ctrl-C as in a terminal, even when the test run itself was started in the
-    background (which makes a shell ignore SIGINT in it and in its children).
-    """
-
-    def __init__(self, tmp_path: Path, where: str, after: int, *args) -> None:
-        module, name = where.rsplit(".", 1)
-        self.barrier = tmp_path / f"barrier-{name}-{after}-{len(list(tmp_path.glob('barrier-*')))}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", PAUSED, module, name, str(after), str(self.barrier), *map(str, args)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        reached = Path(f"{self.barrier}.reached")
-        deadline = time.monotonic() + 120
-        while not reached.exists():
-            assert self.proc.poll() is None, f"ended before the pause: {self.proc.communicate()}"
-            assert time.monotonic() < deadline, "timed out before the pause"
-            time.sleep(0.02)
-
-    def release(self) -> tuple[int, str, str]:
-        self.barrier.touch()
-        out, err = self.proc.communicate(timeout=120)
-        return self.proc.returncode, out, err
-
 
 def fit_paused_after_first_checkpoint(tmp_path: Path, scans: Path, out: Path) -> Paused:
     return Paused(tmp_path, "neurosql_med.training.train.save_snapshot", 1,
