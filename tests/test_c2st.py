@@ -139,6 +139,7 @@ def test_volumes_get_a_3d_classifier_that_sees_blur():
     assert two_sample_test(volumes, groups, blurred(volumes), groups)["auc"] > 0.8
 
 
+@pytest.mark.slow
 def test_the_strong_classifier_is_wider_and_its_three_seeds_see_blur(cohort):
     assert STRONG.repeats >= 3
     widths = [m.out_channels for m in classifier(2, STRONG.width).modules() if isinstance(m, torch.nn.Conv2d)]

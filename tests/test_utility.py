@@ -282,6 +282,7 @@ def test_a_holdout_folder_is_the_test_set(scans, tmp_path):
         run_utility(scans, task="regress:age", out=tmp_path / "more", holdout=held, **(TINY | {"train_subjects": [9]}))
 
 
+@pytest.mark.slow
 def test_a_ratio_sweep_runs_each_neurosql_arm_per_ratio_on_nested_cases(scans, tmp_path):
     result = run_utility(scans, task="segment", out=tmp_path / "out", synthetic_per_real=[1, 2],
                          **(TINY | {"train_subjects": [3]}))
