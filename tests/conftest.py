@@ -59,6 +59,21 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(len(share))
 
 
+# The modules that take longest (measured with --durations), started first under pytest-xdist
+# so that no worker is left with one of them while the other has finished. The Makefile
+# keeps this order (--no-loadscope-reorder); every other module keeps its random place.
+SLOWEST_FIRST = ("test_distributed.py", "test_faults_outputs.py", "test_utility.py", "test_c2st.py",
+                 "test_benchmark.py", "test_realistic_cohort.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move SLOWEST_FIRST's modules to the front, slowest first; a stable sort keeps pytest-randomly's order otherwise."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+    items.sort(key=rank)
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     """Name the random order (pytest-randomly) at the end, where -q still shows it: the seed repeats it."""
     seed = getattr(config.option, "randomly_seed", None)
