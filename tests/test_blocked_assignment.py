@@ -69,18 +69,18 @@ from neurosql_med.engine.decoder import Decoder
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.evaluation.benchmark import MEMORY_CPU, PeakMemory
+n, block = int(sys.argv[1]), int(sys.argv[2])
+torch.manual_seed(0)
 torch.set_num_threads(1)
-for n, block in json.loads(sys.argv[1]):
-    torch.manual_seed(0)
-    generator = Decoder(2, 2, (8, 8), [4])
-    lattice = quantile_lattice(n, 2)
-    images = torch.rand(n, 1, 8, 8)
-    with PeakMemory(torch.device("cpu")) as memory:  # the peak resident memory of this round alone
-        perm = initial_assignment(images, lattice, block_size=block)
-        result = assign(generator, lattice, images, ReconstructionLoss(2, window=3),
-                        AssignmentConfig(cost="mse", block_size=block), 4096, "cpu", previous=perm, seed=1)
-    print(json.dumps({"grown": memory.mb * 2**20, "exact": memory.how == MEMORY_CPU, "blocked": result.blocked,
-                      "permutation": sorted(result.perm.tolist()) == list(range(n))}))
+generator = Decoder(2, 2, (8, 8), [4])
+lattice = quantile_lattice(n, 2)
+images = torch.rand(n, 1, 8, 8)
+with PeakMemory(torch.device("cpu")) as memory:  # the peak resident memory of this round alone
+    perm = initial_assignment(images, lattice, block_size=block)
+    result = assign(generator, lattice, images, ReconstructionLoss(2, window=3),
+                    AssignmentConfig(cost="mse", block_size=block), 4096, "cpu", previous=perm, seed=1)
+print(json.dumps({"grown": memory.mb * 2**20, "exact": memory.how == MEMORY_CPU, "blocked": result.blocked,
+                  "permutation": sorted(result.perm.tolist()) == list(range(n))}))
 """
 
 
@@ -92,7 +92,7 @@ def test_blocked_assignment_memory_is_bounded_by_the_block_not_n_squared():
     benchmark measures it), so nothing reached before the round can hide what the round needs.
     """
     n, block = 16_000, 400  # 40 blocks of 400 x 400 costs
-    run = subprocess.run([sys.executable, "-c", MEMORY_PROBE, json.dumps([[n, block]])], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(n), str(block)], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
     probe = json.loads(run.stdout.splitlines()[-1])
