@@ -16,13 +16,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import Paused, assignment_problem, cli, relative_files, synthesize_on_cpu, torch_threads_kept, write_subjects
+from conftest import (
+    Paused, assignment_problem, cli, relative_files, run_cli, synthesize_on_cpu, torch_threads_kept, write_subjects,
+)
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import assign
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.io.model import load_model
-from neurosql_med.training.distributed import Group, shard_by_subject
+from neurosql_med.training.distributed import TIMEOUT_ENV, Group, shard_by_subject
 from neurosql_med.training.train import fit
 
 EPOCHS = 4
@@ -34,16 +36,11 @@ LOSS_RTOL = 1e-3
 SAME_CODES = 0.95
 
 
-def torchrun(cwd: Path, *args: str, timeout: float = 240, wrapper: bool = False):
-    """``torchrun --nproc-per-node 2 -m neurosql_med.cli fit SCANS --config tiny ...`` on the CPU, in ``cwd``.
-
-    With ``wrapper``, through ``nsql-med fit --nproc-per-node 2`` instead.
-    """
-    launcher = ["--nproc-per-node", "2"] if wrapper else []
-    fit_args = ["fit", *args, "--config", "tiny", "--device", "cpu", "--epochs", str(EPOCHS), *launcher]
-    torchrun_args = [] if wrapper else ["torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
-    command = [sys.executable, "-m", *torchrun_args, "neurosql_med.cli", *fit_args]
-    env = os.environ | {"NSQL_MED_DIST_TIMEOUT": str(TIMEOUT_S)}
+def torchrun(cwd: Path, *args: str, timeout: float = 240):
+    """``torchrun --nproc-per-node 2 -m neurosql_med.cli fit SCANS --config tiny ...`` on the CPU, in ``cwd``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "neurosql_med.cli",
+               "fit", *args, "--config", "tiny", "--device", "cpu", "--epochs", str(EPOCHS)]
+    env = os.environ | {TIMEOUT_ENV: str(TIMEOUT_S)}
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -54,10 +51,14 @@ def scans(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_process_fit(tmp_path_factory, scans) -> Path:
-    """A 2-process fit through `nsql-med fit --nproc-per-node 2`, run in an empty folder so that any stray file would show."""
+    """A 2-process fit by `nsql-med fit --nproc-per-node 2` (run here; it starts torchrun), in an empty folder so
+    that any stray file would show."""
     work = tmp_path_factory.mktemp("ddp")
-    run = torchrun(work, str(scans), "--out", "model", wrapper=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        patch.setenv(TIMEOUT_ENV, str(TIMEOUT_S))
+        assert run_cli("fit", scans, "--config", "tiny", "--device", "cpu", "--epochs", EPOCHS, "--out", "model",
+                       "--nproc-per-node", "2") == 0
     return work
 
 
@@ -72,7 +73,7 @@ def killed_run(tmp_path_factory, scans) -> dict:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     child = Paused(work, "neurosql_med.training.train.save_snapshot", 1,
                    "fit", scans, "--config", "tiny", "--device", "cpu", "--epochs", EPOCHS, "--out", work / "model",
-                   launcher=launcher, env=os.environ | {"NSQL_MED_DIST_TIMEOUT": str(TIMEOUT_S)}, start_new_session=True)
+                   launcher=launcher, env=os.environ | {TIMEOUT_ENV: str(TIMEOUT_S)}, start_new_session=True)
     try:
         victim = _rank_pid(child.proc.pid, 1)
         assert victim is not None, "rank 1 is not among torchrun's children"
