@@ -570,8 +570,11 @@ def build(out: Path, n_train: int, n_heldout: int, seed: int, sources: list[str]
     try:
         jobs = [(s, tmp / "bids", tmp / "oasis1" if oasis1 else None, i + 1, coarsen) for i, s in enumerate(subjects)]
         jobs += [(s, tmp / "heldout", None, 0, coarsen) for s in heldout]
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cache,)) as pool:
-            rows = list(pool.map(build_subject, jobs))
+        if workers == 1:  # no process to start for one worker
+            rows = list(map(build_subject, jobs))
+        else:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cache,)) as pool:
+                rows = list(pool.map(build_subject, jobs))
         write_metadata(tmp / "bids", rows[:n_train], sources, heldout=False)
         write_metadata(tmp / "heldout", rows[n_train:], sources, heldout=True)
         if oasis1:
@@ -596,7 +599,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sources", default="mni152,colin27", help=f"comma-separated, of {', '.join(SOURCES)}")
     parser.add_argument("--no-oasis1", action="store_true", help="skip the OASIS-1 copy of the training subjects")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes rendering subjects (1: this process, none started)")
     parser.add_argument("--cache", type=Path, default=CACHE, help="where the source packages are kept")
     parser.add_argument("--tiny", action="store_true", help="4 + 2 subjects on 2.5x coarser grids: the test's setting")
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import torch_threads_kept
 from neurosql_med.data.discovery import discover
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,9 @@ def cohort(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_same_seed_same_bytes(cohort, tmp_path):
-    _build(tmp_path / "again")
+    """The fixture's build ran in a fresh interpreter; this one runs here: the same bytes."""
+    with torch_threads_kept():  # each subject is rendered on one thread
+        realistic_cohort.main(["--tiny", "--out", str(tmp_path / "again"), "--workers", "1"])
     assert _digests(cohort) == _digests(tmp_path / "again")
 
 
