@@ -120,6 +120,7 @@ FOV = ((-78.0, 78.0), (-116.0, 82.0), (-70.0, 84.0))  # world mm box every site 
 CDR_LEVELS = (0.0, 0.5, 1.0)
 CDR_SHARE = (0.5, 0.3, 0.2)
 ATROPHY_MM = 5.5  # displacement along the CSF gradient at atrophy index 1
+WARP_STEP = 2.0  # mm: the grid each subject's warp is integrated on (coarser with the sites under --tiny)
 
 
 @dataclass(frozen=True)
@@ -364,10 +365,15 @@ def site_grid(site: Site) -> tuple[tuple[int, int, int], np.ndarray]:
     return shape, affine
 
 
-def render(subject: Subject, brain: Brain, site: Site) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The subject's scan (int16), tissue labels (uint8), affine, and nWBV measured on its labels."""
+def render(
+    subject: Subject, brain: Brain, site: Site, warp_step: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The subject's scan (int16), tissue labels (uint8), affine, and nWBV measured on its labels.
+
+    The warp is integrated on a ``warp_step`` mm grid over the source brain.
+    """
     rng = np.random.default_rng([subject.seed, 2])
-    velocity, v_affine = velocity_field(brain, subject, step=2.0)
+    velocity, v_affine = velocity_field(brain, subject, step=warp_step)
     displacement = integrate(velocity, v_affine)
     shape, affine = site_grid(site)
     axes = [torch.arange(n, dtype=torch.float32) for n in shape]
@@ -445,7 +451,7 @@ def build_subject(args: tuple[Subject, Path, Path | None, int, float]) -> dict:
     torch.set_num_threads(1)
     brain = _brain(subject.source)
     site = _coarser(next(s for s in SITES if s.name == subject.site), coarsen)
-    scan, labels, affine, nwbv = render(subject, brain, site)
+    scan, labels, affine, nwbv = render(subject, brain, site, WARP_STEP * coarsen)
     key = f"{subject.participant}_{subject.session}"
     anat = Path(subject.participant) / subject.session / "anat"
     _write(bids / anat / f"{key}_T1w.nii.gz", _nifti_bytes(scan, affine, "T1w"))
