@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import assignment_problem
 from neurosql_med.config import AssignmentConfig
