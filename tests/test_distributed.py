@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +16,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import assignment_problem, cli, relative_files, synthesize_on_cpu, torch_threads_kept, write_subjects
+from conftest import (
+    Paused, assignment_problem, cli, relative_files, run_cli, synthesize_on_cpu, torch_threads_kept, write_subjects,
+)
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import AssignmentProblem, assign
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.io.model import load_model
-from neurosql_med.training.distributed import Alone, Group, shard_by_subject
+from neurosql_med.training.distributed import TIMEOUT_ENV, Alone, Group, shard_by_subject
 from neurosql_med.training.train import fit
 
 EPOCHS = 4
@@ -33,19 +36,11 @@ LOSS_RTOL = 1e-3
 SAME_CODES = 0.95
 
 
-def torchrun(cwd: Path, *args: str, epochs: int = EPOCHS, timeout: float = 240, wait: bool = True, wrapper: bool = False):
-    """``torchrun --nproc-per-node 2 -m neurosql_med.cli fit SCANS --config tiny ...`` on the CPU, in ``cwd``.
-
-    With ``wrapper``, through ``nsql-med fit --nproc-per-node 2`` instead.
-    """
-    launcher = ["--nproc-per-node", "2"] if wrapper else []
-    fit_args = ["fit", *args, "--config", "tiny", "--device", "cpu", "--epochs", str(epochs), *launcher]
-    torchrun_args = [] if wrapper else ["torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
-    command = [sys.executable, "-m", *torchrun_args, "neurosql_med.cli", *fit_args]
-    env = os.environ | {"NSQL_MED_DIST_TIMEOUT": str(TIMEOUT_S)}
-    if not wait:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+def torchrun(cwd: Path, *args: str, timeout: float = 240):
+    """``torchrun --nproc-per-node 2 -m neurosql_med.cli fit SCANS --config tiny ...`` on the CPU, in ``cwd``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "neurosql_med.cli",
+               "fit", *args, "--config", "tiny", "--device", "cpu", "--epochs", str(EPOCHS)]
+    env = os.environ | {TIMEOUT_ENV: str(TIMEOUT_S)}
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -56,11 +51,40 @@ def scans(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_process_fit(tmp_path_factory, scans) -> Path:
-    """A 2-process fit, run in an empty folder so that any stray file would show."""
+    """A 2-process fit by `nsql-med fit --nproc-per-node 2` (run here; it starts torchrun), in an empty folder so
+    that any stray file would show."""
     work = tmp_path_factory.mktemp("ddp")
-    run = torchrun(work, str(scans), "--out", "model")
-    assert run.returncode == 0, run.stdout + run.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        patch.setenv(TIMEOUT_ENV, str(TIMEOUT_S))
+        assert run_cli("fit", scans, "--config", "tiny", "--device", "cpu", "--epochs", EPOCHS, "--out", "model",
+                       "--nproc-per-node", "2") == 0
     return work
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, scans) -> dict:
+    """A 2-process fit of EPOCHS whose rank 1 is killed (SIGKILL) while rank 0 is held after its first checkpoint.
+
+    Rank 0 is then let go into its next exchange with the dead rank. Returns the torchrun
+    process, its exit code and output, the seconds from the kill to its end, and the model folder.
+    """
+    work = tmp_path_factory.mktemp("killed")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    child = Paused(work, "neurosql_med.training.train.save_snapshot", 1,
+                   "fit", scans, "--config", "tiny", "--device", "cpu", "--epochs", EPOCHS, "--out", work / "model",
+                   launcher=launcher, env=os.environ | {TIMEOUT_ENV: str(TIMEOUT_S)}, start_new_session=True)
+    try:
+        victim = _rank_pid(child.proc.pid, 1)
+        assert victim is not None, "rank 1 is not among torchrun's children"
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        code, out, err = child.release(timeout=TIMEOUT_S + 30)
+        seconds = time.monotonic() - killed
+    finally:
+        if child.proc.poll() is None:
+            os.killpg(child.proc.pid, signal.SIGKILL)
+    return {"proc": child.proc, "code": code, "output": out + err, "seconds": seconds, "model": work / "model"}
 
 
 def test_shards_split_by_subject_in_contiguous_balanced_runs():
@@ -151,9 +175,9 @@ def test_two_processes_match_one_and_only_rank_0_writes(tmp_path, scans, two_pro
 
 @pytest.mark.slow
 @pytest.mark.processes
-def test_resume_under_two_processes_reaches_the_uninterrupted_model(tmp_path, scans, two_process_fit):
-    first = torchrun(tmp_path, str(scans), "--out", "model", epochs=EPOCHS - 2, wrapper=True)
-    assert first.returncode == 0, first.stdout + first.stderr
+def test_resume_under_two_processes_reaches_the_uninterrupted_model(tmp_path, scans, two_process_fit, killed_run):
+    """The killed run's checkpoint, resumed on two processes, ends in the uninterrupted 2-process model's bytes."""
+    shutil.copytree(killed_run["model"], tmp_path / "model")
     resumed = torchrun(tmp_path, str(scans), "--out", "model", "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     history = (tmp_path / "model" / "history.jsonl").read_text().splitlines()
@@ -177,25 +201,15 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 
 @pytest.mark.slow
 @pytest.mark.processes
-def test_a_killed_rank_ends_the_run_with_an_error_within_the_timeout(tmp_path, scans):
-    run = torchrun(tmp_path, str(scans), "--out", "model", epochs=10_000, wait=False)
-    try:
-        checkpoint = tmp_path / "model" / "model.pt"
-        deadline = time.monotonic() + 120
-        while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        victim = _rank_pid(run.pid, 1)
-        assert checkpoint.exists() and victim is not None, "the fit did not get going"
-        os.kill(victim, signal.SIGKILL)
-        killed = time.monotonic()
-        output, _ = run.communicate(timeout=TIMEOUT_S + 30)
-        assert time.monotonic() - killed < TIMEOUT_S + 30
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-    assert run.returncode != 0
+def test_a_killed_rank_ends_the_run_with_an_error_within_the_timeout(killed_run):
+    assert killed_run["seconds"] < TIMEOUT_S + 30
+    assert killed_run["code"] != 0
+    output = killed_run["output"]
     assert "error" in output.lower() or "failed" in output.lower(), output[-2000:]
-    assert _rank_pid(run.pid, 0) is None
+    assert _rank_pid(killed_run["proc"].pid, 0) is None
+    model = killed_run["model"]  # a checkpoint to resume from, and no finished model
+    assert (model / "model.pt").is_file() and not (model / "hashes.json").exists()
+    assert len((model / "history.jsonl").read_text().splitlines()) < EPOCHS
 
 
 def test_a_conditional_fit_on_several_processes_is_refused_before_any_starts(capsys, tmp_path):

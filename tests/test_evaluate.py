@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import brain_volume, write_nifti
+from conftest import brain_volume, synthesize_on_cpu, write_nifti
 
-from neurosql_med.config import load_config, override
+from neurosql_med.config import load_config
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.evaluate import evaluate, read_synthetic, report_table
@@ -82,25 +82,20 @@ def covered_by_hand(real_folder: Path, synth_folder: Path) -> float:
 
 
 @pytest.mark.slow
-def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_path: Path, real: Path):
-    from neurosql_med.synthesis.options import SynthesizeOptions
-    from neurosql_med.synthesis.synthesize import synthesize
-    from neurosql_med.training.train import fit
-
-    cfg = override(load_config("tiny"), train__epochs=1)
-    fit(load_cohort(real, cfg.data), cfg, tmp_path / "model", show_progress=False)
+def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_path: Path, tiny_models):
+    real, model = tiny_models.scans, tiny_models.get("tiny")  # the shared tiny model and its training scans
     synth = tmp_path / "synth"
-    synthesize(SynthesizeOptions(model=tmp_path / "model", out=synth, n=5), show_progress=False)
+    synthesize_on_cpu(model, synth, n=5)
 
-    report = evaluate(EvaluateOptions(real=real, synth=synth, model=tmp_path / "model"))
+    report = evaluate(EvaluateOptions(real=real, synth=synth, model=model))
     assert report["counts"]["synthetic"] == 5
     assert 0 <= report["c2st"]["reconstruction"]["auc"] <= 1  # the real scans are the model's training set
     assert report["inputs"]["config"] is None
 
     # a raw training scan dropped among the synthetic files is resampled onto the model's grid and caught as a copy
-    raw = real / "scan00.nii.gz"
+    raw = next(real.rglob("*_T1w.nii.gz"))
     shutil.copy(raw, synth / "raw-copy.nii.gz")
-    report = evaluate(EvaluateOptions(real=real, synth=synth, model=tmp_path / "model", c2st="off"))
+    report = evaluate(EvaluateOptions(real=real, synth=synth, model=model, c2st="off"))
     assert "c2st" not in report and "texture" in report
     copies = [f["id"] for f in report["flagged"] if f["id"].startswith("raw-copy.nii.gz [resampled, slice")]
     assert report["counts"]["synthetic"] > 5 and copies, report["flagged"]
@@ -108,7 +103,7 @@ def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_p
 
     write_nifti(synth / "sub-other" / "blank.nii.gz", np.zeros((20, 32, 6), np.int16), SPACING)
     with pytest.raises(UserError, match=r"blank\.nii\.gz: blank image"):
-        evaluate(EvaluateOptions(real=real, synth=synth, model=tmp_path / "model"))
+        evaluate(EvaluateOptions(real=real, synth=synth, model=model))
 
 
 def geometry_2d() -> Geometry:

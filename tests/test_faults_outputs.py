@@ -15,18 +15,15 @@ import os
 import shutil
 import signal
 import struct
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import cli, run_cli, write_subjects
+from conftest import Paused, cli, run_cli, write_subjects
 from neurosql_med.io.outputs import LOCK, output_lock
 
-EPOCHS = "10"
+EPOCHS = "3"  # the reference fit's: checkpoints after epochs 2 and 3, then the final one
 N_RACE = 12
 
 
@@ -56,15 +53,12 @@ def scans(tmp_path_factory) -> Path:
     return write_subjects(tmp_path_factory.mktemp("faults") / "scans", 5)
 
 
-def reference_fit(scans: Path, out: Path, epochs: str) -> Path:
-    """An uninterrupted fit through the real entry point."""
-    assert run_cli("fit", scans, "--config", "tiny", "--epochs", epochs, "--out", out) == 0
-    return out
-
-
 @pytest.fixture(scope="module")
 def model(scans) -> Path:
-    return reference_fit(scans, scans.parent / "model", EPOCHS)
+    """The uninterrupted reference fit through the real entry point, which every interrupted fit must reach."""
+    out = scans.parent / "model"
+    assert run_cli("fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out) == 0
+    return out
 
 
 # -- --force deletes only what nsql-med wrote ---------------------------------------------
@@ -275,61 +269,6 @@ def test_fit_resume_removes_a_killed_runs_temporaries(capsys, model, scans, tmp_
 
 # -- real processes: kill -9, SIGINT, two writers -------------------------------------------------
 
-PAUSED = r"""
-import importlib, sys, time
-from pathlib import Path
-
-module, name, after, barrier = importlib.import_module(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-del sys.argv[1:5]
-real, calls = getattr(module, name), []
-
-
-def then_wait(*args, **kwargs):
-    result = real(*args, **kwargs)
-    calls.append(1)
-    if len(calls) == after:
-        Path(barrier + ".reached").touch()
-        while not Path(barrier).exists():
-            time.sleep(0.01)
-    return result
-
-
-setattr(module, name, then_wait)
-from neurosql_med.cli.main import main
-sys.argv[0] = "nsql-med"
-main()
-"""
-
-
-class Paused:
-    """``nsql-med ARGS`` as a child that stops after its ``after``-th call of ``module.name`` until released.
-
-    The call itself runs in full; the child then waits for the barrier file, so the test
-    acts on a run that is certainly still in progress, at a known point. The child reacts
-    to Ctrl-C as in a terminal, even when the test run itself was started in the
-    background (which makes a shell ignore SIGINT in it and in its children).
-    """
-
-    def __init__(self, tmp_path: Path, where: str, after: int, *args) -> None:
-        module, name = where.rsplit(".", 1)
-        self.barrier = tmp_path / f"barrier-{name}-{after}-{len(list(tmp_path.glob('barrier-*')))}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", PAUSED, module, name, str(after), str(self.barrier), *map(str, args)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        reached = Path(f"{self.barrier}.reached")
-        deadline = time.monotonic() + 120
-        while not reached.exists():
-            assert self.proc.poll() is None, f"ended before the pause: {self.proc.communicate()}"
-            assert time.monotonic() < deadline, "timed out before the pause"
-            time.sleep(0.02)
-
-    def release(self) -> tuple[int, str, str]:
-        self.barrier.touch()
-        out, err = self.proc.communicate(timeout=120)
-        return self.proc.returncode, out, err
-
-
 def fit_paused_after_first_checkpoint(tmp_path: Path, scans: Path, out: Path) -> Paused:
     return Paused(tmp_path, "neurosql_med.training.train.save_snapshot", 1,
                   "fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out)
@@ -392,15 +331,9 @@ def test_synthesize_killed_with_sigkill_resumes_to_the_same_bytes(capsys, model,
 
 # -- a fit that fails after it started writing: the disk fills up at each stage -------------------
 
-SHORT = "3"  # epochs: checkpoints after epochs 2 and 3, then the final one
 # (file, which write of it) at which the disk is full: the marker, the first checkpoint (nothing to resume yet),
 # between two checkpoints, and the finished model's pictures
 STAGES = [(".nsql-med.json", 1), ("model.pt", 1), ("history.jsonl", 2), ("recon.png", 1)]
-
-
-@pytest.fixture(scope="module")
-def short_model(scans) -> Path:
-    return reference_fit(scans, scans.parent / "short", SHORT)
 
 
 def disk_full_at(path: Path, nth: int):
@@ -419,9 +352,9 @@ def disk_full_at(path: Path, nth: int):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, nth", STAGES, ids=[f"{n}#{k}" for n, k in STAGES])
 def test_a_fit_failing_at_any_stage_is_finished_by_the_same_command_or_resume(
-        capsys, monkeypatch, scans, short_model, tmp_path, name, nth):
+        capsys, monkeypatch, scans, model, tmp_path, name, nth):
     out = tmp_path / "model"
-    command = ["fit", scans, "--config", "tiny", "--epochs", SHORT, "--out", out]
+    command = ["fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out]
     with monkeypatch.context() as patch:
         patch.setattr(os, "replace", disk_full_at(out / name, nth))
         refused(cli(capsys, *command), "no space left on device", out / name)
@@ -436,33 +369,31 @@ def test_a_fit_failing_at_any_stage_is_finished_by_the_same_command_or_resume(
     assert (listing(out) if out.exists() else {}) == left
     code, _, err = cli(capsys, *command, *resume)
     assert code == 0, err
-    assert_same_model(out, short_model) and (out / "hashes.json").is_file()
+    assert_same_model(out, model) and (out / "hashes.json").is_file()
 
 
 @pytest.mark.slow
 @pytest.mark.processes
-def test_two_fits_into_one_folder_one_wins_whole(capsys, scans, short_model, tmp_path):
+def test_two_fits_into_one_folder_one_wins_whole(capsys, scans, model, tmp_path):
     out = tmp_path / "model"
-    command = ["fit", scans, "--config", "tiny", "--epochs", SHORT, "--out", out]
+    command = ["fit", scans, "--config", "tiny", "--epochs", EPOCHS, "--out", out]
     first = Paused(tmp_path, "neurosql_med.training.train.save_snapshot", 1, *command)  # holds --out, mid-fit
     code, _, err = cli(capsys, *command)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     code, _, err = first.release()
     assert code == 0, err
-    assert_same_model(out, short_model) and (out / "hashes.json").is_file()
+    assert_same_model(out, model) and (out / "hashes.json").is_file()
 
 
 @pytest.mark.slow
 @pytest.mark.processes
-def test_two_writers_into_one_folder_one_wins_whole(model, tmp_path):
+def test_two_writers_into_one_folder_one_wins_whole(capsys, model, tmp_path):
     out = tmp_path / "cohort"
     first = synthesize_paused(tmp_path, model, out, 1, 1, "--force")  # holds the folder, one sample written
     during = listing(out)
-    second = subprocess.run([sys.executable, "-m", "neurosql_med.cli", "synthesize", "--n", str(N_RACE), "--out", str(out),
-                             "--model", str(model), "--device", "cpu", "--seed", "2", "--force"],
-                            capture_output=True, text=True, timeout=120)
-    assert second.returncode == 2 and second.stderr.startswith("error: "), second.stderr
-    assert "in use by another nsql-med run" in second.stderr, second.stderr
+    code, _, err = synthesize(capsys, model, out, N_RACE, "--seed", "2", "--force")  # this process: the second writer
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "in use by another nsql-med run" in err, err
     assert listing(out) == during  # the refused writer touched nothing
     code, _, err = first.release()
     assert code == 0, err

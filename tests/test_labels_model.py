@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import LABEL_NAMES, bids_errors, relative_files, write_subjects
+from conftest import LABEL_NAMES, TINY_EPOCHS, bids_errors, relative_files, tissue_cohort, write_subjects
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.decoder import Decoder, split_output
@@ -105,23 +105,23 @@ def test_a_labelled_fit_lowers_both_loss_terms(scans, tmp_path, config, epochs):
 
 
 @pytest.mark.slow
-def test_labelled_resume_equals_uninterrupted(scans, tmp_path):
-    cfg = override(load_config("tiny"), train__epochs=6)
-    cohort = labelled(load_cohort(scans, cfg.data))
-    fit(cohort, cfg, tmp_path / "whole", show_progress=False)
+def test_labelled_resume_equals_uninterrupted(tiny_models, tmp_path):
+    """Cut after its second epoch and resumed: the bytes of the shared labelled tiny model, fitted in one go."""
+    cfg = override(load_config("tiny"), train__epochs=TINY_EPOCHS, train__device="cpu")
+    cohort = tissue_cohort(load_cohort(tiny_models.scans, cfg.data))
+    whole, part = tiny_models.get("tiny", "labelled"), tmp_path / "part"
 
-    def ctrl_c_after_epoch_3(row):
-        if row["epoch"] == 3:
+    def ctrl_c_after_epoch_2(row):
+        if row["epoch"] == 2:
             raise KeyboardInterrupt
 
-    fit(cohort, cfg, tmp_path / "part", show_progress=False, on_epoch_end=ctrl_c_after_epoch_3)
+    assert fit(cohort, cfg, part, show_progress=False, on_epoch_end=ctrl_c_after_epoch_2).epochs == 2 < TINY_EPOCHS
     with pytest.raises(UserError, match="or their label maps"):
-        fit(dataclasses.replace(cohort, labels=None, label_names=None), cfg, tmp_path / "part", resume=True,
-            show_progress=False)
-    fit(cohort, cfg, tmp_path / "part", resume=True, show_progress=False)
+        fit(dataclasses.replace(cohort, labels=None, label_names=None), cfg, part, resume=True, show_progress=False)
+    fit(cohort, cfg, part, resume=True, show_progress=False)
     for name in ("model.pt", "assignment.npy", "labels.json", "hashes.json"):
-        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "part" / name).read_bytes(), name
-    fit(cohort, override(cfg, train__epochs=1), tmp_path / "whole", force=True, show_progress=False)  # labels.json is ours
+        assert (whole / name).read_bytes() == (part / name).read_bytes(), name
+    fit(cohort, override(cfg, train__epochs=1), part, force=True, show_progress=False)  # labels.json is ours
 
 
 def test_label_maps_that_do_not_fit_are_refused(scans, tmp_path):

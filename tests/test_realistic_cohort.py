@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import torch_threads_kept
 from neurosql_med.data.discovery import discover
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +41,16 @@ def cohort(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.processes  # the cohort fixture builds in a fresh interpreter
 def test_same_seed_same_bytes(cohort, tmp_path):
-    _build(tmp_path / "again")
+    """The fixture's build ran in a fresh interpreter; this one runs here: the same bytes."""
+    with torch_threads_kept():  # each subject is rendered on one thread
+        realistic_cohort.main(["--tiny", "--out", str(tmp_path / "again"), "--workers", "1"])
     assert _digests(cohort) == _digests(tmp_path / "again")
 
 
 @pytest.mark.slow
+@pytest.mark.processes  # the cohort fixture builds in a fresh interpreter
 def test_both_layouts_are_discovered_with_their_label_maps(cohort):
     for folder, count in (("bids", 4), ("heldout", 2), ("oasis1", 4)):
         found = discover(cohort / folder)
@@ -55,6 +60,7 @@ def test_both_layouts_are_discovered_with_their_label_maps(cohort):
 
 
 @pytest.mark.slow
+@pytest.mark.processes  # the cohort fixture builds in a fresh interpreter
 def test_sources_are_recorded_with_package_version_and_hashes(cohort):
     described = json.loads((cohort / "bids" / "dataset_description.json").read_text())
     sources = {s["Package"]: s for s in described["SourceDatasets"]}
@@ -66,6 +72,7 @@ def test_sources_are_recorded_with_package_version_and_hashes(cohort):
 
 
 @pytest.mark.slow
+@pytest.mark.processes  # the cohort fixture builds in a fresh interpreter
 def test_labels_are_carried_through_the_warp_not_thresholds_of_the_image(cohort):
     """No single intensity cut separates grey from white matter, as in a real scan's segmentation."""
     image = next((cohort / "bids").glob("sub-*/*/anat/*_T1w.nii.gz"))

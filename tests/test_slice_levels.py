@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +69,7 @@ def test_codes_are_assigned_within_level_strata(scans):
     assert len(torch.unique(conditioned.cost[:, 0])) == 2  # costs decode each level stratum once
 
 
+@pytest.mark.slow
 def test_fit_synthesize_levels_and_reproduce(slice_model, tmp_path):
     model = load_model(slice_model)
     assert model.levels is not None and model.levels.bins == 2 and len(model.training_levels) == len(model.lattice)
@@ -84,12 +84,12 @@ def test_fit_synthesize_levels_and_reproduce(slice_model, tmp_path):
     assert not torch.equal(low, high)  # the level is an input of G
 
 
-def test_levels_need_a_slice_aware_model(scans, tmp_path):
-    cfg = override(load_config("tiny"), train__epochs=1)
-    fit(load_cohort(scans, cfg.data), cfg, tmp_path / "m", show_progress=False)
-    with pytest.raises(UserError, match="--levels"):
-        synthesize(SynthesizeOptions(model=tmp_path / "m", out=tmp_path / "s", n=2, device="cpu", levels="0.5"),
+@pytest.mark.slow
+def test_levels_need_a_slice_aware_model(tiny_models, tmp_path):
+    with pytest.raises(UserError, match="--levels"):  # the shared tiny model knows no slice levels
+        synthesize(SynthesizeOptions(model=tiny_models.get("tiny"), out=tmp_path / "s", n=2, device="cpu", levels="0.5"),
                    show_progress=False)
+    assert not (tmp_path / "s").exists()
 
 
 def test_slice_levels_are_for_2d_and_bounded():

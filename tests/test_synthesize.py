@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import bids_errors, relative_files, write_subjects
+from neurosql_med.config import load_config
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.synthesis.dataset import SyntheticDataset
 from neurosql_med.errors import UserError
@@ -207,12 +208,18 @@ def test_synthesize_with_audit_writes_audit_json(model_dir, tiny_models, tmp_pat
 
 @pytest.mark.slow
 def test_readme_augmentation_example_runs(model_dir, tmp_path, monkeypatch, capsys):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    """The README's code as written, on the model and on two subjects of the sample cohort (all 30 load for seconds)."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
     code = readme.split("## Using synthetic samples in a MONAI training loop")[1].split("```python")[1].split("```")[0]
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    assert code.count('"sample_data"') == 1 and code.count('"nsql-model"') == 1
+    for subject in ("sub-OAS30001", "sub-OAS30002"):
+        shutil.copytree(root / "sample_data" / subject, tmp_path / "sample_data" / subject)
+    monkeypatch.chdir(tmp_path)
     exec(compile(code.replace('"nsql-model"', repr(str(model_dir))), "README.md", "exec"), {})
     printed = capsys.readouterr().out.split()
-    assert int(printed[0]) > 500 and "torch.Size([1," in " ".join(printed[1:])
+    real = len(load_cohort(tmp_path / "sample_data", load_config("default").data))
+    assert real > 0 and int(printed[0]) == 500 + real and "torch.Size([1," in " ".join(printed[1:])
 
 
 def test_ids_widen_with_the_cohort():

@@ -76,6 +76,7 @@ def test_unlabelled_models_use_intensity_bins_and_state_round_trips():
     assert torch.equal(again.apply(mean[:4], seeds), fitted.apply(mean[:4], seeds))
 
 
+@pytest.mark.slow
 def test_a_labelled_fit_writes_it_and_synthesize_reproduces_textured_pairs(tmp_path):
     cfg = override(load_config("tiny"), train__epochs=2, model__texture_mode="tissue")
     cohort = load_cohort(write_subjects(tmp_path / "scans", 5), cfg.data)

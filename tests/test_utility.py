@@ -290,6 +290,7 @@ def test_a_holdout_folder_is_the_test_set(scans, tmp_path):
                                    **(TINY | {"train_subjects": [9]})), show_progress=False)
 
 
+@pytest.mark.slow
 def test_a_ratio_sweep_runs_each_neurosql_arm_per_ratio_on_nested_cases(scans, tmp_path):
     options = UtilityOptions(scans=scans, task="segment", out=tmp_path / "out", synthetic_per_real=[1, 2],
                              **(TINY | {"train_subjects": [3]}))
