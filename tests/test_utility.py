@@ -107,7 +107,8 @@ def test_every_arm_trains_the_same_network_for_the_same_steps(watched):
     assert {(r["network"], r["parameters"], r["steps"]) for r in runs} == {(runs[0]["network"], runs[0]["parameters"], 3)}
     by_arm = {r["arm"]: r for r in runs}
     assert by_arm["real"]["synthetic_samples"] == 0 and by_arm["neurosql-only"]["real_samples"] == 0
-    assert by_arm["real+neurosql"]["synthetic_samples"] == 4 * by_arm["real+neurosql"]["real_samples"]
+    ratio = UtilityOptions(scans=Path("s"), task="segment").synthetic_per_real[0]  # the default ratio
+    assert by_arm["real+neurosql"]["synthetic_samples"] == round(ratio * by_arm["real+neurosql"]["real_samples"])
 
 
 def test_training_runs_exactly_its_steps_whatever_the_data_size():
