@@ -56,3 +56,9 @@ def test_label_maps_of_many_regions_stay_class_indices():
     out = _resample(torch.zeros_like(label), label, anti_alias=True)[LABEL]
     assert out.shape[0] == 1 and set(out.unique().tolist()) <= set(range(30))
     assert torch.equal(out, out.round())
+
+
+def test_an_empty_label_map_stays_background():
+    label = torch.zeros(1, 12, 12, 12)
+    out = _resample(torch.zeros_like(label), label, anti_alias=True)[LABEL]
+    assert out.shape[0] == 1 and not out.any()

@@ -20,6 +20,7 @@ from typing import Any, Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -33,8 +34,6 @@ from monai.transforms import (
     Spacing,
     Spacingd,
 )
-
-from monai.data import MetaTensor
 
 from neurosql_med.config import DataConfig
 from neurosql_med.data.readers import LoadScand
@@ -72,9 +71,9 @@ class AntiAliasd(MapTransform):
 
 
 def class_channels(label: MetaTensor) -> MetaTensor:
-    """A label map as float one-hot channels (background included); unchanged past MAX_SOFT_CLASSES classes."""
+    """A label map as float one-hot channels (background included); unchanged with one class or past MAX_SOFT_CLASSES."""
     classes = int(label.max()) + 1
-    if classes > MAX_SOFT_CLASSES:
+    if not 2 <= classes <= MAX_SOFT_CLASSES:
         return label
     onehot = torch.nn.functional.one_hot(label[0].long().clamp(min=0), classes).movedim(-1, 0).float()
     return MetaTensor(onehot, meta=label.meta)
