@@ -26,7 +26,8 @@ if has 3; then
     benchmarks/run_utility.sh segment classify:CDR regress:age
 fi
 if has 4; then
-  "$nsql" fit "$cohort/bids" --out "$runs/model" --resume --threads 2 || "$nsql" fit "$cohort/bids" --out "$runs/model" --threads 2
+  resume=(); [[ -d "$runs/model" ]] && resume=(--resume)  # an interrupted fit continues
+  "$nsql" fit "$cohort/bids" --out "$runs/model" "${resume[@]}" --threads 2
   "$nsql" synthesize --model "$runs/model" --n 500 --out "$runs/synth" --force
   "$nsql" evaluate --real "$cohort/heldout" --synth "$runs/synth" --model "$runs/model" --out "$runs/report" --c2st strong
 fi
