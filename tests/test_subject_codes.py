@@ -1,0 +1,95 @@
+"""Subject codes (model.subject_codes): one code per training scan, an exact LAP over stacks, stacks as samples."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from neurosql_med.config import AssignmentConfig, load_config, override
+from neurosql_med.data.cohort import load_cohort
+from neurosql_med.engine.assignment import AssignmentProblem
+from neurosql_med.engine.decoder import Decoder
+from neurosql_med.engine.lattice import quantile_lattice
+from neurosql_med.engine.losses import ReconstructionLoss
+from neurosql_med.engine.stacks import Stacks, slice_grid
+from neurosql_med.engine.strata import Strata, assign_stratified
+from neurosql_med.errors import UserError
+from neurosql_med.io.model import load_model
+from neurosql_med.training.conditions import training_conditions
+
+SUBJECTS = dict(model__slice_levels=2, model__subject_codes=True)
+
+
+@pytest.fixture(scope="module")
+def scans(tiny_models):
+    """The tiny models' 5 subjects."""
+    return tiny_models.scans
+
+
+@pytest.fixture(scope="module")
+def subject_model(tiny_models):
+    """The tiny labelled model with subject codes (conftest's "stacks" kind)."""
+    return tiny_models.get("tiny", "stacks")
+
+
+def test_subject_codes_need_slice_levels():
+    with pytest.raises(UserError, match="model.subject_codes"):
+        override(load_config("tiny"), model__subject_codes=True)
+    with pytest.raises(UserError, match="model.slice_levels"):
+        override(load_config("tiny3d"), model__slice_levels=2, model__subject_codes=True)
+    plain = load_config("tiny")
+    assert override(plain, model__subject_codes=False).digest() == plain.digest()  # off: the config hash is kept
+
+
+def test_stacks_group_slices_by_scan_in_order():
+    stacks = Stacks.of_scans(["b", "b", "a", "a", "a", "c"])
+    assert stacks.of.tolist() == [0, 0, 1, 1, 1, 2] and stacks.first.tolist() == [0, 2, 5]
+    slices, groups = stacks.members(np.array([2, 0]))
+    assert slices.tolist() == [0, 1, 5] and groups.tolist() == [1, 1, 0]
+    assert stacks.positions().tolist() == [0, 1, 0, 1, 2, 0]
+    assert slice_grid(np.array([0.2, 0.6, 0.3, 0.5, 0.9, 0.4]), stacks) == (0.3, 0.55)  # 2 slices: the median stack
+
+
+def test_strata_and_lattice_are_per_stack(scans):
+    cfg = override(load_config("tiny"), **SUBJECTS)
+    cohort = load_cohort(scans, cfg.data)
+    conditioned = training_conditions(cohort, cfg)
+    assert conditioned.stacks.count == len(set(cohort.scan_ids)) == 5 < len(cohort)
+    assert [len(r) for r in conditioned.strata.rows] == [5]  # one stratum of stacks: a code serves every level
+    assert len(torch.unique(conditioned.cost[:, 0])) == 2  # costs still decode each level stratum once
+    assert len(conditioned.levels.grid) == 5 and conditioned.levels.low <= min(conditioned.levels.grid)
+
+
+def test_every_slice_of_a_subject_takes_its_subjects_code(subject_model):
+    model = load_model(subject_model)
+    stacks = Stacks.of_scans([s for s in np.repeat(np.arange(5), 5).astype(str)])  # the 5 x 5 slices, in scan order
+    assert len(model.lattice) == 5 and len(model.assignment) == 25
+    codes = model.assignment.reshape(5, 5)
+    assert (codes == codes[:, :1]).all()  # one code per subject, shared by its slices
+    assert sorted(codes[:, 0]) == list(range(5))  # a permutation over subjects
+    assert np.array_equal(model.assignment, codes[:, 0][stacks.of])
+
+
+def test_the_stack_lap_is_exact_against_brute_force():
+    torch.manual_seed(3)
+    generator = Decoder(2, 3, (12, 14), [8, 4])  # reads (u, p): a 2-d code and a level
+    lattice = torch.tensor(quantile_lattice(4, 2), dtype=torch.float32)
+    stacks = Stacks.of_scans(["s0", "s0", "s0", "s1", "s1", "s2", "s2", "s2", "s3", "s3"])
+    levels = torch.tensor([[-1.0], [0.0], [1.0], [-0.5], [0.5], [-1.0], [0.0], [1.0], [-0.5], [0.5]])
+    truth = torch.tensor([2, 0, 3, 1])[stacks.of]  # each stack made from one code, plus noise
+    with torch.no_grad():
+        images = (generator(torch.cat([lattice[truth], levels], 1))[:, :1] + 0.1 * torch.randn(10, 1, 12, 14)).clamp(0, 1)
+    loss = ReconstructionLoss(2, 0.8, 7)
+    problem = AssignmentProblem(generator, lattice, images, loss, AssignmentConfig(cost="loss"), 4, "cpu")
+    result = assign_stratified(problem, levels, Strata.of([()] * 4), None, 0, stacks)
+    costs = np.zeros((4, 4))  # stack a under code j: the sum of its slices' training losses, one image at a time
+    with torch.no_grad():
+        for j in range(4):
+            decoded = generator(torch.cat([lattice[j].expand(10, -1), levels], 1))
+            per_slice = loss.combined(*loss.terms(decoded, images, None)).numpy()
+            np.add.at(costs[:, j], stacks.of, per_slice)
+    best = min(itertools.permutations(range(4)), key=lambda p: costs[np.arange(4), p].sum())
+    assert tuple(result.perm) == best
+    assert result.total_cost == pytest.approx(costs[np.arange(4), best].sum(), rel=1e-4)
