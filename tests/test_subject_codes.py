@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
+from conftest import synthesize_on_cpu, tissue_cohort
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import AssignmentProblem
@@ -16,6 +19,12 @@ from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.engine.stacks import Stacks, slice_grid
 from neurosql_med.engine.strata import Strata, assign_stratified
 from neurosql_med.errors import UserError
+from neurosql_med.evaluation.evaluate import evaluate
+from neurosql_med.evaluation.options import EvaluateOptions
+from neurosql_med.evaluation.slices import group_stacks, stack_coherence
+from neurosql_med.io.nifti import read_labels, read_sample
+from neurosql_med.synthesis.reproduce import reproduce
+from neurosql_med.synthesis.sampling import dseg_of, sidecar_of
 from neurosql_med.io.model import load_model
 from neurosql_med.training.conditions import training_conditions
 
@@ -93,3 +102,58 @@ def test_the_stack_lap_is_exact_against_brute_force():
     best = min(itertools.permutations(range(4)), key=lambda p: costs[np.arange(4), p].sum())
     assert tuple(result.perm) == best
     assert result.total_cost == pytest.approx(costs[np.arange(4), best].sum(), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def stacks_cohort(subject_model, tmp_path_factory):
+    """Three synthetic subjects of the tiny model with subject codes, written once for this module."""
+    out = tmp_path_factory.mktemp("synth") / "cohort"
+    synthesize_on_cpu(subject_model, out, n=3, seed=2)
+    return out
+
+
+def test_each_synthetic_subject_is_one_volume_with_its_label_volume(subject_model, stacks_cohort, tmp_path):
+    model = load_model(subject_model)
+    grid, stride = model.levels.grid, model.config.data.slice_stride
+    images = sorted(stacks_cohort.glob("sub-*/anat/*_T1w.nii.gz"))
+    assert [p.parent.parent.name for p in images] == ["sub-synth0001", "sub-synth0002", "sub-synth0003"]
+    for path in images:
+        image, dseg = nib.load(path), nib.load(dseg_of(path))
+        assert image.shape == dseg.shape == (24, 32, len(grid))  # the slices stacked along data.slice_axis (2)
+        assert image.header.get_zooms() == (6.0, 6.0, 6.0 * stride) and np.allclose(image.affine, dseg.affine)
+        assert json.loads(sidecar_of(path).read_text())["NeuroSQL"]["slice_levels"] == list(grid)
+    again = synthesize_on_cpu(subject_model, tmp_path / "again", n=3, seed=2)
+    assert again.written == 3
+    assert (tmp_path / "again" / "manifest.tsv").read_bytes() == (stacks_cohort / "manifest.tsv").read_bytes()
+    assert reproduce(sidecar_of(images[1]), subject_model)[0]
+
+
+def test_stacks_refuse_levels_and_the_slice_audit(subject_model, scans, tmp_path):
+    with pytest.raises(UserError, match="--levels"):
+        synthesize_on_cpu(subject_model, tmp_path / "a", n=1, levels="0.5")
+    with pytest.raises(UserError, match="--audit"):
+        synthesize_on_cpu(subject_model, tmp_path / "b", n=1, audit=scans)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_synthetic_stacks_hold_together_better_than_slices_of_different_subjects(stacks_cohort, scans):
+    cohort = tissue_cohort(load_cohort(scans, load_config("tiny").data))
+    real, _, real_labels = group_stacks(cohort.images, list(zip(cohort.scan_ids, cohort.slice_index)), list(cohort.labels))
+    rng = np.random.default_rng(0)
+    bags = []  # each position's slice from another subject: what slice-by-slice codes make of a "subject"
+    for _ in range(10):
+        who = rng.permutation(len(real))
+        bags.append(stack_coherence(torch.stack([real[w][..., k] for k, w in enumerate(who)], -1),
+                                    torch.stack([real_labels[w][..., k] for k, w in enumerate(who)], -1)))
+    synthetic = [stack_coherence(torch.from_numpy(read_sample(p)), torch.from_numpy(read_labels(dseg_of(p))), axis=2)
+                 for p in sorted(stacks_cohort.glob("sub-*/anat/*_T1w.nii.gz"))]
+    for key in ("correlation", "label_dice"):
+        assert np.mean([s[key] for s in synthetic]) > np.mean([b[key] for b in bags]) + 0.05, key
+
+
+def test_evaluate_reads_the_stacks_and_scores_their_coherence_against_real_stacks(subject_model, stacks_cohort, scans):
+    report = evaluate(EvaluateOptions(real=scans, synth=stacks_cohort, model=subject_model, c2st="off"))
+    assert report["counts"]["synthetic"] == 3 * len(load_model(subject_model).levels.grid)  # every slice of every stack
+    coherence = report["coherence"]
+    assert coherence["synthetic"]["stacks"] == 3 and coherence["real"]["stacks"] == 5
+    assert coherence["ratio"]["correlation"] > 0.9  # the stacks hold together about as well as real ones

@@ -18,6 +18,7 @@ from neurosql_med.bounded import read_json
 from neurosql_med.version import __version__
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.metrics import TAU
+from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file, write_text
 from neurosql_med.io.model import load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_cohort_output
@@ -83,6 +84,9 @@ def synthesize(options: SynthesizeOptions, *, show_progress: bool = True) -> Syn
     inputs = [Path(o.model)] + ([] if o.audit is None else [Path(o.audit)])
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before the model is loaded
     job = synthesis_job(load_model(o.model, resolve_device(o.device)), o, FORMATS[o.format])
+    if o.audit is not None and job.stacked:
+        raise UserError("--audit compares single slices with the training slices; a model with subject codes writes "
+                        "stacks (leave --audit out)")
     n = job.n
     train = None if o.audit is None else load_cohort(o.audit, job.model.config.data).images
     with output_lock(out):
@@ -114,9 +118,9 @@ def bytes_per_sample(job: Synthesis) -> int:
 
     A DICOM series repeats its header and provenance in every slice.
     """
-    shape = job.model.geometry.sample_shape
+    shape = job.geometry.sample_shape
     voxels = math.prod(shape)
-    records = {"nifti": 1, "dicom": 1 + (shape[-1] if job.model.geometry.mode == "3d" else 1)}
+    records = {"nifti": 1, "dicom": 1 + (shape[-1] if job.geometry.mode == "3d" else 1)}
     overhead = SAMPLE_OVERHEAD + 64 * job.model.latent_dim
     files = 2 if job.model.label_names else 1  # the image, and a labelled model's dseg (NIfTI) or SEG (DICOM)
     return sum(files * (2 * voxels + records[f] * overhead) for f in job.formats)
