@@ -108,7 +108,7 @@ def test_the_stack_lap_is_exact_against_brute_force():
 def stacks_cohort(subject_model, tmp_path_factory):
     """Three synthetic subjects of the tiny model with subject codes, written once for this module."""
     out = tmp_path_factory.mktemp("synth") / "cohort"
-    synthesize_on_cpu(subject_model, out, n=3, seed=2)
+    synthesize_on_cpu(subject_model, out, n=3, seed=2, format="both")
     return out
 
 
@@ -122,7 +122,8 @@ def test_each_synthetic_subject_is_one_volume_with_its_label_volume(subject_mode
         assert image.shape == dseg.shape == (24, 32, len(grid))  # the slices stacked along data.slice_axis (2)
         assert image.header.get_zooms() == (6.0, 6.0, 6.0 * stride) and np.allclose(image.affine, dseg.affine)
         assert json.loads(sidecar_of(path).read_text())["NeuroSQL"]["slice_levels"] == list(grid)
-    again = synthesize_on_cpu(subject_model, tmp_path / "again", n=3, seed=2)
+        assert len(list((path.parent.parent / "dicom").glob("*_T1w_*.dcm"))) == len(grid)  # one instance a slice
+    again = synthesize_on_cpu(subject_model, tmp_path / "again", n=3, seed=2, format="both")
     assert again.written == 3
     assert (tmp_path / "again" / "manifest.tsv").read_bytes() == (stacks_cohort / "manifest.tsv").read_bytes()
     assert reproduce(sidecar_of(images[1]), subject_model)[0]
