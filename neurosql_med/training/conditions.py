@@ -1,9 +1,11 @@
 """What a conditional or slice-aware fit puts beside each code: c = (covariates, slice level), and its strata;
-and the two ways a fit codes its images (``PlainCodes``, ``ConditionedCodes``), which the trainer asks alike.
+and the ways a fit codes its images (``PlainCodes``, ``ConditionedCodes``, ``StackCodes``), which the trainer asks alike.
 
 Covariates (``fit --condition``, engine/conditioning.py) come first, the relative slice
 level p of a slice-aware 2D model (``model.slice_levels``, engine/levels.py) last. Images
-are assigned codes within strata: the same categorical levels and the same level stratum.
+are assigned codes within strata: the same categorical levels and the same level stratum;
+with subject codes (``model.subject_codes``, engine/stacks.py) whole scans are, within
+strata of their covariates alone.
 """
 from __future__ import annotations
 
