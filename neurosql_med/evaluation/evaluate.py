@@ -523,7 +523,8 @@ def anatomy_rows(report: Scores) -> list[tuple[str, str, str, str]]:
     if "coherence" in report:
         c = report["coherence"]
         control = c["control"]["ratio"] if c["control"] is not None else {}
-        for key, what in (("correlation", "adjacent-slice correlation"), ("label_dice", "adjacent label-slice Dice")):
+        for key, what in (("correlation", "adjacent-slice correlation"), ("label_dice", "adjacent label-slice Dice"),
+                          ("margin", "identity margin: next slice of the same stack vs of another")):
             if key in c["ratio"]:
                 rows.append(("coherence", what, _ratio(c["ratio"][key]),
                              f"synthetic / real stacks ({c['synthetic'][key]:.3f} vs {c['real'][key]:.3f}, "
