@@ -24,7 +24,8 @@ from neurosql_med.evaluation.options import EvaluateOptions
 from neurosql_med.evaluation.slices import group_stacks, stack_coherence
 from neurosql_med.io.nifti import read_labels, read_sample
 from neurosql_med.synthesis.reproduce import reproduce
-from neurosql_med.synthesis.sampling import dseg_of, sidecar_of
+from neurosql_med.synthesis.audit import audit_cohort
+from neurosql_med.synthesis.sampling import Draw, Synthesis, dseg_of, sidecar_of, write_with_sidecar
 from neurosql_med.io.model import load_model
 from neurosql_med.training.conditions import training_conditions
 
@@ -129,12 +130,24 @@ def test_each_synthetic_subject_is_one_volume_with_its_label_volume(subject_mode
     assert reproduce(sidecar_of(images[1]), subject_model)[0]
 
 
-def test_stacks_refuse_levels_and_the_slice_audit(subject_model, scans, tmp_path):
+def test_stacks_refuse_levels(subject_model, tmp_path):
     with pytest.raises(UserError, match="--levels"):
         synthesize_on_cpu(subject_model, tmp_path / "a", n=1, levels="0.5")
-    with pytest.raises(UserError, match="--audit"):
-        synthesize_on_cpu(subject_model, tmp_path / "b", n=1, audit=scans)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_audit_flags_a_stack_with_a_copied_slice_and_redraws_it(subject_model, scans, tmp_path):
+    out = tmp_path / "s"
+    checked = synthesize_on_cpu(subject_model, out, n=3, audit=scans).audit
+    assert checked["n_checked"] == 3 and checked["n_flagged"] == 0
+    job = Synthesis(load_model(subject_model), 3, 0, 1.0)
+    train = load_cohort(scans, job.model.config.data).images
+    stack = torch.from_numpy(read_sample(job.image_path(out, 2)))[None]
+    stack[..., 1] = train[7, 0]  # one slice of the stack is a training slice
+    write_with_sidecar(out, job, 2, Draw(stack, np.zeros(4), 0.0, latent_index=2))
+    report = audit_cohort(out, job, train, tau=0.5, drop=True)
+    assert report["flagged"] == ["sub-synth0002"] and report["n_remaining_copies"] == 0
+    assert reproduce(job.image_path(out, 2), subject_model)[0]  # the redraw, from its recorded latent index
 
 
 def test_synthetic_stacks_hold_together_better_than_slices_of_different_subjects(stacks_cohort, scans):

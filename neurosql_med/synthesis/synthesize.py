@@ -18,7 +18,6 @@ from neurosql_med.bounded import read_json
 from neurosql_med.version import __version__
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.metrics import TAU
-from neurosql_med.errors import UserError
 from neurosql_med.io.files import sha256_file, write_text
 from neurosql_med.io.model import load_model
 from neurosql_med.io.outputs import check_output_path, output_lock, prepare_cohort_output
@@ -84,9 +83,6 @@ def synthesize(options: SynthesizeOptions, *, show_progress: bool = True) -> Syn
     inputs = [Path(o.model)] + ([] if o.audit is None else [Path(o.audit)])
     check_output_path(out, inputs=inputs)  # a mistyped --out fails before the model is loaded
     job = synthesis_job(load_model(o.model, resolve_device(o.device)), o, FORMATS[o.format])
-    if o.audit is not None and job.stacked:
-        raise UserError("--audit compares single slices with the training slices; a model with subject codes writes "
-                        "stacks (leave --audit out)")
     n = job.n
     train = None if o.audit is None else load_cohort(o.audit, job.model.config.data).images
     with output_lock(out):
