@@ -72,6 +72,7 @@ def test_strata_and_lattice_are_per_stack(scans):
     assert len(conditioned.levels.grid) == 5 and conditioned.levels.low <= min(conditioned.levels.grid)
 
 
+@pytest.mark.slow
 def test_every_slice_of_a_subject_takes_its_subjects_code(subject_model):
     model = load_model(subject_model)
     stacks = Stacks.of_scans([s for s in np.repeat(np.arange(5), 5).astype(str)])  # the 5 x 5 slices, in scan order
@@ -113,6 +114,7 @@ def stacks_cohort(subject_model, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_each_synthetic_subject_is_one_volume_with_its_label_volume(subject_model, stacks_cohort, tmp_path):
     model = load_model(subject_model)
     grid, stride = model.levels.grid, model.config.data.slice_stride
@@ -130,12 +132,14 @@ def test_each_synthetic_subject_is_one_volume_with_its_label_volume(subject_mode
     assert reproduce(sidecar_of(images[1]), subject_model)[0]
 
 
+@pytest.mark.slow
 def test_stacks_refuse_levels(subject_model, tmp_path):
     with pytest.raises(UserError, match="--levels"):
         synthesize_on_cpu(subject_model, tmp_path / "a", n=1, levels="0.5")
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_the_audit_flags_a_stack_with_a_copied_slice_and_redraws_it(subject_model, scans, tmp_path):
     out = tmp_path / "s"
     checked = synthesize_on_cpu(subject_model, out, n=3, audit=scans).audit
@@ -150,6 +154,7 @@ def test_the_audit_flags_a_stack_with_a_copied_slice_and_redraws_it(subject_mode
     assert reproduce(job.image_path(out, 2), subject_model)[0]  # the redraw, from its recorded latent index
 
 
+@pytest.mark.slow
 def test_synthetic_stacks_hold_together_better_than_slices_of_different_subjects(stacks_cohort, scans):
     cohort = tissue_cohort(load_cohort(scans, load_config("tiny").data))
     real, _, real_labels = group_stacks(cohort.images, list(zip(cohort.scan_ids, cohort.slice_index)), list(cohort.labels))
@@ -165,6 +170,7 @@ def test_synthetic_stacks_hold_together_better_than_slices_of_different_subjects
         assert np.mean([s[key] for s in synthetic]) > np.mean([b[key] for b in bags]) + 0.05, key
 
 
+@pytest.mark.slow
 def test_evaluate_reads_the_stacks_and_scores_their_coherence_against_real_stacks(subject_model, stacks_cohort, scans):
     report = evaluate(EvaluateOptions(real=scans, synth=stacks_cohort, model=subject_model, c2st="off"))
     assert report["counts"]["synthetic"] == 3 * len(load_model(subject_model).levels.grid)  # every slice of every stack
