@@ -26,7 +26,7 @@ from neurosql_med.io.nifti import read_labels, read_sample
 from neurosql_med.synthesis.reproduce import reproduce
 from neurosql_med.synthesis.audit import audit_cohort
 from neurosql_med.synthesis.sampling import Draw, Synthesis, dseg_of, sidecar_of, write_with_sidecar
-from neurosql_med.io.model import load_model
+from neurosql_med.io.model import load_model, write_hashes
 from neurosql_med.training.conditions import training_conditions
 
 SUBJECTS = dict(model__slice_levels=2, model__subject_codes=True)
@@ -177,3 +177,18 @@ def test_evaluate_reads_the_stacks_and_scores_their_coherence_against_real_stack
     coherence = report["coherence"]
     assert coherence["synthetic"]["stacks"] == 3 and coherence["real"]["stacks"] == 5
     assert coherence["ratio"]["correlation"] > 0.9  # the stacks hold together about as well as real ones
+
+
+@pytest.mark.slow
+def test_a_subject_model_without_its_slice_grid_or_with_a_split_code_is_refused(tiny_models, tmp_path):
+    folder = tiny_models.copy("tiny", "stacks", tmp_path / "m")
+    levels = json.loads((folder / "levels.json").read_text())
+    (folder / "levels.json").write_text(json.dumps({k: v for k, v in levels.items() if k != "grid"}))
+    write_hashes(folder)
+    with pytest.raises(UserError, match="slice grid"):
+        load_model(folder)
+    (folder / "levels.json").write_text(json.dumps(levels))
+    np.save(folder / "assignment.npy", np.zeros(25, dtype=np.int64))  # every slice on code 0: codes 1..4 unused
+    write_hashes(folder)
+    with pytest.raises(UserError, match="does not use each of the 5 lattice points"):
+        load_model(folder)

@@ -166,6 +166,9 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     num_labels = len(label_names or ())
     condition, training = _conditions(folder / CONDITIONS, len(assignment)) if CONDITIONS in hashes else (None, None)
     levels, training_levels = _levels(folder / LEVELS, len(assignment)) if LEVELS in hashes else (None, None)
+    if cfg.model.subject_codes and (levels is None or not levels.grid):
+        raise UserError(f"{folder / LEVELS}: a model with subject codes needs its slice grid ('grid'), "
+                        "the levels each synthetic stack is decoded at")
     width = (0 if condition is None else condition.width) + (0 if levels is None else 1)
     texture = _texture(folder / TEXTURE, geometry.sample_shape, num_labels) if TEXTURE in hashes else None
     weights = _generator_weights(folder, cfg, geometry, device, num_labels, width)
