@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthesize_on_cpu, tissue_cohort
+from conftest import bids_errors, synthesize_on_cpu, tissue_cohort
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import AssignmentProblem
@@ -25,6 +25,7 @@ from neurosql_med.evaluation.slices import group_stacks, stack_coherence
 from neurosql_med.io.nifti import read_labels, read_sample
 from neurosql_med.synthesis.reproduce import reproduce
 from neurosql_med.synthesis.audit import audit_cohort
+from neurosql_med.synthesis.dataset import SyntheticDataset
 from neurosql_med.synthesis.sampling import Draw, Synthesis, dseg_of, sidecar_of, write_with_sidecar
 from neurosql_med.io.model import load_model, write_hashes
 from neurosql_med.training.conditions import training_conditions
@@ -130,6 +131,17 @@ def test_each_synthetic_subject_is_one_volume_with_its_label_volume(subject_mode
     assert again.written == 3
     assert (tmp_path / "again" / "manifest.tsv").read_bytes() == (stacks_cohort / "manifest.tsv").read_bytes()
     assert reproduce(sidecar_of(images[1]), subject_model)[0]
+    assert bids_errors(stacks_cohort) == []
+
+
+@pytest.mark.slow
+def test_the_dataset_yields_the_stacks_synthesize_writes(subject_model, stacks_cohort):
+    dataset = SyntheticDataset(subject_model, n=3, seed=2)
+    item = dataset[1]
+    written = stacks_cohort / "sub-synth0002" / "anat" / "sub-synth0002_desc-nsql_T1w.nii.gz"
+    assert item["image"].shape == (1, *nib.load(written).shape) and item["label"].shape == item["image"].shape
+    assert np.allclose(item["image"][0].numpy(), read_sample(written), atol=0.5 / 4095)
+    assert np.allclose(item["image"].affine.numpy(), nib.load(written).affine)
 
 
 @pytest.mark.slow
