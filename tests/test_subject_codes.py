@@ -189,6 +189,7 @@ def test_evaluate_reads_the_stacks_and_scores_their_coherence_against_real_stack
     coherence = report["coherence"]
     assert coherence["synthetic"]["stacks"] == 3 and coherence["real"]["stacks"] == 5
     assert coherence["ratio"]["correlation"] > 0.9  # the stacks hold together about as well as real ones
+    assert coherence["real"]["margin"] > 0.05 and "margin" in coherence["synthetic"]  # each real stack is one brain
 
 
 @pytest.mark.slow
