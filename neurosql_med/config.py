@@ -56,6 +56,7 @@ class ModelConfig:
     decoder: Literal["plain", "residual"] = "plain"  # residual: modulated residual blocks at every resolution
     slice_levels: int = 0  # 2d: strata of the relative slice level p, which G also reads; 0: slices know no level
     texture_mode: Literal["global", "tissue"] = "global"  # tissue: residual statistics per tissue class (or intensity bin)
+    subject_codes: bool = False  # slice-aware 2d: one code per training scan, shared by its slices; samples are 3D stacks
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Config:
 # section -> {key: the value that reproduces the behaviour from before the key existed}
 LATER_KEYS: dict[str, dict[str, Any]] = {
     "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15, "decoder": "plain", "slice_levels": 0,
-              "texture_mode": "global"},
+              "texture_mode": "global", "subject_codes": False},
     "loss": {"gradient_weight": 0.0, "laplacian_weight": 0.0, "laplacian_levels": 4},
     "train": {"ema": 0.0},
     "data": {"anti_alias": False},
@@ -278,6 +279,9 @@ def _check_model(cfg: Config) -> None:
         _fail("model.slice_levels", f"must be between 0 (no slice level) and {MAX_SLICE_LEVELS}")
     if m.slice_levels and cfg.data.mode != "2d":
         _fail("model.slice_levels", "applies to 2d slices only (set it to 0 for data.mode 3d)")
+    if m.subject_codes and not m.slice_levels:
+        _fail("model.subject_codes", "needs slice levels (model.slice_levels > 0, data.mode 2d): a subject's code is "
+                                     "decoded at each of its slices' levels")
 
 
 def _check_training(cfg: Config) -> None:

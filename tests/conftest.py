@@ -3,7 +3,7 @@
 Volumes are 12x14x10 voxels so a whole cohort loads in milliseconds. The writers are
 plain functions so other test files can build their own trees; the fixtures build the
 dataset layouts discovery must recognise. ``tiny_models`` fits each kind of tiny model
-(plain, labelled, conditional; 2D and 3D) once per test run, shared by every test and
+(plain, labelled, conditional; 2D and 3D; and a 2D one with subject codes) once per test run, shared by every test and
 every pytest-xdist worker; a test that writes into a model folder works on a copy.
 """
 from __future__ import annotations
@@ -373,7 +373,8 @@ LABEL_NAMES = ("background", "CSF", "GM", "WM", "vessel")  # "vessel" has no tis
 CONDITIONS = ["group", "age"]
 PARTICIPANTS = ("participant_id\tage\tsex\tgroup\nsub-00\t60\tF\tA\nsub-01\t70\tM\tA\nsub-02\t65\tF\tB\n"
                 "sub-03\t80\tM\tB\nsub-04\t75\tF\tB\n")
-KINDS = ("plain", "labelled", "conditional")
+KINDS = ("plain", "labelled", "conditional", "stacks")  # stacks: labelled, slice-aware, one code per subject (2D only)
+STACKS = dict(model__slice_levels=2, model__subject_codes=True)
 
 
 @contextmanager
@@ -430,12 +431,14 @@ class TinyModels:
 
     def _fit(self, config: str, kind: str, out: Path) -> None:
         cfg = override(load_config(config), train__epochs=TINY_EPOCHS, train__device="cpu")
+        if kind == "stacks":
+            cfg = override(cfg, **STACKS)
         if kind == "conditional":
             cfg = with_condition(cfg, CONDITIONS)
             cohort = load_conditioned_cohort(self.scans, cfg)
         else:
             cohort = load_cohort(self.scans, cfg.data)
-        fit(tissue_cohort(cohort) if kind == "labelled" else cohort, cfg, out, show_progress=False)
+        fit(tissue_cohort(cohort) if kind in ("labelled", "stacks") else cohort, cfg, out, show_progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,9 @@ import torch
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.evaluation.slices import coherence_section, group_stacks, slice_mixing, stack_coherence, thumbnails
+from neurosql_med.evaluation.slices import (
+    coherence_section, group_stacks, identity_margin, slice_mixing, stack_coherence, thumbnails,
+)
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 
@@ -115,3 +117,14 @@ def test_volumes_with_a_channel_are_stacks_along_any_axis():
     assert along_x["slices"] == 12 and along_x["correlation"] > 0.7
     shuffled = stack_coherence(volume[:, torch.randperm(12, generator=torch.Generator().manual_seed(2))], axis=0)
     assert shuffled["correlation"] < along_x["correlation"] - 0.3, (shuffled, along_x)
+
+
+def test_the_identity_margin_tells_one_brain_from_a_bag_of_brains(cohort):
+    stacks, _, _ = group_stacks(cohort.images, list(zip(cohort.scan_ids, cohort.slice_index)))
+    length = min(s.shape[-1] for s in stacks)
+    rng = np.random.default_rng(0)
+    bags = [torch.stack([stacks[w][..., k] for k, w in enumerate(rng.permutation(len(stacks))[:length])], -1)
+            for _ in stacks]  # each slice position from another brain, the levels kept
+    one_brain, bag = identity_margin(stacks), identity_margin(bags)
+    assert one_brain > 0.01 and abs(bag) < one_brain / 3, (one_brain, bag)
+    assert identity_margin(stacks[:1]) is None

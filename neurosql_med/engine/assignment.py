@@ -25,6 +25,7 @@ from torch import Tensor
 from neurosql_med.config import AssignmentConfig
 from neurosql_med.engine.lattice import to_gaussian
 from neurosql_med.engine.losses import ReconstructionLoss, pairwise_label_loss, pairwise_laplacian, pairwise_mse
+from neurosql_med.engine.stacks import group_scores
 
 # "auto" cost: the full loss while images x lattice points x voxels stays below this, which
 # keeps a round near 1-1.5 s on one CPU thread; squared error above it (docs/decisions.md).
@@ -116,14 +117,19 @@ def pca_codes(images: Tensor, d: int) -> np.ndarray:
 
 
 def initial_assignment(
-    images: Tensor, lattice: np.ndarray, kind: str = "gaussian", block_size: int = 16384, seed: int = 0
+    images: Tensor, lattice: np.ndarray, kind: str = "gaussian", block_size: int = 16384, seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Initial codes: OT between standardised PCA scores and the lattice (squared distance).
 
     A uniform lattice is compared through its Gaussian copula, on the scale of the scores.
+    With ``groups`` (each image's group, 0..m-1, m lattice points) a group is coded by the
+    mean of its images' scores (engine/stacks.py: the slices of one scan share a code).
     """
     points = to_gaussian(lattice, kind)
     codes = pca_codes(images, points.shape[1])
+    if groups is not None:
+        codes = group_scores(codes, groups)
     if len(codes) > block_size:
         return solve_blocks(len(codes), lambda r, c: cdist(codes[r], points[c], "sqeuclidean"), block_size, seed)
     return solve_assignment(cdist(codes, points, "sqeuclidean"), block_size, seed)[0]

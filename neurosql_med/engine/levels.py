@@ -32,6 +32,7 @@ class SliceLevels:
     mean: float  # p enters G as (p - mean) / std
     std: float
     counts: tuple[int, ...]  # training slices per stratum
+    grid: tuple[float, ...] = ()  # model.subject_codes: the levels a synthetic stack is decoded at (engine/stacks.py)
 
     @classmethod
     def of(cls, levels: Sequence[float], bins: int) -> SliceLevels:
@@ -71,8 +72,9 @@ class SliceLevels:
         return np.array([self.draw(np.random.default_rng(list(row.view(np.uint32)))) for row in rows])
 
     def to_json(self) -> dict:
+        """Without a grid when there is none: a model without subject codes keeps its levels.json bytes."""
         return {"bins": self.bins, "low": self.low, "high": self.high, "mean": self.mean, "std": self.std,
-                "counts": list(self.counts)}
+                "counts": list(self.counts)} | ({"grid": list(self.grid)} if self.grid else {})
 
     @classmethod
     def from_json(cls, raw: object, where: str) -> SliceLevels:
@@ -80,12 +82,14 @@ class SliceLevels:
         try:
             numbers = [float(raw[k]) for k in ("low", "high", "mean", "std")]
             bins, counts = int(raw["bins"]), tuple(int(c) for c in raw["counts"])
+            grid = tuple(float(p) for p in raw.get("grid", ()))
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{where}: slice levels are malformed") from None
         if not (all(math.isfinite(v) for v in numbers) and 0 <= numbers[0] <= numbers[1] <= 1 and numbers[3] > 0
-                and bins >= 1 and len(counts) == bins and min(counts) >= 0 and sum(counts) > 0):
+                and bins >= 1 and len(counts) == bins and min(counts) >= 0 and sum(counts) > 0
+                and all(0 <= p <= 1 for p in grid)):
             raise UserError(f"{where}: slice levels are malformed")
-        return cls(bins, *numbers, counts)
+        return cls(bins, *numbers, counts, grid)
 
 
 def parse_levels(text: str) -> tuple[float, ...]:

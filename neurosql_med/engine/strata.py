@@ -10,6 +10,7 @@ stays exact.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from neurosql_med.engine.assignment import (
     AssignmentProblem, AssignResult, cost_matrix, initial_assignment, solve_assignment,
 )
 from neurosql_med.engine.lattice import quantile_lattice
+from neurosql_med.engine.stacks import Stacks, pooled
 
 
 @dataclass
@@ -46,11 +48,17 @@ def stratified_lattice(strata: Strata, d: int, kind: str, seed: int) -> np.ndarr
 
 def initial_stratified(
     images: Tensor, lattice: np.ndarray, strata: Strata, kind: str, block_size: int, seed: int,
+    stacks: Stacks | None = None,
 ) -> np.ndarray:
-    """Each stratum's images coded by OT of their PCA scores to its own lattice block."""
-    perm = np.empty(len(images), dtype=np.int64)
+    """Each stratum's images coded by OT of their PCA scores to its own lattice block.
+
+    With ``stacks`` the strata's rows are stacks, each coded by the mean score of its slices;
+    the codes returned are then per stack.
+    """
+    perm = np.empty(len(images) if stacks is None else stacks.count, dtype=np.int64)
     for rows, cols in zip(strata.rows, strata.columns):
-        local = initial_assignment(images[torch.as_tensor(rows)], lattice[cols], kind, block_size, seed)
+        members, groups = (rows, None) if stacks is None else stacks.members(rows)
+        local = initial_assignment(images[torch.as_tensor(members)], lattice[cols], kind, block_size, seed, groups)
         perm[rows] = cols[local]
     return perm
 
@@ -96,16 +104,25 @@ def stratum_costs(
 
 def assign_stratified(
     problem: AssignmentProblem, conditions: Tensor, strata: Strata, previous: np.ndarray | None, seed: int,
+    stacks: Stacks | None = None,
 ) -> AssignResult:
-    """One assignment step: an exact LAP per stratum on the costs under each image's own condition."""
+    """One assignment step: an exact LAP per stratum on the costs under each image's own condition.
+
+    With ``stacks`` the strata's rows are stacks: a stack's cost under a code is the sum of
+    its slices' costs, each under its own condition, and ``previous`` and the codes returned
+    are per stack.
+    """
     lattice = problem.lattice
-    perm = np.empty(len(problem.images), dtype=np.int64)
+    perm = np.empty(len(problem.images) if stacks is None else stacks.count, dtype=np.int64)
     timings, total, blocked = {"forward": 0.0, "cost": 0.0, "lap": 0.0}, 0.0, False
     conditions = conditions.cpu()
     for rows, cols in zip(strata.rows, strata.columns):
-        r = torch.as_tensor(rows)
-        kind = problem.cost_kind(len(rows))  # on the stratum's own n x n
+        members, groups = (rows, None) if stacks is None else stacks.members(rows)
+        r = torch.as_tensor(members)
+        kind = problem.cost_kind(math.isqrt(len(members) * len(cols)))  # images x codes, as an n x n problem would be
         cost, spent = stratum_costs(problem, lattice[torch.as_tensor(cols, device=lattice.device)], conditions[r], r, kind)
+        if groups is not None:
+            cost = pooled(cost, groups, len(rows))
         start = time.perf_counter()
         local_previous = None if previous is None else np.searchsorted(cols, previous[rows])
         local, was_blocked = solve_assignment(cost, problem.cfg.block_size, seed, local_previous)

@@ -282,12 +282,16 @@ def _read_one(path: Path, geometry: Geometry, data: DataConfig) -> list[tuple[np
 
 
 def _is_stack(path: Path, shape: tuple[int, ...], geometry: Geometry) -> bool:
-    """Whether a 2d model's file is a stack of its slices: several of them, same in-plane grid, voxel size and axes."""
-    if geometry.mode != "2d" or len(shape) != 3 or shape[geometry.slice_axis] < 2:
+    """Whether a 2d model's file is a stack of its slices: several of them, same in-plane grid, voxel size and axes,
+    slices along the slice axis at any spacing (a model with subject codes writes them data.slice_stride apart)."""
+    axis = geometry.slice_axis
+    if geometry.mode != "2d" or len(shape) != 3 or shape[axis] < 2:
         return False
-    in_plane = [n for i, n in enumerate(shape) if i != geometry.slice_axis]
-    return in_plane == geometry.sample_shape and bool(
-        np.allclose(read_affine(path)[:3, :3], np.asarray(geometry.affine)[:3, :3], atol=1e-3))
+    in_plane = [i for i in range(3) if i != axis]
+    affine, grid = read_affine(path)[:3, :3], np.asarray(geometry.affine)[:3, :3]
+    along = np.allclose(np.cross(affine[:, axis], grid[:, axis]), 0, atol=1e-3) and affine[:, axis] @ grid[:, axis] > 0
+    return [shape[i] for i in in_plane] == geometry.sample_shape and bool(
+        along and np.allclose(affine[:, in_plane], grid[:, in_plane], atol=1e-3))
 
 
 def _same_affine(path: Path, geometry: Geometry) -> bool:
@@ -519,7 +523,8 @@ def anatomy_rows(report: Scores) -> list[tuple[str, str, str, str]]:
     if "coherence" in report:
         c = report["coherence"]
         control = c["control"]["ratio"] if c["control"] is not None else {}
-        for key, what in (("correlation", "adjacent-slice correlation"), ("label_dice", "adjacent label-slice Dice")):
+        for key, what in (("correlation", "adjacent-slice correlation"), ("label_dice", "adjacent label-slice Dice"),
+                          ("margin", "identity margin: next slice of the same stack vs of another")):
             if key in c["ratio"]:
                 rows.append(("coherence", what, _ratio(c["ratio"][key]),
                              f"synthetic / real stacks ({c['synthetic'][key]:.3f} vs {c['real'][key]:.3f}, "

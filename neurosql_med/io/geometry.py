@@ -51,6 +51,17 @@ class Geometry:
             return sample
         return np.expand_dims(sample, self.slice_axis)
 
+    def stacked(self, count: int, stride: int) -> Geometry:
+        """The 3D grid of ``count`` slices ``stride`` voxels apart along slice_axis, centred on slice_index: where
+        the stacks of a 2D model with subject codes (model.subject_codes) sit, at the training in-plane resolution."""
+        axis = int(self.slice_axis)
+        step = np.eye(4)
+        step[axis, axis] = stride
+        step[axis, 3] = self.slice_index - stride * (count - 1) / 2
+        shape, spacing = list(self.shape), list(self.spacing)
+        shape[axis], spacing[axis] = count, spacing[axis] * stride
+        return Geometry("3d", shape, spacing, (np.asarray(self.affine, dtype=np.float64) @ step).tolist())
+
     def to_dict(self) -> dict:
         return {**asdict(self), "orientation": self.orientation, "sample_shape": self.sample_shape}
 

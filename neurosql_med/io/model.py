@@ -160,12 +160,15 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     cfg = _saved_config(folder / CONFIG)
     geometry = Geometry.load(folder / GEOMETRY)
     _check_geometry_fits_config(folder, geometry, cfg)
-    lattice, assignment = _lattice_and_assignment(folder, cfg.model.latent_dim)
+    lattice, assignment = _lattice_and_assignment(folder, cfg.model.latent_dim, cfg.model.subject_codes)
     fingerprint = _json_object(folder / FINGERPRINT)
     label_names = _label_names(folder / LABELS) if LABELS in hashes else None
     num_labels = len(label_names or ())
-    condition, training = _conditions(folder / CONDITIONS, len(lattice)) if CONDITIONS in hashes else (None, None)
-    levels, training_levels = _levels(folder / LEVELS, len(lattice)) if LEVELS in hashes else (None, None)
+    condition, training = _conditions(folder / CONDITIONS, len(assignment)) if CONDITIONS in hashes else (None, None)
+    levels, training_levels = _levels(folder / LEVELS, len(assignment)) if LEVELS in hashes else (None, None)
+    if cfg.model.subject_codes and (levels is None or not levels.grid):
+        raise UserError(f"{folder / LEVELS}: a model with subject codes needs its slice grid ('grid'), "
+                        "the levels each synthetic stack is decoded at")
     width = (0 if condition is None else condition.width) + (0 if levels is None else 1)
     texture = _texture(folder / TEXTURE, geometry.sample_shape, num_labels) if TEXTURE in hashes else None
     weights = _generator_weights(folder, cfg, geometry, device, num_labels, width)
@@ -273,8 +276,12 @@ def _array(path: Path) -> np.ndarray:
     return array
 
 
-def _lattice_and_assignment(folder: Path, latent_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sampling indexes the lattice by the assignment: both must be exactly what fit wrote."""
+def _lattice_and_assignment(folder: Path, latent_dim: int, stacked: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Sampling indexes the lattice by the assignment: both must be exactly what fit wrote.
+
+    The assignment has one entry per training sample; a permutation of the lattice, or,
+    ``stacked`` (model.subject_codes), a map onto it: each code serves all slices of one stack.
+    """
     lattice_path, assignment_path = folder / LATTICE, folder / ASSIGNMENT
     lattice, assignment = _array(lattice_path), _array(assignment_path)
     if lattice.ndim != 2 or len(lattice) < 1 or lattice.shape[1] != latent_dim or not np.issubdtype(lattice.dtype, np.floating):
@@ -285,6 +292,10 @@ def _lattice_and_assignment(folder: Path, latent_dim: int) -> tuple[np.ndarray, 
     n = len(lattice)
     if assignment.ndim != 1 or not np.issubdtype(assignment.dtype, np.integer):
         raise UserError(f"{assignment_path}: must be a 1-D integer array, got {assignment.dtype} {assignment.shape}")
+    if stacked:
+        if not np.array_equal(np.unique(assignment), np.arange(n)):
+            raise UserError(f"{assignment_path}: does not use each of the {n} lattice points (one per training stack)")
+        return lattice, assignment
     if len(assignment) != n:
         raise UserError(f"{assignment_path}: has {len(assignment)} entries but lattice.npy has {n} points")
     if not np.array_equal(np.sort(assignment), np.arange(n)):

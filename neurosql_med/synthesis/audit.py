@@ -59,13 +59,19 @@ class CopyTest:
     train: torch.Tensor
     scale: float
     tau: float
+    stack_axis: int | None = None  # samples are stacks of training-like slices along this axis (model.subject_codes)
 
     @classmethod
-    def of(cls, train: torch.Tensor, tau: float) -> CopyTest:
-        return cls(train, float(nearest_other(pairwise_mae(train)).median()), tau)
+    def of(cls, train: torch.Tensor, tau: float, stack_axis: int | None = None) -> CopyTest:
+        return cls(train, float(nearest_other(pairwise_mae(train)).median()), tau, stack_axis)
 
     def ratios(self, images: torch.Tensor) -> list[float]:
-        return [float(d) / self.scale for d in pairwise_mae(images, self.train).min(dim=1).values]
+        """Each sample's distance to its nearest training image over the scale; a stack's is its nearest slice's."""
+        count = len(images)
+        if self.stack_axis is not None:  # (B, 1, *volume) -> (B * slices, 1, a, b)
+            images = images[:, 0].movedim(self.stack_axis + 1, 1).flatten(0, 1)[:, None]
+        nearest = pairwise_mae(images, self.train).min(dim=1).values.reshape(count, -1).min(dim=1).values
+        return [float(d) / self.scale for d in nearest]
 
 
 def _read(job: Synthesis, out: Path, ks: list[int]) -> torch.Tensor:
@@ -79,7 +85,7 @@ def audit_cohort(
     check_tau(tau)
     if len(train) < 2:
         raise UserError("--audit needs at least 2 training samples")
-    test = CopyTest.of(train, tau)
+    test = CopyTest.of(train, tau, job.model.config.data.slice_axis if job.stacked else None)
     ratios: dict[int, float] = {}
     for start in range(1, job.n + 1, chunk):
         ks = list(range(start, min(start + chunk, job.n + 1)))

@@ -38,7 +38,7 @@ class SyntheticDataset(Dataset):
             raise TypeError(f"options are given twice: as SampleOptions and as keywords {sorted(draws)}")
         self.job = synthesis_job(load_model(options.model, device), options)
         self.n, self.transform = self.job.n, transform
-        self.affine = torch.as_tensor(self.job.model.geometry.sample_affine())
+        self.affine = torch.as_tensor(self.job.geometry.sample_affine())
         self._block: tuple[int, list[Draw]] | None = None
 
     def __len__(self) -> int:

@@ -23,7 +23,8 @@ FORMATS = {"nifti": ("nifti",), "dicom": ("dicom",), "both": ("nifti", "dicom")}
 class SampleOptions(Options):
     """Which samples: the model, how many, the seed's draws, and what a conditional or slice-aware model is asked for."""
 
-    n: Optional[int] = option(None, "Number of synthetic images (with --condition-table: its rows).",
+    n: Optional[int] = option(None, "Number of synthetic images (with --condition-table: its rows); for a model "
+                                    "with subject codes, of synthetic subjects, each one stack of slices.",
                               limits=Range(1, MAX_SAMPLES))
     model: Path = option(MODEL_DIR, "Model folder written by `nsql-med fit`.", names=("--model", "-m"))
     seed: int = option(0, "Seed of the latent draws; sample k of a seed never changes.", limits=Range(0, MAX_SEED))
@@ -37,7 +38,8 @@ class SampleOptions(Options):
                                  "smooth mean images.", negatable=True)
     levels: Optional[str] = option(
         None, "A slice-aware model's relative slice levels in [0, 1], e.g. 0.3,0.5,0.7, which the samples cycle "
-              "through (default: drawn from the training levels).")
+              "through (default: drawn from the training levels; a model with subject codes decodes every subject at its "
+              "training slice grid instead).")
 
     def check(self) -> None:
         if self.n is None and self.condition_table is None:

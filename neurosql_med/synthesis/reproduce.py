@@ -83,7 +83,7 @@ def _recorded_plan(record: dict, file: Path, model: NeuroSQLModel, seed: int) ->
 
 def _recorded_level(info: dict, file: Path, model: NeuroSQLModel) -> tuple[float] | None:
     """A slice-aware model's image is decoded at the slice level its provenance records."""
-    if model.levels is None:
+    if model.levels is None or model.config.model.subject_codes:  # a stack is decoded at the model's own grid
         return None
     level = info.get("slice_level")
     if type(level) not in (int, float) or not 0 <= level <= 1:

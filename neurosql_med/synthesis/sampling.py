@@ -30,6 +30,8 @@ from neurosql_med.engine.model import NeuroSQLModel
 from neurosql_med.io.nifti import INTENSITY_MAX, labels_to_nifti, read_sample, to_nifti, write_nifti
 from neurosql_med.synthesis.conditions import ConditionPlan, make_plan
 from neurosql_med.engine.levels import parse_levels
+from neurosql_med.config import MAX_SIDE
+from neurosql_med.io.geometry import Geometry
 from neurosql_med.errors import UserError
 from neurosql_med.synthesis.options import MAX_SAMPLES, SampleOptions
 
@@ -58,6 +60,18 @@ class Synthesis:
     plan: ConditionPlan | None = None  # a conditional model's: the condition each sample k is asked for
     texture: bool = True  # add the model's residual texture (if it has one); False: G(u) alone
     levels: tuple[float, ...] | None = None  # a slice-aware model's --levels: sample k has levels[(k - 1) % len]
+
+    @property
+    def stacked(self) -> bool:
+        """Whether a sample is a subject's stack of slices (model.subject_codes): one u decoded at every training level."""
+        return self.model.config.model.subject_codes
+
+    @property
+    def geometry(self) -> Geometry:
+        """The grid a sample is written on: the model's, or for a stacked model its stack's (`Geometry.stacked`)."""
+        if not self.stacked:
+            return self.model.geometry
+        return self.model.geometry.stacked(len(self.model.levels.grid), self.model.config.data.slice_stride)
 
     @property
     def alone(self) -> bool:
@@ -153,9 +167,30 @@ def _decode_conditional(job: Synthesis, latent_index: int, k: int) -> Draw:
                                 job.typicality)
     condition = None if job.plan is None else job.plan.condition(k)
     c = None if condition is None else job.model.condition.encode(condition)[None]
+    if job.stacked:
+        return _decode_stack(job, z, float(levels[0]), latent_index, condition, c)
     level = job.level(k)
     images, labels = job.decode(z, [latent_index], c, None if level is None else np.array([level]))
     return Draw(images[0], z[0], float(levels[0]), latent_index, None if labels is None else labels[0], condition, level)
+
+
+def _decode_stack(
+    job: Synthesis, z: np.ndarray, typicality: float, latent_index: int, condition: dict | None, c: np.ndarray | None,
+) -> Draw:
+    """One latent decoded at every level of the training slice grid, as one batch (always the same one, so the
+    bytes never change), its slices stacked along data.slice_axis; each slice has its own texture seed."""
+    grid = np.asarray(job.model.levels.grid)
+    count, axis = len(grid), job.model.config.data.slice_axis
+    indices = latent_index * MAX_SIDE + np.arange(count)  # slices < MAX_SIDE: no two slices of a run share a seed
+    images, labels = job.decode(np.repeat(z, count, axis=0), indices, None if c is None else np.repeat(c, count, axis=0),
+                                grid)
+    return Draw(_stacked(images, axis), z[0], typicality, latent_index,
+                None if labels is None else _stacked(labels, axis), condition)
+
+
+def _stacked(slices: torch.Tensor, axis: int) -> torch.Tensor:
+    """(count, 1, a, b) slices as one (1, *volume) volume, ``count`` along ``axis`` (data.slice_axis)."""
+    return slices[:, 0].movedim(0, axis)[None]
 
 
 def decode_one(job: Synthesis, latent_index: int, sample: int | None = None) -> Draw:
@@ -188,6 +223,7 @@ def provenance(job: Synthesis, k: int, draw: Draw, software: dict) -> dict:
             "latent": [float(v) for v in draw.latent],
             "typicality": float(draw.level),
             **({} if draw.slice_level is None else {"slice_level": draw.slice_level}),
+            **({"slice_levels": list(model.levels.grid)} if job.stacked else {}),
             "versions": software,
         },
         **conditioned,
@@ -198,7 +234,7 @@ def sample_image(job: Synthesis, k: int, draw: Draw, software: dict) -> tuple[ni
     """The NIfTI image of one sample and its provenance record: every format is written from this one image."""
     record = provenance(job, k, draw, software)
     descrip = f"SYNTHETIC nsql-med {software['nsql-med']} seed={job.seed} idx={k}"
-    return to_nifti(draw.image[0].numpy(), job.model.geometry, descrip, record), record
+    return to_nifti(draw.image[0].numpy(), job.geometry, descrip, record), record
 
 
 def write_sample(path: Path, job: Synthesis, k: int, draw: Draw, *, software: dict) -> tuple[str, dict]:
@@ -215,7 +251,7 @@ def write_dicom_sample(
     Returns each file's sha256 and the provenance record.
     """
     image, record = sample_image(job, k, draw, software)
-    geometry = job.model.geometry
+    geometry = job.geometry
     slice_axis = 2 if geometry.mode == "3d" else int(geometry.slice_axis)
     instances = series_instances(subject, image, slice_axis, record)
     hashes = write_series(folder, f"sub-{subject}_desc-nsql_T1w", instances)
@@ -229,7 +265,7 @@ def write_dicom_sample(
 def write_dseg(path: Path, job: Synthesis, k: int, draw: Draw, record: dict) -> str:
     """Write one sample's label map with the same provenance extension as its image; returns its sha256."""
     descrip = f"SYNTHETIC dseg nsql-med {record['NeuroSQL']['versions']['nsql-med']} seed={job.seed} idx={k}"
-    image = labels_to_nifti(draw.labels[0].numpy(), len(job.model.label_names), job.model.geometry, descrip, record)
+    image = labels_to_nifti(draw.labels[0].numpy(), len(job.model.label_names), job.geometry, descrip, record)
     return write_nifti(path, image)
 
 
@@ -273,7 +309,7 @@ def read_written(job: Synthesis, out: Path, k: int) -> np.ndarray:
         data = read_sample(job.image_path(out, k))
     else:
         data = read_series(job.dicom_record(out, k).parent) / INTENSITY_MAX
-    return data.reshape(job.model.geometry.sample_shape)
+    return data.reshape(job.geometry.sample_shape)
 
 
 def synthesis_job(model: NeuroSQLModel, options: SampleOptions, formats: tuple[str, ...] = ("nifti",)) -> Synthesis:
@@ -290,6 +326,8 @@ def _levels(model: NeuroSQLModel, levels: str | None) -> tuple[float, ...] | Non
         return None
     if model.levels is None:
         raise UserError("--levels: this model was fit without slice levels (config key 'model.slice_levels')")
+    if model.config.model.subject_codes:
+        raise UserError("--levels: a model with subject codes decodes every subject at its training slice grid")
     return parse_levels(levels)
 
 

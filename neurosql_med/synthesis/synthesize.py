@@ -114,9 +114,9 @@ def bytes_per_sample(job: Synthesis) -> int:
 
     A DICOM series repeats its header and provenance in every slice.
     """
-    shape = job.model.geometry.sample_shape
+    shape = job.geometry.sample_shape
     voxels = math.prod(shape)
-    records = {"nifti": 1, "dicom": 1 + (shape[-1] if job.model.geometry.mode == "3d" else 1)}
+    records = {"nifti": 1, "dicom": 1 + (shape[-1] if job.geometry.mode == "3d" else 1)}
     overhead = SAMPLE_OVERHEAD + 64 * job.model.latent_dim
     files = 2 if job.model.label_names else 1  # the image, and a labelled model's dseg (NIfTI) or SEG (DICOM)
     return sum(files * (2 * voxels + records[f] * overhead) for f in job.formats)

@@ -1,12 +1,15 @@
 """What a conditional or slice-aware fit puts beside each code: c = (covariates, slice level), and its strata;
-and the two ways a fit codes its images (``PlainCodes``, ``ConditionedCodes``), which the trainer asks alike.
+and the ways a fit codes its images (``PlainCodes``, ``ConditionedCodes``, ``StackCodes``), which the trainer asks alike.
 
 Covariates (``fit --condition``, engine/conditioning.py) come first, the relative slice
 level p of a slice-aware 2D model (``model.slice_levels``, engine/levels.py) last. Images
-are assigned codes within strata: the same categorical levels and the same level stratum.
+are assigned codes within strata: the same categorical levels and the same level stratum;
+with subject codes (``model.subject_codes``, engine/stacks.py) whole scans are, within
+strata of their covariates alone.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from neurosql_med.config import Config
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.engine.assignment import AssignmentProblem, AssignResult, assign, initial_assignment
 from neurosql_med.engine.levels import SliceLevels
+from neurosql_med.engine.stacks import Stacks, slice_grid
 from neurosql_med.engine.strata import Strata, assign_stratified, cost_conditions, initial_stratified
 from neurosql_med.io.model import save_conditions, save_levels
 from neurosql_med.errors import UserError
@@ -34,6 +38,7 @@ class TrainingConditions:
     cost: Tensor  # (n, width): values with continuous columns binned (engine/strata.py::cost_conditions)
     levels: SliceLevels | None = None  # a slice-aware model's level strata and training distribution
     training_levels: np.ndarray | None = None  # (n,) p of every training image
+    stacks: Stacks | None = None  # model.subject_codes: each image's stack (scan); ``strata`` then groups stacks
 
 
 def training_conditions(cohort: Cohort, cfg: Config) -> TrainingConditions | None:
@@ -42,17 +47,15 @@ def training_conditions(cohort: Cohort, cfg: Config) -> TrainingConditions | Non
     if cohort.conditions is None and not bins:
         return None
     parts: list[Tensor] = []
-    keys: list[tuple] = [() for _ in range(len(cohort))]
+    covariate_keys: list[tuple] = [() for _ in range(len(cohort))]
     continuous: list[int] = []
     if cohort.conditions is not None:
         parts.append(cohort.conditions.float())
-        keys = [cohort.condition_spec.stratum(v) for v in cohort.condition_values]
+        covariate_keys = [cohort.condition_spec.stratum(v) for v in cohort.condition_values]
         continuous = cohort.condition_spec.continuous_columns()
-    levels = p = None
-    if bins:
-        if cohort.slice_levels is None or any(v is None for v in cohort.slice_levels):
-            raise UserError("config key 'model.slice_levels' needs 2d slices that know their level (data.mode 2d)")
-        p = np.asarray(cohort.slice_levels, dtype=np.float64)
+    keys, levels = covariate_keys, None
+    p = None if not bins else _training_levels(cohort)
+    if p is not None:
         levels = SliceLevels.of(p, bins)
         keys = [key + (int(s),) for key, s in zip(keys, levels.strata(p))]
         parts.append(torch.as_tensor(levels.encode(p)))
@@ -61,7 +64,18 @@ def training_conditions(cohort: Cohort, cfg: Config) -> TrainingConditions | Non
     cost = cost_conditions(values, strata, continuous, 0 if cfg.condition is None else cfg.condition.cost_bins)
     if levels is not None:
         cost = cost_conditions(cost, strata, [values.shape[1] - 1], LEVEL_COST_BINS)
-    return TrainingConditions(values, strata, cost, levels, p)
+    if not cfg.model.subject_codes:
+        return TrainingConditions(values, strata, cost, levels, p)
+    stacks = Stacks.of_scans(cohort.scan_ids)  # a stack's strata: its scan's covariates, every level together
+    levels = dataclasses.replace(levels, grid=slice_grid(p, stacks))
+    return TrainingConditions(values, Strata.of([covariate_keys[i] for i in stacks.first]), cost, levels, p, stacks)
+
+
+def _training_levels(cohort: Cohort) -> np.ndarray:
+    """p of every training slice, for a slice-aware fit."""
+    if cohort.slice_levels is None or any(v is None for v in cohort.slice_levels):
+        raise UserError("config key 'model.slice_levels' needs 2d slices that know their level (data.mode 2d)")
+    return np.asarray(cohort.slice_levels, dtype=np.float64)
 
 
 class PlainCodes:
@@ -108,6 +122,32 @@ class ConditionedCodes:
         return assign_stratified(problem, self.conditioned.cost, self.conditioned.strata, previous, seed)
 
 
+@dataclass
+class StackCodes(ConditionedCodes):
+    """A model with subject codes: every slice of a stack (training scan) takes its stack's code.
+
+    The trainer's ``perm`` stays per image (image i reads lattice[perm[i]]); the assignment
+    itself is over stacks x codes, an exact LAP per stratum of stacks.
+    """
+
+    def initial(self, images: Tensor, lattice: np.ndarray, cfg: Config) -> np.ndarray:
+        """Each stack coded by OT of the mean PCA score of its slices to the lattice."""
+        stacks = self.conditioned.stacks
+        codes = initial_stratified(images, lattice, self.conditioned.strata, cfg.model.lattice,
+                                   cfg.assignment.block_size, cfg.train.seed, stacks)
+        return codes[stacks.of]
+
+    def assign(self, problem: AssignmentProblem, previous: np.ndarray | None, seed: int) -> AssignResult:
+        """An exact LAP over stacks x codes on each stack's summed slice costs; its codes handed to every slice."""
+        stacks = self.conditioned.stacks
+        result = assign_stratified(problem, self.conditioned.cost, self.conditioned.strata,
+                                   None if previous is None else previous[stacks.first], seed, stacks)
+        return dataclasses.replace(result, perm=result.perm[stacks.of])
+
+
 def coding(conditioned: TrainingConditions | None, device: torch.device) -> PlainCodes | ConditionedCodes:
     """How a fit's images get their codes and what its generator reads beside them."""
-    return PlainCodes() if conditioned is None else ConditionedCodes(conditioned, conditioned.values.to(device))
+    if conditioned is None:
+        return PlainCodes()
+    kind = ConditionedCodes if conditioned.stacks is None else StackCodes
+    return kind(conditioned, conditioned.values.to(device))

@@ -326,7 +326,7 @@ def _start(out: Path, cohort: Cohort, trainer: Trainer, lattice: np.ndarray) -> 
     Under torchrun rank 0 does both and broadcasts the codes.
     """
     cfg = trainer.cfg
-    perm = np.zeros(len(lattice), dtype=np.int64)
+    perm = np.zeros(len(cohort), dtype=np.int64)
     if trainer.writes:
         write_text(out / CONFIG, cfg.to_yaml())
         cohort.geometry.save(out / GEOMETRY)
@@ -391,7 +391,7 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
     """
     t, images, generator, optimizer = trainer.cfg.train, trainer.images, trainer.generator, trainer.optimizer
     place = trainer.place
-    n = len(trainer.lattice)
+    n = len(perm)  # images: as many as lattice points, or more with subject codes (a code per stack)
     generator.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
     inputs = trainer.inputs(perm)  # inputs[i]: the lattice point coding image i (and its condition)
