@@ -143,7 +143,7 @@ def _sharded_assign(rank: int, world: int, rendezvous: str, out: str) -> None:
 def test_the_sharded_assignment_equals_the_single_process_one(tmp_path):
     """Each rank costs its own images against the lattice shares passed round; rank 0 solves: same result as alone.
 
-    The ranks are forked, not spawned: a spawned one imported this module, and torch with it, anew (seconds each).
+    The ranks are forked, not spawned: a spawned one would import this module, and torch with it, anew (seconds each).
     """
     out = tmp_path / "rank0.json"
     mp.start_processes(_sharded_assign, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2, start_method="fork")
