@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from conftest import CONDITIONS, TINY_EPOCHS, cli, write_subjects
-from neurosql_med.config import AssignmentConfig, load_config
+from neurosql_med.config import AssignmentConfig, load_config, with_condition
 from neurosql_med.data.covariates import condition_scans, load_conditioned_cohort, read_covariates
 from neurosql_med.data.discovery import discover
 from neurosql_med.engine.conditioning import ConditionSpec, Covariate
@@ -20,7 +21,8 @@ from neurosql_med.engine.decoder import Decoder
 from neurosql_med.engine.losses import ReconstructionLoss
 from neurosql_med.engine.strata import Strata, assign_stratified, cost_conditions
 from neurosql_med.errors import UserError
-from neurosql_med.evaluation.conditions import effect_sizes, tissue_fraction
+from neurosql_med.evaluation.conditions import HOLDOUT_FRACTION, SEED, agreement, effect_sizes, tissue_fraction
+from neurosql_med.evaluation.splits import split_by_subject
 from neurosql_med.synthesis.dataset import SyntheticDataset
 
 
@@ -195,6 +197,26 @@ def test_tissue_fraction_and_effect_sizes_compare_real_and_synthetic_contrasts()
 
 
 @pytest.mark.slow
+def test_age_agreement_is_the_held_out_subjects_error_in_years(tiny_models):
+    """The predictor learns standardised ages, so ages a and 2a + 100 train the very same network: its MAE, reported
+    in the covariate's own units, is then exactly twice as large. Scoring the held-out subjects' own images as the
+    "synthetic" set gives the held-out score exactly: it is their error, not the training subjects'."""
+    real = load_conditioned_cohort(tiny_models.scans, with_condition(load_config("tiny"), ["age"]))
+    real = real.subset(np.arange(0, len(real), 3))  # fewer slices of every subject: the same question, faster
+    age = real.condition_spec.covariates[0]
+    _, held = split_by_subject(real, HOLDOUT_FRACTION, SEED)
+    years = agreement(real.condition_spec, real, held.images, held.condition_values)["age"]
+    assert years["holdout_real"] == years["synthetic"] > 0
+
+    def stretched(values: list[dict]) -> list[dict]:
+        return [{"age": 2 * v["age"] + 100} for v in values]
+    spec = ConditionSpec([dataclasses.replace(age, mean=2 * age.mean + 100, std=2 * age.std)])
+    other = dataclasses.replace(real, condition_spec=spec, condition_values=stretched(real.condition_values))
+    twice = agreement(spec, other, held.images, stretched(held.condition_values))["age"]
+    assert twice["holdout_real"] == twice["synthetic"] == 2 * years["holdout_real"]
+
+
+@pytest.mark.slow
 def test_evaluate_reports_condition_agreement_and_effects(tiny_models, tmp_path, capsys):
     scans, model = tiny_models.scans, tiny_models.get("tiny", "conditional")
     assert cli(capsys, "synthesize", "--model", model, "--out", tmp_path / "s", "--n", "6", "--balance", "group",
@@ -205,7 +227,7 @@ def test_evaluate_reports_condition_agreement_and_effects(tiny_models, tmp_path,
     section = json.loads(out)["conditions"]
     accuracy = section["agreement"]["group"]["synthetic"]
     assert section["agreement"]["group"]["metric"] == "accuracy" and accuracy * 6 == pytest.approx(round(accuracy * 6))
-    assert section["agreement"]["age"]["metric"] == "mae" and section["agreement"]["age"]["holdout_real"] >= 0
+    assert section["agreement"]["age"]["metric"] == "mae" and section["agreement"]["age"]["holdout_real"] > 0
     assert set(section["effects"]["group"]) == {"B - A"} and "slope" in section["effects"]["age"]
     assert {k: v["synthetic"] for k, v in section["strata"].items()} == {"group=A": 3, "group=B": 3}
     real = load_conditioned_cohort(scans, load_config(model / "config.yaml"))

@@ -116,7 +116,11 @@ BLOCK_SIZES = (64, 7)  # one dense problem of 30 images, then blocks of 7 or 8
 
 
 def _sharded_assign(rank: int, world: int, rendezvous: str, out: str) -> None:
-    """One rank of the sharded assignment of ``assignment_problem(30, labels=True)``; rank 0 saves what it returns."""
+    """One rank of the sharded assignment of ``assignment_problem(30, labels=True)``; rank 0 saves what it returns.
+
+    A forked copy of the test process: one intra-op thread, so no OpenMP pool the fork did not copy is waited on.
+    """
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         generator, lattice, images, labels = assignment_problem(30, labels=True)
@@ -137,9 +141,12 @@ def _sharded_assign(rank: int, world: int, rendezvous: str, out: str) -> None:
 
 @pytest.mark.processes
 def test_the_sharded_assignment_equals_the_single_process_one(tmp_path):
-    """Each rank costs its own images against the lattice shares passed round; rank 0 solves: same result as alone."""
+    """Each rank costs its own images against the lattice shares passed round; rank 0 solves: same result as alone.
+
+    The ranks are forked, not spawned: a spawned one would import this module, and torch with it, anew (seconds each).
+    """
     out = tmp_path / "rank0.json"
-    mp.spawn(_sharded_assign, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2)
+    mp.start_processes(_sharded_assign, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2, start_method="fork")
     sharded = json.loads(out.read_text())
     generator, lattice, images, labels = assignment_problem(30, labels=True)
     for block_size in BLOCK_SIZES:

@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import shutil
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from conftest import brain_volume, cli, write_dicom_series, write_nifti, write_subjects
+from neurosql_med.cli.main import main
 from neurosql_med.io.files import umask, write_text
 from neurosql_med.runtime import available_cpus, cgroup_cpu_quota
 
@@ -315,10 +317,15 @@ def test_available_cpus_is_capped_by_the_quota(tmp_path):
     assert available_cpus(_cgroup(tmp_path / "many", {"cpu.max": "6400000 100000"})) == affinity
 
 
-def test_threads_option_sets_torchs_thread_count(capfd):
+def test_threads_option_sets_torchs_thread_count(capfd, monkeypatch):
+    """`cli` restores torch's thread count after a command, so the first one runs `main` itself."""
     before = torch.get_num_threads()
     try:
-        refused(capfd, "fit", "/no/such/folder", "--threads", "1", culprit="/no/such/folder")
+        torch.set_num_threads(2)  # not the count asked for below
+        monkeypatch.setattr(sys, "argv", ["nsql-med", "fit", "/no/such/folder", "--threads", "1"])
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        assert stopped.value.code == 2 and "/no/such/folder" in capfd.readouterr().err
         assert torch.get_num_threads() == 1
         refused(capfd, "evaluate", "--real", "/no/r", "--synth", "/no/s", "--threads", "-1", culprit="--threads")
         refused(capfd, "synthesize", "--n", "1", "--out", "/tmp/x", "--threads", "100000", culprit="--threads")

@@ -15,7 +15,6 @@ from neurosql_med.data.discovery import discover
 from neurosql_med.data.transforms import preprocess
 from neurosql_med.errors import UserError
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 CUTS = (150, 450, 750)  # between the layers of `layered`: 0, 300, 600, 900
 
 
@@ -186,17 +185,6 @@ def test_resize_never_blends_classes(tmp_path: Path) -> None:
     out = preprocess(cfg, labels=True)({"image": scan.path, "format": "nifti", "label": scan.labels, "format_label": "nifti"})
     values = np.unique(out["label"].numpy())
     assert set(values) <= {0, 1, 2, 3} and len(values) == 4 and out["label"].shape == out["image"].shape
-
-
-def test_sample_cohort_loads_with_four_named_classes() -> None:
-    cohort = load_cohort(SAMPLE, load_config("tiny").data)
-    assert cohort.label_names == ["background", "CSF", "GM", "WM"]
-    assert cohort.labels.dtype.is_floating_point is False and cohort.labels.shape == cohort.images.shape
-    assert set(np.unique(cohort.labels.numpy())) == {0, 1, 2, 3}
-    fingerprint = cohort.fingerprint()
-    assert len(fingerprint["labels"]) == fingerprint["n_scans"] == 30 and "sub-" not in json.dumps(fingerprint)
-    subset = cohort.subset(np.arange(3))
-    assert subset.labels.shape[0] == 3 and subset.label_names == cohort.label_names
 
 
 def test_labels_option_is_validated() -> None:

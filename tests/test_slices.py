@@ -1,6 +1,7 @@
 """Slice mixing and inter-slice coherence: ≈1 for real against real, clearly off for mixed levels and shuffled stacks."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,17 @@ def cohort():
     """
     cfg = override(load_config("tiny"), data__slice_range=[0.1, 0.9], data__slice_stride=1, data__anti_alias=False)
     return load_cohort(SAMPLE_DATA, cfg.data)
+
+
+def test_the_sample_cohort_loads_with_four_named_classes(cohort):
+    """Its label maps come along (dseg.tsv names the classes), as integer classes voxel for voxel with the images."""
+    assert cohort.label_names == ["background", "CSF", "GM", "WM"]
+    assert cohort.labels.dtype.is_floating_point is False and cohort.labels.shape == cohort.images.shape
+    assert set(np.unique(cohort.labels.numpy())) == {0, 1, 2, 3}
+    fingerprint = cohort.fingerprint()
+    assert len(fingerprint["labels"]) == fingerprint["n_scans"] == 30 and "sub-" not in json.dumps(fingerprint)
+    subset = cohort.subset(np.arange(3))
+    assert subset.labels.shape[0] == 3 and subset.label_names == cohort.label_names
 
 
 def split(cohort, held: int = 6) -> tuple[list[int], list[int]]:
