@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_subjects
+from support import write_subjects
 from neurosql_med.evaluation.baselines import budget_lr, run_budgeted
 from neurosql_med.evaluation.baselines.gan import diff_augment
 from neurosql_med.evaluation.benchmark import (

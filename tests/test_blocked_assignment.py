@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assignment_problem
+from support import assignment_problem
 from neurosql_med.config import AssignmentConfig
 from neurosql_med.engine.assignment import AssignmentProblem, assign, cost_matrix, initial_assignment, solve_assignment
 from neurosql_med.engine.losses import ReconstructionLoss

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_EPOCHS, write_subjects
+from support import TINY_EPOCHS, write_subjects
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort

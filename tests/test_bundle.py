@@ -13,7 +13,7 @@ import monai.bundle.scripts
 import pytest
 from monai.bundle import verify_metadata
 
-from conftest import LABEL_NAMES, TINY_EPOCHS, TINY_SUBJECTS, cli, torch_threads_kept
+from support import LABEL_NAMES, TINY_EPOCHS, TINY_SUBJECTS, cli, torch_threads_kept
 from neurosql_med.config import load_config
 from neurosql_med.evaluation.evaluate import evaluate
 from neurosql_med.evaluation.options import EvaluateOptions

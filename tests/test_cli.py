@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_EPOCHS, cli, write_nifti, write_subjects
+from support import TINY_EPOCHS, cli, write_nifti, write_subjects
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 

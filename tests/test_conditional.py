@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONDITIONS, TINY_EPOCHS, cli, write_subjects
+from support import CONDITIONS, TINY_EPOCHS, cli, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config, with_condition
 from neurosql_med.data.covariates import condition_scans, load_conditioned_cohort, read_covariates
 from neurosql_med.data.discovery import discover

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import bids_errors, cli, dciodvfy, is_3d, synthesize_on_cpu
+from support import bids_errors, cli, dciodvfy, is_3d, synthesize_on_cpu
 from neurosql_med.data.readers import read_scan
 from neurosql_med.errors import UserError
 from neurosql_med.synthesis.reproduce import reproduce

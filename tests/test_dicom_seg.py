@@ -16,7 +16,7 @@ import pytest
 import torch
 from pydicom.sr.codedict import codes
 
-from conftest import LABEL_NAMES, cli, dciodvfy, is_3d, synthesize_on_cpu
+from support import LABEL_NAMES, cli, dciodvfy, is_3d, synthesize_on_cpu
 from neurosql_med.io.dicom import series_instances
 from neurosql_med.io.dicom_seg import CATEGORY, read_segmentation, segment_type, write_segmentation
 from neurosql_med.io.model import load_model

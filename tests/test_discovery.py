@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SHAPE, brain_volume, ras_affine, write_analyze, write_dicom_series, write_nifti
+from support import SHAPE, brain_volume, ras_affine, write_analyze, write_dicom_series, write_nifti
 from monai.data import MetaTensor
 
 from neurosql_med.data.discovery import discover

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import (
+from support import (
     Paused, assignment_problem, cli, relative_files, run_cli, synthesize_on_cpu, torch_threads_kept, write_subjects,
 )
 from neurosql_med.config import AssignmentConfig, load_config, override

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import brain_volume, synthesize_on_cpu, write_nifti
+from support import brain_volume, synthesize_on_cpu, write_nifti
 
 from neurosql_med.config import load_config
 from neurosql_med.data.cohort import load_cohort

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import brain_volume, cli, write_dicom_series, write_nifti, write_subjects
+from support import brain_volume, cli, write_dicom_series, write_nifti, write_subjects
 from neurosql_med.cli.main import main
 from neurosql_med.io.files import umask, write_text
 from neurosql_med.runtime import available_cpus, cgroup_cpu_quota

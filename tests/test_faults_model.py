@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import cli
+from support import cli
 from neurosql_med.io.model import write_hashes
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import Paused, cli, run_cli, write_subjects
+from support import Paused, cli, run_cli, write_subjects
 from neurosql_med.io.outputs import LOCK, output_lock
 
 EPOCHS = "3"  # the reference fit's: checkpoints after epochs 2 and 3, then the final one

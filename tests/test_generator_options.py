@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import synthesize_on_cpu, write_subjects
+from support import synthesize_on_cpu, write_subjects
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assignment_problem, write_subjects
+from support import assignment_problem, write_subjects
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import AssignmentProblem, assign

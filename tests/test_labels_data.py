@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import brain_volume, cli, tissue_labels, write_nifti
+from support import brain_volume, cli, tissue_labels, write_nifti
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.data.discovery import discover

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import cli, write_nifti
+from support import cli, write_nifti
 
 import neurosql_med.evaluation.evaluate as evaluate_module
 from neurosql_med.config import load_config, override

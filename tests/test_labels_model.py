@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import LABEL_NAMES, TINY_EPOCHS, bids_errors, relative_files, tissue_cohort, write_subjects
+from support import LABEL_NAMES, TINY_EPOCHS, bids_errors, relative_files, tissue_cohort, write_subjects
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.decoder import Decoder, split_output
@@ -192,7 +192,7 @@ def test_same_bytes_and_reproduce_checks_the_dseg(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_cli_says_different_for_a_changed_dseg(model_dir, tmp_path, capsys):
-    from conftest import cli
+    from support import cli
 
     out = tmp_path / "s"
     run(model_dir, out, n=2, seed=1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from conftest import cli
+from support import cli
 from neurosql_med.cli.flags import parse_list
 from neurosql_med.cli.main import app
 from neurosql_med.config import BUILTIN, load_config

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import brain_volume, write_analyze, write_dicom_series, write_nifti
+from support import brain_volume, write_analyze, write_dicom_series, write_nifti
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.data.transforms import SliceSamplesd

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import torch_threads_kept
+from support import torch_threads_kept
 from neurosql_med.data.discovery import discover
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import cli, synthesize_on_cpu
+from support import cli, synthesize_on_cpu
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import bids_errors, synthesize_on_cpu, tissue_cohort
+from support import bids_errors, synthesize_on_cpu, tissue_cohort
 from neurosql_med.config import AssignmentConfig, load_config, override
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.engine.assignment import AssignmentProblem
@@ -41,7 +41,7 @@ def scans(tiny_models):
 
 @pytest.fixture(scope="module")
 def subject_model(tiny_models):
-    """The tiny labelled model with subject codes (conftest's "stacks" kind)."""
+    """The tiny labelled model with subject codes (support.TinyModels' "stacks" kind)."""
     return tiny_models.get("tiny", "stacks")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import bids_errors, relative_files, write_subjects
+from support import bids_errors, relative_files, write_subjects
 from neurosql_med.config import load_config
 from neurosql_med.data.cohort import load_cohort
 from neurosql_med.synthesis.dataset import SyntheticDataset

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import write_subjects
+from support import write_subjects
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, tissue_labels, varied_volume, write_nifti, write_subjects
+from support import cli, tissue_labels, varied_volume, write_nifti, write_subjects
 from neurosql_med.errors import UserError
 from neurosql_med.evaluation.utility import run as utility_run
 from neurosql_med.evaluation.utility import synthetic
