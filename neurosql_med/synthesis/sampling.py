@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from neurosql_med.version import __version__
-from neurosql_med.engine.lattice import reference_draws
+from neurosql_med.engine.lattice import near_code_draws, reference_draws, typicality
 from neurosql_med.engine.residual import texture_seeds
 from neurosql_med.io.dicom import read_series, series_instances, write_series
 from neurosql_med.io.dicom_seg import write_segmentation
@@ -60,6 +60,7 @@ class Synthesis:
     plan: ConditionPlan | None = None  # a conditional model's: the condition each sample k is asked for
     texture: bool = True  # add the model's residual texture (if it has one); False: G(u) alone
     levels: tuple[float, ...] | None = None  # a slice-aware model's --levels: sample k has levels[(k - 1) % len]
+    near_codes: float | None = None  # --near-codes S: latents drawn near the training codes; None: fresh reference draws
 
     @property
     def stacked(self) -> bool:
@@ -115,7 +116,16 @@ class Synthesis:
             "mode": self.model.geometry.mode,
             "device": self.model.device.type,
             "compute_block": 1 if self.alone else COMPUTE_BLOCK,  # a conditional or slice-aware sample is decoded alone
-        } | ({} if self.model.texture is None else {"texture": self.texture})  # models before textures: as before
+        } | ({} if self.model.texture is None else {"texture": self.texture}) | (  # models before textures: as before
+            {} if self.near_codes is None else {"near_codes": self.near_codes})
+
+    def latents(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The latents of sample ``indices``, their typicality levels, and for --near-codes the training code each is near."""
+        model = self.model
+        if self.near_codes is None:
+            return (*reference_draws(indices, model.latent_dim, model.lattice_kind, self.seed, self.typicality), None)
+        z, rows = near_code_draws(model.lattice[model.assignment], indices, self.near_codes, self.seed, model.lattice_kind)
+        return z, typicality(z, model.lattice_kind), rows
 
     def decode(
         self, z: np.ndarray, indices: Sequence[int], c: np.ndarray | None = None, levels: np.ndarray | None = None,
@@ -140,6 +150,7 @@ class Draw:
     labels: torch.Tensor | None = None  # (1, *sample_shape) int64 tissue classes, for a labelled model
     condition: dict | None = None  # a conditional model's: the covariate values it was decoded under
     slice_level: float | None = None  # a slice-aware model's: the relative slice level it was decoded at
+    code_index: int | None = None  # with --near-codes: the training code (row of lattice[assignment]) it was drawn near
 
 
 def versions() -> dict:
@@ -151,10 +162,10 @@ def decode_block(job: Synthesis, block: int) -> list[Draw]:
     indices = np.arange(block * COMPUTE_BLOCK + 1, (block + 1) * COMPUTE_BLOCK + 1)
     if job.alone:
         return [_decode_conditional(job, int(index), int(index)) for index in indices if index <= job.n]
-    z, levels = reference_draws(indices, job.model.latent_dim, job.model.lattice_kind, job.seed, job.typicality)
+    z, levels, rows = job.latents(indices)
     images, labels = job.decode(z, indices)
-    return [Draw(images[j], z[j], float(levels[j]), int(index), None if labels is None else labels[j])
-            for j, index in enumerate(indices)]
+    return [Draw(images[j], z[j], float(levels[j]), int(index), None if labels is None else labels[j],
+                 code_index=None if rows is None else int(rows[j])) for j, index in enumerate(indices)]
 
 
 def _decode_conditional(job: Synthesis, latent_index: int, k: int) -> Draw:
@@ -163,8 +174,7 @@ def _decode_conditional(job: Synthesis, latent_index: int, k: int) -> Draw:
     Alone, because a batch's neighbours would carry other samples' conditions: one file
     and its provenance then suffice to reproduce it.
     """
-    z, levels = reference_draws(np.array([latent_index]), job.model.latent_dim, job.model.lattice_kind, job.seed,
-                                job.typicality)
+    z, levels, _ = job.latents(np.array([latent_index]))  # --near-codes is refused for these models (`checked_near_codes`)
     condition = None if job.plan is None else job.plan.condition(k)
     c = None if condition is None else job.model.condition.encode(condition)[None]
     if job.stacked:
@@ -222,6 +232,7 @@ def provenance(job: Synthesis, k: int, draw: Draw, software: dict) -> dict:
             "latent_index": draw.latent_index,
             "latent": [float(v) for v in draw.latent],
             "typicality": float(draw.level),
+            **({} if draw.code_index is None else {"code_index": draw.code_index}),
             **({} if draw.slice_level is None else {"slice_level": draw.slice_level}),
             **({"slice_levels": list(model.levels.grid)} if job.stacked else {}),
             "versions": software,
@@ -317,7 +328,17 @@ def synthesis_job(model: NeuroSQLModel, options: SampleOptions, formats: tuple[s
     table = None if options.condition_table is None else Path(options.condition_table)
     plan = make_plan(model.condition, options.seed, options.condition, table, options.balance)
     return Synthesis(model, _planned_n(plan, options.n), options.seed, options.typicality, formats, plan,
-                     options.texture, _levels(model, options.levels))
+                     options.texture, _levels(model, options.levels), checked_near_codes(model, options.near_codes))
+
+
+def checked_near_codes(model: NeuroSQLModel, scale: float | None) -> float | None:
+    """--near-codes, for a model whose codes form one pool: a conditional or slice-aware model's codes belong to
+    strata (a condition, a slice level), and a code decoded outside its own stratum is not near its image."""
+    if scale is not None and (model.condition is not None or model.levels is not None):
+        kind = "conditional" if model.condition is not None else "slice-aware"
+        raise UserError(f"--near-codes: this model is {kind}; draws near codes are supported for models without "
+                        "covariates or slice levels")
+    return None if scale is None else float(scale)
 
 
 def _levels(model: NeuroSQLModel, levels: str | None) -> tuple[float, ...] | None:

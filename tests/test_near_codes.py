@@ -1,0 +1,106 @@
+"""--near-codes S: latents drawn near the training codes (a code picked at random plus S * N(0, I))."""
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from conftest import cli
+from neurosql_med.engine.lattice import near_code_draws, quantile_lattice, reference_draws
+from neurosql_med.io.model import load_model
+from neurosql_med.synthesis.dataset import SyntheticDataset
+from neurosql_med.synthesis.options import SynthesizeOptions
+from neurosql_med.synthesis.reproduce import reproduce
+from neurosql_med.synthesis.synthesize import synthesize
+
+D, SCALE = 16, 0.6
+
+
+def nearest(z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each latent's distance to its nearest code."""
+    return np.linalg.norm(z[:, None] - codes[None], axis=2).min(axis=1)
+
+
+def test_draw_k_is_a_function_of_seed_and_k_alone():
+    codes = quantile_lattice(40, D)
+    z, rows = near_code_draws(codes, np.arange(1, 33), SCALE, 7, "gaussian")
+    again, rows_again = near_code_draws(codes, np.arange(20, 25), SCALE, 7, "gaussian")
+    assert np.array_equal(z[19:24], again) and np.array_equal(rows[19:24], rows_again)
+    other, _ = near_code_draws(codes, np.arange(1, 33), SCALE, 8, "gaussian")
+    assert not np.allclose(z, other)
+    assert len(set(rows.tolist())) > 15  # codes are picked across the pool, not one
+
+
+def test_draws_sit_at_scale_times_root_d_from_their_code_and_far_closer_than_fresh_ones():
+    codes = quantile_lattice(40, D)
+    z, rows = near_code_draws(codes, np.arange(1, 401), SCALE, 0, "gaussian")
+    offsets = np.linalg.norm(z - codes[rows], axis=1)
+    assert abs(offsets.mean() - SCALE * np.sqrt(D)) < 0.05 * SCALE * np.sqrt(D)
+    fresh, _ = reference_draws(np.arange(1, 401), D, "gaussian", 0)
+    assert nearest(z, codes).mean() < 0.7 * nearest(fresh, codes).mean()  # 2.4 against 3.8 at d = 16
+
+
+def test_a_uniform_kind_model_is_drawn_near_in_the_gaussian_space():
+    """A uniform-kind code is its Gaussian twin's copula: its draws are the Gaussian draws' copula."""
+    z, rows = near_code_draws(quantile_lattice(40, D, "uniform"), np.arange(1, 101), SCALE, 0, "uniform")
+    gaussian, gaussian_rows = near_code_draws(quantile_lattice(40, D), np.arange(1, 101), SCALE, 0, "gaussian")
+    assert np.array_equal(rows, gaussian_rows) and np.allclose(z, stats.norm.cdf(gaussian))
+    assert ((0 < z) & (z < 1)).all()
+
+
+def run(model_dir, out, n, **kw):
+    return synthesize(SynthesizeOptions(model=model_dir, out=out, n=n, device="cpu", **kw), show_progress=False)
+
+
+def sidecars(out):
+    return {p.name: json.loads(p.read_text())["NeuroSQL"] for p in sorted(out.rglob("sub-*_T1w.json"))}
+
+
+@pytest.mark.slow
+def test_synthesize_near_codes_records_reproduces_and_keeps_sample_k(tiny_models, tmp_path):
+    model_dir = tiny_models.get("tiny")
+    run(model_dir, tmp_path / "a", n=11, near_codes=SCALE, seed=2)
+    run(model_dir, tmp_path / "b", n=3, near_codes=SCALE, seed=2, batch_size=1)
+    a, b = ((tmp_path / x / "manifest.tsv").read_text().splitlines() for x in "ab")
+    assert b[1:] == a[1:4]
+
+    model = load_model(model_dir, "cpu")
+    codes = model.lattice[model.assignment]
+    for info in sidecars(tmp_path / "a").values():
+        assert info["near_codes"] == SCALE and 0 <= info["code_index"] < len(codes)
+        offset = np.linalg.norm(np.asarray(info["latent"]) - codes[info["code_index"]])
+        assert offset < 4 * SCALE * np.sqrt(model.latent_dim)
+
+    image = tmp_path / "a/sub-synth0009/anat/sub-synth0009_desc-nsql_T1w.nii.gz"
+    assert reproduce(image, model_dir)[0]
+    item = SyntheticDataset(model_dir, n=11, seed=2, near_codes=SCALE)[8]
+    assert np.allclose(item["latent"].numpy(), sidecars(tmp_path / "a")[image.name.replace(".nii.gz", ".json")]["latent"],
+                       atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fresh_draws_record_no_near_codes(tiny_models, tmp_path):
+    run(tiny_models.get("tiny"), tmp_path / "fresh", n=2)
+    assert not any({"near_codes", "code_index"} & set(info) for info in sidecars(tmp_path / "fresh").values())
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--near-codes", "0"), "--near-codes must be in (0, 3]"),
+    (("--near-codes", "3.5"), "--near-codes must be in (0, 3]"),
+    (("--near-codes", "0.6", "--typicality", "0.5"), "exclude each other"),
+])
+def test_bad_near_codes_are_one_error_line(capsys, tmp_path, args, needle):
+    code, _, err = cli(capsys, "synthesize", "--n", "2", "--out", tmp_path / "o", "--model", tmp_path / "none", *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, word", [("conditional", "conditional"), ("stacks", "slice-aware")])
+def test_stratified_models_refuse_near_codes(tiny_models, capsys, tmp_path, kind, word):
+    code, _, err = cli(capsys, "synthesize", "--n", "2", "--out", tmp_path / "o", "--model", tiny_models.get("tiny", kind),
+                       "--near-codes", "0.6", "--device", "cpu")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --near-codes") and word in lines[0], err
+    assert not (tmp_path / "o").exists()
