@@ -7,6 +7,7 @@ from scipy import stats
 
 from conftest import cli
 from neurosql_med.engine.lattice import near_code_draws, quantile_lattice, reference_draws
+from neurosql_med.io.dicom import identity
 from neurosql_med.io.model import load_model
 from neurosql_med.synthesis.dataset import SyntheticDataset
 from neurosql_med.synthesis.options import SynthesizeOptions
@@ -59,23 +60,43 @@ def sidecars(out):
 @pytest.mark.slow
 def test_synthesize_near_codes_records_reproduces_and_keeps_sample_k(tiny_models, tmp_path):
     model_dir = tiny_models.get("tiny")
-    run(model_dir, tmp_path / "a", n=11, near_codes=SCALE, seed=2)
+    run(model_dir, tmp_path / "a", n=11, near_codes=SCALE, seed=2, format="both")
     run(model_dir, tmp_path / "b", n=3, near_codes=SCALE, seed=2, batch_size=1)
-    a, b = ((tmp_path / x / "manifest.tsv").read_text().splitlines() for x in "ab")
-    assert b[1:] == a[1:4]
+    a, b = ([line for line in (tmp_path / x / "manifest.tsv").read_text().splitlines() if "/anat/" in line] for x in "ab")
+    assert len(b) == 3 and b == a[:3]
 
     model = load_model(model_dir, "cpu")
     codes = model.lattice[model.assignment]
-    for info in sidecars(tmp_path / "a").values():
-        assert info["near_codes"] == SCALE and 0 <= info["code_index"] < len(codes)
-        offset = np.linalg.norm(np.asarray(info["latent"]) - codes[info["code_index"]])
-        assert offset < 4 * SCALE * np.sqrt(model.latent_dim)
+    infos = list(sidecars(tmp_path / "a").values())
+    assert len(infos) == 11 and all(info["near_codes"] == SCALE and 0 <= info["code_index"] < len(codes) for info in infos)
+    offsets = [np.linalg.norm(np.asarray(info["latent"]) - codes[info["code_index"]]) for info in infos]
+    assert 0.5 < np.mean(offsets) / (SCALE * np.sqrt(model.latent_dim)) < 1.5  # a code's own neighbourhood
 
     image = tmp_path / "a/sub-synth0009/anat/sub-synth0009_desc-nsql_T1w.nii.gz"
-    assert reproduce(image, model_dir)[0]
+    assert reproduce(image, model_dir)[0] and reproduce(tmp_path / "a/sub-synth0009/dicom", model_dir)[0]
     item = SyntheticDataset(model_dir, n=11, seed=2, near_codes=SCALE)[8]
     assert np.allclose(item["latent"].numpy(), sidecars(tmp_path / "a")[image.name.replace(".nii.gz", ".json")]["latent"],
                        atol=1e-6)
+
+
+@pytest.mark.slow
+def test_an_audit_redraw_near_codes_is_recorded_and_reproduced(tiny_models, tmp_path):
+    model_dir, scans = tiny_models.get("tiny"), tiny_models.scans
+    ratios = sorted(run(model_dir, tmp_path / "s", n=4, near_codes=SCALE, audit=scans).audit["ratios"].items(),
+                    key=lambda item: item[1])
+    tau = (ratios[0][1] + ratios[1][1]) / 2  # flags the sample nearest a training image, and only it
+    dropped = run(model_dir, tmp_path / "t", n=4, near_codes=SCALE, audit=scans, drop_copies=True, tau=tau).audit
+    assert [r["sample"] for r in dropped["replaced"]] == [ratios[0][0]]
+    image = next((tmp_path / "t" / ratios[0][0] / "anat").glob("*_T1w.nii.gz"))
+    info = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())["NeuroSQL"]
+    assert info["latent_index"] > 4 and "code_index" in info and reproduce(image, model_dir)[0]
+
+
+def test_a_draw_near_codes_never_shares_a_fresh_draws_dicom_uids():
+    info = {"model_sha256": "m", "seed": 0, "index": 1, "latent_index": 1, "max_typicality": 1.0}
+    fresh = identity({"NeuroSQL": info}, "synth0001")
+    assert fresh == ("nsql-med", "m", None, 0, 1.0, None, None, 1, 1, "synth0001")  # as before --near-codes
+    assert identity({"NeuroSQL": {**info, "near_codes": SCALE}}, "synth0001") != fresh
 
 
 @pytest.mark.slow
@@ -97,10 +118,22 @@ def test_bad_near_codes_are_one_error_line(capsys, tmp_path, args, needle):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, word", [("conditional", "conditional"), ("stacks", "slice-aware")])
-def test_stratified_models_refuse_near_codes(tiny_models, capsys, tmp_path, kind, word):
-    code, _, err = cli(capsys, "synthesize", "--n", "2", "--out", tmp_path / "o", "--model", tiny_models.get("tiny", kind),
-                       "--near-codes", "0.6", "--device", "cpu")
+def test_conditional_models_refuse_near_codes(tiny_models, capsys, tmp_path):
+    code, _, err = cli(capsys, "synthesize", "--n", "2", "--out", tmp_path / "o", "--model",
+                       tiny_models.get("tiny", "conditional"), "--near-codes", "0.6", "--device", "cpu")
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --near-codes") and word in lines[0], err
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --near-codes") and "conditional" in lines[0], err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_stack_is_drawn_near_a_subjects_code(tiny_models, tmp_path):
+    model_dir = tiny_models.get("tiny", "stacks")
+    run(model_dir, tmp_path / "s", n=3, near_codes=SCALE)
+    model = load_model(model_dir, "cpu")
+    stacks = np.unique(model.assignment, return_index=True)[1]  # each subject's first slice stands for its code
+    images = sorted((tmp_path / "s").rglob("sub-*_T1w.nii.gz"))
+    for image in images:
+        info = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())["NeuroSQL"]
+        assert info["near_codes"] == SCALE and info["code_index"] in stacks
+    assert reproduce(images[0], model_dir)[0]

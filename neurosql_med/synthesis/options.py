@@ -33,7 +33,8 @@ class SampleOptions(Options):
     near_codes: Optional[float] = option(
         None, "Draw each latent near a training code instead of fresh from the reference: a code picked at random "
               "plus S * N(0, I) (S = 0.6 measured best). These samples sit closer to the training images, so --audit "
-              "is advised. Not for conditional or slice-aware models, nor with --typicality below 1.",
+              "is advised. A slice-aware model picks among its codes at the sample's slice level; not for conditional "
+              "models, nor with --typicality below 1.",
         limits=NEAR_CODES)
     condition: Optional[str] = option(
         None, "A conditional model's covariates for every sample, e.g. \"CDR=1,Age=80,sex=F\"; those left out are "

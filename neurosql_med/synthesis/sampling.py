@@ -1,18 +1,18 @@
 """Fresh draws of a trained model, decoded and written one sample at a time.
 
-Sample k of seed S is a pure function of (model, S, k, typicality, texture): its latent
-and its residual texture (`engine/residual.py`) come from generators seeded with (S, k),
-and it is decoded in the fixed block of ``COMPUTE_BLOCK`` consecutive indices it belongs
-to, because a network's floating-point result for one input can change with the batch it
-is computed in. So the bytes of a file never depend on N, the batch size, or which files
-a resumed run had left to do.
+Sample k of seed S is a pure function of (model, S, k, typicality, texture, near_codes): its
+latent (fresh, or near a training code) and its residual texture (`engine/residual.py`) come
+from generators seeded with (S, k), and it is decoded in the fixed block of ``COMPUTE_BLOCK``
+consecutive indices it belongs to, because a network's floating-point result for one input
+can change with the batch it is computed in. So the bytes of a file never depend on N, the
+batch size, or which files a resumed run had left to do.
 The cohort writer, the copy audit, `reproduce` and `SyntheticDataset` all decode here.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import monai
@@ -119,13 +119,32 @@ class Synthesis:
         } | ({} if self.model.texture is None else {"texture": self.texture}) | (  # models before textures: as before
             {} if self.near_codes is None else {"near_codes": self.near_codes})
 
-    def latents(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The latents of sample ``indices``, their typicality levels, and for --near-codes the training code each is near."""
+    def latents(
+        self, indices: np.ndarray, level: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The latents of sample ``indices`` (asked for slice ``level``), their typicality levels, and for
+        --near-codes the training code each is near."""
         model = self.model
         if self.near_codes is None:
             return (*reference_draws(indices, model.latent_dim, model.lattice_kind, self.seed, self.typicality), None)
-        z, rows = near_code_draws(model.lattice[model.assignment], indices, self.near_codes, self.seed, model.lattice_kind)
-        return z, typicality(z, model.lattice_kind), rows
+        pool = self.code_pool(level)
+        z, rows = near_code_draws(model.lattice[model.assignment[pool]], indices, self.near_codes, self.seed,
+                                  model.lattice_kind)
+        return z, typicality(z, model.lattice_kind), pool[rows]
+
+    def code_pool(self, level: float | None) -> np.ndarray:
+        """The training samples whose codes a draw near codes picks from: the fit gave a slice level's stratum
+        codes of its own, and a stack one code for all its slices (its first slice's row stands for it)."""
+        model = self.model
+        if self.stacked:
+            return np.sort(np.unique(model.assignment, return_index=True)[1])
+        if level is None:
+            return np.arange(len(model.assignment))
+        pool = np.flatnonzero(model.levels.strata(model.training_levels) == model.levels.strata(np.array([level]))[0])
+        if len(pool) == 0:
+            raise UserError(f"--near-codes: no training slice lies in the level stratum of {level}; "
+                            "ask for other --levels")
+        return pool
 
     def decode(
         self, z: np.ndarray, indices: Sequence[int], c: np.ndarray | None = None, levels: np.ndarray | None = None,
@@ -174,14 +193,16 @@ def _decode_conditional(job: Synthesis, latent_index: int, k: int) -> Draw:
     Alone, because a batch's neighbours would carry other samples' conditions: one file
     and its provenance then suffice to reproduce it.
     """
-    z, levels, _ = job.latents(np.array([latent_index]))  # --near-codes is refused for these models (`checked_near_codes`)
+    level = None if job.stacked else job.level(k)  # a stack is decoded at every level of the grid
+    z, levels, rows = job.latents(np.array([latent_index]), level)
+    code = None if rows is None else int(rows[0])
     condition = None if job.plan is None else job.plan.condition(k)
     c = None if condition is None else job.model.condition.encode(condition)[None]
     if job.stacked:
-        return _decode_stack(job, z, float(levels[0]), latent_index, condition, c)
-    level = job.level(k)
+        return replace(_decode_stack(job, z, float(levels[0]), latent_index, condition, c), code_index=code)
     images, labels = job.decode(z, [latent_index], c, None if level is None else np.array([level]))
-    return Draw(images[0], z[0], float(levels[0]), latent_index, None if labels is None else labels[0], condition, level)
+    return Draw(images[0], z[0], float(levels[0]), latent_index, None if labels is None else labels[0], condition, level,
+                code)
 
 
 def _decode_stack(
@@ -327,17 +348,19 @@ def synthesis_job(model: NeuroSQLModel, options: SampleOptions, formats: tuple[s
     """The run ``options`` ask of ``model``: N (which a condition table fixes), the conditions, the slice levels."""
     table = None if options.condition_table is None else Path(options.condition_table)
     plan = make_plan(model.condition, options.seed, options.condition, table, options.balance)
-    return Synthesis(model, _planned_n(plan, options.n), options.seed, options.typicality, formats, plan,
-                     options.texture, _levels(model, options.levels), checked_near_codes(model, options.near_codes))
+    job = Synthesis(model, _planned_n(plan, options.n), options.seed, options.typicality, formats, plan,
+                    options.texture, _levels(model, options.levels), checked_near_codes(model, options.near_codes))
+    for level in job.levels if job.levels and job.near_codes is not None else ():
+        job.code_pool(level)  # a --levels stratum without codes is refused before anything is written
+    return job
 
 
 def checked_near_codes(model: NeuroSQLModel, scale: float | None) -> float | None:
-    """--near-codes, for a model whose codes form one pool: a conditional or slice-aware model's codes belong to
-    strata (a condition, a slice level), and a code decoded outside its own stratum is not near its image."""
-    if scale is not None and (model.condition is not None or model.levels is not None):
-        kind = "conditional" if model.condition is not None else "slice-aware"
-        raise UserError(f"--near-codes: this model is {kind}; draws near codes are supported for models without "
-                        "covariates or slice levels")
+    """--near-codes, for a model without covariates: a conditional model's codes belong to the strata of their
+    training conditions, and a sample asked for another condition (a continuous one, say) has no stratum to pick from."""
+    if scale is not None and model.condition is not None:
+        raise UserError("--near-codes: this model is conditional; draws near codes are supported for models without "
+                        "covariates (plain, labelled, slice-aware, with subject codes)")
     return None if scale is None else float(scale)
 
 
