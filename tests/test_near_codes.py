@@ -7,6 +7,7 @@ from scipy import stats
 
 from conftest import cli
 from neurosql_med.engine.lattice import near_code_draws, quantile_lattice, reference_draws
+from neurosql_med.errors import UserError
 from neurosql_med.io.dicom import identity
 from neurosql_med.io.model import load_model
 from neurosql_med.synthesis.dataset import SyntheticDataset
@@ -74,9 +75,16 @@ def test_synthesize_near_codes_records_reproduces_and_keeps_sample_k(tiny_models
 
     image = tmp_path / "a/sub-synth0009/anat/sub-synth0009_desc-nsql_T1w.nii.gz"
     assert reproduce(image, model_dir)[0] and reproduce(tmp_path / "a/sub-synth0009/dicom", model_dir)[0]
+    side = image.with_name(image.name.replace(".nii.gz", ".json"))
+    record = json.loads(side.read_text())
+    side.write_text(json.dumps({**record, "NeuroSQL": {**record["NeuroSQL"], "near_codes": 7}}))
+    with pytest.raises(UserError, match=r"NeuroSQL.near_codes must be a number in \(0, 3\]"):
+        reproduce(side, model_dir)
+    side.write_text(json.dumps(record))
     item = SyntheticDataset(model_dir, n=11, seed=2, near_codes=SCALE)[8]
     assert np.allclose(item["latent"].numpy(), sidecars(tmp_path / "a")[image.name.replace(".nii.gz", ".json")]["latent"],
                        atol=1e-6)
+    assert item["code_index"] == sidecars(tmp_path / "a")[image.name.replace(".nii.gz", ".json")]["code_index"]
 
 
 @pytest.mark.slow
