@@ -32,7 +32,7 @@ class SampleOptions(Options):
     typicality: float = option(1.0, "Keep latents within this quantile of the reference radius (0 < Q <= 1).")
     near_codes: Optional[float] = option(
         None, "Draw each latent near a training code instead of fresh from the reference: a code picked at random "
-              "plus S * N(0, I) (S = 0.6 measured best). These samples sit closer to the training images, so --audit "
+              "plus this scale times N(0, I) (0.6 beat fresh draws on real anatomy). These samples sit closer to the training images, so --audit "
               "is advised. A slice-aware model picks among its codes at the sample's slice level; not for conditional "
               "models, nor with --typicality below 1.",
         limits=NEAR_CODES)
