@@ -84,6 +84,19 @@ def test_fit_synthesize_levels_and_reproduce(slice_model, tmp_path):
     assert not torch.equal(low, high)  # the level is an input of G
 
 
+def test_a_draw_near_codes_picks_a_code_of_its_own_level_stratum(slice_model, tmp_path):
+    model = load_model(slice_model)
+    out = tmp_path / "near"
+    synthesize(SynthesizeOptions(model=slice_model, out=out, n=4, device="cpu", levels="0.1,0.9", near_codes=0.6),
+               show_progress=False)
+    sidecars = sorted(out.glob("sub-*/anat/*_T1w.json"))
+    for side in sidecars:
+        info = json.loads(side.read_text())["NeuroSQL"]
+        stratum = model.levels.strata(np.array([info["slice_level"], model.training_levels[info["code_index"]]]))
+        assert stratum[0] == stratum[1]
+    assert reproduce(sidecars[1], slice_model)[0]
+
+
 @pytest.mark.slow
 def test_levels_need_a_slice_aware_model(tiny_models, tmp_path):
     with pytest.raises(UserError, match="--levels"):  # the shared tiny model knows no slice levels

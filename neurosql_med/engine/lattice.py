@@ -16,6 +16,7 @@ from scipy.stats import qmc
 from neurosql_med.errors import UserError
 
 KINDS = ("gaussian", "uniform", "center-outward")
+NEAR_STREAM = 0x4EA4  # separates draws near codes from the reference draws, textures and levels of the same (seed, k)
 
 
 def quantile_lattice(n: int, d: int, kind: str = "gaussian", seed: int = 0) -> np.ndarray:
@@ -79,6 +80,30 @@ def reference_draws(
         levels[row] = max_typicality * rng.random()
     z = directions * stats.chi.ppf(levels, df=d)[:, None]
     return (stats.norm.cdf(z) if kind == "uniform" else z), levels
+
+
+def near_code_draws(
+    codes: np.ndarray, indices: np.ndarray, scale: float, seed: int, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Latents near the given codes for the given sample indices, and the row of ``codes`` each one is near.
+
+    Draw k comes from its own generator seeded with (seed, k, NEAR_STREAM): it picks a code
+    uniformly and adds scale * N(0, I_d) in the Gaussian reference space (a uniform-kind code
+    is moved there and back), so sample k is the same whatever else is drawn with it. Codes
+    are the training images' own, so small scales give near-reconstructions: the copy audit
+    is the safety net.
+    """
+    _check_kind(kind)
+    codes = to_gaussian(np.atleast_2d(codes), kind)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if seed < 0 or (indices < 0).any():
+        raise UserError("sample seed and sample indices must be non-negative")
+    z, rows = np.empty((len(indices), codes.shape[1])), np.empty(len(indices), dtype=np.int64)
+    for row, k in enumerate(indices):
+        rng = np.random.default_rng([seed, int(k), NEAR_STREAM])
+        rows[row] = rng.integers(len(codes))
+        z[row] = codes[rows[row]] + scale * rng.standard_normal(codes.shape[1])
+    return (stats.norm.cdf(z) if kind == "uniform" else z), rows
 
 
 def check_typicality(value: float, name: str = "max typicality") -> None:

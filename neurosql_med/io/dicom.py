@@ -59,7 +59,8 @@ def identity(record: dict, subject: str) -> tuple:
     """What a sample's bytes depend on, so two different instances never share a UID."""
     info = record["NeuroSQL"]
     keys = ("model_sha256", "config_sha256", "seed", "max_typicality", "device", "compute_block", "index", "latent_index")
-    return ("nsql-med",) + tuple(info.get(key) for key in keys) + (subject,)
+    near = (info["near_codes"],) if "near_codes" in info else ()  # a draw near codes is another draw of (seed, index)
+    return ("nsql-med",) + tuple(info.get(key) for key in keys) + (subject,) + near
 
 
 def software(record: dict) -> list[str]:

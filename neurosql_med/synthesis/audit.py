@@ -127,5 +127,10 @@ def _redraw(out: Path, job: Synthesis, test: CopyTest, k: int) -> Replacement:
             return Replacement(sample=job.label(k), latent_index=draw.latent_index, ratio=ratio)
     raise UserError(
         f"{sidecar_of(job.image_path(out, k)).name}: {MAX_REDRAWS} redraws all sat within tau={test.tau} of a training "
-        "image; the model reproduces its training data (train less, or lower --typicality)"
+        f"image; the model reproduces its training data (train less, or {_remedy(job)})"
     )
+
+
+def _remedy(job: Synthesis) -> str:
+    """What draws farther from the training images: a larger --near-codes scale, or for fresh draws a lower --typicality."""
+    return "raise --near-codes" if job.near_codes is not None else "lower --typicality"

@@ -25,7 +25,7 @@ class SyntheticDataset(Dataset):
     segmentation pipeline. A conditional model's items carry ``condition``: the covariate
     values asked for (``condition``, ``condition_table``, ``balance`` as in ``synthesize``).
     ``options`` are `synthesize`'s sample options (`SampleOptions`: model, n, seed, typicality,
-    texture, ...), or a model folder with those options as keywords: ``SyntheticDataset("nsql-model",
+    texture, near_codes, ...), or a model folder with those options as keywords: ``SyntheticDataset("nsql-model",
     n=500, seed=0)``. ``device`` is where the model decodes.
     """
 
@@ -63,6 +63,8 @@ class SyntheticDataset(Dataset):
         }
         if draw.condition is not None:
             item["condition"] = dict(draw.condition)
+        if draw.code_index is not None:  # near_codes: the training code the latent was drawn near
+            item["code_index"] = draw.code_index
         if draw.labels is not None:
             item["label"] = MetaTensor(draw.labels.clone(), affine=self.affine.clone())
         return self.transform(item) if self.transform is not None else item

@@ -16,6 +16,7 @@ from neurosql_med.options import MODEL_DIR, TAU, Options, Range, device_option, 
 
 MAX_SAMPLES = 1_000_000  # a cohort larger than this is almost surely a typo (and many hours of writing)
 MAX_SEED = 2**63 - 1
+NEAR_CODES = Range(0, 3, low_open=True)  # --near-codes S: beyond 3 a draw is as spread as a fresh one, no longer near
 FORMATS = {"nifti": ("nifti",), "dicom": ("dicom",), "both": ("nifti", "dicom")}  # --format: what each writes
 
 
@@ -29,6 +30,12 @@ class SampleOptions(Options):
     model: Path = option(MODEL_DIR, "Model folder written by `nsql-med fit`.", names=("--model", "-m"))
     seed: int = option(0, "Seed of the latent draws; sample k of a seed never changes.", limits=Range(0, MAX_SEED))
     typicality: float = option(1.0, "Keep latents within this quantile of the reference radius (0 < Q <= 1).")
+    near_codes: Optional[float] = option(
+        None, "Draw each latent near a training code instead of fresh from the reference: a code picked at random "
+              "plus this scale times N(0, I) (0.6 beat fresh draws on real anatomy). These samples sit closer to the training images, so --audit "
+              "is advised. A slice-aware model picks among its codes at the sample's slice level; not for conditional "
+              "models, nor with --typicality below 1.",
+        limits=NEAR_CODES)
     condition: Optional[str] = option(
         None, "A conditional model's covariates for every sample, e.g. \"CDR=1,Age=80,sex=F\"; those left out are "
               "drawn from the training distribution.")
@@ -47,6 +54,9 @@ class SampleOptions(Options):
         from neurosql_med.engine.lattice import check_typicality
 
         check_typicality(self.typicality, "--typicality")
+        if self.near_codes is not None and self.typicality < 1:
+            raise UserError("--near-codes and --typicality below 1 exclude each other: a draw near a code has no "
+                            "reference level to bound")
 
 
 @dataclass(frozen=True, kw_only=True)

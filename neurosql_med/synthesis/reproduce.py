@@ -18,9 +18,9 @@ from neurosql_med.io.nifti import read_provenance
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import MAX_REDRAWS, REDRAW_STRIDE
 from neurosql_med.synthesis.conditions import ConditionPlan
-from neurosql_med.synthesis.options import MAX_SAMPLES, MAX_SEED
+from neurosql_med.synthesis.options import MAX_SAMPLES, MAX_SEED, NEAR_CODES
 from neurosql_med.synthesis.sampling import (
-    Draw, Synthesis, decode_one, dseg_of, sidecar_of, synthetic_id, versions,
+    Draw, Synthesis, checked_near_codes, decode_one, dseg_of, sidecar_of, synthetic_id, versions,
     write_dicom_sample, write_dseg, write_sample,
 )
 
@@ -67,7 +67,7 @@ def _regenerate(record: dict, file: Path, model_dir: str | Path) -> tuple[Synthe
     if model.sha256 != info.get("model_sha256"):
         raise UserError(f"{file} was made by model {str(info.get('model_sha256'))[:12]}..., not by {model_dir} ({model.sha256[:12]}...)")
     job = Synthesis(model, k, seed, q, plan=_recorded_plan(record, file, model, seed), texture=info["texture"],
-                    levels=_recorded_level(info, file, model))
+                    levels=_recorded_level(info, file, model), near_codes=checked_near_codes(model, info["near_codes"]))
     return job, decode_one(job, info["latent_index"]), info
 
 
@@ -143,7 +143,8 @@ def _image_and_record(path: Path) -> tuple[Path, dict]:
 def checked_provenance(record: object, file: Path) -> dict:
     """The NeuroSQL fields reproduce decodes from, each checked: a sidecar is text anyone can edit.
 
-    Returns them with defaults filled in for fields older files lack (latent_index, device, versions, texture).
+    Returns them with defaults filled in for fields older files lack (latent_index, device, versions, texture,
+    near_codes).
     """
     info = record.get("NeuroSQL") if isinstance(record, dict) else None
     if not isinstance(info, dict):
@@ -163,6 +164,9 @@ def checked_provenance(record: object, file: Path) -> dict:
         raise UserError(f"{file}: NeuroSQL.versions must be an object of version strings naming nsql-med")
     if fields["device"] not in ("cpu", "cuda"):
         raise UserError(f"{file}: NeuroSQL.device must be cpu or cuda, got {preview(fields['device'])}")
+    near = fields.setdefault("near_codes", None)
+    if near is not None and (type(near) not in (int, float) or not NEAR_CODES.holds(near)):
+        raise UserError(f"{file}: NeuroSQL.near_codes must be a number {NEAR_CODES.describe()}, got {preview(near)}")
     if not isinstance(fields.setdefault("texture", True), bool):
         raise UserError(f"{file}: NeuroSQL.texture must be true or false, got {preview(fields['texture'])}")
     return {**fields, "max_typicality": float(q)}

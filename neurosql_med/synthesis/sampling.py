@@ -1,18 +1,18 @@
 """Fresh draws of a trained model, decoded and written one sample at a time.
 
-Sample k of seed S is a pure function of (model, S, k, typicality, texture): its latent
-and its residual texture (`engine/residual.py`) come from generators seeded with (S, k),
-and it is decoded in the fixed block of ``COMPUTE_BLOCK`` consecutive indices it belongs
-to, because a network's floating-point result for one input can change with the batch it
-is computed in. So the bytes of a file never depend on N, the batch size, or which files
-a resumed run had left to do.
+Sample k of seed S is a pure function of (model, S, k, typicality, texture, near_codes): its
+latent (fresh, or near a training code) and its residual texture (`engine/residual.py`) come
+from generators seeded with (S, k), and it is decoded in the fixed block of ``COMPUTE_BLOCK``
+consecutive indices it belongs to, because a network's floating-point result for one input
+can change with the batch it is computed in. So the bytes of a file never depend on N, the
+batch size, or which files a resumed run had left to do.
 The cohort writer, the copy audit, `reproduce` and `SyntheticDataset` all decode here.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import monai
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from neurosql_med.version import __version__
-from neurosql_med.engine.lattice import reference_draws
+from neurosql_med.engine.lattice import near_code_draws, reference_draws, typicality
 from neurosql_med.engine.residual import texture_seeds
 from neurosql_med.io.dicom import read_series, series_instances, write_series
 from neurosql_med.io.dicom_seg import write_segmentation
@@ -60,6 +60,7 @@ class Synthesis:
     plan: ConditionPlan | None = None  # a conditional model's: the condition each sample k is asked for
     texture: bool = True  # add the model's residual texture (if it has one); False: G(u) alone
     levels: tuple[float, ...] | None = None  # a slice-aware model's --levels: sample k has levels[(k - 1) % len]
+    near_codes: float | None = None  # --near-codes S: latents drawn near the training codes; None: fresh reference draws
 
     @property
     def stacked(self) -> bool:
@@ -115,7 +116,35 @@ class Synthesis:
             "mode": self.model.geometry.mode,
             "device": self.model.device.type,
             "compute_block": 1 if self.alone else COMPUTE_BLOCK,  # a conditional or slice-aware sample is decoded alone
-        } | ({} if self.model.texture is None else {"texture": self.texture})  # models before textures: as before
+        } | ({} if self.model.texture is None else {"texture": self.texture}) | (  # models before textures: as before
+            {} if self.near_codes is None else {"near_codes": self.near_codes})
+
+    def latents(
+        self, indices: np.ndarray, level: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The latents of sample ``indices`` (asked for slice ``level``), their typicality levels, and for
+        --near-codes the training code each is near."""
+        model = self.model
+        if self.near_codes is None:
+            return (*reference_draws(indices, model.latent_dim, model.lattice_kind, self.seed, self.typicality), None)
+        pool = self.code_pool(level)
+        z, rows = near_code_draws(model.lattice[model.assignment[pool]], indices, self.near_codes, self.seed,
+                                  model.lattice_kind)
+        return z, typicality(z, model.lattice_kind), pool[rows]
+
+    def code_pool(self, level: float | None) -> np.ndarray:
+        """The training samples whose codes a draw near codes picks from: the fit gave a slice level's stratum
+        codes of its own, and a stack one code for all its slices (its first slice's row stands for it)."""
+        model = self.model
+        if self.stacked:
+            return np.sort(np.unique(model.assignment, return_index=True)[1])
+        if level is None:
+            return np.arange(len(model.assignment))
+        pool = np.flatnonzero(model.levels.strata(model.training_levels) == model.levels.strata(np.array([level]))[0])
+        if len(pool) == 0:
+            raise UserError(f"--near-codes: no training slice lies in the level stratum of {level}; "
+                            "ask for other --levels")
+        return pool
 
     def decode(
         self, z: np.ndarray, indices: Sequence[int], c: np.ndarray | None = None, levels: np.ndarray | None = None,
@@ -140,6 +169,7 @@ class Draw:
     labels: torch.Tensor | None = None  # (1, *sample_shape) int64 tissue classes, for a labelled model
     condition: dict | None = None  # a conditional model's: the covariate values it was decoded under
     slice_level: float | None = None  # a slice-aware model's: the relative slice level it was decoded at
+    code_index: int | None = None  # with --near-codes: the training code (row of lattice[assignment]) it was drawn near
 
 
 def versions() -> dict:
@@ -151,10 +181,10 @@ def decode_block(job: Synthesis, block: int) -> list[Draw]:
     indices = np.arange(block * COMPUTE_BLOCK + 1, (block + 1) * COMPUTE_BLOCK + 1)
     if job.alone:
         return [_decode_conditional(job, int(index), int(index)) for index in indices if index <= job.n]
-    z, levels = reference_draws(indices, job.model.latent_dim, job.model.lattice_kind, job.seed, job.typicality)
+    z, levels, rows = job.latents(indices)
     images, labels = job.decode(z, indices)
-    return [Draw(images[j], z[j], float(levels[j]), int(index), None if labels is None else labels[j])
-            for j, index in enumerate(indices)]
+    return [Draw(images[j], z[j], float(levels[j]), int(index), None if labels is None else labels[j],
+                 code_index=None if rows is None else int(rows[j])) for j, index in enumerate(indices)]
 
 
 def _decode_conditional(job: Synthesis, latent_index: int, k: int) -> Draw:
@@ -163,15 +193,16 @@ def _decode_conditional(job: Synthesis, latent_index: int, k: int) -> Draw:
     Alone, because a batch's neighbours would carry other samples' conditions: one file
     and its provenance then suffice to reproduce it.
     """
-    z, levels = reference_draws(np.array([latent_index]), job.model.latent_dim, job.model.lattice_kind, job.seed,
-                                job.typicality)
+    level = None if job.stacked else job.level(k)  # a stack is decoded at every level of the grid
+    z, levels, rows = job.latents(np.array([latent_index]), level)
+    code = None if rows is None else int(rows[0])
     condition = None if job.plan is None else job.plan.condition(k)
     c = None if condition is None else job.model.condition.encode(condition)[None]
     if job.stacked:
-        return _decode_stack(job, z, float(levels[0]), latent_index, condition, c)
-    level = job.level(k)
+        return replace(_decode_stack(job, z, float(levels[0]), latent_index, condition, c), code_index=code)
     images, labels = job.decode(z, [latent_index], c, None if level is None else np.array([level]))
-    return Draw(images[0], z[0], float(levels[0]), latent_index, None if labels is None else labels[0], condition, level)
+    return Draw(images[0], z[0], float(levels[0]), latent_index, None if labels is None else labels[0], condition, level,
+                code)
 
 
 def _decode_stack(
@@ -222,6 +253,7 @@ def provenance(job: Synthesis, k: int, draw: Draw, software: dict) -> dict:
             "latent_index": draw.latent_index,
             "latent": [float(v) for v in draw.latent],
             "typicality": float(draw.level),
+            **({} if draw.code_index is None else {"code_index": draw.code_index}),
             **({} if draw.slice_level is None else {"slice_level": draw.slice_level}),
             **({"slice_levels": list(model.levels.grid)} if job.stacked else {}),
             "versions": software,
@@ -316,8 +348,20 @@ def synthesis_job(model: NeuroSQLModel, options: SampleOptions, formats: tuple[s
     """The run ``options`` ask of ``model``: N (which a condition table fixes), the conditions, the slice levels."""
     table = None if options.condition_table is None else Path(options.condition_table)
     plan = make_plan(model.condition, options.seed, options.condition, table, options.balance)
-    return Synthesis(model, _planned_n(plan, options.n), options.seed, options.typicality, formats, plan,
-                     options.texture, _levels(model, options.levels))
+    job = Synthesis(model, _planned_n(plan, options.n), options.seed, options.typicality, formats, plan,
+                    options.texture, _levels(model, options.levels), checked_near_codes(model, options.near_codes))
+    for level in job.levels if job.levels and job.near_codes is not None else ():
+        job.code_pool(level)  # a --levels stratum without codes is refused before anything is written
+    return job
+
+
+def checked_near_codes(model: NeuroSQLModel, scale: float | None) -> float | None:
+    """--near-codes, for a model without covariates: a conditional model's codes belong to the strata of their
+    training conditions, and a sample asked for another condition (a continuous one, say) has no stratum to pick from."""
+    if scale is not None and model.condition is not None:
+        raise UserError("--near-codes: this model is conditional; draws near codes are supported for models without "
+                        "covariates (plain, labelled, slice-aware, with subject codes)")
+    return None if scale is None else float(scale)
 
 
 def _levels(model: NeuroSQLModel, levels: str | None) -> tuple[float, ...] | None:
