@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import cli
+from support import cli
 from neurosql_med.engine.lattice import near_code_draws, quantile_lattice, reference_draws
 from neurosql_med.errors import UserError
 from neurosql_med.io.dicom import identity
