@@ -21,7 +21,7 @@ from neurosql_med.errors import UserError
 MAX_BYTES = 64 * 2**20  # the largest JSON file read (a conditional model's conditions.json is the largest written)
 MAX_YAML_BYTES = 2**20  # a config is a few hundred bytes
 MAX_DEPTH = 32  # nesting levels; the deepest file nsql-med writes (utility.json) has 7
-MAX_NODES = 100_000  # YAML nodes in one document
+MAX_NODES = 10_000  # YAML nodes in one document; a config holds under a hundred
 
 
 class DocumentError(UserError, ValueError):

@@ -130,3 +130,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_cpu(one_thread):
+    """This process on one CPU, for a module whose commands run both here and in forked children
+    (support.Forked): every command sizes torch to its CPUs, so each runs on one thread in either
+    place and computes the same bytes. Under pytest-xdist on 2 cores a worker already has one."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    yield
+    os.sched_setaffinity(0, cpus)

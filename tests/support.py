@@ -12,14 +12,17 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import nibabel as nib
 import numpy as np
@@ -29,6 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 import torch
 
+import pausing
 from neurosql_med.cli.main import main
 from neurosql_med.config import load_config, override, with_condition
 from neurosql_med.data.cohort import load_cohort
@@ -72,56 +76,89 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-PAUSED = r"""
-import importlib, sys, time
-from pathlib import Path
+class Forked:
+    """A child forked from this test process that runs ``target`` as a command started anew would, with Popen's
+    interface: its exit code (-N when signal N ended it) and its output, written to ``logs``.out/.err.
 
-module, name, after, barrier = importlib.import_module(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-del sys.argv[1:5]
-real, calls = getattr(module, name), []
+    A fork shares the test process's imports, so it starts in milliseconds where a fresh
+    interpreter spends seconds importing torch and MONAI. Only a process on one CPU forks (the
+    one_cpu fixture), so the command sizes torch to one thread: a fork does not copy OpenMP's
+    threads, and a parallel region would wait for them forever. Ctrl-C raises
+    KeyboardInterrupt in it as in a terminal, even when the test run itself was started in the
+    background (which makes a shell ignore SIGINT in it and in its children).
+    """
 
+    def __init__(self, target: Callable[[], object], logs: Path) -> None:
+        self.out, self.err = logs.with_name(f"{logs.name}.out"), logs.with_name(f"{logs.name}.err")
+        self.returncode: int | None = None
+        assert len(os.sched_getaffinity(0)) == 1, "fork only from a process on one CPU: use the one_cpu fixture"
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._run(target)
 
-def then_wait(*args, **kwargs):
-    result = real(*args, **kwargs)
-    calls.append(1)
-    if len(calls) == after:
-        Path(barrier + ".reached").touch()
-        while not Path(barrier).exists():
+    def _run(self, target: Callable[[], object]) -> NoReturn:
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for fd, path in ((1, self.out), (2, self.err)):
+                handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(handle, fd)
+                os.close(handle)
+            sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
+            target()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"forked child {self.pid}", timeout)
             time.sleep(0.01)
-    return result
+        return self.returncode
 
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return self.out.read_text(), self.err.read_text()
 
-setattr(module, name, then_wait)
-from neurosql_med.cli.main import main
-sys.argv[0] = "nsql-med"
-main()
-"""
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 class Paused:
-    """``nsql-med ARGS`` as a child that stops after its ``after``-th call of ``module.name`` until released.
-
-    The call itself runs in full; the child then waits for the barrier file, so the test
-    acts on a run that is certainly still in progress, at a known point. The child reacts
-    to Ctrl-C as in a terminal, even when the test run itself was started in the
-    background (which makes a shell ignore SIGINT in it and in its children). ``launcher``
-    runs the script file PAUSED is written to (torchrun, for a run on several processes:
-    the process that makes the call pauses, its peers wait for it); else ``python -c PAUSED``.
+    """``nsql-med ARGS`` as a child that stops after its ``after``-th call of ``module.name`` until released
+    (pausing.py). A forked child of this process; or ``launcher`` (torchrun, for a run on several processes:
+    the process that makes the call pauses, its peers wait for it) started on pausing.py.
     """
 
     def __init__(self, tmp_path: Path, where: str, after: int, *args, launcher: Sequence[str] = (), **popen) -> None:
-        module, name = where.rsplit(".", 1)
+        name = where.rsplit(".", 1)[1]
         self.barrier = tmp_path / f"barrier-{name}-{after}-{len(list(tmp_path.glob('barrier-*')))}"
         if launcher:
-            script = self.barrier.with_name(f"{self.barrier.name}.py")
-            script.write_text(PAUSED)
-            command = [*launcher, str(script)]
+            self.proc = subprocess.Popen(
+                [*launcher, str(Path(pausing.__file__)), where, str(after), str(self.barrier), *map(str, args)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
         else:
-            command = [sys.executable, "-c", PAUSED]
-        self.proc = subprocess.Popen(
-            [*command, module, name, str(after), str(self.barrier), *map(str, args)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+            self.proc = Forked(lambda: pausing.main_paused(where, after, self.barrier, [*map(str, args)]), self.barrier)
         reached = Path(f"{self.barrier}.reached")
         deadline = time.monotonic() + 120
         while not reached.exists():

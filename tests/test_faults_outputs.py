@@ -23,6 +23,8 @@ import torch
 from support import Paused, cli, run_cli, write_subjects
 from neurosql_med.io.outputs import LOCK, output_lock
 
+pytestmark = pytest.mark.usefixtures("one_cpu")  # commands run here and in forked children (support.Forked)
+
 EPOCHS = "3"  # the reference fit's: checkpoints after epochs 2 and 3, then the final one
 N_RACE = 12
 
