@@ -41,8 +41,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # The modules that take longest (measured with --durations), started first under pytest-xdist
 # so that no worker is left with one of them while the other has finished. The Makefile
 # keeps this order (--no-loadscope-reorder); every other module keeps its random place.
-SLOWEST_FIRST = ("test_distributed.py", "test_faults_outputs.py", "test_c2st.py", "test_realistic_cohort.py",
-                 "test_benchmark.py", "test_utility.py")
+SLOWEST_FIRST = ("test_distributed.py", "test_c2st.py", "test_faults_outputs.py", "test_utility.py",
+                 "test_realistic_cohort.py", "test_benchmark.py", "test_labels_model.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
