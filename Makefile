@@ -34,12 +34,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-# The sample cohort's BIDS subjects are the training set; sample_data/formats holds
+# The sample cohort's BIDS subjects are the training set (the quick config: the default for fewer epochs); sample_data/formats holds
 # the same kind of scan as Analyze and DICOM, which inspect reads too.
 demo: install
 	$(BIN)/nsql-med inspect sample_data
 	$(BIN)/nsql-med inspect sample_data/formats
-	$(BIN)/nsql-med fit sample_data --out $(DEMO_OUT)/model --force
+	$(BIN)/nsql-med fit sample_data --config quick --out $(DEMO_OUT)/model --force
 	$(BIN)/nsql-med synthesize --n 16 --model $(DEMO_OUT)/model --out $(DEMO_OUT)/synth --force
 	@echo "preview of the synthetic cohort: $(DEMO_OUT)/synth/preview.png"
 
