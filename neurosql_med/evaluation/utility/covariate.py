@@ -1,9 +1,9 @@
-"""The network `regress` and `classify` train: one that must read a brain-wide signal from few subjects.
+"""The network `regress` trains: one that must read a brain-wide signal from few subjects.
 
-A MONAI ``Regressor`` / ``Classifier`` (a flattened feature map into a dense head) memorised
-the 16 training subjects of the realistic cohort (training MAE under a year of age) and
-stayed at the trivial answer on held-out subjects. Atrophy, which age and CDR act through
-there, is a global, coarse signal read against three sites' contrasts. So, each choice
+A MONAI ``Regressor`` (a flattened feature map into a dense head) memorised the 16
+training subjects of the realistic cohort (training MAE under a year of age) and stayed at
+the trivial answer on held-out subjects. Atrophy, which age acts through there, is a
+global, coarse signal read against three sites' contrasts. So, each choice
 measured on the real arm at k = 16 (docs/results/realistic.md, "Why the real arm finds no
 signal"):
 
@@ -45,7 +45,7 @@ class ForegroundRanks(nn.Module):
 def covariate_network(sample_shape: Sequence[int], outputs: int) -> nn.Module:
     """Ranks at half resolution, conv-norm-ReLU blocks, global average pooling, dropout, a linear head.
 
-    ``outputs``: 1 (regress) or the column's levels (classify). 2D or 3D, whatever ``sample_shape``.
+    ``outputs``: 1 for regress (or a class per level). 2D or 3D, whatever ``sample_shape``.
     """
     dims = len(sample_shape)
     layers: list[nn.Module] = [Pool[Pool.AVG, dims](2, ceil_mode=True), ForegroundRanks()]
