@@ -16,6 +16,7 @@ from neurosql_med.evaluation.utility import synthetic
 from neurosql_med.evaluation.utility.design import check_design, split_seed
 from neurosql_med.evaluation.utility import networks
 from neurosql_med.evaluation.utility.augment import ClassicAugmentation
+from neurosql_med.evaluation.utility.covariate import covariate_network
 from neurosql_med.evaluation.utility.networks import (
     BATCH_SIZE, Trained, TrainingSet, batches, build_network, score, train_network,
 )
@@ -119,6 +120,14 @@ def test_training_runs_exactly_its_steps_whatever_the_data_size():
         trained = train_network(task, data, 1, steps=7, seed=0, augment=None, device=torch.device("cpu"),
                                 advance=lambda: calls.append(1))
         assert trained.steps == 7 and len(calls) == 7
+
+
+def test_covariate_network_reads_ranks_so_a_sites_gain_changes_nothing():
+    net = covariate_network((32, 40), 3).eval()
+    scan = torch.zeros(2, 1, 32, 40)
+    scan[:, :, 4:28, 6:34] = 0.5 + 0.5 * torch.rand(2, 1, 24, 28)  # a brain on a zero background
+    assert torch.allclose(net(scan), net(1.7 * scan), atol=1e-6)
+    assert covariate_network((16, 24, 16), 1)(torch.rand(2, 1, 16, 24, 16)).shape == (2, 1)  # 3D volumes too
 
 
 def test_same_seed_same_initial_network_whatever_the_data(monkeypatch):
