@@ -557,6 +557,10 @@ def write_sources_md(out: Path, sources: list[str]) -> None:
         for role, (path, digest) in s.files.items():
             lines.append(f"| {s.name} ({role}) | {s.package} | {s.version} | {s.registry} | `{path}` | `{digest}` | "
                          f"{s.licence} | {s.labels} |")
+    # A tissue map computed here (Atropos) is not pinned by the package's hash: its digest tells two builds apart.
+    lines += ["", "Tissue maps as the build used them (CSF, GM, WM probabilities, float32): two builds with the same "
+              "seed and these digests are the same cohort.", "", "| source | tissue maps sha256 |", "|---|---|"]
+    lines += [f"| {SOURCES[k].name} | `{_sha256(_BRAINS[k].probs.tobytes())}` |" for k in sources]
     (out / "SOURCES.md").write_text("\n".join(lines) + "\n")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,10 @@ def test_sources_are_recorded_with_package_version_and_hashes(cohort):
     for source in sources.values():
         assert source["Version"] and source["License"] and len(source["ArchiveSHA256"]) == 64
         assert all(len(f["SHA256"]) == 64 for f in source["Files"].values())
-    assert "sha256" in (cohort / "SOURCES.md").read_text()
+    text = (cohort / "SOURCES.md").read_text()
+    assert "sha256" in text
+    maps = re.findall(r"^\| [^|]+ \| `([0-9a-f]{64})` \|$", text.split("tissue maps sha256")[1], re.M)
+    assert len(maps) == 2 and len(set(maps)) == 2  # each source brain's tissue maps, as used, told apart
 
 
 @pytest.mark.slow
