@@ -4,7 +4,8 @@
 
 VARIANTS (comma-separated): classic (the reference arm), fresh (as `synthesize` draws), fresh-notex (no
 texture), nearS (u = a training code + S * N(0, I): near-reconstructions for small S), mixA (u = a convex mix
-of two training codes, weight up to A). Each trains the real + classic + NeuroSQL arm of `nsql-med utility`
+of two training codes, weight up to A); a variant ending in ``:decay`` trains with `utility --schedule decay` (the
+synthetic share of each batch falling to 0). Each trains the real + classic + NeuroSQL arm of `nsql-med utility`
 (same network, steps, seed and test subjects: COHORT/heldout) on those cases; results.json in out, where a
 finished variant is skipped when run again.
 """
@@ -58,11 +59,11 @@ def cases(variant: str, model: NeuroSQLModel, n: int, seed: int, rng: np.random.
     raise SystemExit(f"error: unknown variant {variant!r} (classic, fresh, fresh-notex, nearS, mixA)")
 
 
-def dice(study: Study, train, synth: SyntheticCases | None, seed: int) -> float:
+def dice(study: Study, train, synth: SyntheticCases | None, seed: int, schedule: str = "constant") -> float:
     """The real + classic (+ NeuroSQL) arm of `utility`, trained and scored on the held-out subjects."""
     data = _training_set(study, train, synth, (0.0, 1.0))
     net = train_network(study.task, data, study.outputs, steps=study.steps, seed=seed,
-                        augment=ClassicAugmentation(2, seed), device=torch.device("cpu"))
+                        augment=ClassicAugmentation(2, seed), device=torch.device("cpu"), schedule=schedule)
     test = study.holdout
     return score(study.task, net, test.images, _truth(study, test), test.subjects, study.names, (0.0, 1.0))["dice"]
 
@@ -90,7 +91,9 @@ def main(argv: list[str]) -> None:
             print(variant, "done")
             continue
         started = time.time()
-        results[key] = dice(study, train, cases(variant, model, max(1, round(ratio * len(train))), seed, rng), seed)
+        name, _, schedule = variant.partition(":")
+        synth = cases(name, model, max(1, round(ratio * len(train))), seed, rng)
+        results[key] = dice(study, train, synth, seed, schedule or "constant")
         results_path.write_text(json.dumps(results, indent=1))
         print(f"{variant}: dice {results[key]:.4f} ({time.time() - started:.0f}s)", flush=True)
 
