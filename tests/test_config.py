@@ -59,3 +59,10 @@ def test_decoder_size_is_counted_on_the_meta_device():
     assert shape == [24, 32]  # tiny is 2d with slice_axis 2
     real = Decoder(len(shape), cfg.model.latent_dim, shape, cfg.model.channels).parameter_count()
     assert decoder_parameters(cfg.model, shape) == real
+
+
+def test_quick_is_the_default_with_fewer_epochs():
+    default, quick = load_config("default").to_dict(), load_config("quick").to_dict()
+    assert quick["train"]["epochs"] < default["train"]["epochs"]
+    quick["train"]["epochs"] = default["train"]["epochs"]
+    assert quick == default
