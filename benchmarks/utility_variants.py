@@ -4,8 +4,8 @@
 
 VARIANTS (comma-separated): classic (the reference arm), fresh (as `synthesize` draws), fresh-notex (no
 texture), nearS (u = a training code + S * N(0, I): near-reconstructions for small S), mixA (u = a convex mix
-of two training codes, weight up to A); a variant ending in ``:decay`` trains with `utility --schedule decay` (the
-synthetic share of each batch falling to 0). Each trains the real + classic + NeuroSQL arm of `nsql-med utility`
+of two training codes, weight up to A). A variant trains with a constant synthetic share (`utility --schedule
+constant`), or, ending in ``:decay``, with the share falling to 0 (`--schedule decay`, utility's default). Each trains the real + classic + NeuroSQL arm of `nsql-med utility`
 (same network, steps, seed and test subjects: COHORT/heldout) on those cases; results.json in out, where a
 finished variant is skipped when run again.
 """

@@ -63,7 +63,7 @@ def network_name(task: Task) -> str:
     if task.kind == "segment":
         return "MONAI UNet (channels 8/16/32, strides 2/2, 1 residual unit)"
     if task.kind == "classify":
-        return "MONAI Classifier (channels 8/16/32/64, strides 2)"
+        return f"MONAI Classifier (channels {'/'.join(map(str, CLASSIFIER_CHANNELS))}, strides 2)"
     return covariate_network_name()
 
 
