@@ -3,7 +3,7 @@
     python benchmarks/utility_variants.py K SEED RATIO VARIANTS [config=NAME] [nsql=STEPS] [cohort=DIR] [out=DIR]
 
 VARIANTS (comma-separated): classic (the reference arm), fresh (as `synthesize` draws), fresh-notex (no
-texture), nearS (u = a training code + S * N(0, I): near-reconstructions for small S), mixA (u = a convex mix
+texture), nearS (as `utility --near-codes S`: u = a training code + S * N(0, I)), mixA (u = a convex mix
 of two training codes, weight up to A). A variant trains with a constant synthetic share (`utility --schedule
 constant`), or, ending in ``:decay``, with the share falling to 0 (`--schedule decay`, utility's default). Each trains the real + classic + NeuroSQL arm of `nsql-med utility`
 (same network, steps, seed and test subjects: COHORT/heldout) on those cases; results.json in out, where a
@@ -50,8 +50,7 @@ def cases(variant: str, model: NeuroSQLModel, n: int, seed: int, rng: np.random.
     if variant == "fresh-notex":
         return decode(model, reference_draws(np.arange(n), model.latent_dim, model.lattice_kind, seed)[0], seed, False)
     if variant.startswith("near"):
-        j = rng.permutation(np.resize(np.arange(len(codes)), n))
-        return decode(model, codes[j] + float(variant[4:]) * rng.standard_normal((n, codes.shape[1])), seed)
+        return SyntheticCases(*draw(model, n, seed, float(variant[4:])), {})
     if variant.startswith("mix"):
         i, j = rng.integers(0, len(codes), n), rng.integers(0, len(codes), n)
         weight = rng.uniform(0, float(variant[3:]), (n, 1))
@@ -84,7 +83,6 @@ def main(argv: list[str]) -> None:
     model = load_model(folder) if (folder / "model.pt").exists() else fit_neurosql(train, study.nsql, folder, seed, None)[0]
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    rng = np.random.default_rng(seed)
     for variant in variants:
         key = f"{tag}:{variant}"
         if key in results or (variant == "classic" and any(r.endswith(":classic") for r in results)):
@@ -92,7 +90,8 @@ def main(argv: list[str]) -> None:
             continue
         started = time.time()
         name, _, schedule = variant.partition(":")
-        synth = cases(name, model, max(1, round(ratio * len(train))), seed, rng)
+        # One stream per variant, so a variant's cases do not depend on the order of VARIANTS.
+        synth = cases(name, model, max(1, round(ratio * len(train))), seed, np.random.default_rng(seed))
         results[key] = dice(study, train, synth, seed, schedule or "constant")
         results_path.write_text(json.dumps(results, indent=1))
         print(f"{variant}: dice {results[key]:.4f} ({time.time() - started:.0f}s)", flush=True)

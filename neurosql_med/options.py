@@ -150,5 +150,13 @@ def labels_option() -> Any:
                         "or a glob relative to each scan's folder, e.g. '*_seg.nii.gz'.", config="data.labels")
 
 
+NEAR_CODES = Range(0, 3, low_open=True)  # --near-codes S: beyond 3 a draw is as spread as a fresh one, no longer near
+
+
+def near_codes_option(help: str) -> Any:
+    return option(None, "Draw each latent near a training code instead of fresh from the reference: a code picked at "
+                        "random plus this scale times N(0, I). " + help, limits=NEAR_CODES)
+
+
 def holdout_fraction_option(default: Optional[float], help: str) -> Any:
     return option(default, help, limits=Range(0, 1, low_open=True, high_open=True))

@@ -3,11 +3,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from support import cli
 from neurosql_med.engine.lattice import near_code_draws, quantile_lattice, reference_draws
+from neurosql_med.engine.residual import texture_seeds
 from neurosql_med.errors import UserError
+from neurosql_med.evaluation.utility.synthetic import draw
 from neurosql_med.io.dicom import identity
 from neurosql_med.io.model import load_model
 from neurosql_med.synthesis.dataset import SyntheticDataset
@@ -145,3 +148,20 @@ def test_a_stack_is_drawn_near_a_subjects_code(tiny_models, tmp_path):
         info = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())["NeuroSQL"]
         assert info["near_codes"] == SCALE and info["code_index"] in stacks
     assert reproduce(images[0], model_dir)[0]
+
+
+@pytest.mark.slow
+def test_utility_cases_near_codes_are_the_draws_near_the_models_codes(tiny_models):
+    model = load_model(tiny_models.get("tiny"))
+    z, rows = near_code_draws(model.lattice[model.assignment], np.arange(5), SCALE, 3, model.lattice_kind)
+    images, labels = draw(model, 5, 3, SCALE)
+    expected, expected_labels = model.sample(z, texture_seeds(3, np.arange(5)))
+    assert torch.equal(images, expected) and (expected_labels is None or torch.equal(labels, expected_labels))
+    assert not torch.equal(draw(model, 5, 3)[0], images)  # fresh reference draws are other cases
+
+
+def test_utility_near_codes_is_refused_for_covariate_tasks(capsys, tmp_path):
+    code, _, err = cli(capsys, "utility", tmp_path, "--task", "regress:age", "--near-codes", "0.6", "--out", tmp_path / "o")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--near-codes is for --task segment" in lines[0], err
+    assert not (tmp_path / "o").exists()

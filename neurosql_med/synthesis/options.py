@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 from neurosql_med.errors import UserError
-from neurosql_med.options import MODEL_DIR, TAU, Options, Range, device_option, option
+from neurosql_med.options import MODEL_DIR, TAU, Options, Range, device_option, near_codes_option, option
 
 MAX_SAMPLES = 1_000_000  # a cohort larger than this is almost surely a typo (and many hours of writing)
 MAX_SEED = 2**63 - 1
-NEAR_CODES = Range(0, 3, low_open=True)  # --near-codes S: beyond 3 a draw is as spread as a fresh one, no longer near
 FORMATS = {"nifti": ("nifti",), "dicom": ("dicom",), "both": ("nifti", "dicom")}  # --format: what each writes
 
 
@@ -30,12 +29,10 @@ class SampleOptions(Options):
     model: Path = option(MODEL_DIR, "Model folder written by `nsql-med fit`.", names=("--model", "-m"))
     seed: int = option(0, "Seed of the latent draws; sample k of a seed never changes.", limits=Range(0, MAX_SEED))
     typicality: float = option(1.0, "Keep latents within this quantile of the reference radius (0 < Q <= 1).")
-    near_codes: Optional[float] = option(
-        None, "Draw each latent near a training code instead of fresh from the reference: a code picked at random "
-              "plus this scale times N(0, I) (0.6 beat fresh draws on real anatomy). These samples sit closer to the training images, so --audit "
-              "is advised. A slice-aware model picks among its codes at the sample's slice level; not for conditional "
-              "models, nor with --typicality below 1.",
-        limits=NEAR_CODES)
+    near_codes: Optional[float] = near_codes_option(
+        "0.6 beat fresh draws on real anatomy. These samples sit closer to the training images, so --audit is advised. "
+        "A slice-aware model picks among its codes at the sample's slice level; not for conditional models, nor with "
+        "--typicality below 1.")
     condition: Optional[str] = option(
         None, "A conditional model's covariates for every sample, e.g. \"CDR=1,Age=80,sex=F\"; those left out are "
               "drawn from the training distribution.")

@@ -18,7 +18,8 @@ from neurosql_med.io.nifti import read_provenance
 from neurosql_med.runtime import resolve_device
 from neurosql_med.synthesis.audit import MAX_REDRAWS, REDRAW_STRIDE
 from neurosql_med.synthesis.conditions import ConditionPlan
-from neurosql_med.synthesis.options import MAX_SAMPLES, MAX_SEED, NEAR_CODES
+from neurosql_med.options import NEAR_CODES
+from neurosql_med.synthesis.options import MAX_SAMPLES, MAX_SEED
 from neurosql_med.synthesis.sampling import (
     Draw, Synthesis, checked_near_codes, decode_one, dseg_of, sidecar_of, synthetic_id, versions,
     write_dicom_sample, write_dseg, write_sample,

@@ -171,6 +171,8 @@ def _how(result: dict) -> list[str]:
                          "the k subjects' range",
               "classify": "one model conditioned on the column, its cases cycling through the levels (balanced)"}[kind]
     fit_seconds = sum(f["seconds"] for f in result["fits"])
+    near = s.get("near_codes")  # absent from grids made before --near-codes
+    drawn = "fresh reference draws" if near is None else f"latents drawn near the training codes (scale {near:g})"
     return [
         "## How it was run", "",
         f"- Test subjects: {test}; never in a training set or a NeuroSQL fit. Training subjects: the first k of "
@@ -180,8 +182,8 @@ def _how(result: dict) -> list[str]:
         f"- Classic augmentation (MONAI, strength {s['classic']['strength']:g}): {'; '.join(s['classic']['transforms'])}.",
         f"- NeuroSQL: config {s['config']}, {s['nsql_steps']} generator steps per training set, fitted on the k "
         f"training subjects only: {strata}; {', '.join(f'{r:g}' for r in s['synthetic_per_real'])} synthetic "
-        f"case(s) per real training sample (a lower ratio's cases are the first of a higher one's); synthetic share "
-        f"of each batch: {s['schedule']}.",
+        f"case(s) per real training sample ({drawn}; a lower ratio's cases are the first of a higher one's); "
+        f"synthetic share of each batch: {s['schedule']}.",
         "- Regression and classification are scored per subject (mean prediction over its samples); "
         "segmentation by Dice per class over the test samples (background excluded), then their mean."
         + (f" {MEAN_PREDICTOR.strip('*').capitalize()}: the MAE of predicting every test subject as the mean of "

@@ -38,7 +38,7 @@ from neurosql_med.runtime import resolve_device
 RESULT, MARKDOWN, FIGURE = "utility.json", "utility.md", "utility.png"
 # What decides every run's result: a resumed grid must share them (k values and seeds may be added).
 FIXED = ("scans", "task", "holdout", "holdout_fraction", "synthetic_per_real", "schedule", "classic", "steps",
-         "nsql_steps", "config", "mode", "synthesis")
+         "nsql_steps", "config", "mode", "synthesis", "near_codes")
 SYNTHESIS = "conditional"  # how regress/classify cases get their targets; grids of the earlier per-stratum fits differ
 
 
@@ -72,7 +72,8 @@ def run_utility(options: UtilityOptions, *, show_progress: bool = True) -> dict:
     settings = {
         "scans": str(o.scans), "task": parsed.name, "holdout": None if o.holdout is None else str(o.holdout),
         "holdout_fraction": None if o.holdout is not None else o.test_share, "synthetic_per_real": ratios,
-        "schedule": o.schedule, "classic": {"strength": STRENGTH, "transforms": list(transforms_text())},
+        "schedule": o.schedule, "near_codes": o.near_codes,
+        "classic": {"strength": STRENGTH, "transforms": list(transforms_text())},
         "steps": o.steps, "nsql_steps": o.nsql_steps, "config": str(o.config), "mode": o.mode, "synthesis": SYNTHESIS,
         "train_subjects": ks, "seeds": seed_list, "arms": arm_names.expand(ratios),
         "device": str(resolve_device(o.device)),
@@ -126,8 +127,8 @@ def load_study(options: UtilityOptions) -> Study:
         targets = read_targets(task, [pool.discovery] + ([held.discovery] if held else []))
         names = targets.levels or []
     dev = resolve_device(o.device)
-    return Study(task, pool, held, targets, names, NeuroSQLFit(cfg, o.nsql_steps, dev.type), o.steps, _ratios(o),
-                 o.schedule, dev, Path(o.out))
+    nsql = NeuroSQLFit(cfg, o.nsql_steps, dev.type, o.near_codes)
+    return Study(task, pool, held, targets, names, nsql, o.steps, _ratios(o), o.schedule, dev, Path(o.out))
 
 
 def _ratios(options: UtilityOptions) -> list[float]:

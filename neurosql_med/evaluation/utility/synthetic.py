@@ -27,7 +27,7 @@ from torch import Tensor
 from neurosql_med.config import Config, override, with_condition
 from neurosql_med.data.cohort import Cohort
 from neurosql_med.data.covariates import attach, condition_scans, read_covariates
-from neurosql_med.engine.lattice import reference_draws
+from neurosql_med.engine.lattice import near_code_draws, reference_draws
 from neurosql_med.engine.residual import texture_seeds
 from neurosql_med.evaluation.utility.tasks import Targets, Task
 from neurosql_med.engine.model import NeuroSQLModel
@@ -39,11 +39,13 @@ from neurosql_med.training.train import fit
 
 @dataclass(frozen=True)
 class NeuroSQLFit:
-    """How every NeuroSQL model in a utility run is fitted: the config, the generator steps and the device (cpu, cuda)."""
+    """How every NeuroSQL model in a utility run is fitted and drawn: the config, the generator steps, the device
+    (cpu, cuda), and for segment cases `--near-codes` (None: fresh reference draws, as `synthesize` draws)."""
 
     cfg: Config
     steps: int
     device: str
+    near_codes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def synthetic_cases(task: Task, targets: Targets | None, train: Cohort, per_real
     started = time.monotonic()
     if task.kind == "segment" or targets is None:
         model, record = fit_neurosql(train, nsql, folder, seed, on_epoch)
-        images, labels = draw(model, n, seed)
+        images, labels = draw(model, n, seed, nsql.near_codes)
         return SyntheticCases(images, labels, {"samples": len(train), "draws": n, **record,
                                                "seconds": time.monotonic() - started})
     cohort = conditioned_cohort(task, train)
@@ -105,9 +107,14 @@ def fit_neurosql(cohort: Cohort, nsql: NeuroSQLFit, folder: Path, seed: int, on_
     return model, {"epochs": result.epochs, "steps": epochs * per_epoch, "model_sha256": result.model_sha256}
 
 
-def draw(model: NeuroSQLModel, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``n`` (>= 1) fresh samples and their label maps (zeros for an unlabelled model), decoded in bounded batches."""
-    z, _ = reference_draws(np.arange(n), model.latent_dim, model.lattice_kind, seed)
+def draw(model: NeuroSQLModel, n: int, seed: int, near_codes: float | None = None) -> tuple[Tensor, Tensor]:
+    """``n`` (>= 1) samples and their label maps (zeros for an unlabelled model), decoded in bounded batches: fresh
+    reference draws, or with ``near_codes`` the latents `synthesize --near-codes` draws."""
+    indices = np.arange(n)
+    if near_codes is None:
+        z, _ = reference_draws(indices, model.latent_dim, model.lattice_kind, seed)
+    else:
+        z, _ = near_code_draws(model.lattice[model.assignment], indices, near_codes, seed, model.lattice_kind)
     images, labels = [], []
     seeds = texture_seeds(seed, np.arange(n))
     for i in range(0, n, SAMPLE_BATCH):
