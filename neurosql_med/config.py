@@ -80,7 +80,6 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU is visible, else cpu
     amp: bool = True  # bf16 autocast for the generator on a GPU (assignment costs stay float32)
     ema: float = 0.0  # decay of an exponential moving average of the generator's weights, used for sampling; 0: off
-    code_noise: float = 0.0  # generator steps read code + this * N(0, I): G learns each code's neighbourhood; 0: off
 
 
 @dataclass
@@ -144,7 +143,7 @@ LATER_KEYS: dict[str, dict[str, Any]] = {
     "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15, "decoder": "plain", "slice_levels": 0,
               "texture_mode": "global", "subject_codes": False},
     "loss": {"gradient_weight": 0.0, "laplacian_weight": 0.0, "laplacian_levels": 4},
-    "train": {"ema": 0.0, "code_noise": 0.0},
+    "train": {"ema": 0.0},
     "data": {"anti_alias": False},
 }
 
@@ -311,8 +310,6 @@ def _check_training(cfg: Config) -> None:
         _fail("train.weight_decay", "must be >= 0")
     if not 0 <= t.ema < 1:
         _fail("train.ema", "must be in [0, 1) (0: no moving average)")
-    if t.code_noise < 0:
-        _fail("train.code_noise", "must be >= 0 (0: G reads the codes themselves)")
     if not 0 <= t.seed < SEED_RANGE:
         _fail("train.seed", f"must be between 0 and {SEED_RANGE - 1}, got {t.seed}")
     if not 0 <= a.threshold <= 1:

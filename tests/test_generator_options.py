@@ -101,16 +101,3 @@ def test_ema_weights_are_what_the_model_samples_and_a_resume_keeps_them(tmp_path
 def test_ema_outside_its_range_is_a_user_error():
     with pytest.raises(UserError, match="train.ema"):
         override(load_config("tiny"), train__ema=1.0)
-
-
-@pytest.mark.slow
-def test_code_noise_moves_the_codes_g_reads_seeded_so_a_fit_repeats(tmp_path):
-    cfg = override(load_config("tiny"), train__epochs=2, train__device="cpu")
-    cohort = load_cohort(write_subjects(tmp_path / "scans", 4), cfg.data)
-    for name, noise in (("plain", 0.0), ("a", 0.5), ("b", 0.5)):
-        fit(cohort, override(cfg, train__code_noise=noise), tmp_path / name, show_progress=False)
-    weights = {name: torch.load(tmp_path / name / "model.pt", weights_only=True)["generator"] for name in ("plain", "a", "b")}
-    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
-    assert not all(torch.equal(weights["a"][k], weights["plain"][k]) for k in weights["a"])
-    with pytest.raises(UserError, match="train.code_noise"):
-        override(cfg, train__code_noise=-0.1)

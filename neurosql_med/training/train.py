@@ -136,18 +136,9 @@ class Trainer:
         """Whether this process writes the model folder: always alone, rank 0 under torchrun."""
         return self.place.rank == 0
 
-    def inputs(self, perm: Tensor, epoch: int | None = None) -> Tensor:
-        """The generator's inputs for image i: its code lattice[perm[i]], beside its condition for a conditional model.
-
-        In a training epoch (``epoch`` given) with ``train.code_noise`` the code moves by a seeded Gaussian step, so
-        G is fitted on a neighbourhood of each code, where fresh draws land, rather than on the code alone.
-        """
-        codes = self.lattice[perm.to(self.device)]
-        sigma = self.cfg.train.code_noise
-        if epoch is not None and sigma:
-            step = torch.Generator().manual_seed(self.cfg.train.seed * 100_019 + epoch)
-            codes = codes + sigma * torch.randn(codes.shape, generator=step, dtype=codes.dtype).to(self.device)
-        return self.coding.inputs(codes)
+    def inputs(self, perm: Tensor) -> Tensor:
+        """The generator's inputs for image i: its code lattice[perm[i]], beside its condition for a conditional model."""
+        return self.coding.inputs(self.lattice[perm.to(self.device)])
 
 
 
@@ -403,7 +394,7 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
     n = len(perm)  # images: as many as lattice points, or more with subject codes (a code per stack)
     generator.train()
     order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-    inputs = trainer.inputs(perm, epoch)  # inputs[i]: the lattice point coding image i (and its condition)
+    inputs = trainer.inputs(perm)  # inputs[i]: the lattice point coding image i (and its condition)
     totals = _EpochTotals(trainer.label_names)
     for start in range(0, n, t.batch_size):
         batch = order[start:start + t.batch_size]
