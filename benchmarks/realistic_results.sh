@@ -3,7 +3,8 @@
 #   1. the cohort (make realistic-cohort);
 #   2. the classic arm's strength and the downstream step count, chosen on the real arm of bids/;
 #   3. `nsql-med utility` for segment, classify:CDR and regress:age, tested on heldout/;
-#   4. a default fit on bids/, 500 samples, and `evaluate --c2st strong` against heldout/;
+#   4. a default fit on bids/, 500 samples, and `evaluate --c2st strong` against heldout/ and against bids/ (which
+#      adds the reconstruction C2ST);
 #   5. `nsql-med benchmark` against VAE, GAN and DDPM at an equal budget.
 # STEPS="1 2" runs only those steps. One intra-op thread per process; two processes at a time.
 set -euo pipefail
@@ -30,6 +31,8 @@ if has 4; then
   "$nsql" fit "$cohort/bids" --out "$runs/model" "${resume[@]}" --threads 2
   "$nsql" synthesize --model "$runs/model" --n 500 --out "$runs/synth" --force
   "$nsql" evaluate --real "$cohort/heldout" --synth "$runs/synth" --model "$runs/model" --out "$runs/report" --c2st strong
+  # Against the training scans themselves: adds the reconstruction C2ST (G(u_σ(i)) vs x_i).
+  "$nsql" evaluate --real "$cohort/bids" --synth "$runs/synth" --model "$runs/model" --out "$runs/report-train" --c2st strong
 fi
 if has 5; then
   # The budget is wall-clock, so each method gets one core to itself (taskset where there is one). The strong C2ST

@@ -122,8 +122,8 @@ class UtilityOptions(Options):
                                     "down to 0, so training ends on real scans) or constant.",
                            choices=SCHEDULES)  # decay: +0.010 Dice over constant, 6 seeds at k = 4 (docs/decisions.md)
     near_codes: Optional[float] = near_codes_option(
-        "As `synthesize --near-codes`; segment only (covariate tasks fit conditional models). 0.6: +0.011 Dice over "
-        "real + classic at k = 4 on real anatomy, 6 seeds (docs/results/realistic.md).")
+        "As `synthesize --near-codes`; segment only (covariate tasks fit conditional models). On real anatomy 0.6 "
+        "gained no more than fresh draws (k = 4 and 8, 6 seeds; docs/results/realistic.md).")
     holdout: Optional[Path] = option(None, "Folder of test subjects' scans (default: drawn per seed).")
     holdout_fraction: Optional[float] = holdout_fraction_option(
         None, f"Share of subjects tested when no --holdout ({UTILITY_HOLDOUT}).")

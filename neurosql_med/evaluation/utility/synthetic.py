@@ -116,7 +116,7 @@ def draw(model: NeuroSQLModel, n: int, seed: int, near_codes: float | None = Non
     else:
         z, _ = near_code_draws(model.lattice[model.assignment], indices, near_codes, seed, model.lattice_kind)
     images, labels = [], []
-    seeds = texture_seeds(seed, np.arange(n))
+    seeds = texture_seeds(seed, indices)
     for i in range(0, n, SAMPLE_BATCH):
         decoded, maps = model.sample(z[i:i + SAMPLE_BATCH], seeds[i:i + SAMPLE_BATCH])
         images.append(decoded)
