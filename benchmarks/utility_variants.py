@@ -5,9 +5,9 @@
 VARIANTS (comma-separated): classic (the reference arm), fresh (as `synthesize` draws), fresh-notex (no
 texture), nearS (as `utility --near-codes S`: u = a training code + S * N(0, I)), mixA (u = a convex mix
 of two training codes, weight up to A). A variant trains with a constant synthetic share (`utility --schedule
-constant`), or, ending in ``:decay``, with the share falling to 0 (`--schedule decay`, utility's default). Each trains the real + classic + NeuroSQL arm of `nsql-med utility`
-(same network, steps, seed and test subjects: COHORT/heldout) on those cases; results.json in out, where a
-finished variant is skipped when run again.
+constant`), or, ending in ``:decay``, with the share falling to 0 (`--schedule decay`, utility's default).
+Each trains the real + classic + NeuroSQL arm of `nsql-med utility` (same network, steps, seed and test
+subjects: COHORT/heldout) on those cases; results.json in out, where a finished variant is skipped when run again.
 """
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ class UtilityOptions(Options):
             raise UserError("--train-subjects and --seeds must each name at least one value")
         if self.holdout is not None and self.holdout_fraction is not None:
             raise UserError("--holdout and --holdout-fraction exclude each other: test on a folder or on a drawn share")
-        if self.near_codes is not None and self.task != "segment":
+        if self.near_codes is not None and self.task.partition(":")[0].strip() != "segment":
             raise UserError("--near-codes is for --task segment: covariate tasks fit conditional models, whose codes "
                             "belong to their covariate strata")
 

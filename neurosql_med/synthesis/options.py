@@ -30,9 +30,9 @@ class SampleOptions(Options):
     seed: int = option(0, "Seed of the latent draws; sample k of a seed never changes.", limits=Range(0, MAX_SEED))
     typicality: float = option(1.0, "Keep latents within this quantile of the reference radius (0 < Q <= 1).")
     near_codes: Optional[float] = near_codes_option(
-        "0.6 beat fresh draws on recall and level mixing on real anatomy. These samples sit closer to the training images, so --audit is advised. "
-        "A slice-aware model picks among its codes at the sample's slice level; not for conditional models, nor with "
-        "--typicality below 1.")
+        "0.6 beat fresh draws on recall and level mixing on real anatomy. These samples sit closer to the training "
+        "images, so --audit is advised. A slice-aware model picks among its codes at the sample's slice level; not for "
+        "conditional models, nor with --typicality below 1.")
     condition: Optional[str] = option(
         None, "A conditional model's covariates for every sample, e.g. \"CDR=1,Age=80,sex=F\"; those left out are "
               "drawn from the training distribution.")
