@@ -57,6 +57,7 @@ class ModelConfig:
     slice_levels: int = 0  # 2d: strata of the relative slice level p, which G also reads; 0: slices know no level
     texture_mode: Literal["global", "tissue"] = "global"  # tissue: residual statistics per tissue class (or intensity bin)
     subject_codes: bool = False  # slice-aware 2d: one code per training scan, shared by its slices; samples are 3D stacks
+    refine_blocks: int = 0  # plain decoder: residual blocks of two 3x3 convolutions at full resolution, before the output
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when a GPU is visible, else cpu
     amp: bool = True  # bf16 autocast for the generator on a GPU (assignment costs stay float32)
     ema: float = 0.0  # decay of an exponential moving average of the generator's weights, used for sampling; 0: off
+    grad_clip: float = 0.0  # largest gradient norm a generator step applies (larger ones are scaled down); 0: off
 
 
 @dataclass
@@ -141,9 +143,9 @@ class Config:
 # section -> {key: the value that reproduces the behaviour from before the key existed}
 LATER_KEYS: dict[str, dict[str, Any]] = {
     "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15, "decoder": "plain", "slice_levels": 0,
-              "texture_mode": "global", "subject_codes": False},
+              "texture_mode": "global", "subject_codes": False, "refine_blocks": 0},
     "loss": {"gradient_weight": 0.0, "laplacian_weight": 0.0, "laplacian_levels": 4},
-    "train": {"ema": 0.0},
+    "train": {"ema": 0.0, "grad_clip": 0.0},
     "data": {"anti_alias": False},
 }
 
@@ -218,6 +220,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 MAX_LATENT_DIM = 1024  # model.latent_dim
 MAX_CHANNELS = 4096  # each width in model.channels
 MAX_STAGES = 8  # entries of model.channels; every stage doubles the grid
+MAX_REFINE_BLOCKS = 8  # model.refine_blocks: each costs two full-resolution convolutions per step
 MAX_SLICE_LEVELS = 64  # model.slice_levels: more strata than this leave a handful of slices each
 MAX_TEXTURE = 4.0  # model.texture: past a few times the residual it measures, it is noise, not texture
 MAX_SIDE = 1024  # each of data.shape
@@ -275,6 +278,10 @@ def _check_model(cfg: Config) -> None:
         _fail("model.texture_cutoff", "must be in [0, 0.5) cycles per voxel (0.5: the Nyquist frequency)")
     if not 1 <= len(m.channels) <= MAX_STAGES or any(not 1 <= c <= MAX_CHANNELS for c in m.channels):
         _fail("model.channels", f"must list 1 to {MAX_STAGES} widths, each between 1 and {MAX_CHANNELS}")
+    if not 0 <= m.refine_blocks <= MAX_REFINE_BLOCKS:
+        _fail("model.refine_blocks", f"must be between 0 (none) and {MAX_REFINE_BLOCKS}")
+    if m.refine_blocks and m.decoder != "plain":
+        _fail("model.refine_blocks", "applies to the plain decoder (model.decoder: residual has its own full-resolution block)")
     if not 0 <= m.slice_levels <= MAX_SLICE_LEVELS:
         _fail("model.slice_levels", f"must be between 0 (no slice level) and {MAX_SLICE_LEVELS}")
     if m.slice_levels and cfg.data.mode != "2d":
@@ -310,6 +317,8 @@ def _check_training(cfg: Config) -> None:
         _fail("train.weight_decay", "must be >= 0")
     if not 0 <= t.ema < 1:
         _fail("train.ema", "must be in [0, 1) (0: no moving average)")
+    if t.grad_clip < 0:
+        _fail("train.grad_clip", "must be >= 0 (0: no clipping)")
     if not 0 <= t.seed < SEED_RANGE:
         _fail("train.seed", f"must be between 0 and {SEED_RANGE - 1}, got {t.seed}")
     if not 0 <= a.threshold <= 1:

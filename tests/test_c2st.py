@@ -40,9 +40,10 @@ def centre(images: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def section(cohort) -> dict:
     """The report's C2ST section (its four tests, FAST classifier) on 64 centred real slices, 40 of them blurred as the
-    synthetic set and the real ones again as their reconstructions; several tests read it."""
+    synthetic set, the real ones again as their reconstructions, and those blurred by 1 px as the decoder's own
+    (the reconstructions without texture); several tests read it."""
     real = centre(cohort.images[:64])
-    return c2st_section(real, cohort.subjects[:64], blurred(real[:40]), reconstructions=real)
+    return c2st_section(real, cohort.subjects[:64], blurred(real[:40]), reconstructions=real, decoded=blurred(real, 1.0))
 
 
 @pytest.mark.slow
@@ -78,6 +79,7 @@ def test_section_reports_its_controls_and_the_reconstruction_test(section):
     assert controls["passed"] is True and controls["blur"]["auc"] > BLUR_MIN and controls["real_vs_real"]["auc"] < NULL_MAX
     assert section["synthetic"]["auc"] > BLUR_MIN and section["synthetic"]["n"] == [64, 40]
     assert section["reconstruction"]["auc"] < NULL_MAX  # identical "reconstructions" cannot be told apart
+    assert section["reconstruction_decoder"]["auc"] > BLUR_MIN  # a blurred decoder is seen when no texture hides it
 
 
 def test_same_seed_same_numbers():

@@ -90,6 +90,7 @@ def test_evaluate_with_a_model_reads_its_files_and_resamples_off_grid_ones(tmp_p
     report = evaluate(EvaluateOptions(real=real, synth=synth, model=model))
     assert report["counts"]["synthetic"] == 5
     assert 0 <= report["c2st"]["reconstruction"]["auc"] <= 1  # the real scans are the model's training set
+    assert 0 <= report["c2st"]["reconstruction_decoder"]["auc"] <= 1  # the tiny model has a texture: G alone, too
     assert report["inputs"]["config"] is None
 
     # a raw training scan dropped among the synthetic files is resampled onto the model's grid and caught as a copy

@@ -1,6 +1,7 @@
 """Generator options: resize-convolution upsampling and the gradient loss term, and what stays as before."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from support import synthesize_on_cpu, write_subjects
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
-from neurosql_med.engine.decoder import Decoder, build_decoder
+from neurosql_med.engine.decoder import Decoder, RefineBlock, build_decoder
 from neurosql_med.engine.losses import gradient_loss
 from neurosql_med.errors import UserError
 from neurosql_med.io.model import load_model
@@ -52,6 +53,33 @@ def test_later_keys_at_their_legacy_value_leave_the_config_hash_as_it_was():
     assert load_config("default").digest() != LEGACY_DEFAULT_DIGEST
     assert override(cfg, model__decoder="residual").digest() != LEGACY_DEFAULT_DIGEST
     assert override(cfg, loss__laplacian_weight=1.0).digest() != LEGACY_DEFAULT_DIGEST
+    assert override(cfg, model__refine_blocks=1).digest() != LEGACY_DEFAULT_DIGEST
+    assert override(cfg, train__grad_clip=1.0).digest() != LEGACY_DEFAULT_DIGEST
+
+
+@pytest.mark.parametrize(("dims", "shape"), [(2, (20, 26)), (3, (12, 14, 10))])
+def test_refine_blocks_start_as_the_decoder_without_them_and_then_learn(dims, shape):
+    torch.manual_seed(0)
+    refined = Decoder(dims, 4, shape, [16, 8, 8], num_labels=2, refine_blocks=2)
+    blocks = [m for m in refined.body if isinstance(m, RefineBlock)]
+    plain = copy.deepcopy(refined)
+    plain.body = torch.nn.Sequential(*(m for m in plain.body if not isinstance(m, RefineBlock)))
+    z = torch.randn(3, 4)
+    assert len(blocks) == 2 and torch.equal(plain(z), refined(z))  # each block starts as the identity
+    optimiser = torch.optim.SGD(refined.parameters(), lr=0.1)
+    target = torch.rand(3, 3, *shape)
+    for _ in range(2):
+        optimiser.zero_grad()
+        (refined(z) - target).abs().mean().backward()
+        optimiser.step()
+    assert all(b.out.conv.weight.abs().sum() > 0 for b in blocks)  # the zero start moves
+
+
+def test_refine_blocks_are_for_the_plain_decoder_and_bounded():
+    with pytest.raises(UserError, match="model.refine_blocks.*plain decoder"):
+        override(load_config("tiny"), model__decoder="residual", model__refine_blocks=1)
+    with pytest.raises(UserError, match="model.refine_blocks"):
+        override(load_config("tiny"), model__refine_blocks=99)
 
 
 def test_negative_gradient_weight_is_a_user_error():
@@ -81,6 +109,29 @@ def test_a_resize_and_gradient_model_fits_saves_and_reloads(tiny_models, tmp_pat
         assert all((extra > 1e-4) if ran else abs(extra) < 1e-5 for extra in beyond_image_loss), (ran, beyond_image_loss)
     synthesize_on_cpu(model_dir, tmp_path / "synth", n=2)
     assert len(list((tmp_path / "synth").rglob("*_T1w.nii.gz"))) == 2
+
+
+@pytest.mark.slow
+def test_a_refined_and_clipped_model_fits_reports_its_gradient_norms_and_reloads(tmp_path):
+    cfg = override(load_config("tiny"), model__refine_blocks=1, train__grad_clip=0.5, train__epochs=2)
+    model_dir = tmp_path / "model"
+    fit(load_cohort(write_subjects(tmp_path / "scans", 5), cfg.data), cfg, model_dir, show_progress=False)
+    model = load_model(model_dir)
+    assert model.config.model.refine_blocks == 1 and model.config.train.grad_clip == 0.5
+    assert sum(isinstance(m, RefineBlock) for m in model.generator.modules()) == 1
+    rows = [json.loads(line) for line in (model_dir / "history.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["grad_norm"] > 0 for row in rows)  # the norm before clipping, per epoch
+    synthesize_on_cpu(model_dir, tmp_path / "synth", n=2)
+    assert len(list((tmp_path / "synth").rglob("*_T1w.nii.gz"))) == 2
+
+
+@pytest.mark.slow
+def test_gradient_clipping_is_off_by_default_and_never_negative(tiny_models):
+    assert load_config("default").train.grad_clip == 0.0
+    rows = (tiny_models.get("tiny") / "history.jsonl").read_text().splitlines()
+    assert not any("grad_norm" in json.loads(line) for line in rows)
+    with pytest.raises(UserError, match="train.grad_clip"):
+        override(load_config("tiny"), train__grad_clip=-1.0)
 
 
 @pytest.mark.slow

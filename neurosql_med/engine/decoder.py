@@ -80,6 +80,25 @@ class TemplateOutput(nn.Module):
         return tuple(slice((g - o) // 2, (g - o) // 2 + o) for g, o in zip(grid, self.out_shape))
 
 
+class RefineBlock(nn.Module):
+    """Two 3x3 convolutions and a skip at full resolution, where the plain decoder otherwise has one linear convolution.
+
+    The second convolution starts at zero, so each block starts as the identity and a
+    decoder with refine blocks starts as the one without them: the blocks add detail only
+    where the loss asks for it.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int):
+        super().__init__()
+        self.conv = Convolution(spatial_dims, channels, channels, kernel_size=3, act=ACT, norm=None)
+        self.out = Convolution(spatial_dims, channels, channels, kernel_size=3, conv_only=True)
+        nn.init.zeros_(self.out.conv.weight)
+        nn.init.zeros_(self.out.conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.out(self.conv(x))
+
+
 class Decoder(TemplateOutput):
     """Linear layer to a coarse grid, then per stage a 3x3 convolution and a x2 upsampling.
 
@@ -89,12 +108,14 @@ class Decoder(TemplateOutput):
     depends on the rest of its batch. The grid is the output shape rounded up to a
     multiple of 2^stages and centre-cropped at the end, so any shape works. With
     ``num_labels`` K > 0 the same body also outputs the K label logits: one network, one
-    code per subject for its image and its anatomy (``TemplateOutput``).
+    code per subject for its image and its anatomy (``TemplateOutput``). ``refine_blocks``
+    ``RefineBlock``s at full resolution give it capacity where thin sulci and the cortical
+    ribbon live.
     """
 
     def __init__(
         self, spatial_dims: int, latent_dim: int, out_shape: Sequence[int], channels: Sequence[int], num_labels: int = 0,
-        upsample: str = "transposed",
+        upsample: str = "transposed", refine_blocks: int = 0,
     ):
         super().__init__()
         self._set_grid(spatial_dims, out_shape, channels, num_labels)
@@ -107,6 +128,7 @@ class Decoder(TemplateOutput):
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             layers.append(Convolution(spatial_dims, c_in, c_out, kernel_size=3, act=ACT, norm=None))
             layers.append(upsampler(spatial_dims, c_out, upsample))
+        layers.extend(RefineBlock(spatial_dims, channels[-1]) for _ in range(refine_blocks))
         layers.append(Convolution(spatial_dims, channels[-1], 1 + num_labels, kernel_size=3, conv_only=True))
         self.body = nn.Sequential(*layers)
         self._add_templates()
@@ -226,7 +248,7 @@ def _decoder(model: ModelConfig, sample_shape: Sequence[int], num_labels: int, c
     inputs, shape = model.latent_dim + condition_dim, tuple(sample_shape)
     if model.decoder == "residual":
         return ResidualDecoder(len(shape), inputs, shape, model.channels, num_labels)
-    return Decoder(len(shape), inputs, shape, model.channels, num_labels, model.upsample)
+    return Decoder(len(shape), inputs, shape, model.channels, num_labels, model.upsample, model.refine_blocks)
 
 
 def decoder_parameters(model: ModelConfig, sample_shape: Sequence[int], num_labels: int = 0, condition_dim: int = 0) -> int:

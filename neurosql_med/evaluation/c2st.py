@@ -192,20 +192,27 @@ def controls(real: Tensor, subjects: Sequence[str], seed: int = 0, spec: Classif
 
 
 def c2st_section(
-    real: Tensor, subjects: Sequence[str], synth: Tensor, *, reconstructions: Tensor | None = None, seed: int = 0,
-    spec: Classifier = FAST,
+    real: Tensor, subjects: Sequence[str], synth: Tensor, *, reconstructions: Tensor | None = None,
+    decoded: Tensor | None = None, seed: int = 0, spec: Classifier = FAST,
 ) -> dict:
     """The report's C2ST: synthetic vs real, reconstructions G(u_σ(i)) vs their own real images, and the controls.
 
     Each synthetic image is its own group. The reconstruction of sample i shares its
     subject, so a subject's real images and their reconstructions are always in one fold.
-    All four tests use the one classifier ``spec``.
+    ``decoded``, the reconstructions without the residual texture, is tested too when given:
+    a texture can hide a blurred decoder from the classifier, and this says how much.
+    All tests use the one classifier ``spec``.
     """
     synthetic_groups = [f"synthetic-{i}" for i in range(len(synth))]
     test = dict(seed=seed, spec=spec)
+
+    def against_own(images: Tensor | None) -> dict | None:
+        return None if images is None else two_sample_test(real, subjects, images, subjects, **test)
+
     return {
         "synthetic": two_sample_test(real, subjects, synth, synthetic_groups, **test),
-        "reconstruction": None if reconstructions is None else two_sample_test(real, subjects, reconstructions, subjects, **test),
+        "reconstruction": against_own(reconstructions),
+        "reconstruction_decoder": against_own(decoded),
         "controls": controls(real, subjects, seed, spec),
         "settings": {
             "classifier": spec.describe(), **asdict(spec),

@@ -140,9 +140,11 @@ def realism_sections(sides: Sides, c2st: str = "fast") -> dict:
     train, model = sides.train, sides.model
     sections: dict = {"texture": texture(train.images, sides.images)}
     if c2st != "off":
-        recon = model.sampled_reconstructions() if model is not None and _trained_on(model.fingerprint, train) else None
+        own = model is not None and _trained_on(model.fingerprint, train)
+        recon = model.sampled_reconstructions() if own else None
+        decoded = model.reconstructions() if own and model.texture is not None else None
         sections["c2st"] = c2st_section(train.images, train.subjects, sides.images, reconstructions=recon,
-                                        spec=CLASSIFIERS[c2st])
+                                        decoded=decoded, spec=CLASSIFIERS[c2st])
     labels = _per_sample(sides.labels, sides.labelled, len(sides.images))
     return sections | slice_sections(train, sides.images, sides.ids, labels, sides.cfg.data)
 
@@ -500,6 +502,9 @@ def realism_rows(report: Scores) -> list[tuple[str, str, str, str]]:
     ]
     recon = "n/a (needs --model and its own training scans as --real)" if c["reconstruction"] is None else _auc(c["reconstruction"])
     rows.append(("c2st", "AUC reconstructions vs real", recon, "G(u_σ(i)) vs x_i: the decoder's share"))
+    if c.get("reconstruction_decoder") is not None:
+        rows.append(("c2st", "AUC reconstructions without texture", _auc(c["reconstruction_decoder"]),
+                     "G(u_σ(i)) alone vs x_i: what the residual texture hides"))
     return rows + [
         ("c2st", "control: real vs real", _auc(controls["real_vs_real"]), f"two halves by subject; must be ≤ {controls['null_max']}"),
         ("c2st", f"control: real vs blurred σ={controls['blur_sigma']:g} px", _auc(controls["blur"]), f"must be ≥ {controls['blur_min']}"),

@@ -396,6 +396,7 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
     inputs = trainer.inputs(perm)  # inputs[i]: the lattice point coding image i (and its condition)
     totals = _EpochTotals(trainer.label_names)
+    largest = 0.0  # with train.grad_clip: the epoch's largest gradient norm before clipping (the same on every rank)
     for start in range(0, n, t.batch_size):
         batch = order[start:start + t.batch_size]
         idx, rows = place.local(batch)
@@ -409,12 +410,15 @@ def train_epoch(trainer: Trainer, perm: Tensor, epoch: int) -> dict:
             per_sample = per_sample + trainer.cfg.loss.gradient_weight * gradient_loss(pred[:, :1].float(), images[rows])
         optimizer.zero_grad(set_to_none=True)
         place.batch_loss(per_sample, len(batch)).backward()
+        if t.grad_clip:
+            largest = max(largest, float(torch.nn.utils.clip_grad_norm_(generator.parameters(), t.grad_clip)))
         optimizer.step()
         trainer.average.update(generator)
         totals.add(pred.detach().float(), labels, per_sample.detach(), image_terms, label_loss)
     trainer.scheduler.step()
     place.reduce(totals)
-    return totals.row(n, trainer.cfg.loss.ssim_weight) | {"lr": trainer.scheduler.get_last_lr()[0]}
+    clipped = {"grad_norm": largest} if t.grad_clip else {}
+    return totals.row(n, trainer.cfg.loss.ssim_weight) | {"lr": trainer.scheduler.get_last_lr()[0]} | clipped
 
 
 @dataclass

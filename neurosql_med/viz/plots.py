@@ -125,9 +125,15 @@ def real_vs_reconstruction(
     real: torch.Tensor, recon: torch.Tensor, path: Path,
     labels: tuple[torch.Tensor, torch.Tensor] | None = None, label_names: Sequence[str] | None = None,
 ) -> None:
-    """Training images above their reconstructions; ``labels`` (true, reconstructed) maps painted over each row."""
-    image_grid([("real", real), ("reconstruction", recon)], path, title="training images and their NeuroSQL reconstructions",
-               overlays=labels, label_names=label_names)
+    """Training images above their reconstructions, bare (a label overlay hides blur and grain), then with
+    ``labels`` (true, reconstructed) painted over each when given."""
+    rows = [("real", real), ("reconstruction", recon)]
+    overlays = None
+    if labels is not None:
+        rows += [("real labels", real), ("reconstructed labels", recon)]
+        overlays = [None, None, *labels]
+    image_grid(rows, path, title="training images and their NeuroSQL reconstructions", overlays=overlays,
+               label_names=label_names)
 
 
 def training_curves(history: list[dict], path: Path) -> None:
