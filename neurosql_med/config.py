@@ -55,9 +55,10 @@ class ModelConfig:
     texture_cutoff: float = 0.15  # cycles per voxel: the residual texture keeps the residual's spectrum above this
     decoder: Literal["plain", "residual"] = "plain"  # residual: modulated residual blocks at every resolution
     slice_levels: int = 0  # 2d: strata of the relative slice level p, which G also reads; 0: slices know no level
-    texture_mode: Literal["global", "tissue"] = "global"  # tissue: residual statistics per tissue class (or intensity bin)
+    texture_mode: Literal["global", "tissue", "refiner"] = "global"  # tissue: statistics per tissue class; refiner: a network draws detail first
     subject_codes: bool = False  # slice-aware 2d: one code per training scan, shared by its slices; samples are 3D stacks
     refine_blocks: int = 0  # plain decoder: residual blocks of two 3x3 convolutions at full resolution, before the output
+    refiner_steps: int = 1000  # texture_mode refiner: its training steps, after the generator's epochs
 
 
 @dataclass
@@ -143,7 +144,8 @@ class Config:
 # section -> {key: the value that reproduces the behaviour from before the key existed}
 LATER_KEYS: dict[str, dict[str, Any]] = {
     "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15, "decoder": "plain", "slice_levels": 0,
-              "texture_mode": "global", "subject_codes": False, "refine_blocks": 0},
+              "texture_mode": "global", "subject_codes": False, "refine_blocks": 0,
+              "refiner_steps": 1000},
     "loss": {"gradient_weight": 0.0, "laplacian_weight": 0.0, "laplacian_levels": 4},
     "train": {"ema": 0.0, "grad_clip": 0.0},
     "data": {"anti_alias": False},
@@ -222,6 +224,7 @@ MAX_CHANNELS = 4096  # each width in model.channels
 MAX_STAGES = 8  # entries of model.channels; every stage doubles the grid
 MAX_REFINE_BLOCKS = 8  # model.refine_blocks: each costs two full-resolution convolutions per step
 MAX_SLICE_LEVELS = 64  # model.slice_levels: more strata than this leave a handful of slices each
+MAX_REFINER_STEPS = 100_000  # model.refiner_steps
 MAX_TEXTURE = 4.0  # model.texture: past a few times the residual it measures, it is noise, not texture
 MAX_SIDE = 1024  # each of data.shape
 MAX_SAMPLE_VOXELS = 256**3  # one training sample (a 3D volume, or a 2D slice)
@@ -276,6 +279,8 @@ def _check_model(cfg: Config) -> None:
         _fail("model.texture", f"must be between 0 (no residual texture) and {MAX_TEXTURE}")
     if not 0 <= m.texture_cutoff < 0.5:
         _fail("model.texture_cutoff", "must be in [0, 0.5) cycles per voxel (0.5: the Nyquist frequency)")
+    if not 1 <= m.refiner_steps <= MAX_REFINER_STEPS:
+        _fail("model.refiner_steps", f"must be between 1 and {MAX_REFINER_STEPS}")
     if not 1 <= len(m.channels) <= MAX_STAGES or any(not 1 <= c <= MAX_CHANNELS for c in m.channels):
         _fail("model.channels", f"must list 1 to {MAX_STAGES} widths, each between 1 and {MAX_CHANNELS}")
     if not 0 <= m.refine_blocks <= MAX_REFINE_BLOCKS:

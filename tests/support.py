@@ -417,3 +417,16 @@ def assignment_problem(n: int, labels: bool = False, seed: int = 0):
     return generator, lattice, images, maps
 
 
+TISSUE_SHAPE = (32, 40)
+TISSUE_NOISE = (0.0, 0.02, 0.08)  # per class of two_tissues: background, a quiet tissue, a grainy one
+
+
+def two_tissues(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, their noise-free means, label maps): a disc of class 1 (left) and class 2 (right) on black."""
+    gen = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, TISSUE_SHAPE[0]), torch.linspace(-1, 1, TISSUE_SHAPE[1]), indexing="ij")
+    inside = ((x.square() + y.square()) < 0.6).expand(n, 1, *TISSUE_SHAPE)
+    labels = torch.where(inside, torch.where(x < 0, 1, 2), 0).long()
+    mean = torch.tensor([0.0, 0.45, 0.75])[labels]
+    sigma = torch.tensor(TISSUE_NOISE)[labels]
+    return (mean + sigma * torch.randn(mean.shape, generator=gen)).clamp(0, 1), mean, labels

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 import torch
-from support import write_subjects
+from support import TISSUE_NOISE as NOISE, TISSUE_SHAPE as SHAPE, two_tissues, write_subjects
 
 from neurosql_med.config import load_config, override
 from neurosql_med.data.cohort import load_cohort
@@ -18,19 +18,6 @@ from neurosql_med.synthesis.synthesize import synthesize
 from neurosql_med.training.train import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SHAPE = (32, 40)
-NOISE = (0.0, 0.02, 0.08)  # per class: background, a quiet tissue, a grainy one
-
-
-def two_tissues(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images, their noise-free means, label maps): a disc of class 1 (left) and class 2 (right) on black."""
-    gen = torch.Generator().manual_seed(seed)
-    y, x = torch.meshgrid(torch.linspace(-1, 1, SHAPE[0]), torch.linspace(-1, 1, SHAPE[1]), indexing="ij")
-    inside = ((x.square() + y.square()) < 0.6).expand(n, 1, *SHAPE)
-    labels = torch.where(inside, torch.where(x < 0, 1, 2), 0).long()
-    mean = torch.tensor([0.0, 0.45, 0.75])[labels]
-    sigma = torch.tensor(NOISE)[labels]
-    return (mean + sigma * torch.randn(mean.shape, generator=gen)).clamp(0, 1), mean, labels
 
 
 def test_each_tissue_gets_its_own_amplitude():

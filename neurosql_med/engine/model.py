@@ -17,6 +17,7 @@ from neurosql_med.config import Config
 from neurosql_med.engine.conditioning import ConditionSpec
 from neurosql_med.engine.decoder import TemplateOutput, split_output
 from neurosql_med.engine.levels import SliceLevels
+from neurosql_med.engine.refiner import RefinerTexture
 from neurosql_med.engine.residual import RECONSTRUCTION_STREAM, ResidualTexture, texture_seeds
 from neurosql_med.engine.tissue_texture import TissueTexture
 
@@ -42,7 +43,7 @@ class NeuroSQLModel:
     label_names: list[str] | None = None  # tissue classes of the label maps it decodes, index 0 background
     condition: ConditionSpec | None = None  # a conditional model's covariates: it decodes G(u, c)
     training_conditions: np.ndarray | None = None  # (n, width) float32: c of each training sample
-    texture: ResidualTexture | TissueTexture | None = None  # what fresh samples add to G(u) (engine/residual.py); None: nothing
+    texture: ResidualTexture | TissueTexture | RefinerTexture | None = None  # what fresh samples add to G(u) (engine/residual.py); None: nothing
     levels: SliceLevels | None = None  # a slice-aware model's: it decodes G(u, c, p) (engine/levels.py)
     training_levels: np.ndarray | None = None  # (n,) p of each training sample
 

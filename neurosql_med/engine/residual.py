@@ -145,8 +145,6 @@ def fit_texture(
     power = torch.zeros(shape, dtype=torch.float64)
     cells = (len(INTENSITY_EDGES) + 1) * (len(GRADIENT_LEVELS) + 1)
     total, count = torch.zeros(cells, dtype=torch.float64), torch.zeros(cells, dtype=torch.float64)
-    levels = round(BACKGROUND_MAX / BACKGROUND_STEP)
-    zeros, dark = torch.zeros(levels, dtype=torch.float64), torch.zeros(levels, dtype=torch.float64)
     dims = tuple(range(1, len(shape) + 1))
     for start in range(0, len(images), batch):
         recon = reconstructions[start:start + batch].float()
@@ -157,19 +155,25 @@ def fit_texture(
         cell = (level * (len(GRADIENT_LEVELS) + 1) + grad).flatten()
         total.index_add_(0, cell, high.flatten().double().square())
         count.index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
-        step = (recon / BACKGROUND_STEP).long().flatten()
-        inside = step < levels
-        dark.index_add_(0, step[inside], torch.ones(int(inside.sum()), dtype=torch.float64))
-        zeros.index_add_(0, step[inside], (images[start:start + batch] == 0).flatten()[inside].double())
     overall = float(total.sum() / count.sum().clamp_min(1))
     amplitude = torch.where(count > 0, total / count.clamp_min(1), torch.tensor(overall)).sqrt()
     normalised = power / power.mean().clamp_min(1e-30)  # a unit-variance white field filtered by it keeps unit variance
     return ResidualTexture(normalised.sqrt().float(), edges, amplitude.float().view(len(INTENSITY_EDGES) + 1, -1),
-                           float(strength), float(cutoff), background_level(zeros, dark))
+                           float(strength), float(cutoff), measured_background(images, reconstructions, batch))
 
 
-def background_level(zeros: Tensor, dark: Tensor) -> float:
-    """The end of the first run of decoded-intensity steps where the images are exactly 0 often enough."""
+def measured_background(images: Tensor, reconstructions: Tensor, batch: int = 64) -> float:
+    """The decoded intensity below which the training images are exactly 0 at least ``ZERO_SHARE`` of the time.
+
+    It is the end of the first run of decoded-intensity steps where they are.
+    """
+    steps = round(BACKGROUND_MAX / BACKGROUND_STEP)
+    zeros, dark = torch.zeros(steps, dtype=torch.float64), torch.zeros(steps, dtype=torch.float64)
+    for start in range(0, len(images), batch):
+        step = (reconstructions[start:start + batch].float() / BACKGROUND_STEP).long().flatten()
+        inside = step < steps
+        dark.index_add_(0, step[inside], torch.ones(int(inside.sum()), dtype=torch.float64))
+        zeros.index_add_(0, step[inside], (images[start:start + batch] == 0).flatten()[inside].double())
     mostly_zero = (zeros >= ZERO_SHARE * dark) & (dark > 0)
     run = int(torch.cumprod(mostly_zero.long(), 0).sum())
     return run * BACKGROUND_STEP

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from neurosql_med.engine.residual import (
-    BACKGROUND_MAX, BACKGROUND_STEP, GRADIENT_LEVELS, INTENSITY_EDGES, background_level, checked_state,
-    frequency_radius, gradient_magnitude, gradient_quantiles,
+    GRADIENT_LEVELS, INTENSITY_EDGES, checked_state,
+    frequency_radius, gradient_magnitude, gradient_quantiles, measured_background,
 )
 from neurosql_med.errors import UserError
 
@@ -100,8 +100,6 @@ class _Sums:
     power: Tensor  # (K, *shape) float64
     total: Tensor  # (K, G + 1): squared high-passed residual per class and gradient bin
     count: Tensor  # (K, G + 1): voxels
-    zeros: Tensor  # per decoded-intensity step: voxels where the image is exactly 0
-    dark: Tensor  # per decoded-intensity step: voxels
 
 
 def fit_tissue_texture(
@@ -119,11 +117,9 @@ def fit_tissue_texture(
     k = num_labels if labelled else len(INTENSITY_EDGES) + 1
     keep = (frequency_radius(shape) > cutoff).float()
     edges = gradient_quantiles(reconstructions, batch)
-    steps = round(BACKGROUND_MAX / BACKGROUND_STEP)
     cells = (k, len(GRADIENT_LEVELS) + 1)
     sums = _Sums(torch.zeros((k, *shape), dtype=torch.float64), torch.zeros(cells, dtype=torch.float64),
-                 torch.zeros(cells, dtype=torch.float64), torch.zeros(steps, dtype=torch.float64),
-                 torch.zeros(steps, dtype=torch.float64))
+                 torch.zeros(cells, dtype=torch.float64))
     for start in range(0, len(images), batch):
         part = slice(start, start + batch)
         classes = _classes(reconstructions[part], None if not labelled else (labels[part], decoded_labels[part]))
@@ -135,7 +131,7 @@ def fit_tissue_texture(
     mean_power = sums.power.flatten(1).mean(1).clamp_min(1e-30).view(k, *(1,) * len(shape))
     filters = torch.where(sums.power.flatten(1).sum(1).view_as(mean_power) > 0, sums.power / mean_power, keep.double())
     return TissueTexture(filters.sqrt().float(), edges, amplitude.float(), float(strength), float(cutoff),
-                         background_level(sums.zeros, sums.dark), labelled)
+                         measured_background(images, reconstructions, batch), labelled)
 
 
 def _classes(recon: Tensor, maps: tuple[Tensor, Tensor] | None) -> Tensor:
@@ -147,7 +143,7 @@ def _classes(recon: Tensor, maps: tuple[Tensor, Tensor] | None) -> Tensor:
 
 
 def _add(sums: _Sums, images: Tensor, recon: Tensor, classes: Tensor, keep: Tensor, edges: Tensor) -> None:
-    """One batch's residual spectra, amplitudes and background counts, per class."""
+    """One batch's residual spectra and amplitudes, per class."""
     dims = tuple(range(1, images.ndim - 1))
     residual = torch.where(classes >= 0, images - recon, 0.0)[:, 0]  # a misplaced border must not ring into its neighbours
     high = torch.fft.ifftn(torch.fft.fftn(residual, dim=dims) * keep, dim=dims).real
@@ -159,7 +155,3 @@ def _add(sums: _Sums, images: Tensor, recon: Tensor, classes: Tensor, keep: Tens
             sums.power[k] += torch.fft.fftn(high * inside, dim=dims).abs().square().sum(0).double()
             sums.total[k].index_add_(0, grad[inside], high[inside].double().square())
             sums.count[k].index_add_(0, grad[inside], torch.ones(int(inside.sum()), dtype=torch.float64))
-    step = (recon / BACKGROUND_STEP).long().flatten()
-    dark = step < len(sums.dark)
-    sums.dark.index_add_(0, step[dark], torch.ones(int(dark.sum()), dtype=torch.float64))
-    sums.zeros.index_add_(0, step[dark], (images == 0).flatten()[dark].double())

@@ -17,6 +17,7 @@ import torch
 
 from neurosql_med.bounded import read_json
 from neurosql_med.config import Config, load_config
+from neurosql_med.engine.refiner import CANDIDATES, PATCH
 from neurosql_med.io.files import write_text
 from neurosql_med.io.geometry import Geometry
 from neurosql_med.io.model import (
@@ -110,6 +111,11 @@ def _laplacian(cfg: Config) -> str:
 
 def _texture(cfg: Config) -> str:
     m = cfg.model
+    if m.texture_mode == "refiner":
+        return (f"- samples are G(u) plus the residual a small network draws from G(u), its label map and a "
+                f"white-noise map, trained for {m.refiner_steps} steps by conditional IMLE (each {PATCH}-voxel tile "
+                f"of a training image pulls the nearest of {CANDIDATES} drawn candidates towards it), then the global "
+                f"residual texture at strength {m.texture:g} ({TEXTURE})")
     if m.texture_mode == "tissue":
         return (f"- samples are G(u) plus a residual texture ({TEXTURE}, strength {m.texture:g}) per tissue: inside each "
                 f"class of the sample's own label map (or intensity bin), a Gaussian field with that class's residual "

@@ -27,6 +27,7 @@ from neurosql_med.engine.levels import SliceLevels
 from neurosql_med.engine.decoder import build_decoder, decoder_parameters
 from neurosql_med.engine.model import NeuroSQLModel
 from neurosql_med.engine.residual import ResidualTexture
+from neurosql_med.engine.refiner import FORMAT as REFINER_FORMAT, RefinerNet, RefinerTexture
 from neurosql_med.engine.tissue_texture import FORMAT as TISSUE_FORMAT, TissueTexture
 from neurosql_med.runtime import fast_cpu_math
 
@@ -63,6 +64,8 @@ def folder_bytes(cfg: Config, n: int, num_labels: int = 0, condition_width: int 
     checkpoint = weights * (4 if cfg.train.ema else 3) + 8 * n
     arrays = 8 * n * (cfg.model.latent_dim + 1)  # lattice.npy and assignment.npy
     texture = 8 * math.prod(shape) if cfg.model.texture else 0
+    if cfg.model.texture and cfg.model.texture_mode == "refiner":  # its weights, then the grain's summaries
+        texture += 4 * sum(p.numel() for p in RefinerNet(len(shape), num_labels).parameters())
     return 2 * checkpoint + arrays + texture + 32 * n * condition_width + SMALL_FILES_BYTES
 
 
@@ -182,13 +185,13 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> NeuroS
     )
 
 
-def save_texture(folder: Path, texture: ResidualTexture | TissueTexture) -> None:
+def save_texture(folder: Path, texture: ResidualTexture | TissueTexture | RefinerTexture) -> None:
     buffer = io.BytesIO()
     torch.save(texture.state(), buffer)
     write_bytes(folder / TEXTURE, buffer.getvalue())
 
 
-def _texture(path: Path, sample_shape: Sequence[int], num_labels: int) -> ResidualTexture | TissueTexture:
+def _texture(path: Path, sample_shape: Sequence[int], num_labels: int) -> ResidualTexture | TissueTexture | RefinerTexture:
     """The residual texture, tensors and numbers only (a pickled object is refused), checked against the grid."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -198,6 +201,8 @@ def _texture(path: Path, sample_shape: Sequence[int], num_labels: int) -> Residu
         raise UserError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
     if isinstance(state, dict) and state.get("format") == TISSUE_FORMAT:
         return TissueTexture.from_state(state, sample_shape, num_labels, str(path))
+    if isinstance(state, dict) and state.get("format") == REFINER_FORMAT:
+        return RefinerTexture.from_state(state, sample_shape, num_labels, str(path))
     return ResidualTexture.from_state(state, sample_shape, str(path))
 
 

@@ -37,7 +37,8 @@ from neurosql_med.io.files import write_text
 from neurosql_med.engine.lattice import quantile_lattice
 from neurosql_med.engine.losses import ImageTerms, ReconstructionLoss, dice_counts, gradient_loss
 from neurosql_med.engine.decoder import TemplateOutput, build_decoder, check_decoder_size, split_output
-from neurosql_med.engine.residual import fit_texture
+from neurosql_med.engine.refiner import RefinerTexture, fit_refiner
+from neurosql_med.engine.residual import ResidualTexture, fit_texture
 from neurosql_med.engine.tissue_texture import fit_tissue_texture
 from neurosql_med.engine.schedule import warmup_cosine
 from neurosql_med.io.model import (
@@ -239,7 +240,7 @@ def _fit(
         return FitResult(out, last_good["trainer"]["epoch"], last_good["history"], True, False, None, trainer.place.rank)
     if not trainer.writes:
         return FitResult(out, state.epoch, state.history, False, stopped_by_budget, None, trainer.place.rank)
-    return _finish(out, cohort, trainer, state, stopped_by_budget)
+    return _finish(out, cohort, trainer, state, stopped_by_budget, show_progress)
 
 
 def _out_of_time(deadline: float | None, place: distributed.Placement) -> bool:
@@ -481,7 +482,9 @@ def save_snapshot(out: Path, snap: dict) -> None:
     save_checkpoint(out / CHECKPOINT, {k: v for k, v in snap.items() if k != "history"})
 
 
-def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, stopped_by_budget: bool) -> FitResult:
+def _finish(
+    out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, stopped_by_budget: bool, show_progress: bool,
+) -> FitResult:
     """The pictures and the model card, then the hashes that mark the folder complete."""
     trainer.generator.eval()  # the live weights are the last snapshot's: it was taken after the final epoch
     plots.training_curves(state.history, out / LOSS_PLOT)
@@ -491,13 +494,13 @@ def _finish(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, st
         recon, logits = split_output(trainer.generator(trainer.inputs(state.perm)[shown.to(trainer.device)]).float().cpu())
     labels = None if logits is None else (cohort.labels[shown], logits.argmax(1, keepdim=True))
     plots.real_vs_reconstruction(cohort.images[shown], recon, out / RECON_PLOT, labels=labels, label_names=trainer.label_names)
-    _write_texture(out, cohort, trainer, state)
+    _write_texture(out, cohort, trainer, state, show_progress)
     write_model_card(out, state.history, trainer.device.type, None if cohort.label_names is None else len(cohort.label_names))
     sha = write_hashes(out)
     return FitResult(out, state.epoch, state.history, False, stopped_by_budget, sha)
 
 
-def _write_texture(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState) -> None:
+def _write_texture(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerState, show_progress: bool) -> None:
     """texture.pt from the residuals of the weights samples come from (the moving average under train.ema)."""
     model = trainer.cfg.model
     if not model.texture:
@@ -513,8 +516,27 @@ def _write_texture(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerSt
         save_texture(out, fit_texture(cohort.images, recon, model.texture, model.texture_cutoff))
         return
     decoded = None if cohort.labels is None else torch.cat([logits.argmax(1, keepdim=True) for _, logits in outputs])
+    if model.texture_mode == "refiner":
+        grain = fit_texture(cohort.images, recon, model.texture, model.texture_cutoff)
+        save_texture(out, _fit_refiner(cohort.images, recon, decoded, grain, trainer, show_progress))
+        return
     save_texture(out, fit_tissue_texture(cohort.images, recon, model.texture, model.texture_cutoff, cohort.labels, decoded,
                                          len(trainer.label_names or ())))
+
+
+def _fit_refiner(
+    images: torch.Tensor, recon: torch.Tensor, decoded: torch.Tensor | None, grain: ResidualTexture, trainer: Trainer,
+    show_progress: bool,
+) -> RefinerTexture:
+    """The stochastic refiner's steps, on the reconstructions of the weights samples come from."""
+    cfg = trainer.cfg
+    steps = cfg.model.refiner_steps
+    bar = Progress(TextColumn("[bold]refiner[/] step {task.completed}/{task.total}"), BarColumn(),
+                   TextColumn("L1 {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+    task = bar.add_task("refiner", total=steps, loss=float("nan"))
+    with bar if show_progress else contextlib.nullcontext():
+        return fit_refiner(images, recon, decoded, len(trainer.label_names or ()), grain, steps,
+                           cfg.train.seed, trainer.device, lambda step, loss: bar.update(task, completed=step, loss=loss))
 
 
 def _progress(labelled: bool) -> Progress:
