@@ -58,7 +58,7 @@ class ModelConfig:
     texture_mode: Literal["global", "tissue", "refiner"] = "global"  # tissue: statistics per tissue class; refiner: a network draws detail first
     subject_codes: bool = False  # slice-aware 2d: one code per training scan, shared by its slices; samples are 3D stacks
     refine_blocks: int = 0  # plain decoder: residual blocks of two 3x3 convolutions at full resolution, before the output
-    refiner_steps: int = 1000  # texture_mode refiner: its training steps, after the generator's epochs
+    refiner_steps: int = 1000  # texture_mode refiner: its training steps, after the generator's epochs (outside train.max_minutes)
 
 
 @dataclass
