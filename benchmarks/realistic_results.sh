@@ -5,11 +5,12 @@
 #   3. `nsql-med utility` for segment, classify:CDR and regress:age, tested on heldout/;
 #   4. a default fit on bids/, 500 samples, and `evaluate --c2st strong` against heldout/ and against bids/ (which
 #      adds the reconstruction C2ST);
-#   5. `nsql-med benchmark` against VAE, GAN and DDPM at an equal budget.
+#   5. `nsql-med benchmark` against VAE, GAN and DDPM at an equal budget;
+#   6. the generator ablation: step 4 for each generator-v2 switch (benchmarks/ablation.py), two rows at a time.
 # STEPS="1 2" runs only those steps. One intra-op thread per process; two processes at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS="${STEPS:-1 2 3 4 5}"
+STEPS="${STEPS:-1 2 3 4 5 6}"
 nsql="${NSQL_MED:-.venv/bin/nsql-med}"
 py="${PYTHON:-.venv/bin/python}"
 cohort="${COHORT:-realistic-cohort}"
@@ -27,12 +28,8 @@ if has 3; then
     benchmarks/run_utility.sh segment classify:CDR regress:age
 fi
 if has 4; then
-  resume=(); [[ -d "$runs/model" ]] && resume=(--resume)  # an interrupted fit continues
-  "$nsql" fit "$cohort/bids" --out "$runs/model" "${resume[@]}" --threads 2
-  "$nsql" synthesize --model "$runs/model" --n 500 --out "$runs/synth" --force
-  "$nsql" evaluate --real "$cohort/heldout" --synth "$runs/synth" --model "$runs/model" --out "$runs/report" --c2st strong
-  # Against the training scans themselves: adds the reconstruction C2ST (G(u_σ(i)) vs x_i).
-  "$nsql" evaluate --real "$cohort/bids" --synth "$runs/synth" --model "$runs/model" --out "$runs/report-train" --c2st strong
+  # The ablation's first row: writes $runs/ablation/default/{model,synth,report,report-train}.
+  "$py" benchmarks/ablation.py run default --cohort "$cohort" --runs "$runs/ablation" --threads 2
 fi
 if has 5; then
   # The budget is wall-clock, so each method gets one core to itself (taskset where there is one). The strong C2ST
@@ -40,4 +37,16 @@ if has 5; then
   pin=(); command -v taskset >/dev/null && (( $(nproc) > 1 )) && pin=(taskset -c 1)
   "${pin[@]}" "$nsql" benchmark "$cohort/bids" --holdout "$cohort/heldout" --seeds 0,1,2 --threads 1 \
     --c2st "${C2ST:-fast}" --out "$runs/benchmark"
+fi
+if has 6; then
+  rows=(default levels subjects residual pyramid latent8 refiner no-texture near)  # default: skipped when step 4 ran
+  pin() { if command -v taskset >/dev/null && (( $(nproc) > 1 )); then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+  for ((i = 0; i < ${#rows[@]}; i += 2)); do
+    for j in 0 1; do
+      [[ -n "${rows[i + j]:-}" ]] && pin "$j" "$py" benchmarks/ablation.py run "${rows[i + j]}" --cohort "$cohort" \
+        --runs "$runs/ablation" &
+    done
+    wait
+  done
+  "$py" benchmarks/ablation.py table --runs "$runs/ablation" > "$runs/ablation/table.md"
 fi
