@@ -1,11 +1,12 @@
 """The generator ablation on one cohort build: each switch of generator v2 on and off, one table.
 
-Every row is the default config with one switch (or the default model drawn or textured another
-way), fitted on the same training scans with the same seed and epochs, then 500 samples and
-`evaluate --c2st strong` twice: against the held-out scans (the sample C2ST and every other
-signal) and against the training scans (which adds the reconstruction C2ST).
+Every row is a built-in config (`--base`: the 2D default, or volume3d) with one switch (or the
+base model drawn or textured another way), fitted on the same training scans with the same seed
+and epochs, then 500 samples (100 volumes in 3D) and `evaluate --c2st strong` twice: against the
+held-out scans (the sample C2ST and every other signal) and against the training scans (which adds
+the reconstruction C2ST).
 
-    python benchmarks/ablation.py run NAME [--cohort realistic-cohort] [--runs realistic-runs/ablation]
+    python benchmarks/ablation.py run NAME [--base volume3d] [--cohort realistic-cohort] [--runs realistic-runs/ablation]
     python benchmarks/ablation.py table [--runs realistic-runs/ablation]
     python benchmarks/ablation.py figure OUT.png [--cohort ...] [--runs ...]
 
@@ -33,8 +34,10 @@ from neurosql_med.io.model import HASHES, load_model
 from neurosql_med.viz.plots import image_grid
 
 NSQL = [sys.executable, "-m", "neurosql_med.cli"]
-SAMPLES = 500
+SAMPLES = {"2d": 500, "3d": 100}  # a 3D sample is a whole brain
 STACK_SLICES = 12  # a subject-code model writes stacks of this many slices: SAMPLES // 12 stacks
+
+RESIDUAL = {"decoder": "residual"}  # its widths are half the base's: each stage has two convolutions
 
 # name -> (what the row changes, config overrides, the variant whose model it reuses, synthesize flags)
 VARIANTS: dict[str, tuple[str, dict, str | None, list[str]]] = {
@@ -42,13 +45,26 @@ VARIANTS: dict[str, tuple[str, dict, str | None, list[str]]] = {
     "no-texture": ("default model, `--no-texture` (G(u) alone)", {}, "default", ["--no-texture"]),
     "levels": ("1 slice levels (6 strata)", {"model": {"slice_levels": 6}}, None, []),
     "subjects": ("1 + 2 subject codes", {"model": {"slice_levels": 6, "subject_codes": True}}, None, []),
-    "residual": ("3 modulated residual decoder", {"model": {"decoder": "residual", "channels": [128, 64, 32, 16]}},
-                 None, []),
+    "residual": ("3 modulated residual decoder", {"model": RESIDUAL}, None, []),
     "pyramid": ("4 Laplacian-pyramid L1", {"loss": {"laplacian_weight": 1.0}}, None, []),
     "latent8": ("5 latent dimension 8", {"model": {"latent_dim": 8}}, None, []),
     "near": ("5 default model, draws near the codes (`--near-codes 0.6`)", {}, "default", ["--near-codes", "0.6"]),
     "refiner": ("6 refiner + global texture", {"model": {"texture_mode": "refiner"}}, None, []),
+    "tissue": ("6 per-tissue texture", {"model": {"texture_mode": "tissue"}}, None, []),
+    "residual-spectrum": ("global texture with the residual's spectrum (the default before 2026-12-08)",
+                          {"model": {"texture_spectrum": "residual"}}, None, []),
+    "combined": ("3 + 4 + 6 residual decoder, pyramid L1, refiner",
+                 {"model": {**RESIDUAL, "texture_mode": "refiner"}, "loss": {"laplacian_weight": 1.0}}, None, []),
 }
+
+
+def config_for(name: str, base_name: str) -> dict:
+    """The base config with the row's overrides; a residual decoder gets half the base's widths."""
+    base = yaml.safe_load(resources.files("neurosql_med.configs").joinpath(f"{base_name}.yaml").read_text())
+    config = merged(base, VARIANTS[name][1])
+    if config["model"].get("decoder") == "residual":
+        config["model"]["channels"] = [width // 2 for width in base["model"]["channels"]]
+    return config
 
 
 def merged(base: dict, changes: dict) -> dict:
@@ -69,7 +85,7 @@ def step(done: Path, command: list[str], timings: Path, name: str) -> None:
     timings.write_text(json.dumps(times, indent=2))
 
 
-def run(name: str, cohort: Path, runs: Path, threads: int) -> None:
+def run(name: str, base: str, cohort: Path, runs: Path, threads: int) -> None:
     _, changes, reuse, flags = VARIANTS[name]
     folder = runs / name
     model = runs / reuse / "model" if reuse else folder / "model"
@@ -78,20 +94,21 @@ def run(name: str, cohort: Path, runs: Path, threads: int) -> None:
         sys.exit(f"error: run the {reuse} row first: this row draws from its model")
     folder.mkdir(parents=True, exist_ok=True)
     timings = folder / "seconds.json"
+    config = folder / "config.yaml" if reuse is None else runs / reuse / "config.yaml"
     if reuse is None:
-        base = yaml.safe_load(resources.files("neurosql_med.configs").joinpath("default.yaml").read_text())
-        config = folder / "config.yaml"
-        config.write_text(yaml.safe_dump(merged(base, changes), sort_keys=False))
+        config.write_text(yaml.safe_dump(config_for(name, base), sort_keys=False))
         resume = ["--resume"] if model.exists() else []  # an interrupted fit continues
         step(finished, NSQL + ["fit", str(cohort / "bids"), "--config", str(config), "--out", str(model),
                                "--threads", str(threads)] + resume, timings, "fit")
-    n = SAMPLES // STACK_SLICES if changes.get("model", {}).get("subject_codes") else SAMPLES
+    mode = yaml.safe_load(config.read_text())["data"]["mode"]
+    samples = SAMPLES[mode]
+    n = samples // STACK_SLICES if changes.get("model", {}).get("subject_codes") else samples
     synth = folder / "synth"
     step(synth, NSQL + ["synthesize", "--model", str(model), "--n", str(n), "--out", str(synth), "--threads",
                         str(threads)] + flags, timings, "synthesize")
     for target, real in (("report", "heldout"), ("report-train", "bids")):
-        if real == "bids" and name == "near":
-            continue  # same decoder as the default row: its reconstructions are that row's
+        if real == "bids" and (name == "near" or (mode == "3d" and name != "default")):
+            continue  # near: the default row's decoder; 3D: over half an hour on one core, so the default row's only
         step(folder / target / "report.json", NSQL + ["evaluate", "--real", str(cohort / real), "--synth", str(synth),
                                                      "--model", str(model), "--out", str(folder / target),
                                                      "--c2st", "strong", "--threads", str(threads)], timings, target)
@@ -144,7 +161,8 @@ HEADER = ("| row | fit s | training SSIM / Dice | C2ST vs held-out | C2ST vs tra
 
 
 def table(runs: Path) -> str:
-    return "\n".join([HEADER, *(row(name, runs) for name in VARIANTS)])
+    """The rows run so far under ``runs``, in the order of VARIANTS."""
+    return "\n".join([HEADER, *(row(name, runs) for name in VARIANTS if (runs / name).is_dir())])
 
 
 def figure(out: Path, cohort: Path, runs: Path, columns: int = 6) -> None:
@@ -163,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["run", "table", "figure"])
     parser.add_argument("name", nargs="?", help="run: a row (" + ", ".join(VARIANTS) + "); figure: the PNG to write")
+    parser.add_argument("--base", choices=["default", "volume3d"], default="default", help="run: the built-in config of every row")
     parser.add_argument("--cohort", type=Path, default=Path("realistic-cohort"))
     parser.add_argument("--runs", type=Path, default=Path("realistic-runs/ablation"))
     parser.add_argument("--threads", type=int, default=1)
@@ -170,7 +189,7 @@ def main() -> None:
     if args.what == "run":
         if args.name not in VARIANTS:
             parser.error(f"run needs a row: one of {', '.join(VARIANTS)}")
-        run(args.name, args.cohort, args.runs, args.threads)
+        run(args.name, args.base, args.cohort, args.runs, args.threads)
     elif args.what == "figure":
         figure(Path(args.name or "ablation.png"), args.cohort, args.runs)
     else:

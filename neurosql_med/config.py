@@ -53,6 +53,7 @@ class ModelConfig:
     upsample: Literal["transposed", "resize"] = "transposed"  # plain decoder: resize = nearest x2 then a 3x3 convolution
     texture: float = 0.0  # strength of the residual texture fresh samples get (engine/residual.py); 0: none, G(u) alone
     texture_cutoff: float = 0.15  # cycles per voxel: the residual texture keeps the residual's spectrum above this
+    texture_spectrum: Literal["residual", "lacking"] = "residual"  # global texture: the residual's spectrum, or the power G lacks, P(x) - P(G(u))
     decoder: Literal["plain", "residual"] = "plain"  # residual: modulated residual blocks at every resolution
     slice_levels: int = 0  # 2d: strata of the relative slice level p, which G also reads; 0: slices know no level
     texture_mode: Literal["global", "tissue", "refiner"] = "global"  # tissue: statistics per tissue class; refiner: a network draws detail first
@@ -145,7 +146,7 @@ class Config:
 LATER_KEYS: dict[str, dict[str, Any]] = {
     "model": {"upsample": "transposed", "texture": 0.0, "texture_cutoff": 0.15, "decoder": "plain", "slice_levels": 0,
               "texture_mode": "global", "subject_codes": False, "refine_blocks": 0,
-              "refiner_steps": 1000},
+              "refiner_steps": 1000, "texture_spectrum": "residual"},
     "loss": {"gradient_weight": 0.0, "laplacian_weight": 0.0, "laplacian_levels": 4},
     "train": {"ema": 0.0, "grad_clip": 0.0},
     "data": {"anti_alias": False},

@@ -44,9 +44,10 @@ def test_the_transposed_default_is_the_decoder_older_models_were_saved_with():
 
 
 def test_later_keys_at_their_legacy_value_leave_the_config_hash_as_it_was():
-    # the built-in configs turn the texture and anti-aliased resampling on
-    cfg = override(load_config("default"), model__texture=0.0, data__anti_alias=False)
+    # the built-in configs turn the texture, its lacking-power spectrum and anti-aliased resampling on
+    cfg = override(load_config("default"), model__texture=0.0, model__texture_spectrum="residual", data__anti_alias=False)
     assert cfg.digest() == LEGACY_DEFAULT_DIGEST
+    assert override(cfg, model__texture_spectrum="lacking").digest() != LEGACY_DEFAULT_DIGEST
     assert override(cfg, data__anti_alias=True).digest() != LEGACY_DEFAULT_DIGEST
     assert override(cfg, model__upsample="resize").digest() != LEGACY_DEFAULT_DIGEST
     assert override(cfg, loss__gradient_weight=0.5).digest() != LEGACY_DEFAULT_DIGEST

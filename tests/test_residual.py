@@ -75,6 +75,27 @@ def test_texture_brings_the_high_frequency_power_of_the_means_up_to_the_images()
     assert 0 <= float(textured.min()) and float(textured.max()) <= 1
 
 
+def high_power(images: torch.Tensor) -> float:
+    """The mean power per image above 0.15 cycles per voxel."""
+    keep = frequency_radius(SHAPE) > 0.15
+    return float((torch.fft.fft2(images[:, 0].double()).abs().square() * keep).sum((1, 2)).mean())
+
+
+def test_the_lacking_spectrum_adds_the_power_the_decoder_lacks_where_the_residual_spectrum_misses_it():
+    # G keeps part of each image's detail (a low-pass of it), as a decoder keeps part of the fine anatomy: the
+    # residual then holds only the rest, and G plus a field of the residual's power falls short of the images.
+    gen = torch.Generator().manual_seed(0)
+    images = 0.5 + 0.05 * torch.randn((48, 1, *SHAPE), generator=gen)
+    low_pass = torch.exp(-(frequency_radius(SHAPE) / 0.4).square())
+    decoded = torch.fft.ifft2(torch.fft.fft2(images[:, 0]) * low_pass).real[:, None]
+    seeds = texture_seeds(0, range(len(images)))
+    lacking = fit_texture(images, decoded, strength=1.0, cutoff=0.15, spectrum="lacking").apply(decoded, seeds)
+    residual = fit_texture(images, decoded, strength=1.0, cutoff=0.15).apply(decoded, seeds)
+    real = high_power(images)
+    assert high_power(lacking) == pytest.approx(real, rel=0.08)
+    assert high_power(residual) < 0.85 * real
+
+
 def test_an_image_texture_depends_on_its_seed_only_never_on_its_batch():
     images, mean = smooth_and_noisy()
     fitted = fit_texture(images, mean, strength=0.85, cutoff=0.15)
@@ -159,7 +180,7 @@ def test_the_cli_writes_smooth_means_with_no_texture(tiny_models, tmp_path, caps
 
 
 @pytest.mark.parametrize(("key", "value"), [("model__texture", -0.1), ("model__texture", 5.0),
-                                            ("model__texture_cutoff", 0.5)])
+                                            ("model__texture_cutoff", 0.5), ("model__texture_spectrum", "power")])
 def test_config_refuses_texture_values_that_cannot_work(key, value):
     with pytest.raises(UserError, match=key.replace("__", ".")):
         override(load_config("tiny"), **{key: value})

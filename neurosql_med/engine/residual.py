@@ -6,7 +6,13 @@ every reconstruction from a real image (AUC 1.0, `evaluation/c2st.py`). After a 
 training residuals r_i = x_i - G(u_σ(i)) are summarised by two statistics (and a level, below):
 
 - their power spectrum above ``cutoff`` cycles per voxel: below it the residual is
-  anatomy the decoder placed differently, which a random field would only turn into blobs;
+  anatomy the decoder placed differently, which a random field would only turn into blobs.
+  With ``spectrum="lacking"`` the field's spectrum is instead the power the decoder lacks,
+  P(x) - P(G(u_σ(i))), and the field is scaled to add that much: G's own high frequencies
+  are partly misplaced detail, so x - G holds them twice (once as G's, once as x's), and a
+  field with the residual's spectrum gave samples too much power near the Nyquist frequency
+  (1.26x the real at 0.66 cycles per voxel) and too little below it. Measured on the realistic
+  cohort (docs/results/generator-v2.md, "Where the strong classifier looks");
 - the rms of that high-passed residual as a function of the decoded intensity and the
   local gradient magnitude of G(u): noise is stronger in tissue than in the background,
   and the decoder's misfit gathers at tissue borders, so the amplitude follows each
@@ -133,33 +139,47 @@ def frequency_radius(shape: Sequence[int]) -> Tensor:
 
 
 def fit_texture(
-    images: Tensor, reconstructions: Tensor, strength: float, cutoff: float, batch: int = 64,
+    images: Tensor, reconstructions: Tensor, strength: float, cutoff: float, spectrum: str = "residual", batch: int = 64,
 ) -> ResidualTexture:
     """The residual texture of a fitted model, from its training images and their reconstructions G(u_σ(i)).
 
     Both are (N, 1, *sample_shape) on the CPU; they are read ``batch`` images at a time.
+    ``spectrum``: "residual" (the residual's power spectrum) or "lacking" (P(x) - P(G), see the module's docstring).
     """
     shape = tuple(images.shape[2:])
     keep = (frequency_radius(shape) > cutoff).float()
     edges = gradient_quantiles(reconstructions, batch)
     power = torch.zeros(shape, dtype=torch.float64)
+    lacking = torch.zeros(shape, dtype=torch.float64)  # sum of P(x) - P(G) per frequency
     cells = (len(INTENSITY_EDGES) + 1) * (len(GRADIENT_LEVELS) + 1)
     total, count = torch.zeros(cells, dtype=torch.float64), torch.zeros(cells, dtype=torch.float64)
     dims = tuple(range(1, len(shape) + 1))
     for start in range(0, len(images), batch):
         recon = reconstructions[start:start + batch].float()
-        spectrum = torch.fft.fftn((images[start:start + batch].float() - recon)[:, 0], dim=dims) * keep
-        power += spectrum.abs().square().sum(0).double()
-        high = torch.fft.ifftn(spectrum, dim=dims).real[:, None]
+        residual = torch.fft.fftn((images[start:start + batch].float() - recon)[:, 0], dim=dims) * keep
+        power += residual.abs().square().sum(0).double()
+        if spectrum == "lacking":
+            lacking += (power_sum(images[start:start + batch]) - power_sum(recon)) * keep
+        high = torch.fft.ifftn(residual, dim=dims).real[:, None]
         level, grad = bins(recon, edges)
         cell = (level * (len(GRADIENT_LEVELS) + 1) + grad).flatten()
         total.index_add_(0, cell, high.flatten().double().square())
         count.index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
     overall = float(total.sum() / count.sum().clamp_min(1))
     amplitude = torch.where(count > 0, total / count.clamp_min(1), torch.tensor(overall)).sqrt()
+    if spectrum == "lacking":
+        lacking = lacking.clamp_min(0)
+        amplitude = amplitude * float((lacking.sum() / power.sum().clamp_min(1e-30)).sqrt())  # add the power G lacks
+        power = lacking
     normalised = power / power.mean().clamp_min(1e-30)  # a unit-variance white field filtered by it keeps unit variance
     return ResidualTexture(normalised.sqrt().float(), edges, amplitude.float().view(len(INTENSITY_EDGES) + 1, -1),
                            float(strength), float(cutoff), measured_background(images, reconstructions, batch))
+
+
+def power_sum(images: Tensor) -> Tensor:
+    """The sum over ``images`` (N, 1, *spatial) of their power spectra |FFT|^2, (*spatial) float64."""
+    dims = tuple(range(1, images.ndim - 1))
+    return torch.fft.fftn(images[:, 0].double(), dim=dims).abs().square().sum(0)
 
 
 def measured_background(images: Tensor, reconstructions: Tensor, batch: int = 64) -> float:

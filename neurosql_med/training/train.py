@@ -513,11 +513,11 @@ def _write_texture(out: Path, cohort: Cohort, trainer: Trainer, state: TrainerSt
                    for i in range(0, len(inputs), TEXTURE_BATCH)]
     recon = torch.cat([image for image, _ in outputs])
     if model.texture_mode == "global":
-        save_texture(out, fit_texture(cohort.images, recon, model.texture, model.texture_cutoff))
+        save_texture(out, fit_texture(cohort.images, recon, model.texture, model.texture_cutoff, model.texture_spectrum))
         return
     decoded = None if cohort.labels is None else torch.cat([logits.argmax(1, keepdim=True) for _, logits in outputs])
     if model.texture_mode == "refiner":
-        grain = fit_texture(cohort.images, recon, model.texture, model.texture_cutoff)
+        grain = fit_texture(cohort.images, recon, model.texture, model.texture_cutoff, model.texture_spectrum)
         save_texture(out, _fit_refiner(cohort.images, recon, decoded, grain, trainer, show_progress))
         return
     save_texture(out, fit_tissue_texture(cohort.images, recon, model.texture, model.texture_cutoff, cohort.labels, decoded,

@@ -1,0 +1,183 @@
+"""Where does the strong C2ST see the samples of a 2D model? Its samples and held-out slices, probed one way at a time.
+
+    python benchmarks/c2st_probe.py MODEL COHORT PROBE[,PROBE...] [--n 500] [--seed 7]
+
+MODEL is a fitted 2D model folder with a global residual texture (the ablation's default row); COHORT holds bids/
+(the model's training scans) and heldout/. Every probe decodes the same ``--n`` fresh draws and runs the strong
+two-sample test (`evaluation/c2st.py`, folds grouped by subject) against the held-out slices. Probes:
+
+  as-fitted         the samples as `synthesize` makes them (G(u) + the model's texture)
+  blur1             both sides blurred alike (Gaussian, sigma 1 px): is anything left below the fine detail?
+  highpass          both sides as x - blur1(x) + 0.5: the fine detail alone
+  subject-nearest   the texture refitted per training subject, each sample textured as the subject of its nearest code
+  subject-random    the same, a random subject per sample (is matching the acquisition what matters?)
+  site-nearest      the texture refitted per site (participants.tsv `site`), the site of the sample's nearest code
+  flat-amplitude    the model's texture with the amplitude of the flattest gradient bin everywhere (no extra noise at edges)
+  spectral          the texture's spectrum made what the decoder lacks, P(real) - P(G), not the residual's, and its
+                    amplitude scaled to add that much power: samples then carry the real power at every frequency
+  real-textured     held-out slices against the *training* slices with the model's texture added: is the noise
+                    itself told apart, on real anatomy? (groups: the training subjects)
+  real-smoothed     the same, the training slices first low-passed to the decoder's power spectrum (the radial
+                    ratio of P(G(u_σ(i))) to P(x)): real anatomy as smooth as G's, then the texture
+  real-training     held-out against training slices, nothing added: the control for the two above
+  label-background  outside the decoded brain (label 0) no texture, and G(u) mapped by the quantiles of the training
+                    scans' own background (mostly exactly 0) against their reconstructions' there; inside, as fitted
+
+One thread; each probe takes about 4 minutes on one core of the development machine.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import GaussianSmooth
+from torch import Tensor
+
+from neurosql_med.data.cohort import Cohort, load_cohort
+from neurosql_med.engine.model import NeuroSQLModel
+from neurosql_med.engine.residual import ResidualTexture, fit_texture, frequency_radius, texture_seeds
+from neurosql_med.evaluation.c2st import two_sample_test
+from neurosql_med.evaluation.options import STRONG
+from neurosql_med.io.model import load_model
+
+
+def blurred(images: Tensor, sigma: float) -> Tensor:
+    return torch.stack([GaussianSmooth(sigma=sigma)(image) for image in images]).float()
+
+
+def refitted(model: NeuroSQLModel, train: Cohort, groups: np.ndarray) -> dict[str, ResidualTexture]:
+    """The model's texture fitted again on each group of training slices (same strength and cutoff)."""
+    recon, texture = model.reconstructions(), model.texture
+    return {g: fit_texture(train.images[torch.as_tensor(groups == g)], recon[torch.as_tensor(groups == g)],
+                           texture.strength, texture.cutoff) for g in sorted(set(groups))}
+
+
+def power(images: Tensor) -> Tensor:
+    return (torch.fft.fftn(images[:, 0].double(), dim=(1, 2)).abs() ** 2).mean(0)
+
+
+def spectral(model: NeuroSQLModel, cohort: Path) -> ResidualTexture:
+    """The model's texture with the spectrum the decoder lacks, P(x) - P(G(u_σ(i))) above the cutoff, at the power it lacks."""
+    texture, recon = model.texture, model.reconstructions()
+    images = load_cohort(cohort / "bids", model.config.data).images
+    keep = frequency_radius(recon.shape[2:]) > texture.cutoff
+    lacking = ((power(images) - power(recon)).clamp_min(0) * keep)
+    residual = power(images - recon) * keep
+    scale = float((lacking.sum() / residual.sum()).sqrt())  # the bins' rms were measured on the residual's power
+    return dataclasses.replace(texture, filter=(lacking / lacking.mean()).sqrt().float(),
+                               amplitude=texture.amplitude * scale)
+
+
+def background_map(model: NeuroSQLModel, cohort: Path, points: int = 1001) -> Callable[[Tensor], Tensor]:
+    """A monotone map of decoded intensities outside the brain onto the training scans' own intensities there."""
+    images = load_cohort(cohort / "bids", model.config.data).images
+    outside = model.reconstructed_labels() == 0
+    levels = np.linspace(0, 1, points)
+    source = np.quantile(model.reconstructions()[outside].numpy(), levels)
+    target = np.quantile(images[outside].numpy(), levels)
+    return lambda x: torch.from_numpy(np.interp(x.numpy(), source, target).astype(np.float32))
+
+
+def smoothed(images: Tensor, model: NeuroSQLModel, rings: int = 32) -> Tensor:
+    """``images`` low-passed by the decoder's radial power ratio sqrt(P(G(u_σ(i))) / P(x)), capped at 1."""
+    ratio = power(model.reconstructions()) / power(images).clamp_min(1e-12)
+    radius = frequency_radius(images.shape[2:]).double()
+    ring = torch.bucketize(radius, torch.linspace(0, float(radius.max()) + 1e-9, rings + 1))
+    gain = torch.zeros_like(radius)
+    for r in ring.unique():
+        gain[ring == r] = ratio[ring == r].mean().clamp(max=1).sqrt()
+    return torch.fft.ifftn(torch.fft.fftn(images[:, 0].double(), dim=(1, 2)) * gain, dim=(1, 2)).real.float()[:, None].clamp(0, 1)
+
+
+Probe = Callable[[], tuple[Tensor, Tensor, list[str] | None]]
+
+
+def probes(model: NeuroSQLModel, cohort: Path, n: int, seed: int) -> dict[str, Probe]:
+    """Each probe: () -> (held-out slices, the other side, its groups or None: one per sample), filtered alike."""
+    held = load_cohort(cohort / "heldout", model.config.data).images
+    z = np.random.default_rng(seed).standard_normal((n, model.latent_dim)).astype(np.float32)
+    decoded = torch.cat([model.decode(z[i:i + 64]) for i in range(0, n, 64)])
+    seeds = texture_seeds(seed, range(n))
+    texture = model.texture
+    samples = texture.apply(decoded, seeds)
+
+    def per_sample(pick: Callable[[int], ResidualTexture]) -> Tensor:
+        return torch.cat([pick(b).apply(decoded[b:b + 1], seeds[b:b + 1]) for b in range(n)])
+
+    def by_nearest_code(groups: str) -> tuple[Tensor, Tensor]:
+        train = load_cohort(cohort / "bids", model.config.data)
+        subjects = np.array(train.subjects)
+        if groups == "site":
+            with (cohort / "bids" / "participants.tsv").open() as table:
+                site = {row["participant_id"]: row["site"] for row in csv.DictReader(table, delimiter="\t")}
+            subjects = np.array([site[s] for s in subjects])
+        textures = refitted(model, train, subjects)
+        codes = model.lattice[model.assignment]
+        nearest = ((z[:, None, :] - codes[None]) ** 2).sum(-1).argmin(1)
+        if groups == "random":
+            nearest = np.random.default_rng(seed).integers(len(subjects), size=n)
+        return held, per_sample(lambda b: textures[subjects[nearest[b]]]), None
+
+    def real_training(how: str) -> tuple[Tensor, Tensor, list[str]]:
+        train = load_cohort(cohort / "bids", model.config.data)
+        images = smoothed(train.images, model) if how == "smoothed" else train.images
+        if how != "plain":
+            images = texture.apply(images, texture_seeds(seed, range(len(images))))
+        return held, images, train.subjects
+
+    def label_background() -> Tensor:
+        labels = model.decode_with_labels(z)[1]
+        outside = background_map(model, cohort)(decoded)
+        return torch.where(labels == 0, outside, samples)
+
+    flat = dataclasses.replace(texture, amplitude=texture.amplitude[:, :1].expand_as(texture.amplitude).contiguous())
+    return {
+        "as-fitted": lambda: (held, samples, None),
+        "blur1": lambda: (blurred(held, 1.0), blurred(samples, 1.0), None),
+        "highpass": lambda: ((held - blurred(held, 1.0) + 0.5).clamp(0, 1), (samples - blurred(samples, 1.0) + 0.5).clamp(0, 1),
+                             None),
+        "subject-nearest": lambda: by_nearest_code("subject"),
+        "subject-random": lambda: by_nearest_code("random"),
+        "site-nearest": lambda: by_nearest_code("site"),
+        "flat-amplitude": lambda: (held, flat.apply(decoded, seeds), None),
+        "spectral": lambda: (held, spectral(model, cohort).apply(decoded, seeds), None),
+        "real-textured": lambda: real_training("textured"),
+        "real-smoothed": lambda: real_training("smoothed"),
+        "real-training": lambda: real_training("plain"),
+        "label-background": lambda: (held, label_background(), None),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("cohort", type=Path)
+    parser.add_argument("probes", help="comma-separated")
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = load_model(args.model)
+    if model.config.data.mode != "2d" or not isinstance(model.texture, ResidualTexture):
+        parser.error("the probes need a 2D model with the global residual texture (model.texture_mode: global)")
+    held_subjects = load_cohort(args.cohort / "heldout", model.config.data).subjects
+    found = probes(model, args.cohort, args.n, args.seed)
+    for name in args.probes.split(","):
+        if name not in found:
+            parser.error(f"unknown probe {name!r}; one of {', '.join(found)}")
+        start = time.perf_counter()
+        real, other, groups = found[name]()
+        groups = groups or [f"sample-{i}" for i in range(len(other))]
+        test = two_sample_test(real, held_subjects, other, groups, spec=STRONG)
+        print(f"{name} | strong C2ST AUC {test['auc']:.3f} ± {test['auc_std']:.3f} | {time.perf_counter() - start:.0f} s",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
