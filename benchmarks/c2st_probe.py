@@ -15,6 +15,7 @@ two-sample test (`evaluation/c2st.py`, folds grouped by subject) against the hel
   flat-amplitude    the model's texture with the amplitude of the flattest gradient bin everywhere (no extra noise at edges)
   spectral          the texture's spectrum made what the decoder lacks, P(real) - P(G), not the residual's, and its
                     amplitude scaled to add that much power: samples then carry the real power at every frequency
+  residual-spectrum the texture refitted with the residual's spectrum (`model.texture_spectrum: residual`)
   real-textured     held-out slices against the *training* slices with the model's texture added: is the noise
                     itself told apart, on real anatomy? (groups: the training subjects)
   real-smoothed     the same, the training slices first low-passed to the decoder's power spectrum (the radial
@@ -147,6 +148,9 @@ def probes(model: NeuroSQLModel, cohort: Path, n: int, seed: int) -> dict[str, P
         "site-nearest": lambda: by_nearest_code("site"),
         "flat-amplitude": lambda: (held, flat.apply(decoded, seeds), None),
         "spectral": lambda: (held, spectral(model, cohort).apply(decoded, seeds), None),
+        "residual-spectrum": lambda: (held, fit_texture(load_cohort(cohort / "bids", model.config.data).images,
+                                                        model.reconstructions(), texture.strength, texture.cutoff,
+                                                        "residual").apply(decoded, seeds), None),
         "real-textured": lambda: real_training("textured"),
         "real-smoothed": lambda: real_training("smoothed"),
         "real-training": lambda: real_training("plain"),
