@@ -16,11 +16,6 @@ two-sample test (`evaluation/c2st.py`, folds grouped by subject) against the hel
   spectral          the texture's spectrum made what the decoder lacks, P(real) - P(G), not the residual's, and its
                     amplitude scaled to add that much power: samples then carry the real power at every frequency
   residual-spectrum the texture refitted with the residual's spectrum (`model.texture_spectrum: residual`)
-  real-textured     held-out slices against the *training* slices with the model's texture added: is the noise
-                    itself told apart, on real anatomy? (groups: the training subjects)
-  real-smoothed     the same, the training slices first low-passed to the decoder's power spectrum (the radial
-                    ratio of P(G(u_σ(i))) to P(x)): real anatomy as smooth as G's, then the texture
-  real-training     held-out against training slices, nothing added: the control for the two above
   label-background  outside the decoded brain (label 0) no texture, and G(u) mapped by the quantiles of the training
                     scans' own background (mostly exactly 0) against their reconstructions' there; inside, as fitted
 
@@ -85,22 +80,11 @@ def background_map(model: NeuroSQLModel, cohort: Path, points: int = 1001) -> Ca
     return lambda x: torch.from_numpy(np.interp(x.numpy(), source, target).astype(np.float32))
 
 
-def smoothed(images: Tensor, model: NeuroSQLModel, rings: int = 32) -> Tensor:
-    """``images`` low-passed by the decoder's radial power ratio sqrt(P(G(u_σ(i))) / P(x)), capped at 1."""
-    ratio = power(model.reconstructions()) / power(images).clamp_min(1e-12)
-    radius = frequency_radius(images.shape[2:]).double()
-    ring = torch.bucketize(radius, torch.linspace(0, float(radius.max()) + 1e-9, rings + 1))
-    gain = torch.zeros_like(radius)
-    for r in ring.unique():
-        gain[ring == r] = ratio[ring == r].mean().clamp(max=1).sqrt()
-    return torch.fft.ifftn(torch.fft.fftn(images[:, 0].double(), dim=(1, 2)) * gain, dim=(1, 2)).real.float()[:, None].clamp(0, 1)
-
-
-Probe = Callable[[], tuple[Tensor, Tensor, list[str] | None]]
+Probe = Callable[[], tuple[Tensor, Tensor]]
 
 
 def probes(model: NeuroSQLModel, cohort: Path, n: int, seed: int) -> dict[str, Probe]:
-    """Each probe: () -> (held-out slices, the other side, its groups or None: one per sample), filtered alike."""
+    """Each probe: () -> (held-out slices, samples), filtered alike."""
     held = load_cohort(cohort / "heldout", model.config.data).images
     z = np.random.default_rng(seed).standard_normal((n, model.latent_dim)).astype(np.float32)
     decoded = torch.cat([model.decode(z[i:i + 64]) for i in range(0, n, 64)])
@@ -123,14 +107,7 @@ def probes(model: NeuroSQLModel, cohort: Path, n: int, seed: int) -> dict[str, P
         nearest = ((z[:, None, :] - codes[None]) ** 2).sum(-1).argmin(1)
         if groups == "random":
             nearest = np.random.default_rng(seed).integers(len(subjects), size=n)
-        return held, per_sample(lambda b: textures[subjects[nearest[b]]]), None
-
-    def real_training(how: str) -> tuple[Tensor, Tensor, list[str]]:
-        train = load_cohort(cohort / "bids", model.config.data)
-        images = smoothed(train.images, model) if how == "smoothed" else train.images
-        if how != "plain":
-            images = texture.apply(images, texture_seeds(seed, range(len(images))))
-        return held, images, train.subjects
+        return held, per_sample(lambda b: textures[subjects[nearest[b]]])
 
     def label_background() -> Tensor:
         labels = model.decode_with_labels(z)[1]
@@ -139,22 +116,18 @@ def probes(model: NeuroSQLModel, cohort: Path, n: int, seed: int) -> dict[str, P
 
     flat = dataclasses.replace(texture, amplitude=texture.amplitude[:, :1].expand_as(texture.amplitude).contiguous())
     return {
-        "as-fitted": lambda: (held, samples, None),
-        "blur1": lambda: (blurred(held, 1.0), blurred(samples, 1.0), None),
-        "highpass": lambda: ((held - blurred(held, 1.0) + 0.5).clamp(0, 1), (samples - blurred(samples, 1.0) + 0.5).clamp(0, 1),
-                             None),
+        "as-fitted": lambda: (held, samples),
+        "blur1": lambda: (blurred(held, 1.0), blurred(samples, 1.0)),
+        "highpass": lambda: ((held - blurred(held, 1.0) + 0.5).clamp(0, 1), (samples - blurred(samples, 1.0) + 0.5).clamp(0, 1)),
         "subject-nearest": lambda: by_nearest_code("subject"),
         "subject-random": lambda: by_nearest_code("random"),
         "site-nearest": lambda: by_nearest_code("site"),
-        "flat-amplitude": lambda: (held, flat.apply(decoded, seeds), None),
-        "spectral": lambda: (held, spectral(model, cohort).apply(decoded, seeds), None),
+        "flat-amplitude": lambda: (held, flat.apply(decoded, seeds)),
+        "spectral": lambda: (held, spectral(model, cohort).apply(decoded, seeds)),
         "residual-spectrum": lambda: (held, fit_texture(load_cohort(cohort / "bids", model.config.data).images,
                                                         model.reconstructions(), texture.strength, texture.cutoff,
-                                                        "residual").apply(decoded, seeds), None),
-        "real-textured": lambda: real_training("textured"),
-        "real-smoothed": lambda: real_training("smoothed"),
-        "real-training": lambda: real_training("plain"),
-        "label-background": lambda: (held, label_background(), None),
+                                                        "residual").apply(decoded, seeds)),
+        "label-background": lambda: (held, label_background()),
     }
 
 
@@ -176,9 +149,8 @@ def main() -> None:
         if name not in found:
             parser.error(f"unknown probe {name!r}; one of {', '.join(found)}")
         start = time.perf_counter()
-        real, other, groups = found[name]()
-        groups = groups or [f"sample-{i}" for i in range(len(other))]
-        test = two_sample_test(real, held_subjects, other, groups, spec=STRONG)
+        real, synth = found[name]()
+        test = two_sample_test(real, held_subjects, synth, [f"sample-{i}" for i in range(len(synth))], spec=STRONG)
         print(f"{name} | strong C2ST AUC {test['auc']:.3f} ± {test['auc_std']:.3f} | {time.perf_counter() - start:.0f} s",
               flush=True)
 
