@@ -37,7 +37,7 @@ from torch import Tensor
 
 from neurosql_med.data.cohort import Cohort, load_cohort
 from neurosql_med.engine.model import NeuroSQLModel
-from neurosql_med.engine.residual import ResidualTexture, fit_texture, frequency_radius, texture_seeds
+from neurosql_med.engine.residual import ResidualTexture, fit_texture, texture_seeds
 from neurosql_med.evaluation.c2st import two_sample_test
 from neurosql_med.evaluation.options import STRONG
 from neurosql_med.io.model import load_model
@@ -54,20 +54,10 @@ def refitted(model: NeuroSQLModel, train: Cohort, groups: np.ndarray) -> dict[st
                            texture.strength, texture.cutoff) for g in sorted(set(groups))}
 
 
-def power(images: Tensor) -> Tensor:
-    return (torch.fft.fftn(images[:, 0].double(), dim=(1, 2)).abs() ** 2).mean(0)
-
-
-def spectral(model: NeuroSQLModel, cohort: Path) -> ResidualTexture:
-    """The model's texture with the spectrum the decoder lacks, P(x) - P(G(u_σ(i))) above the cutoff, at the power it lacks."""
-    texture, recon = model.texture, model.reconstructions()
+def refitted_spectrum(model: NeuroSQLModel, cohort: Path, spectrum: str) -> ResidualTexture:
+    """The model's texture fitted again on its training scans with ``spectrum`` ("lacking" or "residual")."""
     images = load_cohort(cohort / "bids", model.config.data).images
-    keep = frequency_radius(recon.shape[2:]) > texture.cutoff
-    lacking = ((power(images) - power(recon)).clamp_min(0) * keep)
-    residual = power(images - recon) * keep
-    scale = float((lacking.sum() / residual.sum()).sqrt())  # the bins' rms were measured on the residual's power
-    return dataclasses.replace(texture, filter=(lacking / lacking.mean()).sqrt().float(),
-                               amplitude=texture.amplitude * scale)
+    return fit_texture(images, model.reconstructions(), model.texture.strength, model.texture.cutoff, spectrum)
 
 
 def background_map(model: NeuroSQLModel, cohort: Path, points: int = 1001) -> Callable[[Tensor], Tensor]:
@@ -123,10 +113,8 @@ def probes(model: NeuroSQLModel, cohort: Path, n: int, seed: int) -> dict[str, P
         "subject-random": lambda: by_nearest_code("random"),
         "site-nearest": lambda: by_nearest_code("site"),
         "flat-amplitude": lambda: (held, flat.apply(decoded, seeds)),
-        "spectral": lambda: (held, spectral(model, cohort).apply(decoded, seeds)),
-        "residual-spectrum": lambda: (held, fit_texture(load_cohort(cohort / "bids", model.config.data).images,
-                                                        model.reconstructions(), texture.strength, texture.cutoff,
-                                                        "residual").apply(decoded, seeds)),
+        "spectral": lambda: (held, refitted_spectrum(model, cohort, "lacking").apply(decoded, seeds)),
+        "residual-spectrum": lambda: (held, refitted_spectrum(model, cohort, "residual").apply(decoded, seeds)),
         "label-background": lambda: (held, label_background()),
     }
 
