@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,76 +48,83 @@ def blurred(images: Tensor, sigma: float) -> Tensor:
     return torch.stack([GaussianSmooth(sigma=sigma)(image) for image in images]).float()
 
 
-def refitted(model: NeuroSQLModel, train: Cohort, groups: np.ndarray) -> dict[str, ResidualTexture]:
-    """The model's texture fitted again on each group of training slices (same strength and cutoff)."""
-    recon, texture = model.reconstructions(), model.texture
-    return {g: fit_texture(train.images[torch.as_tensor(groups == g)], recon[torch.as_tensor(groups == g)],
-                           texture.strength, texture.cutoff) for g in sorted(set(groups))}
-
-
-def refitted_spectrum(model: NeuroSQLModel, cohort: Path, spectrum: str) -> ResidualTexture:
-    """The model's texture fitted again on its training scans with ``spectrum`` ("lacking" or "residual")."""
-    images = load_cohort(cohort / "bids", model.config.data).images
-    return fit_texture(images, model.reconstructions(), model.texture.strength, model.texture.cutoff, spectrum)
-
-
-def background_map(model: NeuroSQLModel, cohort: Path, points: int = 1001) -> Callable[[Tensor], Tensor]:
-    """A monotone map of decoded intensities outside the brain onto the training scans' own intensities there."""
-    images = load_cohort(cohort / "bids", model.config.data).images
-    outside = model.reconstructed_labels() == 0
+def background_map(decoded: Tensor, labels: Tensor, images: Tensor, points: int = 1001) -> Callable[[Tensor], Tensor]:
+    """A monotone map of decoded intensities outside the brain (label 0) onto the training scans' own intensities there."""
+    outside = labels == 0
     levels = np.linspace(0, 1, points)
-    source = np.quantile(model.reconstructions()[outside].numpy(), levels)
-    target = np.quantile(images[outside].numpy(), levels)
+    source, target = np.quantile(decoded[outside].numpy(), levels), np.quantile(images[outside].numpy(), levels)
     return lambda x: torch.from_numpy(np.interp(x.numpy(), source, target).astype(np.float32))
 
 
-Probe = Callable[[], tuple[Tensor, Tensor]]
+def sites(cohort: Path, subjects: list[str]) -> list[str]:
+    """Each subject's `site` from the training folder's participants.tsv."""
+    with (cohort / "bids" / "participants.tsv").open() as table:
+        site = {row["participant_id"]: row.get("site") for row in csv.DictReader(table, delimiter="\t")}
+    if any(site.get(s) is None for s in subjects):
+        raise SystemExit("error: site-nearest needs a `site` column for every subject in bids/participants.tsv")
+    return [site[s] for s in subjects]
+
+
+Probe = Callable[[], Tensor]
 
 
 def probes(model: NeuroSQLModel, cohort: Path, n: int, seed: int) -> dict[str, Probe]:
-    """Each probe: () -> (held-out slices, samples), filtered alike."""
-    held = load_cohort(cohort / "heldout", model.config.data).images
+    """Each probe: () -> the samples (those in FILTERS are filtered afterwards, with the held-out slices)."""
     z = np.random.default_rng(seed).standard_normal((n, model.latent_dim)).astype(np.float32)
     decoded = torch.cat([model.decode(z[i:i + 64]) for i in range(0, n, 64)])
     seeds = texture_seeds(seed, range(n))
     texture = model.texture
     samples = texture.apply(decoded, seeds)
 
+    @functools.cache
+    def training() -> tuple[Cohort, Tensor]:
+        """The training slices and their reconstructions G(u_σ(i)), read once for every probe that needs them."""
+        return load_cohort(cohort / "bids", model.config.data), model.reconstructions()
+
+    def refit(mask: np.ndarray | None = None, spectrum: str = "residual") -> ResidualTexture:
+        """The model's texture fitted again (same strength and cutoff) on all training slices, or those in ``mask``."""
+        train, recon = training()
+        keep = slice(None) if mask is None else torch.as_tensor(mask)
+        return fit_texture(train.images[keep], recon[keep], texture.strength, texture.cutoff, spectrum)
+
     def per_sample(pick: Callable[[int], ResidualTexture]) -> Tensor:
         return torch.cat([pick(b).apply(decoded[b:b + 1], seeds[b:b + 1]) for b in range(n)])
 
-    def by_nearest_code(groups: str) -> tuple[Tensor, Tensor]:
-        train = load_cohort(cohort / "bids", model.config.data)
-        subjects = np.array(train.subjects)
-        if groups == "site":
-            with (cohort / "bids" / "participants.tsv").open() as table:
-                site = {row["participant_id"]: row["site"] for row in csv.DictReader(table, delimiter="\t")}
-            subjects = np.array([site[s] for s in subjects])
-        textures = refitted(model, train, subjects)
+    def by_nearest_code(groups: str) -> Tensor:
+        subjects = training()[0].subjects
+        owners = np.array(sites(cohort, subjects) if groups == "site" else subjects)
+        textures = {g: refit(owners == g) for g in sorted(set(owners))}
         codes = model.lattice[model.assignment]
         nearest = ((z[:, None, :] - codes[None]) ** 2).sum(-1).argmin(1)
         if groups == "random":
-            nearest = np.random.default_rng(seed).integers(len(subjects), size=n)
-        return held, per_sample(lambda b: textures[subjects[nearest[b]]])
+            nearest = np.random.default_rng(seed).integers(len(owners), size=n)
+        return per_sample(lambda b: textures[owners[nearest[b]]])
 
     def label_background() -> Tensor:
-        labels = model.decode_with_labels(z)[1]
-        outside = background_map(model, cohort)(decoded)
-        return torch.where(labels == 0, outside, samples)
+        train, recon = training()
+        outside = background_map(recon, model.reconstructed_labels(), train.images)(decoded)
+        return torch.where(model.decode_with_labels(z)[1] == 0, outside, samples)
 
     flat = dataclasses.replace(texture, amplitude=texture.amplitude[:, :1].expand_as(texture.amplitude).contiguous())
     return {
-        "as-fitted": lambda: (held, samples),
-        "blur1": lambda: (blurred(held, 1.0), blurred(samples, 1.0)),
-        "highpass": lambda: ((held - blurred(held, 1.0) + 0.5).clamp(0, 1), (samples - blurred(samples, 1.0) + 0.5).clamp(0, 1)),
+        "as-fitted": lambda: samples,
+        "blur1": lambda: samples,
+        "highpass": lambda: samples,
         "subject-nearest": lambda: by_nearest_code("subject"),
         "subject-random": lambda: by_nearest_code("random"),
         "site-nearest": lambda: by_nearest_code("site"),
-        "flat-amplitude": lambda: (held, flat.apply(decoded, seeds)),
-        "spectral": lambda: (held, refitted_spectrum(model, cohort, "lacking").apply(decoded, seeds)),
-        "residual-spectrum": lambda: (held, refitted_spectrum(model, cohort, "residual").apply(decoded, seeds)),
-        "label-background": lambda: (held, label_background()),
+        "flat-amplitude": lambda: flat.apply(decoded, seeds),
+        "spectral": lambda: refit(spectrum="lacking").apply(decoded, seeds),
+        "residual-spectrum": lambda: refit(spectrum="residual").apply(decoded, seeds),
+        "label-background": label_background,
     }
+
+
+# the probes that filter both sides alike, held-out slices and samples
+FILTERS: dict[str, Callable[[Tensor], Tensor]] = {
+    "blur1": lambda x: blurred(x, 1.0),
+    "highpass": lambda x: (x - blurred(x, 1.0) + 0.5).clamp(0, 1),
+}
 
 
 def main() -> None:
@@ -131,17 +139,18 @@ def main() -> None:
     model = load_model(args.model)
     if model.config.data.mode != "2d" or not isinstance(model.texture, ResidualTexture):
         parser.error("the probes need a 2D model with the global residual texture (model.texture_mode: global)")
-    held_subjects = load_cohort(args.cohort / "heldout", model.config.data).subjects
+    held = load_cohort(args.cohort / "heldout", model.config.data)
     found = probes(model, args.cohort, args.n, args.seed)
-    for name in args.probes.split(","):
-        if name not in found:
-            parser.error(f"unknown probe {name!r}; one of {', '.join(found)}")
+    names = args.probes.split(",")
+    if unknown := [name for name in names if name not in found]:
+        parser.error(f"unknown probe(s) {', '.join(unknown)}; one of {', '.join(found)}")
+    for name in names:
         start = time.perf_counter()
-        real, synth = found[name]()
-        test = two_sample_test(real, held_subjects, synth, [f"sample-{i}" for i in range(len(synth))], spec=STRONG)
+        same = FILTERS.get(name, lambda x: x)
+        real, synth = same(held.images), same(found[name]())
+        test = two_sample_test(real, held.subjects, synth, [f"sample-{i}" for i in range(len(synth))], spec=STRONG)
         print(f"{name} | strong C2ST AUC {test['auc']:.3f} ± {test['auc_std']:.3f} | {time.perf_counter() - start:.0f} s",
               flush=True)
-
 
 if __name__ == "__main__":
     main()
